@@ -1,0 +1,313 @@
+"""Losses (CVPR 2018, Eq. 1-6) and evaluation measures (TMI 2019, Sec. V).
+
+Training losses are small ``keras.losses.Loss`` classes, registered so that a saved model loads
+with its compile state. Each returns one value per sample, ``(B,)``; Keras averages over the
+batch. The factories with the original script's names return configured instances:
+
+- :func:`local_normalized_cross_correlation_loss`: local NCC, Eq. (5);
+- :func:`global_normalized_cross_correlation_loss`: NCC over the whole image;
+- :func:`mse_loss`: mean squared error, Eq. (4);
+- :func:`gradient_loss`: smoothness of the displacement, Eq. (3) and (6), weighted by lambda.
+
+Evaluation measures are plain numpy functions: :func:`dice` of label maps and
+:func:`jacobian_determinant` of a displacement field.
+"""
+import time
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+import utils
+
+
+def _box_sum(x: tf.Tensor, window: int) -> tf.Tensor:
+    """Sum over a ``window``-wide cube around each voxel (zero padding), one axis at a time.
+
+    Parameters
+    ----------
+    x : tf.Tensor
+        ``(B, *spatial, 1)``, 2D or 3D.
+    window : int
+        Window width in voxels per axis.
+
+    Returns
+    -------
+    tf.Tensor
+        ``(B, *spatial, 1)``.
+    """
+    ndim = len(x.shape) - 2
+    conv = {2: tf.nn.conv2d, 3: tf.nn.conv3d}[ndim]  # tf.nn.convolution's eager 3D gradient fails
+    for axis in range(ndim):
+        kernel_shape = [1] * ndim
+        kernel_shape[axis] = window
+        x = conv(x, tf.ones(kernel_shape + [1, 1], x.dtype), [1] * (ndim + 2), "SAME")
+    return x
+
+
+def _spatial_mean(x: tf.Tensor) -> tf.Tensor:
+    """Mean over all axes but the batch axis: ``(B, ...) -> (B,)``."""
+    return tf.reduce_mean(tf.reshape(x, [tf.shape(x)[0], -1]), axis=-1)
+
+
+@keras.saving.register_keras_serializable(package="voxelmorph")
+class LocalNCC(keras.losses.Loss):
+    """Negative squared local normalised cross-correlation, CVPR 2018 Eq. (5).
+
+    For every voxel, the squared correlation of the two images over a ``window``-wide neighbourhood,
+    averaged over voxels and negated: -1 for images that agree up to local affine intensity
+    changes. Local variances are clamped to ``eps``, so flat regions (an all-zero background)
+    give a finite loss and finite gradients.
+
+    Parameters
+    ----------
+    window : int
+        Neighbourhood width in voxels per axis (the paper: 9).
+    eps : float
+        Lower bound on local (co)variances, in intensity^2 times window volume.
+    """
+
+    def __init__(self, window: int = 9, eps: float = 1e-5, name: str = "local_ncc", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.window = window
+        self.eps = eps
+
+    def call(self, y_true: tf.Tensor, y_pred: tf.Tensor) -> tf.Tensor:
+        """``(B, *spatial, C)`` static and moved images -> ``(B,)`` loss in [-1, 0]."""
+        ndim = len(y_pred.shape) - 2
+        channels_first = [ndim + 1, 0] + list(range(1, ndim + 1))
+        stats = tf.concat([y_true, y_pred, y_true * y_true, y_pred * y_pred, y_true * y_pred], -1)
+        stats = tf.transpose(stats, channels_first)  # (5C, B, *spatial)
+        sums = _box_sum(tf.reshape(stats, tf.concat([[-1], tf.shape(stats)[2:], [1]], 0)),
+                        self.window)
+        sum_i, sum_j, sum_ii, sum_jj, sum_ij = tf.split(
+            tf.reshape(sums, tf.shape(stats)), 5, axis=0)
+        count = float(self.window**ndim)
+        cross = sum_ij - sum_i * sum_j / count
+        var_i = tf.maximum(sum_ii - sum_i * sum_i / count, self.eps)
+        var_j = tf.maximum(sum_jj - sum_j * sum_j / count, self.eps)
+        cc = cross * cross / (var_i * var_j)
+        return -_spatial_mean(tf.transpose(cc, [1, 0] + list(range(2, ndim + 2))))
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "window": self.window, "eps": self.eps}
+
+
+@keras.saving.register_keras_serializable(package="voxelmorph")
+class GlobalNCC(keras.losses.Loss):
+    """Negative normalised cross-correlation of the whole images (one correlation per sample).
+
+    Parameters
+    ----------
+    eps : float
+        Lower bound on the variances (intensity^2), so flat images stay finite.
+    """
+
+    def __init__(self, eps: float = 1e-5, name: str = "global_ncc", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.eps = eps
+
+    def call(self, y_true: tf.Tensor, y_pred: tf.Tensor) -> tf.Tensor:
+        """``(B, *spatial, C)`` static and moved images -> ``(B,)`` loss in [-1, 1]."""
+        centred_i = y_true - _spatial_mean(y_true)[(...,) + (None,) * (len(y_true.shape) - 1)]
+        centred_j = y_pred - _spatial_mean(y_pred)[(...,) + (None,) * (len(y_pred.shape) - 1)]
+        cross = _spatial_mean(centred_i * centred_j)
+        var_i = _spatial_mean(centred_i * centred_i)
+        var_j = _spatial_mean(centred_j * centred_j)
+        return -cross / tf.sqrt(tf.maximum(var_i, self.eps) * tf.maximum(var_j, self.eps))
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "eps": self.eps}
+
+
+@keras.saving.register_keras_serializable(package="voxelmorph")
+class MSE(keras.losses.Loss):
+    """Mean squared intensity difference, CVPR 2018 Eq. (4)."""
+
+    def __init__(self, name: str = "mse", **kwargs):
+        super().__init__(name=name, **kwargs)
+
+    def call(self, y_true: tf.Tensor, y_pred: tf.Tensor) -> tf.Tensor:
+        """``(B, *spatial, C)`` static and moved images -> ``(B,)`` loss."""
+        return _spatial_mean(tf.square(y_true - y_pred))
+
+
+@keras.saving.register_keras_serializable(package="voxelmorph")
+class Grad(keras.losses.Loss):
+    """Smoothness of a displacement field: mean squared (or absolute) forward difference.
+
+    ``L = 1/ndim * sum_d mean_x |u(x + e_d) - u(x)|^p``, CVPR 2018 Eq. (3); ``y_true`` is ignored.
+
+    Parameters
+    ----------
+    norm : {1, 2}
+        ``p``: 2 penalises squared differences (the paper), 1 absolute differences.
+    """
+
+    def __init__(self, norm: int = 2, name: str = "grad", **kwargs):
+        if norm not in (1, 2):
+            raise ValueError(f"norm must be 1 or 2, got {norm!r}")
+        super().__init__(name=name, **kwargs)
+        self.norm = norm
+
+    def call(self, y_true: tf.Tensor, y_pred: tf.Tensor) -> tf.Tensor:
+        """``(B, *spatial, ndim)`` displacement in voxels -> ``(B,)`` loss in voxels^p."""
+        ndim = len(y_pred.shape) - 2
+        penalties = []
+        for axis in range(1, ndim + 1):
+            size = tf.shape(y_pred)[axis]
+            diff = (tf.gather(y_pred, tf.range(1, size), axis=axis)
+                    - tf.gather(y_pred, tf.range(0, size - 1), axis=axis))
+            penalties.append(_spatial_mean(tf.square(diff) if self.norm == 2 else tf.abs(diff)))
+        return tf.add_n(penalties) / ndim
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "norm": self.norm}
+
+
+def local_normalized_cross_correlation_loss(window: int = 9, eps: float = 1e-5) -> LocalNCC:
+    """Local NCC loss over ``window``-wide neighbourhoods (see :class:`LocalNCC`)."""
+    return LocalNCC(window=window, eps=eps)
+
+
+def global_normalized_cross_correlation_loss(eps: float = 1e-5) -> GlobalNCC:
+    """Whole-image NCC loss (see :class:`GlobalNCC`)."""
+    return GlobalNCC(eps=eps)
+
+
+def mse_loss() -> MSE:
+    """Mean squared error loss (see :class:`MSE`)."""
+    return MSE()
+
+
+def gradient_loss(norm: int = 2) -> Grad:
+    """Smoothness loss on the displacement (see :class:`Grad`)."""
+    return Grad(norm=norm)
+
+
+def dice(labels_a: np.ndarray, labels_b: np.ndarray, labels=None) -> np.ndarray:
+    """Hard Dice overlap per label: ``2 |A & B| / (|A| + |B|)``.
+
+    Parameters
+    ----------
+    labels_a, labels_b : np.ndarray
+        Integer label maps of the same shape.
+    labels : sequence of int, optional
+        Labels to score; by default every non-zero label present in either map. Background (0) is
+        never scored.
+
+    Returns
+    -------
+    np.ndarray
+        ``(L,)`` float64 Dice per label, in the order of ``labels``; NaN for a label absent
+        from both maps.
+    """
+    labels_a, labels_b = np.asarray(labels_a), np.asarray(labels_b)
+    if labels_a.shape != labels_b.shape:
+        raise ValueError(f"label maps differ in shape: {labels_a.shape} vs {labels_b.shape}")
+    if labels is None:
+        labels = np.union1d(np.unique(labels_a), np.unique(labels_b))
+    labels = [label for label in np.asarray(labels).ravel() if label != 0]
+    scores = []
+    for label in labels:
+        in_a, in_b = labels_a == label, labels_b == label
+        total = in_a.sum() + in_b.sum()
+        scores.append(2.0 * np.logical_and(in_a, in_b).sum() / total if total else np.nan)
+    return np.asarray(scores, dtype=np.float64)
+
+
+def jacobian_determinant(deformation: np.ndarray) -> np.ndarray:
+    """Jacobian determinant of the map ``x -> x + u(x)``, by central differences.
+
+    Parameters
+    ----------
+    deformation : np.ndarray
+        ``(*spatial, ndim)`` displacement ``u`` in voxels, 'ij' order (2D or 3D).
+
+    Returns
+    -------
+    np.ndarray
+        ``(*spatial)`` determinant: 1 where the map preserves volume, <= 0 where it folds.
+    """
+    deformation = np.asarray(deformation, dtype=np.float64)
+    ndim = deformation.ndim - 1
+    if ndim not in (2, 3) or deformation.shape[-1] != ndim:
+        raise ValueError(f"expected a (*spatial, ndim) displacement with ndim 2 or 3, "
+                         f"got shape {deformation.shape}")
+    partials = np.gradient(deformation, axis=tuple(range(ndim)))  # d u / d x_j, j = 0..ndim-1
+    jacobian = np.stack(partials, axis=-1) + np.eye(ndim)  # [..., i, j] = d phi_i / d x_j
+    return np.linalg.det(jacobian)
+
+
+def _local_ncc(static: np.ndarray, moved: np.ndarray) -> float:
+    """Local NCC (window 9) of two ``(*spatial)`` images, as a similarity in [0, 1]."""
+    return -float(LocalNCC()(static[None, ..., None], moved[None, ..., None]))
+
+
+def evaluate_pairs(model: keras.Model, pairs, labels=None) -> list[dict]:
+    """Register pairs with a trained model and score them as in the papers.
+
+    Parameters
+    ----------
+    model : keras.Model
+        A VoxelMorph model (inputs ``moving``, ``static``; outputs ``moved``, ``deformation``).
+    pairs : iterable of tuple
+        ``(moving, static, moving_seg, static_seg)``: ``(*spatial)`` images in [0, 1] and integer
+        label maps (or None when there are no labels).
+    labels : sequence of int, optional
+        Labels scored with Dice (default: every non-zero label present).
+
+    Returns
+    -------
+    list of dict
+        Per pair: ``ncc_before``, ``ncc_after`` (local NCC with the static image),
+        ``dice_before``, ``dice_after`` (per label, NaN when absent from both; only with labels),
+        ``folding_fraction`` (share of voxels with Jacobian determinant <= 0) and ``seconds``
+        (one forward pass, the first one excluded as warm-up).
+    """
+    results, warm = [], False
+    for moving, static, moving_seg, static_seg in pairs:
+        inputs = {"moving": moving[None, ..., None], "static": static[None, ..., None]}
+        if not warm:
+            model.predict_on_batch(inputs)
+            warm = True
+        start = time.perf_counter()
+        outputs = model.predict_on_batch(inputs)
+        seconds = time.perf_counter() - start
+        deformation = np.asarray(outputs["deformation"])
+        result = {
+            "ncc_before": _local_ncc(static, moving),
+            "ncc_after": _local_ncc(static, np.asarray(outputs["moved"])[0, ..., 0]),
+            "folding_fraction": float(np.mean(jacobian_determinant(deformation[0]) <= 0)),
+            "seconds": seconds,
+        }
+        if moving_seg is not None and static_seg is not None:
+            moved_seg = utils.warp(moving_seg[None, ..., None], deformation, "nearest")
+            result["dice_before"] = dice(moving_seg, static_seg, labels).tolist()
+            result["dice_after"] = dice(np.asarray(moved_seg)[0, ..., 0], static_seg,
+                                        labels).tolist()
+        results.append(result)
+    return results
+
+
+def summarize(results: list[dict]) -> dict:
+    """Mean and standard deviation over pairs of every score of :func:`evaluate_pairs`.
+
+    Dice is first averaged over labels within each pair (NaN labels skipped).
+
+    Returns
+    -------
+    dict
+        ``{score: {"mean": float, "std": float}}`` for every score present; per-label scores
+        (Dice) also get ``"per_label"``, the mean over pairs of each label.
+    """
+    summary = {}
+    for key in results[0]:
+        values = [r[key] for r in results]
+        if isinstance(values[0], list):
+            per_label = np.nanmean(np.array(values, dtype=np.float64), axis=0)
+            values = [np.nanmean(v) for v in values]
+        summary[key] = {"mean": float(np.mean(values)), "std": float(np.std(values))}
+        if isinstance(results[0][key], list):
+            summary[key]["per_label"] = per_label.tolist()
+    return summary

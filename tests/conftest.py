@@ -1,0 +1,6 @@
+"""Make the top-level modules importable and keep TensorFlow quiet and small."""
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

@@ -1,0 +1,162 @@
+"""Reading data, pairing it, and the synthetic default data."""
+import nibabel as nib
+import numpy as np
+import pytest
+
+import dataloader
+
+
+def test_registration_loader_pairs_every_moving_image_with_the_atlas():
+    moving = np.random.default_rng(0).random((5, 16, 16)).astype(np.float32)
+    atlas = np.full((16, 16), 0.5, np.float32)
+    loader = dataloader.RegistrationDataLoader(moving, atlas, batch_size=2)
+    assert len(loader) == 3
+    inputs, targets = loader[2]  # the last, smaller batch
+    assert inputs["moving"].shape == inputs["static"].shape == (1, 16, 16, 1)
+    np.testing.assert_array_equal(inputs["moving"][0, ..., 0], moving[4])
+    np.testing.assert_array_equal(targets["moved"], inputs["static"])
+    assert targets["deformation"].shape == (1, 16, 16, 2)
+    assert not targets["deformation"].any()
+
+
+def test_registration_loader_accepts_one_static_image_per_moving_image():
+    moving = np.zeros((3, 8, 8, 8), np.float32)
+    static = np.arange(3, dtype=np.float32)[:, None, None, None] * np.ones((3, 8, 8, 8))
+    inputs, _ = dataloader.RegistrationDataLoader(moving, static)[1]
+    assert inputs["static"].shape == (1, 8, 8, 8, 1)
+    assert np.all(inputs["static"] == 1.0)
+
+
+def test_registration_loader_refuses_mismatched_shapes():
+    with pytest.raises(dataloader.DataError, match="shapes differ"):
+        dataloader.RegistrationDataLoader(np.zeros((2, 16, 16)), np.zeros((16, 32)))
+
+
+def test_scan_to_scan_pairs_are_distinct_volumes():
+    pairs = dataloader.scan_to_scan_pairs(4, num_pairs=200, seed=0)
+    assert pairs.shape == (200, 2)
+    assert np.all(pairs[:, 0] != pairs[:, 1])
+    assert set(pairs.ravel()) == {0, 1, 2, 3}
+    assert len(dataloader.scan_to_scan_pairs(3)) == 6  # every ordered pair
+
+
+def test_scan_to_scan_loader_yields_pairs_of_the_set():
+    vols = np.arange(3, dtype=np.float32)[:, None, None] * np.ones((3, 16, 16), np.float32)
+    loader = dataloader.ScanToScanDataLoader(vols, batch_size=4, pairs_per_epoch=8, seed=1)
+    inputs, _ = loader[0]
+    moving, static = inputs["moving"][:, 0, 0, 0], inputs["static"][:, 0, 0, 0]
+    assert len(loader) == 2
+    assert np.all(moving != static)
+
+
+def test_make_pairs_keeps_label_maps_aligned_with_their_images():
+    vols = np.random.default_rng(0).random((3, 8, 8)).astype(np.float32)
+    data = dataloader.Dataset(vols=vols, segs=(vols > 0.5).astype(np.int32))
+    pairs = dataloader.make_pairs(data, "scan_to_scan")
+    assert len(pairs) == 6
+    for moving, static, moving_seg, static_seg in pairs:
+        np.testing.assert_array_equal(moving_seg, moving > 0.5)
+        np.testing.assert_array_equal(static_seg, static > 0.5)
+
+
+def test_normalize_scales_to_unit_range_and_refuses_nan():
+    np.testing.assert_allclose(dataloader.normalize(np.array([2.0, 4.0, 6.0])), [0.0, 0.5, 1.0])
+    with pytest.raises(dataloader.DataError, match="NaN or Inf"):
+        dataloader.normalize(np.array([0.0, np.inf]))
+
+
+def test_npy_npz_and_nifti_load_alike(tmp_path):
+    vols = np.random.default_rng(0).integers(0, 255, size=(2, 8, 12, 16)).astype(np.uint8)
+    np.save(tmp_path / "vols.npy", vols)
+    np.savez(tmp_path / "set.npz", vols=vols, segs=vols // 100, atlas=vols[0])
+    affine = np.diag([2.0, 2.0, 2.0, 1.0])
+    (tmp_path / "nifti").mkdir()
+    for i, vol in enumerate(vols):
+        nib.save(nib.Nifti1Image(vol, affine), tmp_path / "nifti" / f"sub{i}.nii.gz")
+
+    from_npy = dataloader.load_dataset(str(tmp_path / "vols.npy"))
+    from_npz = dataloader.load_dataset(str(tmp_path / "set.npz"))
+    from_nifti = dataloader.load_dataset(str(tmp_path / "nifti"))
+    for data in (from_npy, from_npz, from_nifti):
+        assert data.vols.shape == (2, 8, 12, 16)
+        assert data.vols.dtype == np.float32
+        assert data.vols.min() == 0.0 and data.vols.max() == 1.0
+        np.testing.assert_allclose(data.vols, from_npy.vols)
+    assert from_npz.segs.dtype == np.int32 and from_npz.atlas.shape == (8, 12, 16)
+    np.testing.assert_array_equal(from_nifti.affine, affine)
+
+
+@pytest.mark.parametrize("array, message", [
+    (np.zeros((4, 4)), "expected volumes of shape"),
+    (np.zeros((2, 4, 4, 4, 4, 4)), "expected volumes of shape"),
+    (np.array([[[0.0, np.nan]]]), "NaN or Inf"),
+])
+def test_bad_arrays_are_refused_with_a_clear_message(tmp_path, array, message):
+    np.save(tmp_path / "bad.npy", array)
+    with pytest.raises(dataloader.DataError, match=message):
+        dataloader.load_dataset(str(tmp_path / "bad.npy"))
+
+
+def test_missing_files_and_unknown_types_are_refused(tmp_path):
+    with pytest.raises(dataloader.DataError, match="no such file"):
+        dataloader.load_dataset(str(tmp_path / "missing.npz"))
+    (tmp_path / "data.txt").write_text("1 2 3")
+    with pytest.raises(dataloader.DataError, match="unsupported file type"):
+        dataloader.load_dataset(str(tmp_path / "data.txt"))
+
+
+def test_an_atlas_of_another_shape_is_refused(tmp_path):
+    np.save(tmp_path / "vols.npy", np.zeros((2, 16, 16)))
+    np.save(tmp_path / "atlas.npy", np.zeros((16, 32)))
+    with pytest.raises(dataloader.DataError, match="shapes differ"):
+        dataloader.load_dataset(str(tmp_path / "vols.npy"), str(tmp_path / "atlas.npy"))
+
+
+def test_padding_makes_sizes_divisible_and_crop_undoes_it():
+    volume = np.random.default_rng(0).random((2, 20, 33))
+    padding = dataloader.padding_to_multiple(volume.shape[1:], 16)
+    padded = dataloader.pad(volume, padding)
+    assert padded.shape == (2, 32, 48)
+    np.testing.assert_array_equal(dataloader.crop(padded, padding), volume)
+
+
+def test_default_data_is_the_template_with_three_tissue_labels():
+    data3 = dataloader.load_default_data(3)
+    assert data3.atlas.shape == (80, 96, 80)
+    assert data3.atlas.min() == 0.0 and data3.atlas.max() == 1.0
+    assert set(np.unique(data3.atlas_seg)) == {0, 1, 2, 3}
+    data2 = dataloader.load_default_data(2)
+    np.testing.assert_array_equal(data2.atlas, data3.atlas[..., dataloader.DEFAULT_SLICE])
+
+
+def test_synthetic_subjects_are_reproducible_deformations_of_the_atlas():
+    data = dataloader.load_default_data(2)
+    vols, segs = dataloader.synthetic_subjects(data.atlas, 3, seed=7, atlas_seg=data.atlas_seg)
+    again, _ = dataloader.synthetic_subjects(data.atlas, 3, seed=7)
+    assert vols.shape == segs.shape == (3, 80, 96)
+    np.testing.assert_array_equal(vols, again)
+    assert 0.0 <= vols.min() and vols.max() <= 1.0
+    assert set(np.unique(segs)) <= {0, 1, 2, 3}
+    assert not np.array_equal(segs[0], data.atlas_seg)  # moved...
+    assert np.mean(segs[0] == data.atlas_seg) > 0.5  # ...but still the same brain
+
+
+def test_random_deformations_are_smooth_and_do_not_fold():
+    import metrics
+
+    rng = np.random.default_rng(0)
+    for shape in ((80, 96), (40, 48, 40)):
+        deformation = dataloader.random_deformation(shape, rng)[0]
+        assert deformation.shape == (*shape, len(shape))
+        assert np.abs(deformation).max() > 1.0  # voxels: large enough to matter
+        assert metrics.jacobian_determinant(deformation).min() > 0
+
+
+def test_synthetic_loader_makes_new_pairs_with_the_atlas_as_static():
+    data = dataloader.load_default_data(2)
+    loader = dataloader.SyntheticDataLoader(data.atlas, batch_size=2, steps=3, seed=0)
+    (first, _), (second, _) = loader[0], loader[1]
+    assert len(loader) == 3
+    assert first["moving"].shape == (2, 80, 96, 1)
+    np.testing.assert_array_equal(first["static"][0, ..., 0], data.atlas)
+    assert not np.array_equal(first["moving"], second["moving"])

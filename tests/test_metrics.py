@@ -1,0 +1,130 @@
+"""Losses and evaluation measures against hand-computed values."""
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import metrics
+
+
+def smooth_image(shape, seed=0):
+    """A random image with structure at several scales, in [0, 1]."""
+    rng = np.random.default_rng(seed)
+    image = rng.random(shape)
+    for axis in range(len(shape)):
+        image = (image + np.roll(image, 1, axis) + np.roll(image, -1, axis)) / 3
+    return ((image - image.min()) / np.ptp(image))[None, ..., None].astype(np.float32)
+
+
+@pytest.mark.parametrize("shape", [(24, 20), (12, 14, 10)])
+def test_local_ncc_of_an_image_with_itself_is_minus_one(shape):
+    image = smooth_image(shape)
+    loss = metrics.local_normalized_cross_correlation_loss()(image, image)
+    np.testing.assert_allclose(float(loss), -1.0, atol=1e-3)
+
+
+def test_local_ncc_ignores_intensity_scaling_but_not_noise():
+    image = smooth_image((24, 24))
+    ncc = metrics.local_normalized_cross_correlation_loss(window=5)
+    np.testing.assert_allclose(float(ncc(image, 0.5 * image)), -1.0, atol=1e-3)
+    noise = np.random.default_rng(1).random(image.shape).astype(np.float32)
+    assert float(ncc(image, noise)) > -0.2
+
+
+@pytest.mark.parametrize("loss", [metrics.local_normalized_cross_correlation_loss(),
+                                  metrics.global_normalized_cross_correlation_loss()])
+def test_ncc_and_its_gradient_are_finite_on_all_zero_images(loss):
+    zeros = tf.zeros((2, 10, 10, 10, 1))
+    moved = tf.Variable(zeros)
+    with tf.GradientTape() as tape:
+        value = loss(zeros, moved)
+    gradient = tape.gradient(value, moved)
+    assert np.isfinite(float(value))
+    assert np.all(np.isfinite(gradient.numpy()))
+
+
+def test_local_ncc_is_finite_with_a_flat_background_around_an_object():
+    static = np.zeros((1, 20, 20, 1), np.float32)
+    static[0, 6:14, 6:14, 0] = smooth_image((8, 8))[0, ..., 0]
+    moved = tf.Variable(np.roll(static, 1, axis=1))
+    with tf.GradientTape() as tape:
+        value = metrics.local_normalized_cross_correlation_loss()(static, moved)
+    assert -1.0 <= float(value) <= 0.0
+    assert np.all(np.isfinite(tape.gradient(value, moved).numpy()))
+
+
+def test_global_ncc_is_minus_one_for_equal_and_plus_one_for_inverted_images():
+    image = smooth_image((16, 16))
+    ncc = metrics.global_normalized_cross_correlation_loss()
+    np.testing.assert_allclose(float(ncc(image, image)), -1.0, atol=1e-4)
+    np.testing.assert_allclose(float(ncc(image, 1.0 - image)), 1.0, atol=1e-4)
+
+
+def test_mse_matches_hand_value():
+    a, b = np.zeros((1, 4, 4, 1), np.float32), np.full((1, 4, 4, 1), 0.5, np.float32)
+    np.testing.assert_allclose(float(metrics.mse_loss()(a, b)), 0.25, atol=1e-7)
+
+
+def test_gradient_loss_of_a_constant_field_is_zero():
+    field = np.full((1, 6, 7, 8, 3), 2.5, np.float32)
+    assert float(metrics.gradient_loss()(np.zeros_like(field), field)) == 0.0
+
+
+@pytest.mark.parametrize("norm", [1, 2])
+def test_gradient_loss_of_a_linear_field_matches_hand_value(norm):
+    # u(x) = (0.5 * x0, -2 * x1): forward differences are 0.5 and 0 along axis 0 (channels 0, 1),
+    # 0 and -2 along axis 1. Mean over voxels and channels per axis, then over the two axes.
+    x0, x1 = np.meshgrid(np.arange(5.0), np.arange(6.0), indexing="ij")
+    field = np.stack([0.5 * x0, -2.0 * x1], axis=-1)[None].astype(np.float32)
+    per_axis = [(0.5**norm + 0.0) / 2, (0.0 + 2.0**norm) / 2]
+    expected = sum(per_axis) / 2
+    np.testing.assert_allclose(float(metrics.gradient_loss(norm)(np.zeros_like(field), field)), expected,
+                               rtol=1e-6)
+
+
+def test_losses_return_one_value_per_sample():
+    image = np.concatenate([smooth_image((16, 16), 0), smooth_image((16, 16), 1)])
+    field = np.random.default_rng(0).random((2, 16, 16, 2)).astype(np.float32)
+    assert metrics.LocalNCC().call(image, image[::-1]).shape == (2,)
+    assert metrics.GlobalNCC().call(image, image[::-1]).shape == (2,)
+    assert metrics.MSE().call(image, image[::-1]).shape == (2,)
+    assert metrics.Grad().call(None, field).shape == (2,)
+
+
+def test_losses_survive_keras_serialization():
+    loss = metrics.local_normalized_cross_correlation_loss(window=7, eps=1e-3)
+    restored = keras.losses.deserialize(keras.losses.serialize(loss))
+    assert isinstance(restored, metrics.LocalNCC)
+    assert (restored.window, restored.eps) == (7, 1e-3)
+
+
+def test_dice_matches_hand_counts_and_skips_background():
+    a = np.array([[0, 1, 1], [2, 2, 0]])
+    b = np.array([[0, 1, 2], [2, 2, 3]])
+    # label 1: |A|=2, |B|=1, overlap 1 -> 2/3; label 2: |A|=2, |B|=3, overlap 2 -> 4/5;
+    # label 3: |A|=0, |B|=1 -> 0.
+    np.testing.assert_allclose(metrics.dice(a, b), [2 / 3, 4 / 5, 0.0])
+    np.testing.assert_allclose(metrics.dice(a, b, labels=[0, 2]), [4 / 5])
+
+
+def test_dice_of_a_label_absent_from_both_maps_is_nan():
+    assert np.isnan(metrics.dice(np.zeros((3, 3)), np.zeros((3, 3)), labels=[5])[0])
+
+
+def test_jacobian_of_an_affine_field_is_its_constant_determinant():
+    grid = np.stack(np.meshgrid(*[np.arange(6.0)] * 3, indexing="ij"), axis=-1)
+    matrix = np.array([[0.2, 0.1, 0.0], [0.0, -0.3, 0.05], [0.1, 0.0, 0.4]])
+    field = grid @ matrix.T + [1.0, -2.0, 0.5]  # u(x) = A x + b
+    jacobian = metrics.jacobian_determinant(field)
+    np.testing.assert_allclose(jacobian, np.linalg.det(np.eye(3) + matrix), rtol=1e-10)
+
+
+def test_jacobian_of_a_fold_is_negative():
+    # u0(x) = -2 x0 maps x -> -x along axis 0: the map is mirrored, determinant 1 - 2 = -1.
+    x0, _ = np.meshgrid(np.arange(5.0), np.arange(5.0), indexing="ij")
+    field = np.stack([-2.0 * x0, np.zeros_like(x0)], axis=-1)
+    np.testing.assert_allclose(metrics.jacobian_determinant(field), -1.0)
+
+
+def test_jacobian_of_zero_displacement_is_one_in_2d():
+    np.testing.assert_allclose(metrics.jacobian_determinant(np.zeros((4, 5, 2))), 1.0)

@@ -1,0 +1,111 @@
+"""The networks of CVPR 2018 Fig. 3: shapes, sizes, saving, and that they learn."""
+import keras
+import numpy as np
+import pytest
+
+import metrics
+import models
+
+
+def conv_params(ndim: int, inputs: int, outputs: int) -> int:
+    """Weights and biases of one 3x3(x3) convolution."""
+    return 3**ndim * inputs * outputs + outputs
+
+
+def expected_params(ndim: int, decoder: tuple[int, ...]) -> int:
+    """Parameter count derived by hand from the paper's architecture.
+
+    Encoder 2 -> 16 -> 32 -> 32 -> 32 (stride 2). Decoder: three convolutions each followed by
+    upsampling and a skip (32, 32 and 16 channels from the encoder), two at half resolution,
+    upsampling and a skip of the 2-channel input pair, the rest at full resolution, then the
+    ndim-channel output convolution.
+    """
+    layers = [(2, 16), (16, 32), (32, 32), (32, 32)]  # encoder
+    layers += [(32, decoder[0]), (decoder[0] + 32, decoder[1]), (decoder[1] + 32, decoder[2])]
+    layers += [(decoder[2] + 16, decoder[3]), (decoder[3], decoder[4])]  # half resolution
+    widths = [decoder[4] + 2] + list(decoder[5:])  # after the skip of the input pair
+    layers += list(zip(widths[:-1], widths[1:]))
+    layers += [(decoder[-1], ndim)]  # the displacement
+    return sum(conv_params(ndim, i, o) for i, o in layers)
+
+
+def test_hand_count_of_vm1_2d():
+    # 23440 in the encoder; 9248 + 18464 + 18464 + 13856 + 2312 + 728 + 146 in the decoder.
+    assert expected_params(2, models.DECODER_VM1) == 86658
+
+
+@pytest.mark.parametrize("shape", [(32, 48), (16, 32, 16)])
+@pytest.mark.parametrize("build, decoder", [(models.VoxelMorph1, models.DECODER_VM1),
+                                            (models.VoxelMorph2, models.DECODER_VM2)])
+def test_output_shapes_and_parameter_counts(shape, build, decoder):
+    model = build(shape)
+    assert isinstance(model, keras.Model)
+    moving = np.random.default_rng(0).random((2, *shape, 1)).astype(np.float32)
+    outputs = model.predict({"moving": moving, "static": moving}, verbose=0)
+    assert outputs["moved"].shape == (2, *shape, 1)
+    assert outputs["deformation"].shape == (2, *shape, len(shape))
+    assert model.count_params() == expected_params(len(shape), decoder)
+
+
+def test_inputs_and_outputs_are_named_as_in_the_original():
+    model = models.VoxelMorph1((16, 16))
+    assert sorted(i.name for i in model.inputs) == ["moving", "static"]
+    assert sorted(model.output_names) == ["deformation", "moved"]
+
+
+def test_last_convolution_starts_near_zero_and_leaky_relu_is_0_2():
+    model = models.VoxelMorph2((32, 32, 32))
+    kernel = model.get_layer("deformation").kernel.numpy()
+    assert kernel.std() < 1e-4
+    slopes = {layer.negative_slope for layer in model.layers
+              if isinstance(layer, keras.layers.LeakyReLU)}
+    assert slopes == {0.2}
+
+
+def test_encoder_convolutions_have_stride_two():
+    model = models.VoxelMorph1((32, 32))
+    strided = [layer for layer in model.layers
+               if isinstance(layer, keras.layers.Conv2D) and layer.strides == (2, 2)]
+    assert [layer.filters for layer in strided] == list(models.ENCODER)
+
+
+@pytest.mark.parametrize("shape", [(20, 32), (16,), (16, 16, 16, 16)])
+def test_bad_input_shapes_are_refused(shape):
+    with pytest.raises(ValueError, match="input_shape"):
+        models.VoxelMorph1(shape)
+
+
+def test_saved_model_loads_and_predicts_the_same(tmp_path):
+    model = models.VoxelMorph2((16, 16, 16))
+    model.compile(optimizer="adam", loss={"moved": metrics.local_normalized_cross_correlation_loss(),
+                                          "deformation": metrics.gradient_loss()})
+    rng = np.random.default_rng(1)
+    inputs = {"moving": rng.random((1, 16, 16, 16, 1)).astype(np.float32),
+              "static": rng.random((1, 16, 16, 16, 1)).astype(np.float32)}
+    # Move the weights away from their initial values so that the round trip means something.
+    for weight in model.weights:
+        weight.assign(weight.numpy() + rng.normal(0, 0.01, weight.shape))
+    path = tmp_path / "model.keras"
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    before, after = model.predict(inputs, verbose=0), loaded.predict(inputs, verbose=0)
+    np.testing.assert_allclose(after["deformation"], before["deformation"], atol=1e-6)
+    np.testing.assert_allclose(after["moved"], before["moved"], atol=1e-6)
+    assert isinstance(loaded.loss["moved"], metrics.LocalNCC)
+
+
+@pytest.mark.parametrize("shape", [(32, 32), (16, 16, 16)])
+def test_a_few_training_steps_on_a_shifted_pair_lower_the_loss(shape):
+    keras.utils.set_random_seed(0)
+    grid = np.meshgrid(*[np.linspace(-1, 1, n) for n in shape], indexing="ij")
+    blob = np.exp(-sum(g**2 for g in grid) / 0.2).astype(np.float32)
+    moving = blob[None, ..., None]
+    static = np.roll(moving, 2, axis=1)  # shifted by two voxels along axis 0
+    model = models.VoxelMorph1(shape)
+    model.compile(optimizer=keras.optimizers.Adam(1e-3),
+                  loss={"moved": metrics.mse_loss(), "deformation": metrics.gradient_loss()},
+                  loss_weights={"moved": 1.0, "deformation": 0.01})
+    inputs = {"moving": moving, "static": static}
+    targets = {"moved": static, "deformation": np.zeros((1, *shape, len(shape)), np.float32)}
+    history = model.fit(inputs, targets, epochs=30, verbose=0).history["moved_loss"]
+    assert history[-1] < 0.5 * history[0]

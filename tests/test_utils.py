@@ -1,0 +1,106 @@
+"""The spatial transformer against scipy.ndimage.map_coordinates, and its basic laws."""
+import numpy as np
+import pytest
+import tensorflow as tf
+from scipy import ndimage
+
+import utils
+
+
+def scipy_warp(moving: np.ndarray, deformation: np.ndarray, order: int) -> np.ndarray:
+    """Reference: ``moved[x] = moving[x + u(x)]``, edge-clamped, per batch item and channel."""
+    spatial = moving.shape[1:-1]
+    grid = np.stack(np.meshgrid(*[np.arange(n) for n in spatial], indexing="ij"), axis=-1)
+    out = np.empty_like(moving)
+    for b in range(moving.shape[0]):
+        coords = np.moveaxis(grid + deformation[b], -1, 0)
+        for c in range(moving.shape[-1]):
+            out[b, ..., c] = ndimage.map_coordinates(moving[b, ..., c], coords, order=order,
+                                                     mode="nearest")
+    return out
+
+
+@pytest.mark.parametrize("shape", [(9, 11), (6, 7, 8)])
+@pytest.mark.parametrize("interpolation, order", [("linear", 1), ("nearest", 0)])
+def test_warp_matches_scipy(shape, interpolation, order):
+    rng = np.random.default_rng(0)
+    moving = rng.random((2, *shape, 3)).astype(np.float32)
+    # Displacements of several voxels, some pointing outside the image.
+    deformation = rng.normal(0.0, 3.0, size=(2, *shape, len(shape))).astype(np.float32)
+    moved = utils.warp(moving, deformation, interpolation).numpy()
+    np.testing.assert_allclose(moved, scipy_warp(moving, deformation, order), atol=1e-4)
+
+
+@pytest.mark.parametrize("shape", [(8, 10), (5, 6, 7)])
+def test_zero_displacement_is_identity(shape):
+    moving = np.random.default_rng(1).random((1, *shape, 2)).astype(np.float32)
+    moved = utils.warp(moving, np.zeros((1, *shape, len(shape)), np.float32))
+    np.testing.assert_allclose(moved.numpy(), moving, atol=1e-6)
+
+
+def test_integer_shift_moves_by_exactly_that_many_voxels():
+    moving = np.random.default_rng(2).random((1, 8, 9, 10, 1)).astype(np.float32)
+    deformation = np.zeros((1, 8, 9, 10, 3), np.float32)
+    deformation[..., 0], deformation[..., 2] = 2.0, -3.0  # u = (2, 0, -3) voxels
+    moved = utils.warp(moving, deformation).numpy()
+    np.testing.assert_allclose(moved[:, :-2, :, 3:], moving[:, 2:, :, :-3], atol=1e-6)
+
+
+def test_nearest_keeps_label_values():
+    rng = np.random.default_rng(3)
+    labels = rng.choice([0, 4, 17], size=(1, 7, 7, 1)).astype(np.int32)
+    deformation = rng.normal(0.0, 1.5, size=(1, 7, 7, 2)).astype(np.float32)
+    moved = utils.warp(labels, deformation, "nearest").numpy()
+    assert moved.dtype == np.int32
+    assert set(np.unique(moved)) <= {0, 4, 17}
+
+
+def test_gradients_flow_to_the_displacement():
+    rng = np.random.default_rng(4)
+    moving = tf.constant(rng.random((1, 6, 7, 8, 1)), tf.float32)
+    deformation = tf.Variable(rng.normal(0.0, 0.5, size=(1, 6, 7, 8, 3)), dtype=tf.float32)
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_sum(utils.warp(moving, deformation))
+    gradient = tape.gradient(loss, deformation).numpy()
+    assert np.all(np.isfinite(gradient))
+    # Wherever the sampling point stays inside the image, every component gets a gradient
+    # (outside, the coordinate is clamped to the edge and its gradient is zero).
+    coords = utils.regular_grid((6, 7, 8)).numpy() + deformation.numpy()
+    inside = np.all((coords > 0) & (coords < np.array([5, 6, 7])), axis=-1)
+    assert inside.sum() > 100
+    assert np.all(gradient[inside] != 0)
+
+
+def test_gradient_matches_finite_differences():
+    rng = np.random.default_rng(5)
+    moving = tf.constant(rng.random((1, 6, 6, 1)), tf.float32)
+    deformation = tf.Variable(rng.uniform(-1.0, 1.0, size=(1, 6, 6, 2)) + 0.3, dtype=tf.float32)
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_sum(utils.warp(moving, deformation) ** 2)
+    gradient = tape.gradient(loss, deformation).numpy()
+    step = np.zeros((1, 6, 6, 2), np.float32)
+    step[0, 2, 3, 1] = 1e-2
+    plus = tf.reduce_sum(utils.warp(moving, deformation + step) ** 2)
+    minus = tf.reduce_sum(utils.warp(moving, deformation - step) ** 2)
+    numeric = (plus - minus).numpy() / 2e-2
+    np.testing.assert_allclose(gradient[0, 2, 3, 1], numeric, rtol=1e-2, atol=1e-3)
+
+
+def test_regular_grid_holds_voxel_coordinates_in_ij_order():
+    grid = utils.regular_grid((2, 3)).numpy()
+    assert grid.shape == (2, 3, 2)
+    np.testing.assert_array_equal(grid[1, 2], [1.0, 2.0])
+
+
+def test_resize_keeps_linear_functions_and_corners():
+    x = np.arange(5, dtype=np.float32)
+    image = (2.0 * x[:, None] + x[None, :])[None, ..., None]  # linear in both axes
+    resized = utils.resize(image, (9, 9)).numpy()[0, ..., 0]
+    fine = np.linspace(0.0, 4.0, 9)
+    np.testing.assert_allclose(resized, 2.0 * fine[:, None] + fine[None, :], atol=1e-5)
+
+
+def test_integrating_a_constant_velocity_gives_that_translation():
+    velocity = np.full((1, 6, 7, 5, 3), [0.5, -1.25, 2.0], np.float32)
+    displacement = utils.integrate_velocity(velocity).numpy()
+    np.testing.assert_allclose(displacement, velocity, atol=1e-5)

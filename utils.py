@@ -1,0 +1,151 @@
+"""The spatial transformer: differentiable N-linear sampling of images (CVPR 2018, Sec. 3.3).
+
+Conventions used throughout the package:
+
+- images are channels-last tensors ``(B, *spatial, C)``;
+- a deformation is a displacement in voxels, ``(B, *spatial, ndim)``, whose channel ``d`` moves
+  along array axis ``d`` ('ij' order), so that ``moved[x] = moving[x + deformation[x]]``;
+- coordinates that fall outside the image are clamped to its edge.
+
+Everything here works for 2D and 3D (and 1D) through the same code, driven by ``ndim``.
+"""
+import itertools
+
+import tensorflow as tf
+
+
+def regular_grid(shape: tuple[int, ...]) -> tf.Tensor:
+    """Identity sampling grid: the voxel coordinates of every voxel.
+
+    Parameters
+    ----------
+    shape : tuple of int
+        Spatial shape ``(*spatial)``.
+
+    Returns
+    -------
+    tf.Tensor
+        ``(*spatial, ndim)`` float32, ``grid[x] = x`` in voxels, 'ij' order.
+    """
+    axes = [tf.range(n, dtype=tf.float32) for n in shape]
+    return tf.stack(tf.meshgrid(*axes, indexing="ij"), axis=-1)
+
+
+def interpolate(image: tf.Tensor, coords: tf.Tensor, interpolation: str = "linear") -> tf.Tensor:
+    """Sample ``image`` at (fractional) voxel coordinates.
+
+    Parameters
+    ----------
+    image : tf.Tensor
+        ``(B, *in_spatial, C)`` image to sample.
+    coords : tf.Tensor
+        ``(B, *out_spatial, ndim)`` coordinates in voxels of ``image``, 'ij' order. Values outside
+        ``[0, size - 1]`` are clamped to the edge.
+    interpolation : {"linear", "nearest"}
+        N-linear (bilinear in 2D, trilinear in 3D) or nearest-neighbour, e.g. for label maps.
+
+    Returns
+    -------
+    tf.Tensor
+        ``(B, *out_spatial, C)`` samples, same dtype as ``image``.
+    """
+    if interpolation not in ("linear", "nearest"):
+        raise ValueError(f"interpolation must be 'linear' or 'nearest', got {interpolation!r}")
+    in_shape = tf.shape(image)[1:-1]
+    ndim = coords.shape[-1]
+    sizes = tf.cast(in_shape, coords.dtype)
+    coords = tf.clip_by_value(coords, 0.0, sizes - 1.0)
+    flat_image = tf.reshape(image, [tf.shape(image)[0], -1, tf.shape(image)[-1]])
+    strides = tf.math.cumprod(in_shape, exclusive=True, reverse=True)
+
+    def gather(corner: list[tf.Tensor]) -> tf.Tensor:
+        index = tf.add_n([c * strides[d] for d, c in enumerate(corner)])
+        return tf.gather(flat_image, tf.reshape(index, [tf.shape(index)[0], -1]), batch_dims=1)
+
+    out_shape = tf.concat([tf.shape(coords)[:-1], tf.shape(image)[-1:]], axis=0)
+    if interpolation == "nearest":
+        corner = [tf.cast(tf.floor(coords[..., d] + 0.5), tf.int32) for d in range(ndim)]
+        return tf.reshape(gather(corner), out_shape)
+
+    low = [tf.minimum(tf.floor(coords[..., d]), tf.maximum(sizes[d] - 2.0, 0.0))
+           for d in range(ndim)]
+    frac = [tf.reshape(coords[..., d] - low[d], [tf.shape(coords)[0], -1, 1])
+            for d in range(ndim)]
+    low = [tf.cast(c, tf.int32) for c in low]
+    high = [tf.minimum(low[d] + 1, in_shape[d] - 1) for d in range(ndim)]
+
+    # Values at the 2^ndim corners, last axis varying fastest; then interpolate linearly along
+    # the last axis, the one before, ..., halving the list each time.
+    values = [tf.cast(gather([high[d] if upper else low[d] for d, upper in enumerate(corner)]),
+                      coords.dtype)
+              for corner in itertools.product((False, True), repeat=ndim)]
+    for d in reversed(range(ndim)):
+        values = [a + frac[d] * (b - a) for a, b in zip(values[0::2], values[1::2])]
+    moved = values[0]
+    return tf.cast(tf.reshape(moved, out_shape), image.dtype)
+
+
+def warp(moving: tf.Tensor, deformation: tf.Tensor, interpolation: str = "linear") -> tf.Tensor:
+    """Resample ``moving`` with a dense displacement field: ``moved[x] = moving[x + u(x)]``.
+
+    Parameters
+    ----------
+    moving : tf.Tensor
+        ``(B, *spatial, C)`` image (any channel count; labels with ``interpolation="nearest"``).
+    deformation : tf.Tensor
+        ``(B, *spatial, ndim)`` displacement ``u`` in voxels, 'ij' order.
+    interpolation : {"linear", "nearest"}
+        See :func:`interpolate`.
+
+    Returns
+    -------
+    tf.Tensor
+        ``(B, *spatial, C)`` moved image; differentiable in ``moving`` and, for linear
+        interpolation, in ``deformation``.
+    """
+    deformation = tf.convert_to_tensor(deformation, tf.float32)
+    grid = regular_grid(deformation.shape[1:-1])
+    return interpolate(moving, grid + deformation, interpolation)
+
+
+def resize(image: tf.Tensor, shape: tuple[int, ...]) -> tf.Tensor:
+    """N-linear resize with aligned corners (the first and last voxels map onto each other).
+
+    Parameters
+    ----------
+    image : tf.Tensor
+        ``(B, *in_spatial, C)``.
+    shape : tuple of int
+        Output spatial shape.
+
+    Returns
+    -------
+    tf.Tensor
+        ``(B, *shape, C)``.
+    """
+    in_shape = image.shape[1:-1]
+    scale = [(i - 1) / max(o - 1, 1) for i, o in zip(in_shape, shape)]
+    coords = regular_grid(shape) * tf.constant(scale, tf.float32)
+    coords = tf.repeat(coords[None], tf.shape(image)[0], axis=0)
+    return interpolate(image, coords)
+
+
+def integrate_velocity(velocity: tf.Tensor, steps: int = 7) -> tf.Tensor:
+    """Displacement of the diffeomorphism exp(v), by scaling and squaring.
+
+    Parameters
+    ----------
+    velocity : tf.Tensor
+        ``(B, *spatial, ndim)`` stationary velocity field in voxels.
+    steps : int
+        Number of squarings; the field is first divided by ``2 ** steps``.
+
+    Returns
+    -------
+    tf.Tensor
+        ``(B, *spatial, ndim)`` displacement in voxels.
+    """
+    displacement = velocity / 2.0**steps
+    for _ in range(steps):
+        displacement += warp(displacement, displacement)
+    return displacement
