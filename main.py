@@ -137,14 +137,38 @@ def build_model(args, shape: tuple[int, ...]) -> keras.Model:
     return model
 
 
-def save_figures(model: keras.Model, pairs: dataloader.Pairs, output: str) -> None:
-    """Overlay figures of the first validation pairs."""
-    for i in range(min(NUM_FIGURES, len(pairs))):
-        moving, static = pairs.moving[i], pairs.static[i]
-        moved = model.predict_on_batch({"moving": moving[None, ..., None],
-                                        "static": static[None, ..., None]})["moved"]
-        viz.overlay_slices(moving, static, np.asarray(moved)[0, ..., 0],
-                           fname=os.path.join(output, f"overlay_{i}.png"))
+def evaluate_pairs(model: keras.Model, pairs: dataloader.Pairs, labels=None) -> list[dict]:
+    """Register every pair and score it (see ``metrics.score_registration``).
+
+    Each result also holds ``seconds``, the time of the forward pass; the very first pass, which
+    builds the graph, is run once more untimed before.
+    """
+    results = []
+    for index, (moving, static, moving_seg, static_seg) in enumerate(pairs):
+        if index == 0:
+            models.register(model, moving, static)
+        registered = models.register(model, moving, static, moving_seg)
+        scores = metrics.score_registration(moving, static, registered["moved"],
+                                            registered["deformation"], moving_seg, static_seg,
+                                            registered.get("moved_seg"), labels)
+        results.append({**scores, "seconds": registered["seconds"]})
+    return results
+
+
+def save_samples(model: keras.Model, pairs: dataloader.Pairs, path: str) -> None:
+    """Store the first registered pairs (images, displacements, label maps) for ``viz.py``."""
+    samples = {}
+    for i, (moving, static, moving_seg, static_seg) in enumerate(pairs):
+        if i == NUM_FIGURES:
+            break
+        registered = models.register(model, moving, static, moving_seg)
+        arrays = {"moving": moving, "static": static, "moved": registered["moved"],
+                  "deformation": registered["deformation"], "moving_seg": moving_seg,
+                  "static_seg": static_seg, "moved_seg": registered.get("moved_seg")}
+        for key, value in arrays.items():
+            if value is not None:
+                samples.setdefault(key, []).append(value)
+    np.savez_compressed(path, **{key: np.stack(values) for key, values in samples.items()})
 
 
 def train(args) -> dict:
@@ -169,12 +193,12 @@ def train(args) -> dict:
     train_seconds = time.perf_counter() - start
 
     model.save(os.path.join(output, "model.keras"))
-    viz.plot_history(os.path.join(output, "history.csv"), os.path.join(output, "loss.png"))
-    save_figures(model, val_pairs, output)
-    results = metrics.evaluate_pairs(model, val_pairs, val_set.labels)
-    summary = {"model": args.model, "loss": args.loss, "pairs": mode, "shape": train_set.shape,
-               "epochs": args.epochs, "train_seconds": round(train_seconds, 1),
-               "validation_pairs": len(results), **metrics.summarize(results)}
+    save_samples(model, val_pairs, os.path.join(output, "samples.npz"))
+    viz.render_run(output)
+    results = evaluate_pairs(model, val_pairs, val_set.labels)
+    summary = {"args": vars(args), "pairs": mode, "shape": train_set.shape, "device": device,
+               "train_seconds": round(train_seconds, 1), "validation_pairs": len(results),
+               **metrics.summarize(results)}
     with open(os.path.join(output, "metrics.json"), "w") as file:
         json.dump(summary, file, indent=2)
     return summary

@@ -12,13 +12,9 @@ batch. The factories with the original script's names return configured instance
 Evaluation measures are plain numpy functions: :func:`dice` of label maps and
 :func:`jacobian_determinant` of a displacement field.
 """
-import time
-
 import keras
 import numpy as np
 import tensorflow as tf
-
-import utils
 
 
 def _box_sum(x: tf.Tensor, window: int) -> tf.Tensor:
@@ -239,55 +235,50 @@ def jacobian_determinant(deformation: np.ndarray) -> np.ndarray:
     return np.linalg.det(jacobian)
 
 
-def _local_ncc(static: np.ndarray, moved: np.ndarray) -> float:
-    """Local NCC (window 9) of two ``(*spatial)`` images, as a similarity in [0, 1]."""
-    return -float(LocalNCC()(static[None, ..., None], moved[None, ..., None]))
-
-
-def evaluate_pairs(model: keras.Model, pairs, labels=None) -> list[dict]:
-    """Register pairs with a trained model and score them as in the papers.
+def folding_fraction(deformation: np.ndarray) -> float:
+    """Share of voxels where ``x -> x + u(x)`` folds: Jacobian determinant <= 0.
 
     Parameters
     ----------
-    model : keras.Model
-        A VoxelMorph model (inputs ``moving``, ``static``; outputs ``moved``, ``deformation``).
-    pairs : iterable of tuple
-        ``(moving, static, moving_seg, static_seg)``: ``(*spatial)`` images in [0, 1] and integer
-        label maps (or None when there are no labels).
+    deformation : np.ndarray
+        ``(*spatial, ndim)`` displacement in voxels, 'ij' order.
+    """
+    return float(np.mean(jacobian_determinant(deformation) <= 0))
+
+
+def score_registration(moving: np.ndarray, static: np.ndarray, moved: np.ndarray,
+                       deformation: np.ndarray, moving_seg: np.ndarray | None = None,
+                       static_seg: np.ndarray | None = None, moved_seg: np.ndarray | None = None,
+                       labels=None) -> dict:
+    """Scores of one registered pair, as in the papers.
+
+    Parameters
+    ----------
+    moving, static, moved : np.ndarray
+        ``(*spatial)`` images in [0, 1].
+    deformation : np.ndarray
+        ``(*spatial, ndim)`` displacement in voxels.
+    moving_seg, static_seg, moved_seg : np.ndarray, optional
+        ``(*spatial)`` integer label maps; Dice is scored when all three are given.
     labels : sequence of int, optional
         Labels scored with Dice (default: every non-zero label present).
 
     Returns
     -------
-    list of dict
-        Per pair: ``ncc_before``, ``ncc_after`` (local NCC with the static image),
-        ``dice_before``, ``dice_after`` (per label, NaN when absent from both; only with labels),
-        ``folding_fraction`` (share of voxels with Jacobian determinant <= 0) and ``seconds``
-        (one forward pass, the first one excluded as warm-up).
+    dict
+        ``ncc_before``, ``ncc_after``: local NCC (window 9) with the static image, in [0, 1];
+        ``folding_fraction``; and, with label maps, ``dice_before``, ``dice_after``: lists of
+        Dice per label (NaN for a label absent from both maps).
     """
-    results, warm = [], False
-    for moving, static, moving_seg, static_seg in pairs:
-        inputs = {"moving": moving[None, ..., None], "static": static[None, ..., None]}
-        if not warm:
-            model.predict_on_batch(inputs)
-            warm = True
-        start = time.perf_counter()
-        outputs = model.predict_on_batch(inputs)
-        seconds = time.perf_counter() - start
-        deformation = np.asarray(outputs["deformation"])
-        result = {
-            "ncc_before": _local_ncc(static, moving),
-            "ncc_after": _local_ncc(static, np.asarray(outputs["moved"])[0, ..., 0]),
-            "folding_fraction": float(np.mean(jacobian_determinant(deformation[0]) <= 0)),
-            "seconds": seconds,
-        }
-        if moving_seg is not None and static_seg is not None:
-            moved_seg = utils.warp(moving_seg[None, ..., None], deformation, "nearest")
-            result["dice_before"] = dice(moving_seg, static_seg, labels).tolist()
-            result["dice_after"] = dice(np.asarray(moved_seg)[0, ..., 0], static_seg,
-                                        labels).tolist()
-        results.append(result)
-    return results
+    def ncc(image: np.ndarray) -> float:
+        return -float(LocalNCC()(static[None, ..., None], image[None, ..., None]))
+
+    scores = {"ncc_before": ncc(moving), "ncc_after": ncc(moved),
+              "folding_fraction": folding_fraction(deformation)}
+    if moving_seg is not None and static_seg is not None and moved_seg is not None:
+        scores["dice_before"] = dice(moving_seg, static_seg, labels).tolist()
+        scores["dice_after"] = dice(moved_seg, static_seg, labels).tolist()
+    return scores
 
 
 def summarize(results: list[dict]) -> dict:

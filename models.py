@@ -13,7 +13,10 @@ encoder and differ only in the decoder's widths:
 
 The same code builds 2D and 3D networks: layers are chosen by ``ndim = len(input_shape)``.
 """
+import time
+
 import keras
+import numpy as np
 
 import utils
 
@@ -129,3 +132,39 @@ def VoxelMorph1(input_shape: tuple[int, ...]) -> keras.Model:
 def VoxelMorph2(input_shape: tuple[int, ...]) -> keras.Model:
     """VoxelMorph-2: decoder widths [32, 32, 32, 32, 32, 16, 16]. See :func:`voxelmorph`."""
     return voxelmorph(input_shape, DECODER_VM2, name="voxelmorph2")
+
+
+def register(model: keras.Model, moving: np.ndarray, static: np.ndarray,
+             moving_seg: np.ndarray | None = None) -> dict:
+    """Register one pair with a trained model (one forward pass).
+
+    Parameters
+    ----------
+    model : keras.Model
+        A VoxelMorph model.
+    moving, static : np.ndarray
+        ``(*spatial)`` images in [0, 1], of the model's input shape.
+    moving_seg : np.ndarray, optional
+        ``(*spatial)`` integer label map of the moving image, warped with nearest-neighbour
+        interpolation.
+
+    Returns
+    -------
+    dict
+        ``moved`` ``(*spatial)`` float32; ``deformation`` ``(*spatial, ndim)`` displacement in
+        voxels, 'ij' order; ``seconds`` of the forward pass; and ``moved_seg`` ``(*spatial)``, of
+        ``moving_seg``'s dtype, when ``moving_seg`` is given.
+    """
+    inputs = {"moving": np.asarray(moving, np.float32)[None, ..., None],
+              "static": np.asarray(static, np.float32)[None, ..., None]}
+    start = time.perf_counter()
+    outputs = model.predict_on_batch(inputs)
+    seconds = time.perf_counter() - start
+    deformation = np.asarray(outputs["deformation"])
+    result = {"moved": np.asarray(outputs["moved"])[0, ..., 0],
+              "deformation": deformation[0], "seconds": seconds}
+    if moving_seg is not None:
+        moved_seg = utils.warp(np.asarray(moving_seg, np.int32)[None, ..., None], deformation,
+                               "nearest")
+        result["moved_seg"] = np.asarray(moved_seg)[0, ..., 0].astype(np.asarray(moving_seg).dtype)
+    return result

@@ -8,6 +8,8 @@ neurological orientation.
 Every function returns a ``matplotlib.figure.Figure`` and saves it as a PNG when given ``fname``.
 """
 import csv
+import os
+import sys
 
 import numpy as np
 from matplotlib.figure import Figure
@@ -144,3 +146,36 @@ def plot_history(history, fname: str | None = None) -> Figure:
             ax.legend(fontsize=8)
     fig.tight_layout()
     return _save(fig, fname)
+
+
+def render_run(run_dir: str) -> list[str]:
+    """Draw every figure of a ``main.py`` run folder into that folder.
+
+    Reads ``history.csv`` (training curves -> ``loss.png``) and ``samples.npz`` (registered
+    validation pairs -> ``overlay_<i>.png``), whichever exist.
+
+    Returns
+    -------
+    list of str
+        Paths of the PNG files written.
+    """
+    written = []
+    history = os.path.join(run_dir, "history.csv")
+    if os.path.exists(history):
+        written.append(os.path.join(run_dir, "loss.png"))
+        plot_history(history, written[-1])
+    samples = os.path.join(run_dir, "samples.npz")
+    if os.path.exists(samples):
+        with np.load(samples) as arrays:
+            for i in range(len(arrays["moving"])):
+                written.append(os.path.join(run_dir, f"overlay_{i}.png"))
+                overlay_slices(arrays["moving"][i], arrays["static"][i], arrays["moved"][i],
+                               fname=written[-1])
+    return written
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 2 or not os.path.isdir(sys.argv[1]):
+        sys.exit("usage: python3 viz.py RUN_DIR  (a folder written by main.py)")
+    for path in render_run(sys.argv[1]):
+        print(path)
