@@ -56,8 +56,8 @@ class Dataset:
         ``(*spatial)`` int32 label map of the atlas.
     labels : np.ndarray or None
         Label ids to score with Dice; None means every non-zero label present.
-    affine : np.ndarray or None
-        ``(4, 4)`` voxel-to-world matrix of the grid, when the source had one.
+    label_names : list of str or None
+        Names of ``labels``, in the same order.
     """
 
     vols: np.ndarray
@@ -65,7 +65,7 @@ class Dataset:
     atlas: np.ndarray | None = None
     atlas_seg: np.ndarray | None = None
     labels: np.ndarray | None = None
-    affine: np.ndarray | None = None
+    label_names: list[str] | None = None
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -95,24 +95,28 @@ def normalize(volume: np.ndarray, name: str = "volume") -> np.ndarray:
     return (volume - low) / (high - low) if high > low else np.zeros_like(volume)
 
 
+def as_label_map(volume: np.ndarray, name: str = "label map") -> np.ndarray:
+    """Check that ``volume`` holds integer labels; return it unchanged.
+
+    Raises
+    ------
+    DataError
+        If a value is not an integer (a label map stored as floats must hold whole numbers).
+    """
+    volume = np.asarray(volume)
+    if not np.issubdtype(volume.dtype, np.integer) and not np.all(np.mod(volume, 1) == 0):
+        raise DataError(f"{name} must hold integer labels, found values such as "
+                        f"{volume[np.mod(volume, 1) != 0].flat[0]}")
+    return volume
+
+
 def _check_file(path: str) -> None:
     if not os.path.exists(path):
         raise DataError(f"no such file or folder: {path}")
 
 
-def _read_nifti(path: str) -> tuple[np.ndarray, np.ndarray]:
-    """``(array, affine)`` of a NIfTI file."""
-    import nibabel as nib
-
-    try:
-        image = nib.load(path)
-        return np.asanyarray(image.dataobj), image.affine
-    except Exception as error:  # nibabel raises several types for unreadable files
-        raise DataError(f"cannot read NIfTI file {path}: {error}") from error
-
-
-def load_volume(path: str) -> tuple[np.ndarray, np.ndarray | None]:
-    """Read one volume (image or label map) without rescaling it.
+def load_volume(path: str):
+    """Read one volume (image or label map) as stored, without rescaling it.
 
     Parameters
     ----------
@@ -123,14 +127,20 @@ def load_volume(path: str) -> tuple[np.ndarray, np.ndarray | None]:
     Returns
     -------
     volume : np.ndarray
-        ``(*spatial)`` as stored (2D or 3D).
-    affine : np.ndarray or None
-        ``(4, 4)`` voxel-to-world matrix for NIfTI inputs, else None.
+        ``(*spatial)``, 2D or 3D, in its stored dtype.
+    image : nibabel image or None
+        The NIfTI image (affine and header) for NIfTI inputs, else None.
     """
     _check_file(path)
-    affine = None
+    image = None
     if path.endswith(NIFTI):
-        volume, affine = _read_nifti(path)
+        import nibabel as nib
+
+        try:
+            image = nib.load(path)
+            volume = np.asanyarray(image.dataobj)
+        except Exception as error:  # nibabel raises several types for unreadable files
+            raise DataError(f"cannot read NIfTI file {path}: {error}") from error
     elif path.endswith(".npy"):
         volume = np.load(path)
     elif path.endswith(".npz"):
@@ -150,22 +160,69 @@ def load_volume(path: str) -> tuple[np.ndarray, np.ndarray | None]:
     volume = np.squeeze(volume)
     if volume.ndim not in (2, 3):
         raise DataError(f"{path}: expected a 2D or 3D volume, got shape {volume.shape}")
-    return volume, affine
+    return volume, image
 
 
-def _check_stack(vols: np.ndarray, path: str) -> None:
-    if vols.ndim not in (3, 4):
-        raise DataError(f"{path}: expected volumes of shape (N, H, W) or (N, D, H, W), "
-                        f"got {vols.shape}")
+def save_volume(path: str, volume: np.ndarray, reference=None) -> None:
+    """Write a volume as ``.npy``, ``.npz`` (array ``vol``) or NIfTI.
+
+    Parameters
+    ----------
+    path : str
+        Output file; its extension chooses the format.
+    volume : np.ndarray
+        ``(*spatial)`` or ``(*spatial, C)``, written in its own dtype.
+    reference : nibabel image, optional
+        NIfTI output takes this image's affine and header (e.g. the static image's); without it,
+        an identity affine.
+    """
+    if path.endswith(NIFTI):
+        import nibabel as nib
+
+        if reference is None:
+            image = nib.Nifti1Image(volume, np.eye(4))
+        else:
+            header = reference.header.copy()
+            header.set_data_dtype(volume.dtype)
+            image = type(reference)(volume, reference.affine, header)
+        nib.save(image, path)
+    elif path.endswith(".npy"):
+        np.save(path, volume)
+    elif path.endswith(".npz"):
+        np.savez_compressed(path, vol=volume)
+    else:
+        raise DataError(f"{path}: unsupported output type (use .npy, .npz, .nii or .nii.gz)")
 
 
-def _load_nifti_stack(paths: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    """Stack NIfTI volumes of one shape into ``(N, *spatial)``; affine of the first."""
-    volumes, affines = zip(*(load_volume(p) for p in paths))
+def _load_nifti_stack(paths: list[str]) -> np.ndarray:
+    """Stack NIfTI volumes of one shape into ``(N, *spatial)``."""
+    volumes = [load_volume(p)[0] for p in paths]
     shapes = {v.shape for v in volumes}
     if len(shapes) > 1:
         raise DataError(f"NIfTI volumes differ in shape: {sorted(shapes)}")
-    return np.stack(volumes), affines[0]
+    return np.stack(volumes)
+
+
+def _read_arrays(path: str) -> dict:
+    """The arrays stored at ``path`` by name: ``vols`` and whichever optional ones exist."""
+    _check_file(path)
+    if os.path.isdir(path):
+        files = sorted(f for f in glob.glob(os.path.join(path, "*")) if f.endswith(NIFTI))
+        if not files:
+            raise DataError(f"{path}: folder holds no .nii or .nii.gz files")
+        return {"vols": _load_nifti_stack(files)}
+    if path.endswith(NIFTI):
+        return {"vols": _load_nifti_stack([path])}
+    if path.endswith(".npy"):
+        return {"vols": np.load(path)}
+    if path.endswith(".npz"):
+        with np.load(path) as stored:
+            if "vols" not in stored:
+                raise DataError(f"{path}: no array named 'vols' (found {list(stored.keys())})")
+            return {key: stored[key] for key in ("vols", "segs", "atlas", "atlas_seg", "labels",
+                                                  "label_names") if key in stored}
+    raise DataError(f"{path}: unsupported file type (use .npy, .npz, .nii, .nii.gz or a "
+                    f"folder of NIfTI files)")
 
 
 def load_dataset(path: str, atlas: str | None = None) -> Dataset:
@@ -175,8 +232,8 @@ def load_dataset(path: str, atlas: str | None = None) -> Dataset:
     ----------
     path : str
         ``.npy`` array ``(N, *spatial)``; ``.npz`` with ``vols`` ``(N, *spatial)`` and optional
-        ``segs``, ``atlas``, ``atlas_seg``, ``labels``; a NIfTI file holding one volume; or a
-        folder of NIfTI volumes of one shape.
+        ``segs``, ``atlas``, ``atlas_seg``, ``labels``, ``label_names``; a NIfTI file holding
+        one volume; or a folder of NIfTI volumes of one shape.
     atlas : str, optional
         File of a static atlas (``.npy``, ``.npz``, NIfTI); replaces one stored in ``path``.
 
@@ -185,45 +242,28 @@ def load_dataset(path: str, atlas: str | None = None) -> Dataset:
     Dataset
         Intensities scaled to [0, 1] per volume, label maps as int32.
     """
-    _check_file(path)
-    arrays, affine = {}, None
-    if os.path.isdir(path):
-        files = sorted(f for f in glob.glob(os.path.join(path, "*")) if f.endswith(NIFTI))
-        if not files:
-            raise DataError(f"{path}: folder holds no .nii or .nii.gz files")
-        arrays["vols"], affine = _load_nifti_stack(files)
-    elif path.endswith(NIFTI):
-        arrays["vols"], affine = _load_nifti_stack([path])
-    elif path.endswith(".npy"):
-        arrays["vols"] = np.load(path)
-    elif path.endswith(".npz"):
-        with np.load(path) as stored:
-            if "vols" not in stored:
-                raise DataError(f"{path}: no array named 'vols' (found {list(stored.keys())})")
-            arrays = {k: stored[k] for k in ("vols", "segs", "atlas", "atlas_seg", "labels",
-                                                "affine", "grid_affine") if k in stored}
-        affine = arrays.pop("affine", arrays.pop("grid_affine", None))
-    else:
-        raise DataError(f"{path}: unsupported file type (use .npy, .npz, .nii, .nii.gz or a "
-                        f"folder of NIfTI files)")
+    arrays = _read_arrays(path)
     vols = arrays["vols"]
-    _check_stack(vols, path)
+    if vols.ndim not in (3, 4):
+        raise DataError(f"{path}: expected volumes of shape (N, H, W) or (N, D, H, W), "
+                        f"got {vols.shape}")
     if atlas is not None:
         arrays["atlas"], _ = load_volume(atlas)
+    names = arrays.get("label_names")
     data = Dataset(
         vols=np.stack([normalize(v, f"{path} volume {i}") for i, v in enumerate(vols)]),
-        segs=_as_labels(arrays.get("segs")),
+        segs=_as_int32(arrays.get("segs"), f"{path} segs"),
         atlas=None if "atlas" not in arrays else normalize(arrays["atlas"], "atlas"),
-        atlas_seg=_as_labels(arrays.get("atlas_seg")),
+        atlas_seg=_as_int32(arrays.get("atlas_seg"), f"{path} atlas_seg"),
         labels=arrays.get("labels"),
-        affine=affine,
+        label_names=None if names is None else [str(name) for name in names],
     )
     _check_shapes(data, path)
     return data
 
 
-def _as_labels(segs: np.ndarray | None) -> np.ndarray | None:
-    return None if segs is None else np.asarray(segs).astype(np.int32)
+def _as_int32(segs: np.ndarray | None, name: str) -> np.ndarray | None:
+    return None if segs is None else as_label_map(segs, name).astype(np.int32)
 
 
 def _check_shapes(data: Dataset, path: str) -> None:
@@ -238,10 +278,23 @@ def _check_shapes(data: Dataset, path: str) -> None:
                             f"{name} is {value.shape}")
 
 
-def padding_to_multiple(shape: tuple[int, ...], multiple: int) -> list[tuple[int, int]]:
-    """Zero padding ``(before, after)`` per axis that makes every size divisible by ``multiple``."""
-    extra = [-n % multiple for n in shape]
-    return [(e // 2, e - e // 2) for e in extra]
+def padded_shape(shape: tuple[int, ...], multiple: int) -> tuple[int, ...]:
+    """``shape`` with every size rounded up to a multiple of ``multiple``."""
+    return tuple(-(-n // multiple) * multiple for n in shape)
+
+
+def padding_to_shape(shape: tuple[int, ...], target: tuple[int, ...]) -> list[tuple[int, int]]:
+    """Zero padding ``(before, after)`` per axis from ``shape`` to ``target``, centred.
+
+    Raises
+    ------
+    DataError
+        If ``shape`` is larger than ``target`` along an axis, or of another dimension.
+    """
+    if len(shape) != len(target) or any(n > t for n, t in zip(shape, target)):
+        raise DataError(f"volumes of shape {tuple(shape)} do not fit the model's input shape "
+                        f"{tuple(target)}")
+    return [((t - n) // 2, t - n - (t - n) // 2) for n, t in zip(shape, target)]
 
 
 def pad(volume: np.ndarray, padding: list[tuple[int, int]]) -> np.ndarray:
@@ -257,15 +310,13 @@ def crop(volume: np.ndarray, padding: list[tuple[int, int]]) -> np.ndarray:
     return volume[(Ellipsis,) + slices]
 
 
-def pad_dataset(data: Dataset, multiple: int) -> tuple[Dataset, list[tuple[int, int]]]:
-    """Zero-pad every array of ``data`` so its sizes divide by ``multiple``."""
-    padding = padding_to_multiple(data.shape, multiple)
-    if not any(before or after for before, after in padding):
-        return data, padding
+def pad_dataset(data: Dataset, target: tuple[int, ...]) -> Dataset:
+    """Zero-pad every array of ``data`` to the spatial shape ``target`` (centred)."""
+    padding = padding_to_shape(data.shape, target)
     padded = {name: None if value is None else pad(value, padding)
               for name, value in (("vols", data.vols), ("segs", data.segs),
                                   ("atlas", data.atlas), ("atlas_seg", data.atlas_seg))}
-    return dataclasses.replace(data, **padded), padding
+    return dataclasses.replace(data, **padded)
 
 
 def _batch(moving: np.ndarray, static: np.ndarray) -> tuple[dict, dict]:
@@ -330,12 +381,15 @@ class Pairs:
     ----------
     moving, static : np.ndarray
         ``(P, *spatial)`` images in [0, 1].
+    index : np.ndarray
+        ``(P, 2)`` int: the moving and static volume of each pair in the set; -1 for the atlas.
     moving_segs, static_segs : np.ndarray or None
         ``(P, *spatial)`` int32 label maps, when the data has them.
     """
 
     moving: np.ndarray
     static: np.ndarray
+    index: np.ndarray
     moving_segs: np.ndarray | None = None
     static_segs: np.ndarray | None = None
 
@@ -366,10 +420,12 @@ def make_pairs(data: Dataset, mode: str, max_pairs: int | None = None) -> Pairs:
         if data.atlas is None:
             raise DataError("atlas pairs need an atlas (--atlas, or 'atlas' in the .npz file)")
         moving = np.arange(len(data.vols))[:max_pairs]
-        return Pairs(_take(data.vols, moving), _tile(data.atlas, len(moving)),
+        index = np.stack([moving, np.full_like(moving, -1)], axis=1)
+        return Pairs(_take(data.vols, moving), _tile(data.atlas, len(moving)), index,
                      _take(data.segs, moving), _tile(data.atlas_seg, len(moving)))
-    moving, static = scan_to_scan_pairs(len(data.vols))[:max_pairs].T
-    return Pairs(_take(data.vols, moving), _take(data.vols, static),
+    index = scan_to_scan_pairs(len(data.vols))[:max_pairs]
+    moving, static = index.T
+    return Pairs(_take(data.vols, moving), _take(data.vols, static), index,
                  _take(data.segs, moving), _take(data.segs, static))
 
 
@@ -458,17 +514,18 @@ def load_default_data(ndim: int = 3) -> Dataset:
     -------
     Dataset
         ``vols`` empty ``(0, *spatial)``; ``atlas`` the T1 template in [0, 1]; ``atlas_seg``
-        labels 1 CSF, 2 grey matter, 3 white matter; ``affine`` voxel -> MNI mm.
+        labels 1 CSF, 2 grey matter, 3 white matter.
     """
     if ndim not in (2, 3):
         raise DataError(f"the default data is 2D or 3D, got ndim={ndim}")
     with np.load(DEFAULT_DATA) as stored:
-        t1, labels, affine = normalize(stored["t1"]), stored["labels"], stored["affine"]
+        t1, labels = normalize(stored["t1"]), stored["labels"]
+        names = [str(name) for name in stored["label_names"][1:]]
     if ndim == 2:
         t1, labels = t1[..., DEFAULT_SLICE], labels[..., DEFAULT_SLICE]
     return Dataset(vols=np.zeros((0,) + t1.shape, np.float32), atlas=t1,
                    atlas_seg=labels.astype(np.int32), labels=np.array([1, 2, 3]),
-                   affine=affine)
+                   label_names=names)
 
 
 def _smooth_noise(shape: tuple[int, ...], channels: int, spacing: float, std: float,

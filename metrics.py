@@ -282,23 +282,24 @@ def score_registration(moving: np.ndarray, static: np.ndarray, moved: np.ndarray
 
 
 def summarize(results: list[dict]) -> dict:
-    """Mean and standard deviation over pairs of every score of :func:`evaluate_pairs`.
+    """Mean and standard deviation over pairs of every score of :func:`score_registration`.
 
-    Dice is first averaged over labels within each pair (NaN labels skipped).
+    Dice is first averaged over labels within each pair (labels absent from both maps skipped).
 
     Returns
     -------
     dict
         ``{score: {"mean": float, "std": float}}`` for every score present; per-label scores
-        (Dice) also get ``"per_label"``, the mean over pairs of each label.
+        (Dice) also get ``"per_label"`` and ``"per_label_std"``, the mean and standard deviation
+        over pairs of each label.
     """
     summary = {}
     for key in results[0]:
-        values = [r[key] for r in results]
-        if isinstance(values[0], list):
-            per_label = np.nanmean(np.array(values, dtype=np.float64), axis=0)
-            values = [np.nanmean(v) for v in values]
-        summary[key] = {"mean": float(np.mean(values)), "std": float(np.std(values))}
-        if isinstance(results[0][key], list):
-            summary[key]["per_label"] = per_label.tolist()
+        values = np.array([r[key] for r in results], dtype=np.float64)
+        if values.ndim == 2:  # (pairs, labels)
+            summary[key] = {"per_label": np.nanmean(values, axis=0).tolist(),
+                            "per_label_std": np.nanstd(values, axis=0).tolist()}
+            values = np.nanmean(values, axis=1)
+        summary[key] = {"mean": float(np.mean(values)), "std": float(np.std(values)),
+                        **summary.get(key, {})}
     return summary

@@ -83,7 +83,6 @@ def test_npy_npz_and_nifti_load_alike(tmp_path):
         assert data.vols.min() == 0.0 and data.vols.max() == 1.0
         np.testing.assert_allclose(data.vols, from_npy.vols)
     assert from_npz.segs.dtype == np.int32 and from_npz.atlas.shape == (8, 12, 16)
-    np.testing.assert_array_equal(from_nifti.affine, affine)
 
 
 @pytest.mark.parametrize("array, message", [
@@ -114,10 +113,45 @@ def test_an_atlas_of_another_shape_is_refused(tmp_path):
 
 def test_padding_makes_sizes_divisible_and_crop_undoes_it():
     volume = np.random.default_rng(0).random((2, 20, 33))
-    padding = dataloader.padding_to_multiple(volume.shape[1:], 16)
+    shape = dataloader.padded_shape(volume.shape[1:], 16)
+    padding = dataloader.padding_to_shape(volume.shape[1:], shape)
     padded = dataloader.pad(volume, padding)
-    assert padded.shape == (2, 32, 48)
+    assert shape == (32, 48) and padded.shape == (2, 32, 48)
+    assert padding == [(6, 6), (7, 8)]  # centred
     np.testing.assert_array_equal(dataloader.crop(padded, padding), volume)
+
+
+def test_volumes_larger_than_the_target_shape_are_refused():
+    with pytest.raises(dataloader.DataError, match="do not fit the model's input shape"):
+        dataloader.padding_to_shape((20, 40), (32, 32))
+
+
+def test_label_maps_must_hold_integers():
+    assert dataloader.as_label_map(np.array([0.0, 3.0, 17.0])).dtype == np.float64
+    with pytest.raises(dataloader.DataError, match="integer labels"):
+        dataloader.as_label_map(np.array([0.0, 0.5]))
+
+
+@pytest.mark.parametrize("suffix", [".npy", ".npz", ".nii.gz"])
+def test_save_volume_then_load_volume_round_trips(tmp_path, suffix):
+    volume = np.random.default_rng(0).integers(0, 40, size=(6, 7, 8)).astype(np.int16)
+    path = str(tmp_path / f"vol{suffix}")
+    dataloader.save_volume(path, volume)
+    loaded, image = dataloader.load_volume(path)
+    np.testing.assert_array_equal(loaded, volume)
+    assert loaded.dtype == np.int16
+    assert (image is not None) == (suffix == ".nii.gz")
+
+
+def test_nifti_output_keeps_the_reference_affine_and_takes_its_own_dtype(tmp_path):
+    affine = np.array([[0, 0, 1.5, -10], [-2, 0, 0, 20], [0, 1, 0, 5], [0, 0, 0, 1.0]])
+    nib.save(nib.Nifti1Image(np.zeros((4, 5, 6), np.uint8), affine), tmp_path / "ref.nii.gz")
+    _, reference = dataloader.load_volume(str(tmp_path / "ref.nii.gz"))
+    field = np.random.default_rng(1).normal(size=(4, 5, 6, 3)).astype(np.float32)
+    dataloader.save_volume(str(tmp_path / "out.nii.gz"), field, reference)
+    saved = nib.load(tmp_path / "out.nii.gz")
+    np.testing.assert_allclose(saved.affine, affine)
+    np.testing.assert_array_equal(np.asanyarray(saved.dataobj), field)
 
 
 def test_default_data_is_the_template_with_three_tissue_labels():

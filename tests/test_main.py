@@ -43,7 +43,7 @@ def test_3d_npz_run_pads_the_volumes_and_trains(tmp_path, capsys):
     output = tmp_path / "run"
     assert main.main(["--data", data, "--model", "vm1", "--loss", "mse", "--epochs", "1",
                       "--steps_per_epoch", "2", "--output", str(output)]) == 0
-    assert "Padded the volumes with zeros to (16, 16, 16)" in capsys.readouterr().out
+    assert "Padded the volumes with zeros from (12, 16, 16) to (16, 16, 16)" in capsys.readouterr().out
     scores = json.loads((output / "metrics.json").read_text())
     assert scores["shape"] == [16, 16, 16] and scores["pairs"] == "atlas"
 
@@ -105,3 +105,105 @@ def test_help_runs_from_the_shell():
     for flag in ("--epochs", "--batch_size", "--lr", "--lamda", "--model", "--loss", "--data",
                  "--atlas", "--steps_per_epoch", "--output", "--seed"):
         assert flag in result.stdout
+
+
+@pytest.fixture(scope="module")
+def identity_model(tmp_path_factory):
+    """A 16^3 VoxelMorph-1 whose displacement is exactly zero, saved to disk."""
+    model = main.models.VoxelMorph1((16, 16, 16))
+    layer = model.get_layer("deformation")
+    layer.set_weights([np.zeros_like(w) for w in layer.get_weights()])
+    path = tmp_path_factory.mktemp("model") / "model.keras"
+    model.save(path)
+    return str(path)
+
+
+def brain_like(shape=(12, 16, 14), seed=0):
+    """An image (uint16, not in [0, 1]) and a uint8 label map with labels {0, 3, 7}."""
+    rng = np.random.default_rng(seed)
+    image = rng.integers(0, 1000, size=shape).astype(np.uint16)
+    labels = np.choose(rng.integers(0, 3, size=shape), [0, 3, 7]).astype(np.uint8)
+    return image, labels
+
+
+def test_register_npy_with_zero_displacement_returns_the_input_unchanged(tmp_path,
+                                                                         identity_model):
+    image, labels = brain_like()
+    np.save(tmp_path / "moving.npy", image)
+    np.save(tmp_path / "static.npy", brain_like(seed=1)[0])
+    np.save(tmp_path / "labels.npy", labels)
+    out = {name: str(tmp_path / f"{name}.npy") for name in ("moved", "deformation", "moved_seg")}
+    assert main.main(["register", "--model", identity_model,
+                      "--moving", str(tmp_path / "moving.npy"),
+                      "--static", str(tmp_path / "static.npy"),
+                      "--moving_seg", str(tmp_path / "labels.npy"),
+                      "--moved", out["moved"], "--deformation", out["deformation"],
+                      "--moved_seg", out["moved_seg"]]) == 0
+    moved, deformation, moved_seg = (np.load(out[name]) for name in out)
+    assert moved.shape == image.shape and moved.dtype == np.float32
+    np.testing.assert_array_equal(moved, image.astype(np.float32))
+    assert deformation.shape == (*image.shape, 3) and not deformation.any()
+    assert moved_seg.dtype == np.uint8
+    np.testing.assert_array_equal(moved_seg, labels)
+
+
+def test_register_nifti_keeps_the_static_affine_and_label_values(tmp_path, identity_model):
+    import nibabel as nib
+
+    identity = keras.models.load_model(identity_model)
+    layer = identity.get_layer("deformation")  # a smooth non-zero displacement of ~1 voxel
+    layer.set_weights([np.zeros_like(layer.get_weights()[0]), np.array([1.3, -0.6, 0.8])])
+    model_path = str(tmp_path / "shift.keras")
+    identity.save(model_path)
+
+    image, labels = brain_like()
+    affine = np.diag([1.5, 1.5, 2.0, 1.0])
+    affine[:3, 3] = [-9.0, 4.0, 12.0]
+    for name, array in (("moving", image), ("static", brain_like(seed=1)[0]), ("seg", labels)):
+        nib.save(nib.Nifti1Image(array, np.eye(4) if name != "static" else affine),
+                 tmp_path / f"{name}.nii.gz")
+    assert main.main(["register", "--model", model_path,
+                      "--moving", str(tmp_path / "moving.nii.gz"),
+                      "--static", str(tmp_path / "static.nii.gz"),
+                      "--moving_seg", str(tmp_path / "seg.nii.gz"),
+                      "--moved", str(tmp_path / "moved.nii.gz"),
+                      "--deformation", str(tmp_path / "u.nii.gz"),
+                      "--moved_seg", str(tmp_path / "moved_seg.nii.gz")]) == 0
+    moved, field, moved_seg = (nib.load(tmp_path / f"{name}.nii.gz")
+                               for name in ("moved", "u", "moved_seg"))
+    for output in (moved, field, moved_seg):
+        np.testing.assert_allclose(output.affine, affine)
+    assert moved.shape == image.shape and field.shape == (*image.shape, 3)
+    np.testing.assert_allclose(np.asanyarray(field.dataobj)[2, 3, 4], [1.3, -0.6, 0.8],
+                               atol=1e-6)
+    warped = np.asanyarray(moved_seg.dataobj)
+    assert warped.dtype == np.uint8
+    assert set(np.unique(warped)) <= {0, 3, 7}
+    assert not np.array_equal(warped, labels)  # it did move
+
+
+def test_register_refuses_images_larger_than_the_model(tmp_path, capsys, identity_model):
+    np.save(tmp_path / "big.npy", np.zeros((20, 16, 16)))
+    code = main.main(["register", "--model", identity_model, "--moving",
+                      str(tmp_path / "big.npy"), "--static", str(tmp_path / "big.npy"),
+                      "--moved", str(tmp_path / "out.npy")])
+    assert code == 2
+    assert "do not fit the model's input shape (16, 16, 16)" in capsys.readouterr().err
+
+
+def test_evaluate_scores_a_pair_registered_to_itself_with_dice_one(tmp_path, identity_model):
+    image, labels = brain_like(shape=(16, 16, 16))
+    np.savez(tmp_path / "test.npz", vols=np.stack([image, image]),
+             segs=np.stack([labels, labels]), labels=[3, 7], label_names=["three", "seven"])
+    output = tmp_path / "eval"
+    assert main.main(["evaluate", "--model", identity_model, "--data",
+                      str(tmp_path / "test.npz"), "--output", str(output)]) == 0
+    evaluation = json.loads((output / "eval.json").read_text())
+    assert evaluation["pairs"] == "scan_to_scan" and len(evaluation["per_pair"]) == 2
+    assert evaluation["labels"] == [3, 7] and evaluation["label_names"] == ["three", "seven"]
+    for pair in evaluation["per_pair"]:
+        assert pair["dice_after"] == [1.0, 1.0] and pair["folding_fraction"] == 0.0
+        assert np.isfinite(pair["seconds"]) and np.isfinite(pair["ncc_after"])
+    rows = (output / "dice_per_structure.csv").read_text().splitlines()
+    assert rows[0].startswith("label,name,dice_before_mean") and rows[1].startswith("3,three,")
+    assert os.path.getsize(output / "dice_boxplot.png") > 0
