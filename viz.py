@@ -3,18 +3,40 @@
 A 3D volume is shown as three orthogonal slices through ``slice_index`` (default: its centre),
 one row each; a 2D image as one row. Arrays are displayed with axis 0 to the right and axis 1
 upwards (``origin="lower"``), so RAS volumes such as the default MNI152 data appear in the usual
-neurological orientation.
+neurological orientation. A displacement field is shown in each view through its two in-plane
+components.
 
 Every function returns a ``matplotlib.figure.Figure`` and saves it as a PNG when given ``fname``.
+From the shell::
+
+    python3 viz.py RUN_DIR                             # every figure of a main.py run folder
+    python3 viz.py RUN_DIR --output _images --prefix default3d_ --pairs 1
+    python3 viz.py --framework _images/framework.png   # the model diagram
 """
+import argparse
 import csv
+import json
 import os
 import sys
+from functools import partial
 
 import numpy as np
+from matplotlib.collections import LineCollection
+from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.patches import FancyArrowPatch, FancyBboxPatch, Patch, Rectangle
+
+import metrics
 
 VIEW_NAMES = ("sagittal", "coronal", "axial")
+PANEL_INCHES = 2.6  # width and height of one image panel
+DPI = 100
+JACOBIAN_RANGE = (0.0, 2.0)  # colour scale of the Jacobian determinant, centred at 1
+FOLDING_COLOUR = "#00e000"  # voxels with Jacobian determinant <= 0
+GRID_COLOUR = "#ff8c00"
+BEFORE_COLOUR, AFTER_COLOUR = "#bbbbbb", "#1f77b4"  # Dice before / after registration
+FIGURES = ("loss", "overlay", "grid", "displacement", "jacobian", "dice")  # kinds in a run
 
 
 def _slices(volume: np.ndarray, slice_index=None) -> list[np.ndarray]:
@@ -39,6 +61,39 @@ def _slices(volume: np.ndarray, slice_index=None) -> list[np.ndarray]:
     return [np.take(volume, index, axis=axis) for axis, index in enumerate(slice_index)]
 
 
+def _field(deformation) -> np.ndarray:
+    """``deformation`` as a float array, checked to be ``(*spatial, ndim)`` with ndim 2 or 3."""
+    deformation = np.asarray(deformation, dtype=np.float64)
+    if deformation.ndim not in (3, 4) or deformation.shape[-1] != deformation.ndim - 1:
+        raise ValueError(f"expected a (*spatial, ndim) displacement with ndim 2 or 3, "
+                         f"got shape {deformation.shape}")
+    return deformation
+
+
+def _in_plane(deformation: np.ndarray, slice_index=None) -> list[np.ndarray]:
+    """Per view, the two displacement components that lie in the view's plane.
+
+    Parameters
+    ----------
+    deformation : np.ndarray
+        ``(*spatial, ndim)`` displacement in voxels, 'ij' order, 2D or 3D.
+    slice_index : int or sequence of int, optional
+        3D only: where to cut; default the centre of each axis.
+
+    Returns
+    -------
+    list of np.ndarray
+        One ``(h, w, 2)`` array per view (one in 2D, three in 3D): the displacement along the
+        view's first and second axes, in voxels.
+    """
+    deformation = _field(deformation)
+    ndim = deformation.shape[-1]
+    components = [_slices(deformation[..., d], slice_index) for d in range(ndim)]
+    planes = [(0, 1)] if ndim == 2 else [(1, 2), (0, 2), (0, 1)]
+    return [np.stack([components[a][view], components[b][view]], axis=-1)
+            for view, (a, b) in enumerate(planes)]
+
+
 def _unit(image: np.ndarray) -> np.ndarray:
     """Min-max scale to [0, 1] (zeros for a constant image)."""
     image = np.asarray(image, dtype=np.float64)
@@ -49,6 +104,24 @@ def _unit(image: np.ndarray) -> np.ndarray:
 def _overlay(first: np.ndarray, second: np.ndarray) -> np.ndarray:
     """RGB image: ``first`` in magenta, ``second`` in green; grey where they agree."""
     return np.stack([first, second, first], axis=-1)
+
+
+def _panels(rows: int, cols: int, title: str, width: float = PANEL_INCHES):
+    """A figure of ``rows`` x ``cols`` image panels; rows are named by view in 3D.
+
+    Returns
+    -------
+    fig : matplotlib.figure.Figure
+    axes : np.ndarray
+        ``(rows, cols)`` axes.
+    """
+    fig = Figure(figsize=(width * cols, PANEL_INCHES * rows + 0.4), layout="constrained")
+    axes = fig.subplots(rows, cols, squeeze=False)
+    if rows == len(VIEW_NAMES):
+        for ax, name in zip(axes[:, 0], VIEW_NAMES):
+            ax.set_ylabel(name)
+    fig.suptitle(title)
+    return fig, axes
 
 
 def _show(ax, image: np.ndarray, title: str = "", **kwargs):
@@ -63,8 +136,9 @@ def _show(ax, image: np.ndarray, title: str = "", **kwargs):
 
 
 def _save(fig: Figure, fname: str | None) -> Figure:
+    """Write ``fig`` as a PNG of exactly its size at ``DPI`` when ``fname`` is given."""
     if fname:
-        fig.savefig(fname, dpi=100, bbox_inches="tight")
+        fig.savefig(fname, dpi=DPI)
     return fig
 
 
@@ -92,19 +166,137 @@ def overlay_slices(moving, static, moved, slice_index=None, ltitle: str = "Movin
     matplotlib.figure.Figure
     """
     rows = [_slices(_unit(v), slice_index) for v in (moving, static, moved)]
-    fig = Figure(figsize=(12.5, 2.6 * len(rows[0])))
-    axes = fig.subplots(len(rows[0]), 5, squeeze=False)
+    fig, axes = _panels(len(rows[0]), 5, f"Overlays: {ltitle} or {rtitle} in magenta, {mtitle} "
+                        "in green, grey where they agree")
     titles = (ltitle, f"{ltitle} / {mtitle}", mtitle, f"{rtitle} / {mtitle}", rtitle)
     for row, (left, middle, right) in enumerate(zip(*rows)):
         panels = (left, _overlay(left, middle), middle, _overlay(right, middle), right)
         for col, panel in enumerate(panels):
             _show(axes[row, col], panel, titles[col] if row == 0 else "", cmap="gray")
-        if len(rows[0]) == 3:
-            axes[row, 0].set_ylabel(VIEW_NAMES[row])
     return _save(fig, fname)
 
 
-def read_history(path: str) -> dict[str, list[float]]:
+def plot_deformation_grid(deformation, image=None, slice_index=None, spacing: int = 4,
+                          fname: str | None = None) -> Figure:
+    """The deformation as a warped regular grid, optionally over an image.
+
+    The grid lines run every ``spacing`` voxels; each grid point ``x`` is drawn at ``x + u(x)``
+    (the two in-plane components of ``u`` in each view), the point of the moving image that the
+    static image's voxel ``x`` is matched with. A regular, unbent grid means no deformation.
+
+    Parameters
+    ----------
+    deformation : np.ndarray
+        ``(*spatial, ndim)`` displacement ``u`` in voxels, 'ij' order, 2D or 3D.
+    image : np.ndarray, optional
+        ``(*spatial)`` image drawn underneath, best the moving image.
+    slice_index : int or sequence of int, optional
+        3D only: where to cut; default the centre of each axis.
+    spacing : int
+        Distance between grid lines, in voxels.
+    fname : str, optional
+        PNG path to save to.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    fields = _in_plane(deformation, slice_index)
+    backgrounds = (_slices(_unit(image), slice_index) if image is not None
+                   else [np.ones(field.shape[:2]) for field in fields])
+    fig, axes = _panels(len(fields), 1, f"Deformation grid\n(lines every {spacing} voxels)",
+                        width=PANEL_INCHES + 0.6)
+    for ax, field, background in zip(axes[:, 0], fields, backgrounds):
+        _show(ax, background, cmap="gray", vmin=0, vmax=1)
+        points = np.moveaxis(np.indices(field.shape[:2]), 0, -1) + field  # x + u(x), voxels
+        lines = ([points[i, :] for i in range(0, field.shape[0], spacing)]
+                 + [points[:, j] for j in range(0, field.shape[1], spacing)])
+        ax.add_collection(LineCollection(lines, colors=GRID_COLOUR, linewidths=0.8), autolim=False)
+    return _save(fig, fname)
+
+
+def _map_figure(values: np.ndarray, slice_index, title: str, label: str,
+                extend: str = "neither", **style) -> tuple[Figure, list, list[np.ndarray]]:
+    """A scalar map ``(*spatial)``, one view per row, with one colour bar labelled ``label``.
+
+    Returns
+    -------
+    fig : matplotlib.figure.Figure
+    axes : list
+        The axes of the views.
+    views : list of np.ndarray
+        The 2D slices shown, in the order of ``axes``.
+    """
+    views = _slices(values, slice_index)
+    fig, axes = _panels(len(views), 1, title, width=PANEL_INCHES + 1.0)
+    for ax, view in zip(axes[:, 0], views):
+        artist = _show(ax, view, **style)
+    fig.colorbar(artist, ax=axes[:, 0], label=label, shrink=0.8, extend=extend)
+    return fig, list(axes[:, 0]), views
+
+
+def plot_displacement(deformation, slice_index=None, fname: str | None = None) -> Figure:
+    """Displacement magnitude ``|u(x)|`` in voxels, with a colour bar.
+
+    Parameters
+    ----------
+    deformation : np.ndarray
+        ``(*spatial, ndim)`` displacement in voxels, 'ij' order, 2D or 3D. The magnitude counts
+        every component, the through-plane one of a 3D view included.
+    slice_index : int or sequence of int, optional
+        3D only: where to cut; default the centre of each axis.
+    fname : str, optional
+        PNG path to save to.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    magnitude = np.linalg.norm(_field(deformation), axis=-1)
+    fig, _, _ = _map_figure(magnitude, slice_index,
+                            f"Displacement magnitude\n(max {magnitude.max():.1f} voxels)",
+                            "|u| (voxels)", cmap="magma",
+                            norm=Normalize(0.0, max(magnitude.max(), 1e-6)))
+    return _save(fig, fname)
+
+
+def plot_jacobian(deformation, slice_index=None, fname: str | None = None) -> Figure:
+    """Jacobian determinant of ``x -> x + u(x)``, with folding voxels marked.
+
+    A diverging colour map is centred at 1 (volume kept): blue where the map shrinks, red where
+    it grows. Voxels with determinant <= 0, where the map folds, are ringed in
+    ``FOLDING_COLOUR``, so that even a single one stands out; the title gives their number and
+    share in the whole field.
+
+    Parameters
+    ----------
+    deformation : np.ndarray
+        ``(*spatial, ndim)`` displacement in voxels, 'ij' order, 2D or 3D.
+    slice_index : int or sequence of int, optional
+        3D only: where to cut; default the centre of each axis.
+    fname : str, optional
+        PNG path to save to.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    determinant = metrics.jacobian_determinant(deformation)
+    folded = int(np.sum(determinant <= 0))
+    fig, axes, views = _map_figure(
+        determinant, slice_index, f"Jacobian determinant\n(folding: {folded} voxels, "
+        f"{100 * folded / determinant.size:.3f}%)", "det(Jacobian)", extend="both",
+        cmap="RdBu_r", norm=Normalize(*JACOBIAN_RANGE))
+    for ax, view in zip(axes, views):
+        ax.scatter(*np.nonzero(view <= 0), s=40, facecolors="none", edgecolors=FOLDING_COLOUR,
+                   linewidths=1.2)
+    ring = Line2D([], [], marker="o", linestyle="none", markersize=7, markerfacecolor="none",
+                  markeredgecolor=FOLDING_COLOUR, label="folding voxel (det <= 0)")
+    fig.legend(handles=[ring], loc="outside lower center", fontsize=9, frameon=False)
+    return _save(fig, fname)
+
+
+def read_history(path) -> dict[str, list[float]]:
     """Read a Keras ``CSVLogger`` file into ``{column: values}``."""
     with open(path, newline="") as file:
         rows = list(csv.DictReader(file))
@@ -114,9 +306,12 @@ def read_history(path: str) -> dict[str, list[float]]:
 def plot_history(history, fname: str | None = None) -> Figure:
     """Training curves: total loss, image similarity and smoothness, train and validation.
 
+    Keras logs the similarity and smoothness terms unweighted; the total loss is
+    ``similarity + lambda * smoothness``. The smoothness axis is logarithmic.
+
     Parameters
     ----------
-    history : dict or str
+    history : dict or path-like
         ``keras.callbacks.History.history``-like ``{name: values per epoch}``, or the path of
         the ``history.csv`` that ``main.py`` writes.
     fname : str, optional
@@ -126,56 +321,292 @@ def plot_history(history, fname: str | None = None) -> Figure:
     -------
     matplotlib.figure.Figure
     """
-    if isinstance(history, str):
+    if not isinstance(history, dict):
         history = read_history(history)
-    panels = (("loss", "total loss"), ("moved_loss", "similarity (moved vs static)"),
-              ("deformation_loss", "smoothness (gradient of displacement)"))
-    fig = Figure(figsize=(13, 3.6))
+    panels = (("loss", "total loss", "similarity + $\\lambda$ smoothness"),
+              ("moved_loss", "image similarity", "-NCC or MSE of moved vs static"),
+              ("deformation_loss", "smoothness", "mean squared gradient of $u$ (voxels$^2$)"))
+    fig = Figure(figsize=(13, 3.8), layout="constrained")
     axes = fig.subplots(1, len(panels))
-    for ax, (key, title) in zip(axes, panels):
+    for ax, (key, title, ylabel) in zip(axes, panels):
         for prefix, style in (("", "-"), ("val_", "--")):
             values = history.get(prefix + key)
             if values:
                 epochs = np.arange(1, len(values) + 1)
                 ax.plot(epochs, values, style, marker="o", markersize=3,
                         label="validation" if prefix else "train")
-        ax.set_title(title, fontsize=10)
+        ax.set_title(title)
         ax.set_xlabel("epoch")
+        ax.set_ylabel(ylabel)
+        ax.xaxis.get_major_locator().set_params(integer=True)
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=8)
-    fig.tight_layout()
+            ax.legend(fontsize=9)
+    smoothness = history.get("deformation_loss", []) + history.get("val_deformation_loss", [])
+    if smoothness and min(smoothness) > 0:
+        axes[-1].set_yscale("log")
+    fig.suptitle("Training history")
     return _save(fig, fname)
 
 
-def render_run(run_dir: str) -> list[str]:
-    """Draw every figure of a ``main.py`` run folder into that folder.
+def read_evaluation(path) -> dict:
+    """Read the ``eval.json`` that ``main.py evaluate`` writes (NaN Dice values included)."""
+    with open(path) as file:
+        return json.load(file)
 
-    Reads ``history.csv`` (training curves -> ``loss.png``) and ``samples.npz`` (registered
-    validation pairs -> ``overlay_<i>.png``), whichever exist.
+
+def plot_dice(evaluation, fname: str | None = None) -> Figure:
+    """Box plot of Dice per structure, before and after registration side by side.
+
+    Parameters
+    ----------
+    evaluation : dict or path-like
+        ``eval.json`` of ``main.py evaluate``, or its path: ``labels``, ``label_names`` (or
+        null), ``pairs``, ``summary`` and ``per_pair``, whose ``dice_before`` and
+        ``dice_after`` list one Dice per label, in the order of ``labels``. NaN values (a
+        structure absent from both label maps) are left out.
+    fname : str, optional
+        PNG path to save to.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    if not isinstance(evaluation, dict):
+        evaluation = read_evaluation(evaluation)
+    names = [str(name).replace("_", " ")
+             for name in evaluation.get("label_names") or evaluation["labels"]]
+    rotate = len(names) > 6
+    fig = Figure(figsize=(max(5.0, 1.0 + 0.45 * len(names)), 5.4 if rotate else 4.4),
+                 layout="constrained")
+    ax = fig.subplots()
+    positions = np.arange(len(names))
+    for key, colour, shift in (("dice_before", BEFORE_COLOUR, -0.2),
+                               ("dice_after", AFTER_COLOUR, 0.2)):
+        scores = np.array([pair[key] for pair in evaluation["per_pair"]], dtype=np.float64)
+        ax.boxplot([column[np.isfinite(column)] for column in scores.T],
+                   positions=positions + shift, widths=0.35, patch_artist=True,
+                   boxprops={"facecolor": colour}, medianprops={"color": "black"},
+                   flierprops={"markersize": 3})
+    ax.set_xticks(positions, names, rotation=45 if rotate else 0,
+                  ha="right" if rotate else "center", rotation_mode="anchor")
+    ax.set_xlim(-0.6, len(names) - 0.4)
+    ax.set_ylim(0.0, 1.0)
+    ax.set_ylabel("Dice")
+    ax.grid(axis="y", alpha=0.3)
+    summary = evaluation["summary"]
+    fig.legend(handles=[
+        Patch(facecolor=BEFORE_COLOUR, edgecolor="black",
+              label=f"before (mean {summary['dice_before']['mean']:.3f})"),
+        Patch(facecolor=AFTER_COLOUR, edgecolor="black",
+              label=f"after registration (mean {summary['dice_after']['mean']:.3f})")],
+        loc="outside lower center", ncols=2, frameon=False)
+    pairing = "scan-to-atlas" if evaluation["pairs"] == "atlas" else "scan-to-scan"
+    ax.set_title(f"Dice per structure, {len(evaluation['per_pair'])} {pairing} pairs")
+    return _save(fig, fname)
+
+
+def _box(ax, centre: tuple[float, float], size: tuple[float, float], text: str, colour: str,
+         note: str = "") -> None:
+    """A rounded box with centred text and an optional note (the code) underneath."""
+    (x, y), (width, height) = centre, size
+    ax.add_patch(FancyBboxPatch((x - width / 2, y - height / 2), width, height,
+                                boxstyle="round,pad=0.05,rounding_size=0.15", facecolor=colour,
+                                edgecolor="#444444"))
+    ax.text(x, y, text, ha="center", va="center", fontsize=11)
+    if note:
+        ax.text(x, y - height / 2 - 0.2, note, ha="center", va="top", fontsize=9,
+                family="monospace", color="#444444")
+
+
+def _arrow(ax, *points: tuple[float, float], dashed: bool = False, colour: str = "black") -> None:
+    """A polyline through ``points`` ending in an arrow head."""
+    style = "--" if dashed else "-"
+    if len(points) > 2:
+        ax.plot(*zip(*points[:-1]), style, color=colour, linewidth=1.2)
+    ax.add_patch(FancyArrowPatch(points[-2], points[-1], arrowstyle="-|>", mutation_scale=12,
+                                 linestyle=style, color=colour, linewidth=1.2,
+                                 shrinkA=0, shrinkB=0))
+
+
+def _unet(ax, x: float, y: float) -> tuple[float, float]:
+    """The U-Net as bars, one per resolution level, starting at ``(x, y)``; returns its output.
+
+    Encoder widths ``models.ENCODER`` at 1/2 to 1/16 resolution (stride 2); decoder widths of
+    VoxelMorph-2 per level, with dashed skip connections from the encoder level of the same size.
+    """
+    levels = [0, 1, 2, 3, 4, 4, 3, 2, 1, 0]  # the input pair, encoder, decoder
+    widths = ["2", "16", "32", "32", "32", "32", "32", "32", "32 32", "16 16"]
+    step, drop, bar = 0.72, 0.45, 0.3
+    centres = [(x + i * step, y - drop * level) for i, level in enumerate(levels)]
+    heights = [2.6 * 0.72 ** level for level in levels]
+    colours = ["#999999"] + ["#6fa8dc"] * 4 + ["#93c47d"] * 5
+    for (cx, cy), height, colour, width in zip(centres, heights, colours, widths):
+        ax.add_patch(Rectangle((cx - bar / 2, cy - height / 2), bar, height, facecolor=colour,
+                               edgecolor="#444444"))
+        ax.text(cx, cy - height / 2 - 0.08, width.replace(" ", "\n"), ha="center", va="top",
+                fontsize=8)
+    for a, b in zip(centres, centres[1:]):
+        _arrow(ax, (a[0] + bar / 2, a[1]), (b[0] - bar / 2, b[1]))
+    for i in range(4):  # skips from the input pair and the encoder levels above the deepest
+        j = len(levels) - 1 - i
+        top = centres[i][1] + heights[i] / 2
+        _arrow(ax, (centres[i][0], top), (centres[i][0], top + 0.15),
+               (centres[j][0], top + 0.15), (centres[j][0], top), dashed=True, colour="#666666")
+    return centres[-1][0] + bar / 2, y
+
+
+def plot_framework(fname: str | None = None) -> Figure:
+    """Diagram of VoxelMorph's data flow (CVPR 2018, Fig. 2), with the code of each part.
+
+    The moving image ``m`` and static image ``f`` are concatenated and fed to the U-Net
+    ``g_theta`` (``models.py``), which outputs the displacement ``u``; the spatial transformer
+    (``utils.warp``) resamples ``m`` into ``m o phi``, ``phi = Id + u``. Training minimises
+    ``similarity(f, m o phi) + lambda * smoothness(grad u)`` (``metrics.py``).
+
+    Parameters
+    ----------
+    fname : str, optional
+        PNG path to save to.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    fig = Figure(figsize=(13, 5.2), layout="constrained")
+    ax = fig.subplots()
+    ax.set_xlim(-0.2, 17.6)
+    ax.set_ylim(-0.1, 7.0)
+    ax.set_aspect("equal")
+    ax.axis("off")
+    _box(ax, (1.1, 5.1), (1.8, 1.0), "moving\nimage $m$", "#cfe2f3")
+    _box(ax, (1.1, 3.1), (1.8, 1.0), "static\nimage $f$", "#d9ead3")
+    ax.add_patch(FancyBboxPatch((2.7, 1.0), 7.3, 5.2, boxstyle="round,pad=0.05",
+                                facecolor="#fff8e1", edgecolor="#bbbbbb"))
+    ax.text(6.35, 1.05, "U-Net $g_\\theta(m, f)$, VoxelMorph-2 widths (VoxelMorph-1: "
+            "32 8 at 1/2, 8 at full size)", ha="center", va="bottom", fontsize=10)
+    ax.text(6.35, 0.75, "models.py", ha="center", va="top", fontsize=9, family="monospace",
+            color="#444444")
+    end = _unet(ax, 3.1, 4.4)
+    ax.text(4.3, 1.9, "encoder:\nconv, stride 2", ha="center", fontsize=9)
+    ax.text(8.6, 1.9, "decoder: conv,\nupsample, skip", ha="center", fontsize=9)
+    _arrow(ax, (2.0, 5.1), (2.95, 5.1))
+    _arrow(ax, (2.0, 3.1), (2.95, 3.1))
+    _box(ax, (11.4, 4.4), (1.8, 1.0), "displacement\nfield $u$", "#fce5cd")
+    _box(ax, (13.9, 4.4), (1.8, 1.0), "spatial\ntransformer", "#ead1dc", "utils.warp")
+    _box(ax, (16.3, 4.4), (1.8, 1.0), "moved\n$m \\circ \\phi$", "#cfe2f3")
+    _box(ax, (14.0, 1.6), (6.4, 1.0), "$\\mathcal{L}_{sim}(f, m \\circ \\phi) + \\lambda\\, "
+         "\\mathcal{L}_{smooth}(\\nabla u)$", "#f4cccc", "metrics.py")
+    _arrow(ax, end, (10.5, 4.4))
+    _arrow(ax, (12.3, 4.4), (13.0, 4.4))
+    _arrow(ax, (14.8, 4.4), (15.4, 4.4))
+    _arrow(ax, (1.1, 5.6), (1.1, 6.6), (13.9, 6.6), (13.9, 4.9))
+    _arrow(ax, (11.4, 3.9), (11.4, 2.1), dashed=True)
+    _arrow(ax, (16.3, 3.9), (16.3, 2.1), dashed=True)
+    _arrow(ax, (1.1, 2.6), (1.1, 0.2), (10.4, 0.2), (10.4, 1.6), (10.8, 1.6), dashed=True)
+    fig.suptitle("VoxelMorph: a CNN predicts the deformation, a spatial transformer applies it; "
+                 "trained without ground-truth deformations")
+    return _save(fig, fname)
+
+
+def _run_figures(run_dir: str, pairs: int | None = None):
+    """Yield ``(kind, file name, draw)`` for every figure a run folder has the data for.
+
+    ``draw(fname=...)`` makes the figure; ``kind`` is one of ``FIGURES``.
+    """
+    history = os.path.join(run_dir, "history.csv")
+    if os.path.exists(history):
+        yield "loss", "loss.png", partial(plot_history, history)
+    samples = os.path.join(run_dir, "samples.npz")
+    if os.path.exists(samples):
+        with np.load(samples) as stored:
+            arrays = dict(stored)
+        for i in range(len(arrays["moving"]))[:pairs]:
+            moving, deformation = arrays["moving"][i], arrays["deformation"][i]
+            yield "overlay", f"overlay_{i}.png", partial(
+                overlay_slices, moving, arrays["static"][i], arrays["moved"][i])
+            yield "grid", f"grid_{i}.png", partial(plot_deformation_grid, deformation, moving)
+            yield "displacement", f"displacement_{i}.png", partial(plot_displacement, deformation)
+            yield "jacobian", f"jacobian_{i}.png", partial(plot_jacobian, deformation)
+    evaluation = os.path.join(run_dir, "eval.json")
+    if os.path.exists(evaluation) and "dice_after" in read_evaluation(evaluation)["summary"]:
+        yield "dice", "dice_boxplot.png", partial(plot_dice, evaluation)
+
+
+def render_run(run_dir: str, output: str | None = None, prefix: str = "",
+               pairs: int | None = None, figures=FIGURES) -> list[str]:
+    """Draw every figure of a ``main.py`` run folder.
+
+    ``history.csv`` gives ``loss.png``; ``samples.npz`` (registered validation pairs) gives
+    ``overlay_<i>.png``, ``grid_<i>.png``, ``displacement_<i>.png`` and ``jacobian_<i>.png``;
+    ``eval.json`` (of ``main.py evaluate``, with Dice) gives ``dice_boxplot.png``. Missing
+    inputs are skipped.
+
+    Parameters
+    ----------
+    run_dir : str
+        The run folder.
+    output : str, optional
+        Folder to write into (made if missing); default ``run_dir``.
+    prefix : str
+        Prepended to every file name.
+    pairs : int, optional
+        Draw the first ``pairs`` samples only; default all.
+    figures : sequence of str
+        Kinds of figure to draw, from ``FIGURES``.
 
     Returns
     -------
     list of str
         Paths of the PNG files written.
     """
+    output = output or run_dir
+    os.makedirs(output, exist_ok=True)
     written = []
-    history = os.path.join(run_dir, "history.csv")
-    if os.path.exists(history):
-        written.append(os.path.join(run_dir, "loss.png"))
-        plot_history(history, written[-1])
-    samples = os.path.join(run_dir, "samples.npz")
-    if os.path.exists(samples):
-        with np.load(samples) as arrays:
-            for i in range(len(arrays["moving"])):
-                written.append(os.path.join(run_dir, f"overlay_{i}.png"))
-                overlay_slices(arrays["moving"][i], arrays["static"][i], arrays["moved"][i],
-                               fname=written[-1])
+    for kind, name, draw in _run_figures(run_dir, pairs):
+        if kind in figures:
+            written.append(os.path.join(output, prefix + name))
+            draw(fname=written[-1])
     return written
 
 
+def build_parser() -> argparse.ArgumentParser:
+    """The command line: a run folder to draw, and/or the framework diagram."""
+    parser = argparse.ArgumentParser(
+        prog="viz.py",
+        description="Draw the figures of a main.py run folder (training curves, registered "
+                    "validation pairs, Dice box plot), or the VoxelMorph framework diagram.")
+    parser.add_argument("run_dir", nargs="?", help="folder written by main.py")
+    parser.add_argument("--output", default=None, help="folder to write into (default: RUN_DIR)")
+    parser.add_argument("--prefix", default="", help="prefix of every file name (default: none)")
+    parser.add_argument("--pairs", type=int, default=None,
+                        help="draw the first PAIRS samples only (default: all)")
+    parser.add_argument("--figures", nargs="+", choices=FIGURES, default=list(FIGURES),
+                        metavar="KIND", help=f"kinds of figure to draw, from {', '.join(FIGURES)} "
+                                             "(default: all)")
+    parser.add_argument("--framework", metavar="PNG", default=None,
+                        help="draw the framework diagram into PNG")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.run_dir is None and args.framework is None:
+        parser.error("give a RUN_DIR, --framework PNG, or both")
+    if args.run_dir is not None and not os.path.isdir(args.run_dir):
+        parser.error(f"no such folder: {args.run_dir}")
+    if args.pairs is not None and args.pairs < 1:
+        parser.error(f"--pairs must be positive, got {args.pairs}")
+    if args.framework:
+        plot_framework(args.framework)
+        print(args.framework)
+    if args.run_dir:
+        for path in render_run(args.run_dir, args.output, args.prefix, args.pairs,
+                               args.figures):
+            print(path)
+    return 0
+
+
 if __name__ == "__main__":
-    if len(sys.argv) != 2 or not os.path.isdir(sys.argv[1]):
-        sys.exit("usage: python3 viz.py RUN_DIR  (a folder written by main.py)")
-    for path in render_run(sys.argv[1]):
-        print(path)
+    sys.exit(main())
