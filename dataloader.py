@@ -478,14 +478,17 @@ class ScanToScanDataLoader(keras.utils.PyDataset):
         Pairs drawn per epoch.
     seed : int, optional
         Seed of the draws.
+    augment : bool
+        Pass both images of every pair through :func:`random_subject` (a new random smooth
+        deformation and intensity change each time), which helps when the set is small.
     **kwargs
         Passed to ``keras.utils.PyDataset``.
     """
 
     def __init__(self, vols, batch_size: int = 1, pairs_per_epoch: int = 100,
-                 seed: int | None = None, **kwargs):
+                 seed: int | None = None, augment: bool = False, **kwargs):
         super().__init__(**kwargs)
-        self.vols, self.batch_size = np.asarray(vols), batch_size
+        self.vols, self.batch_size, self.augment = np.asarray(vols), batch_size, augment
         self.pairs_per_epoch, self.seed, self.epoch = pairs_per_epoch, seed, 0
         self.on_epoch_end()
 
@@ -494,7 +497,13 @@ class ScanToScanDataLoader(keras.utils.PyDataset):
 
     def __getitem__(self, index: int) -> tuple[dict, dict]:
         pick = self.pairs[index * self.batch_size:(index + 1) * self.batch_size]
-        return _batch(self.vols[pick[:, 0]], self.vols[pick[:, 1]])
+        moving, static = self.vols[pick[:, 0]], self.vols[pick[:, 1]]
+        if self.augment:
+            rng = np.random.default_rng(None if self.seed is None
+                                        else (self.seed, self.epoch, index))
+            moving, static = ([random_subject(image, rng)[0] for image in images]
+                              for images in (moving, static))
+        return _batch(np.asarray(moving), np.asarray(static))
 
     def on_epoch_end(self) -> None:
         seed = None if self.seed is None else (self.seed, self.epoch)
@@ -575,9 +584,37 @@ def random_intensity(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return np.clip(noisy, 0.0, 1.0).astype(np.float32)
 
 
+def random_subject(image: np.ndarray, rng: np.random.Generator,
+                   seg: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+    """``image`` under a random smooth deformation (its label map alike) and intensity change.
+
+    Parameters
+    ----------
+    image : np.ndarray
+        ``(*spatial)`` in [0, 1].
+    rng : np.random.Generator
+        Source of the randomness.
+    seg : np.ndarray, optional
+        ``(*spatial)`` integer label map of ``image``, warped with nearest neighbour.
+
+    Returns
+    -------
+    image : np.ndarray
+        ``(*spatial)`` float32 in [0, 1].
+    seg : np.ndarray or None
+        ``(*spatial)`` int32, when ``seg`` is given.
+    """
+    deformation = random_deformation(image.shape, rng)
+    moved = utils.warp(image[None, ..., None], deformation).numpy()[0, ..., 0]
+    if seg is not None:
+        seg = utils.warp(np.asarray(seg, np.int32)[None, ..., None], deformation,
+                         "nearest").numpy()[0, ..., 0]
+    return random_intensity(moved, rng), seg
+
+
 def synthetic_subjects(atlas: np.ndarray, count: int, seed: int | None = None,
                        atlas_seg: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
-    """Subjects made from the atlas: random deformation (image and labels alike) and intensity.
+    """Subjects made from the atlas by :func:`random_subject`.
 
     Parameters
     ----------
@@ -598,15 +635,8 @@ def synthetic_subjects(atlas: np.ndarray, count: int, seed: int | None = None,
         ``(count, *spatial)`` int32 label maps, when ``atlas_seg`` is given.
     """
     rng = np.random.default_rng(seed)
-    vols, segs = [], []
-    for _ in range(count):
-        deformation = random_deformation(atlas.shape, rng)
-        moved = utils.warp(atlas[None, ..., None], deformation).numpy()[0, ..., 0]
-        vols.append(random_intensity(moved, rng))
-        if atlas_seg is not None:
-            segs.append(utils.warp(atlas_seg[None, ..., None], deformation, "nearest")
-                        .numpy()[0, ..., 0])
-    return np.stack(vols), np.stack(segs).astype(np.int32) if segs else None
+    vols, segs = zip(*(random_subject(atlas, rng, atlas_seg) for _ in range(count)))
+    return np.stack(vols), None if atlas_seg is None else np.stack(segs)
 
 
 class SyntheticDataLoader(keras.utils.PyDataset):

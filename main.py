@@ -87,13 +87,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model", choices=("vm1", "vm2"), default="vm2",
                         help="VoxelMorph-1 or VoxelMorph-2 decoder")
     parser.add_argument("--loss", choices=("ncc", "mse"), default="ncc",
-                        help="image similarity: local NCC (window 9) or mean squared error")
+                        help="image similarity: local NCC or mean squared error")
+    parser.add_argument("--ncc_window", type=_positive(int), default=9,
+                        help="width of the local NCC window in voxels, per axis (the paper: 9 "
+                             "at 1 mm)")
     _add_data_flags(parser, "the embedded MNI152 data")
     parser.add_argument("--ndim", type=int, choices=(2, 3), default=3,
                         help="default data only: 3D volumes (80x96x80) or 2D axial slices (80x96)")
     parser.add_argument("--steps_per_epoch", type=_positive(int), default=None,
                         help=f"training steps per epoch (default: {DEFAULT_STEPS} for generated "
                              "pairs, one pass over the subjects for atlas pairs from --data)")
+    parser.add_argument("--augment", action="store_true",
+                        help="--data with scan_to_scan pairs: random smooth deformations and "
+                             "intensity changes of every training image (for small sets)")
     parser.add_argument("--val_data", default=None,
                         help="--data only: validation set, in a format of --data (default: hold "
                              "out the last --val_fraction of --data)")
@@ -105,6 +111,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     commands = parser.add_subparsers(dest="command", metavar="{register,evaluate}",
                                      title="other commands (python3 main.py COMMAND --help)")
+    _add_register_parser(commands)
+    _add_evaluate_parser(commands)
+    return parser
+
+
+def _add_register_parser(commands) -> None:
+    """``main.py register``: one pair with a trained model."""
     register = commands.add_parser(
         "register", formatter_class=_HelpFormatter,
         help="register one pair with a trained model",
@@ -127,6 +140,9 @@ def build_parser() -> argparse.ArgumentParser:
     register.add_argument("--moved_seg", default=None,
                           help="output: the warped label map (same dtype as --moving_seg)")
 
+
+def _add_evaluate_parser(commands) -> None:
+    """``main.py evaluate``: scores of a trained model on labelled pairs."""
     evaluate = commands.add_parser(
         "evaluate", formatter_class=_HelpFormatter,
         help="score a trained model on labelled pairs",
@@ -143,7 +159,6 @@ def build_parser() -> argparse.ArgumentParser:
                           help="score only the first pairs (default: all)")
     evaluate.add_argument("--output", default=None,
                           help="output folder (default: the model's folder)")
-    return parser
 
 
 def default_validation_set(ndim: int) -> dataloader.Dataset:
@@ -165,12 +180,15 @@ def pairing(args, data: dataloader.Dataset) -> str:
 def load_training_data(args) -> tuple[dataloader.Dataset, dataloader.Dataset, str]:
     """Training set, validation set and pairing mode ("atlas" or "scan_to_scan")."""
     if args.data is None:
-        if args.atlas is not None or args.pairs == "scan_to_scan":
-            raise dataloader.DataError("the default data has its own atlas and atlas pairs only")
+        if args.atlas is not None or args.pairs == "scan_to_scan" or args.augment:
+            raise dataloader.DataError("the default data has its own atlas, atlas pairs only, "
+                                       "and is made of random deformations already")
         return dataloader.load_default_data(args.ndim), default_validation_set(args.ndim), "atlas"
 
     data = dataloader.load_dataset(args.data, args.atlas)
     mode = pairing(args, data)
+    if args.augment and mode != "scan_to_scan":
+        raise dataloader.DataError("--augment applies to scan_to_scan pairs")
     shape = dataloader.padded_shape(data.shape, models.DIVISOR)
     if shape != data.shape:
         print(f"Padded the volumes with zeros from {data.shape} to {shape} (sizes must divide "
@@ -199,7 +217,8 @@ def training_loader(args, train: dataloader.Dataset, mode: str) -> keras.utils.P
                                               workers=2)
     if mode == "scan_to_scan":
         return dataloader.ScanToScanDataLoader(train.vols, args.batch_size,
-                                               steps * args.batch_size, args.seed)
+                                               steps * args.batch_size, args.seed, args.augment,
+                                               workers=2 if args.augment else 1)
     return dataloader.RegistrationDataLoader(train.vols, train.atlas, args.batch_size,
                                              shuffle=True, seed=args.seed)
 
@@ -207,8 +226,8 @@ def training_loader(args, train: dataloader.Dataset, mode: str) -> keras.utils.P
 def build_model(args, shape: tuple[int, ...]) -> keras.Model:
     """The chosen VoxelMorph network, compiled with similarity + lambda * smoothness."""
     model = (models.VoxelMorph1 if args.model == "vm1" else models.VoxelMorph2)(shape)
-    similarity = (metrics.local_normalized_cross_correlation_loss() if args.loss == "ncc"
-                  else metrics.mse_loss())
+    similarity = (metrics.local_normalized_cross_correlation_loss(args.ncc_window)
+                  if args.loss == "ncc" else metrics.mse_loss())
     lamda = DEFAULT_LAMBDA[args.loss] if args.lamda is None else args.lamda
     model.compile(optimizer=keras.optimizers.Adam(args.lr),
                   loss={"moved": similarity, "deformation": metrics.gradient_loss()},

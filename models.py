@@ -18,6 +18,7 @@ import time
 import keras
 import numpy as np
 
+import metrics  # noqa: F401  registers the losses, so that saved models load compiled
 import utils
 
 ENCODER = (16, 32, 32, 32)

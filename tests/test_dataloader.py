@@ -194,3 +194,18 @@ def test_synthetic_loader_makes_new_pairs_with_the_atlas_as_static():
     assert first["moving"].shape == (2, 80, 96, 1)
     np.testing.assert_array_equal(first["static"][0, ..., 0], data.atlas)
     assert not np.array_equal(first["moving"], second["moving"])
+
+
+def test_augmented_scan_to_scan_pairs_are_new_reproducible_images():
+    data = dataloader.load_default_data(2)
+    vols = np.stack([data.atlas, data.atlas[::-1]])
+    plain = dataloader.ScanToScanDataLoader(vols, pairs_per_epoch=2, seed=3)
+    augmented = dataloader.ScanToScanDataLoader(vols, pairs_per_epoch=2, seed=3, augment=True)
+    again = dataloader.ScanToScanDataLoader(vols, pairs_per_epoch=2, seed=3, augment=True)
+    (raw, _), (new, _) = plain[0], augmented[0]
+    assert raw["moving"][0, ..., 0].tolist() in (vols[0].tolist(), vols[1].tolist())
+    assert not np.array_equal(new["moving"], raw["moving"])
+    assert new["moving"].shape == raw["moving"].shape
+    np.testing.assert_array_equal(new["static"], again[0][0]["static"])
+    # Still the same brain: a random smooth deformation and an intensity change of it.
+    assert np.corrcoef(new["moving"].ravel(), raw["moving"].ravel())[0, 1] > 0.6

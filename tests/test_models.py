@@ -109,3 +109,20 @@ def test_a_few_training_steps_on_a_shifted_pair_lower_the_loss(shape):
     targets = {"moved": static, "deformation": np.zeros((1, *shape, len(shape)), np.float32)}
     history = model.fit(inputs, targets, epochs=30, verbose=0).history["moved_loss"]
     assert history[-1] < 0.5 * history[0]
+
+
+def test_importing_models_is_enough_to_load_a_compiled_model(tmp_path):
+    import subprocess
+    import sys
+
+    model = models.VoxelMorph1((16, 16))
+    model.compile(optimizer="adam", loss={"moved": metrics.local_normalized_cross_correlation_loss(),
+                                          "deformation": metrics.gradient_loss()})
+    model.save(tmp_path / "model.keras")
+    code = ("import keras, models; m = keras.models.load_model(r'%s'); "
+            "print(type(m.loss['moved']).__name__)" % (tmp_path / "model.keras"))
+    root = __file__.rsplit("/tests/", 1)[0]
+    result = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-1000:]
+    assert result.stdout.strip() == "LocalNCC"
