@@ -66,7 +66,19 @@ def measure(model_name: str, shape: tuple[int, ...], repeats: int) -> dict:
             "train_step_s": round(train, 4), "inference_s": round(infer, 4),
             "peak_memory_mb": round(peak_mb, 1), "memory": "gpu_peak" if gpus else "cpu_max_rss",
             "device": tf.config.experimental.get_device_details(gpus[0]).get("device_name", "GPU")
-            if gpus else platform.processor() or "CPU"}
+            if gpus else cpu_name()}
+
+
+def cpu_name() -> str:
+    """The processor's model name (Linux), else what ``platform`` knows."""
+    try:
+        with open("/proc/cpuinfo") as file:
+            for line in file:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "CPU"
 
 
 def parse_shape(text: str) -> tuple[int, ...]:
