@@ -189,13 +189,16 @@ def load_training_data(args) -> tuple[dataloader.Dataset, dataloader.Dataset, st
     mode = pairing(args, data)
     if args.augment and mode != "scan_to_scan":
         raise dataloader.DataError("--augment applies to scan_to_scan pairs")
-    shape = dataloader.padded_shape(data.shape, models.DIVISOR)
+    original, shape = data.shape, dataloader.padded_shape(data.shape, models.DIVISOR)
     if shape != data.shape:
         print(f"Padded the volumes with zeros from {data.shape} to {shape} (sizes must divide "
               f"by {models.DIVISOR})")
         data = dataloader.pad_dataset(data, shape)
     if args.val_data is not None:
         val = dataloader.load_dataset(args.val_data, args.atlas)
+        if val.shape != original:
+            raise dataloader.DataError(f"--val_data volumes are {val.shape}, --data volumes "
+                                       f"{original}: they must have the same shape")
         if val.atlas is None:
             val = dataclasses.replace(val, atlas=data.atlas, atlas_seg=data.atlas_seg)
         return data, dataloader.pad_dataset(val, shape), mode

@@ -207,3 +207,23 @@ def test_evaluate_scores_a_pair_registered_to_itself_with_dice_one(tmp_path, ide
     rows = (output / "dice_per_structure.csv").read_text().splitlines()
     assert rows[0].startswith("label,name,dice_before_mean") and rows[1].startswith("3,three,")
     assert os.path.getsize(output / "dice_boxplot.png") > 0
+
+
+def test_val_data_of_another_shape_is_an_error(tmp_path, capsys):
+    data = tiny_npz(tmp_path / "set.npz")
+    other = tiny_npz(tmp_path / "other.npz", shape=(16, 16, 16))
+    code, err = run_error(tmp_path, capsys, ["--data", data, "--val_data", other])
+    assert code == 2
+    assert "--val_data volumes are (16, 16, 16), --data volumes (12, 16, 16)" in err
+
+
+def test_val_data_is_the_validation_set(tmp_path):
+    train = tiny_npz(tmp_path / "train.npz", shape=(16, 16, 16), count=3)
+    val = tiny_npz(tmp_path / "val.npz", shape=(16, 16, 16), count=3)
+    output = tmp_path / "run"
+    assert main.main(["--data", train, "--val_data", val, "--pairs", "scan_to_scan",
+                      "--model", "vm1", "--epochs", "1", "--steps_per_epoch", "1",
+                      "--output", str(output)]) == 0
+    scores = json.loads((output / "metrics.json").read_text())
+    assert scores["validation_pairs"] == 6  # every ordered pair of the 3 validation volumes
+    assert len(scores["dice_after"]["per_label"]) == 1  # the label maps came along

@@ -85,6 +85,7 @@ def test_saved_model_loads_and_predicts_the_same(tmp_path):
     # Move the weights away from their initial values so that the round trip means something.
     for weight in model.weights:
         weight.assign(weight.numpy() + rng.normal(0, 0.01, weight.shape))
+    model.optimizer.build(model.trainable_variables)  # saved with the model, as after fit
     path = tmp_path / "model.keras"
     model.save(path)
     loaded = keras.models.load_model(path)
