@@ -9,8 +9,9 @@ batch. The factories with the original script's names return configured instance
 - :func:`mse_loss`: mean squared error, Eq. (4);
 - :func:`gradient_loss`: smoothness of the displacement, Eq. (3) and (6), weighted by lambda.
 
-Evaluation measures are plain numpy functions: :func:`dice` of label maps and
-:func:`jacobian_determinant` of a displacement field.
+Evaluation measures are plain numpy functions: :func:`dice` of label maps,
+:func:`jacobian_determinant` and :func:`folding_fraction` of a displacement field,
+:func:`score_registration` for one registered pair and :func:`summarize` over pairs.
 """
 import keras
 import numpy as np
