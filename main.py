@@ -241,13 +241,10 @@ def build_model(args, shape: tuple[int, ...]) -> keras.Model:
 def evaluate_pairs(model: keras.Model, pairs: dataloader.Pairs, labels=None) -> list[dict]:
     """Register every pair and score it (see ``metrics.score_registration``).
 
-    Each result also holds ``seconds``, the time of the forward pass; the very first pass, which
-    builds the graph, is run once more untimed before.
+    Each result also holds ``seconds``, the time of the forward pass (``models.register``).
     """
     results = []
-    for index, (moving, static, moving_seg, static_seg) in enumerate(pairs):
-        if index == 0:
-            models.register(model, moving, static)
+    for moving, static, moving_seg, static_seg in pairs:
         registered = models.register(model, moving, static, moving_seg)
         scores = metrics.score_registration(moving, static, registered["moved"],
                                             registered["deformation"], moving_seg, static_seg,
@@ -354,7 +351,6 @@ def register(args) -> str:
 
     inputs = [dataloader.pad(dataloader.normalize(image, name), padding)
               for image, name in ((moving, args.moving), (static, args.static))]
-    models.register(model, *inputs)  # warm-up: the first pass builds the graph
     registered = models.register(model, *inputs, moving_seg)
     deformation = registered["deformation"]
     moved = utils.warp(dataloader.pad(moving.astype(np.float32), padding)[None, ..., None],
