@@ -1,13 +1,13 @@
-"""Moving/static pairs for training and evaluation, and the embedded default data.
+"""Moving/static pairs for training and evaluation: reading files, pairing, Keras loaders.
 
 - :func:`load_dataset` reads ``.npy`` stacks ``(N, *spatial)`` (the original format), ``.npz``
   files with ``vols`` and optional ``segs``, ``atlas``, ``atlas_seg``, ``labels``, and NIfTI
   volumes (one file, or a folder of them). Intensities are scaled to [0, 1] per volume.
+  :func:`load_training_sets` splits a set into training and validation subjects.
+- :func:`make_pairs` lists the evaluation pairs of a set (scan-to-atlas or scan-to-scan).
 - :class:`RegistrationDataLoader` pairs every moving image with one static atlas (scan-to-atlas)
   or with its own static image; :class:`ScanToScanDataLoader` draws random pairs from one set.
-- :func:`load_default_data` and :class:`SyntheticDataLoader` make subjects on the fly from the
-  embedded MNI152 template: random smooth diffeomorphic deformations of the template (with its
-  tissue labels warped alike) and random intensity changes (bias field, gamma, noise).
+  Batch ``i`` of epoch ``e`` depends only on ``(seed, e, i)``, so a run resumes exactly.
 
 Batches are ``({"moving", "static"}, {"moved", "deformation"})`` dicts matching the models'
 inputs and outputs: the target of ``moved`` is the static image, that of ``deformation`` zeros
@@ -16,24 +16,13 @@ inputs and outputs: the target of ``moved`` is the static image, that of ``defor
 import dataclasses
 import glob
 import os
+from collections.abc import Callable
 
 import keras
 import numpy as np
 
-import utils
-
-DEFAULT_DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "mni152_2mm.npz")
-DEFAULT_SLICE = 44  # axial slice of the 80x96x80 template used for 2D (through the ventricles)
 NIFTI = (".nii", ".nii.gz")
-
-# Synthetic subjects: velocity drawn on a coarse grid of control points, in voxels.
-VELOCITY_SPACING = 8  # control-point spacing, voxels
-VELOCITY_STD = 2.5  # std of the velocity at the control points, voxels
-INTEGRATION_FACTOR = 4  # the velocity is integrated on a grid this many times coarser
-BIAS_SPACING = 24  # control-point spacing of the log bias field, voxels
-BIAS_STD = 0.1  # std of the log bias field
-GAMMA_STD = 0.2  # std of log(gamma)
-NOISE_STD = 0.02  # std of additive Gaussian noise, intensity units
+FORMATS = ".npy, .npz, .nii or .nii.gz"
 
 
 class DataError(ValueError):
@@ -115,6 +104,43 @@ def _check_file(path: str) -> None:
         raise DataError(f"no such file or folder: {path}")
 
 
+def file_format(path: str) -> str:
+    """``"nifti"``, ``"npy"`` or ``"npz"``, from the file name.
+
+    Raises
+    ------
+    DataError
+        For any other extension.
+    """
+    for suffixes, name in ((NIFTI, "nifti"), ((".npy",), "npy"), ((".npz",), "npz")):
+        if path.endswith(suffixes):
+            return name
+    raise DataError(f"{path}: unsupported file type (use {FORMATS})")
+
+
+def _read_nifti(path: str):
+    """``(array, image)`` of a NIfTI file, the array as stored."""
+    import nibabel as nib
+
+    try:
+        image = nib.load(path)
+        return np.asanyarray(image.dataobj), image
+    except Exception as error:  # nibabel raises several types for unreadable files
+        raise DataError(f"cannot read NIfTI file {path}: {error}") from error
+
+
+def _one_volume(path: str, arrays) -> np.ndarray:
+    """The volume of an ``.npz`` file: ``vol``, the one volume in ``vols``, or its one array."""
+    keys = list(arrays.keys())
+    if "vol" in keys:
+        return arrays["vol"]
+    if "vols" in keys and len(arrays["vols"]) == 1:
+        return arrays["vols"][0]
+    if len(keys) == 1:
+        return arrays[keys[0]]
+    raise DataError(f"{path}: expected an array 'vol' (or one volume in 'vols'), found {keys}")
+
+
 def load_volume(path: str):
     """Read one volume (image or label map) as stored, without rescaling it.
 
@@ -132,31 +158,14 @@ def load_volume(path: str):
         The NIfTI image (affine and header) for NIfTI inputs, else None.
     """
     _check_file(path)
-    image = None
-    if path.endswith(NIFTI):
-        import nibabel as nib
-
-        try:
-            image = nib.load(path)
-            volume = np.asanyarray(image.dataobj)
-        except Exception as error:  # nibabel raises several types for unreadable files
-            raise DataError(f"cannot read NIfTI file {path}: {error}") from error
-    elif path.endswith(".npy"):
+    kind, image = file_format(path), None
+    if kind == "nifti":
+        volume, image = _read_nifti(path)
+    elif kind == "npy":
         volume = np.load(path)
-    elif path.endswith(".npz"):
-        with np.load(path) as arrays:
-            keys = list(arrays.keys())
-            if "vol" in keys:
-                volume = arrays["vol"]
-            elif "vols" in keys and len(arrays["vols"]) == 1:
-                volume = arrays["vols"][0]
-            elif len(keys) == 1:
-                volume = arrays[keys[0]]
-            else:
-                raise DataError(f"{path}: expected an array 'vol' (or one volume in 'vols'), "
-                                f"found {keys}")
     else:
-        raise DataError(f"{path}: unsupported file type (use .npy, .npz, .nii or .nii.gz)")
+        with np.load(path) as arrays:
+            volume = _one_volume(path, arrays)
     volume = np.squeeze(volume)
     if volume.ndim not in (2, 3):
         raise DataError(f"{path}: expected a 2D or 3D volume, got shape {volume.shape}")
@@ -176,7 +185,8 @@ def save_volume(path: str, volume: np.ndarray, reference=None) -> None:
         NIfTI output takes this image's affine and header (e.g. the static image's); without it,
         an identity affine.
     """
-    if path.endswith(NIFTI):
+    kind = file_format(path)
+    if kind == "nifti":
         import nibabel as nib
 
         if reference is None:
@@ -186,12 +196,10 @@ def save_volume(path: str, volume: np.ndarray, reference=None) -> None:
             header.set_data_dtype(volume.dtype)
             image = type(reference)(volume, reference.affine, header)
         nib.save(image, path)
-    elif path.endswith(".npy"):
+    elif kind == "npy":
         np.save(path, volume)
-    elif path.endswith(".npz"):
-        np.savez_compressed(path, vol=volume)
     else:
-        raise DataError(f"{path}: unsupported output type (use .npy, .npz, .nii or .nii.gz)")
+        np.savez_compressed(path, vol=volume)
 
 
 def _load_nifti_stack(paths: list[str]) -> np.ndarray:
@@ -211,18 +219,16 @@ def _read_arrays(path: str) -> dict:
         if not files:
             raise DataError(f"{path}: folder holds no .nii or .nii.gz files")
         return {"vols": _load_nifti_stack(files)}
-    if path.endswith(NIFTI):
+    kind = file_format(path)
+    if kind == "nifti":
         return {"vols": _load_nifti_stack([path])}
-    if path.endswith(".npy"):
+    if kind == "npy":
         return {"vols": np.load(path)}
-    if path.endswith(".npz"):
-        with np.load(path) as stored:
-            if "vols" not in stored:
-                raise DataError(f"{path}: no array named 'vols' (found {list(stored.keys())})")
-            return {key: stored[key] for key in ("vols", "segs", "atlas", "atlas_seg", "labels",
-                                                  "label_names") if key in stored}
-    raise DataError(f"{path}: unsupported file type (use .npy, .npz, .nii, .nii.gz or a "
-                    f"folder of NIfTI files)")
+    with np.load(path) as stored:
+        if "vols" not in stored:
+            raise DataError(f"{path}: no array named 'vols' (found {list(stored.keys())})")
+        return {key: stored[key] for key in ("vols", "segs", "atlas", "atlas_seg", "labels",
+                                              "label_names") if key in stored}
 
 
 def load_dataset(path: str, atlas: str | None = None) -> Dataset:
@@ -278,9 +284,14 @@ def _check_shapes(data: Dataset, path: str) -> None:
                             f"{name} is {value.shape}")
 
 
+def ceil_div(size: int, divisor: int) -> int:
+    """``ceil(size / divisor)`` for positive integers."""
+    return -(-size // divisor)
+
+
 def padded_shape(shape: tuple[int, ...], multiple: int) -> tuple[int, ...]:
     """``shape`` with every size rounded up to a multiple of ``multiple``."""
-    return tuple(-(-n // multiple) * multiple for n in shape)
+    return tuple(ceil_div(n, multiple) * multiple for n in shape)
 
 
 def padding_to_shape(shape: tuple[int, ...], target: tuple[int, ...]) -> list[tuple[int, int]]:
@@ -319,15 +330,134 @@ def pad_dataset(data: Dataset, target: tuple[int, ...]) -> Dataset:
     return dataclasses.replace(data, **padded)
 
 
-def _batch(moving: np.ndarray, static: np.ndarray) -> tuple[dict, dict]:
-    """Model inputs and targets for ``(B, *spatial)`` moving and static images."""
+def pairing(data: Dataset, pairs: str | None = None) -> str:
+    """``pairs``, or by default ``"atlas"`` when ``data`` has an atlas, else ``"scan_to_scan"``."""
+    mode = pairs or ("atlas" if data.atlas is not None else "scan_to_scan")
+    if mode == "atlas" and data.atlas is None:
+        raise DataError("--pairs atlas needs an atlas (--atlas, or 'atlas' in the .npz)")
+    return mode
+
+
+def split(data: Dataset, num_val: int) -> tuple[Dataset, Dataset]:
+    """The first ``N - num_val`` subjects for training, the last ``num_val`` for validation."""
+    if not 0 < num_val < len(data.vols):
+        raise DataError(f"{len(data.vols)} volumes are too few to hold out {num_val} for "
+                        f"validation and train on the rest")
+    return tuple(dataclasses.replace(data, vols=data.vols[part], segs=_take(data.segs, part))
+                 for part in (slice(None, -num_val), slice(-num_val, None)))
+
+
+def load_training_sets(path: str, atlas: str | None, pairs: str | None, val_path: str | None,
+                       val_fraction: float) -> tuple[Dataset, Dataset, str]:
+    """Training and validation sets of one shape, and the pairing mode.
+
+    Parameters
+    ----------
+    path : str
+        The set to train on (see :func:`load_dataset`).
+    atlas : str, optional
+        File of a static atlas, replacing one stored in ``path``.
+    pairs : {"atlas", "scan_to_scan"}, optional
+        Pairing mode; by default ``"atlas"`` when there is an atlas.
+    val_path : str, optional
+        Validation set of the same shape; by default the last ``val_fraction`` of ``path``
+        (at least one subject for atlas pairs, two for scan-to-scan).
+    val_fraction : float
+        Share of the subjects held out when ``val_path`` is None.
+
+    Returns
+    -------
+    train, val : Dataset
+        The sets; ``val`` shares ``train``'s atlas unless it has its own.
+    mode : str
+        The pairing mode.
+    """
+    data = load_dataset(path, atlas)
+    mode = pairing(data, pairs)
+    if val_path is None:
+        num_val = max(int(round(val_fraction * len(data.vols))), 1 if mode == "atlas" else 2)
+        train, val = split(data, num_val)
+    else:
+        train, val = data, load_dataset(val_path, atlas)
+        if val.shape != data.shape:
+            raise DataError(f"--val_data volumes are {val.shape}, --data volumes "
+                            f"{data.shape}: they must have the same shape")
+        if val.atlas is None:
+            val = dataclasses.replace(val, atlas=data.atlas, atlas_seg=data.atlas_seg)
+    return train, val, mode
+
+
+def scored_labels(data: Dataset, labels: list[int] | None = None
+                  ) -> tuple[list[int], list[str] | None]:
+    """Labels to score with Dice, and their names (None when unknown).
+
+    Parameters
+    ----------
+    data : Dataset
+        The test set.
+    labels : list of int, optional
+        Labels asked for; by default ``data.labels``, else every non-zero label present.
+    """
+    if labels is None and data.labels is not None:
+        labels = [int(label) for label in data.labels]
+    elif labels is None:
+        maps = [m for m in (data.segs, data.atlas_seg) if m is not None]
+        if not maps:
+            return [], None
+        labels = sorted(set().union(*(np.unique(m).tolist() for m in maps)) - {0})
+    names = None
+    if data.label_names is not None and data.labels is not None:
+        lookup = dict(zip((int(label) for label in data.labels), data.label_names))
+        names = [lookup.get(label, str(label)) for label in labels]
+    return labels, names
+
+
+def batch(moving: np.ndarray, static: np.ndarray) -> tuple[dict, dict]:
+    """Model inputs and targets for a batch of pairs.
+
+    Parameters
+    ----------
+    moving : np.ndarray
+        ``(B, *spatial)`` moving images.
+    static : np.ndarray
+        ``(B, *spatial)`` static images, or one ``(*spatial)`` image for the whole batch.
+    """
     moving = moving[..., None].astype(np.float32)
-    static = static[..., None].astype(np.float32)
+    static = np.broadcast_to(static, moving.shape[:-1])[..., None].astype(np.float32)
     zeros = np.zeros(static.shape[:-1] + (static.ndim - 2,), np.float32)
     return {"moving": moving, "static": static}, {"moved": static, "deformation": zeros}
 
 
-class RegistrationDataLoader(keras.utils.PyDataset):
+class PairLoader(keras.utils.PyDataset):
+    """Base of the training loaders: batch size, seed and epoch count.
+
+    Batch ``i`` of epoch ``e`` is drawn from ``seed_of(i) = (seed, e, i)`` alone, so setting
+    ``epoch`` resumes a run exactly where it stopped.
+
+    Parameters
+    ----------
+    batch_size : int
+        Pairs per batch.
+    seed : int, optional
+        Seed of every draw; by default a fresh random one.
+    **kwargs
+        Passed to ``keras.utils.PyDataset`` (``workers``, ``use_multiprocessing``...).
+    """
+
+    def __init__(self, batch_size: int = 1, seed: int | None = None, **kwargs):
+        super().__init__(**kwargs)
+        self.batch_size, self.epoch = batch_size, 0
+        self.seed = np.random.SeedSequence().entropy if seed is None else seed
+
+    def seed_of(self, *index: int) -> tuple[int, ...]:
+        """Seed of a draw in the current epoch: ``(seed, epoch, *index)``."""
+        return (self.seed, self.epoch, *index)
+
+    def on_epoch_end(self) -> None:
+        self.epoch += 1
+
+
+class RegistrationDataLoader(PairLoader):
     """Batches of (moving, static) pairs for ``model.fit``, ``evaluate`` and ``predict``.
 
     Parameters
@@ -344,33 +474,28 @@ class RegistrationDataLoader(keras.utils.PyDataset):
     seed : int, optional
         Seed of the shuffling.
     **kwargs
-        Passed to ``keras.utils.PyDataset`` (``workers``, ``use_multiprocessing``...).
+        Passed to ``keras.utils.PyDataset``.
     """
 
     def __init__(self, moving, static, batch_size: int = 1, shuffle: bool = False,
                  seed: int | None = None, **kwargs):
-        super().__init__(**kwargs)
+        super().__init__(batch_size, seed, **kwargs)
         self.moving, self.static = np.asarray(moving), np.asarray(static)
         if self.static.shape not in (self.moving.shape, self.moving.shape[1:]):
             raise DataError(f"moving and static shapes differ: {self.moving.shape[1:]} vs "
                             f"{self.static.shape[-self.moving.ndim + 1:]}")
-        self.batch_size, self.shuffle = batch_size, shuffle
-        self.rng = np.random.default_rng(seed)
-        self.order = np.arange(len(self.moving))
-        self.on_epoch_end()
+        self.shuffle = shuffle
 
     def __len__(self) -> int:
-        return -(-len(self.moving) // self.batch_size)
+        return ceil_div(len(self.moving), self.batch_size)
 
     def __getitem__(self, index: int) -> tuple[dict, dict]:
-        pick = self.order[index * self.batch_size:(index + 1) * self.batch_size]
-        static = self.static[pick] if self.static.shape == self.moving.shape else \
-            np.repeat(self.static[None], len(pick), axis=0)
-        return _batch(self.moving[pick], static)
-
-    def on_epoch_end(self) -> None:
+        order = np.arange(len(self.moving))
         if self.shuffle:
-            self.rng.shuffle(self.order)
+            order = np.random.default_rng(self.seed_of()).permutation(order)
+        pick = order[index * self.batch_size:(index + 1) * self.batch_size]
+        static = self.static[pick] if self.static.shape == self.moving.shape else self.static
+        return batch(self.moving[pick], static)
 
 
 @dataclasses.dataclass
@@ -434,7 +559,7 @@ def _take(volumes: np.ndarray | None, index: np.ndarray) -> np.ndarray | None:
 
 
 def _tile(volume: np.ndarray | None, count: int) -> np.ndarray | None:
-    return None if volume is None else np.repeat(volume[None], count, axis=0)
+    return None if volume is None else np.broadcast_to(volume, (count, *volume.shape))
 
 
 def scan_to_scan_pairs(num_volumes: int, num_pairs: int | None = None,
@@ -465,7 +590,7 @@ def scan_to_scan_pairs(num_volumes: int, num_pairs: int | None = None,
     return np.stack([moving, static], axis=1)
 
 
-class ScanToScanDataLoader(keras.utils.PyDataset):
+class ScanToScanDataLoader(PairLoader):
     """Random pairs of distinct volumes from one set, redrawn every epoch.
 
     Parameters
@@ -478,197 +603,33 @@ class ScanToScanDataLoader(keras.utils.PyDataset):
         Pairs drawn per epoch.
     seed : int, optional
         Seed of the draws.
-    augment : bool
-        Pass both images of every pair through :func:`random_subject` (a new random smooth
-        deformation and intensity change each time), which helps when the set is small.
+    augment : callable, optional
+        ``augment(image, rng) -> image`` applied to both images of every pair, e.g.
+        ``synthetic.augment`` (a random smooth deformation and intensity change), which helps
+        when the set is small.
     **kwargs
         Passed to ``keras.utils.PyDataset``.
     """
 
     def __init__(self, vols, batch_size: int = 1, pairs_per_epoch: int = 100,
-                 seed: int | None = None, augment: bool = False, **kwargs):
-        super().__init__(**kwargs)
-        self.vols, self.batch_size, self.augment = np.asarray(vols), batch_size, augment
-        self.pairs_per_epoch, self.seed, self.epoch = pairs_per_epoch, seed, 0
-        self.on_epoch_end()
+                 seed: int | None = None,
+                 augment: Callable[[np.ndarray, np.random.Generator], np.ndarray] | None = None,
+                 **kwargs):
+        super().__init__(batch_size, seed, **kwargs)
+        self.vols, self.pairs_per_epoch, self.augment = np.asarray(vols), pairs_per_epoch, augment
+        if len(self.vols) < 2:
+            raise DataError(f"scan-to-scan pairs need at least 2 training volumes, "
+                            f"got {len(self.vols)}")
 
     def __len__(self) -> int:
-        return -(-self.pairs_per_epoch // self.batch_size)
+        return ceil_div(self.pairs_per_epoch, self.batch_size)
 
     def __getitem__(self, index: int) -> tuple[dict, dict]:
-        pick = self.pairs[index * self.batch_size:(index + 1) * self.batch_size]
+        pairs = scan_to_scan_pairs(len(self.vols), self.pairs_per_epoch, self.seed_of())
+        pick = pairs[index * self.batch_size:(index + 1) * self.batch_size]
         moving, static = self.vols[pick[:, 0]], self.vols[pick[:, 1]]
-        if self.augment:
-            rng = np.random.default_rng(None if self.seed is None
-                                        else (self.seed, self.epoch, index))
-            moving, static = ([random_subject(image, rng)[0] for image in images]
+        if self.augment is not None:
+            rng = np.random.default_rng(self.seed_of(index))
+            moving, static = (np.stack([self.augment(image, rng) for image in images])
                               for images in (moving, static))
-        return _batch(np.asarray(moving), np.asarray(static))
-
-    def on_epoch_end(self) -> None:
-        seed = None if self.seed is None else (self.seed, self.epoch)
-        self.pairs = scan_to_scan_pairs(len(self.vols), self.pairs_per_epoch, seed)
-        self.epoch += 1
-
-
-def load_default_data(ndim: int = 3) -> Dataset:
-    """The embedded MNI152 template as an atlas with tissue labels (no subjects).
-
-    Parameters
-    ----------
-    ndim : {2, 3}
-        3: the 80x96x80 volume at 2 mm; 2: its axial slice ``DEFAULT_SLICE`` (80x96).
-
-    Returns
-    -------
-    Dataset
-        ``vols`` empty ``(0, *spatial)``; ``atlas`` the T1 template in [0, 1]; ``atlas_seg``
-        labels 1 CSF, 2 grey matter, 3 white matter.
-    """
-    if ndim not in (2, 3):
-        raise DataError(f"the default data is 2D or 3D, got ndim={ndim}")
-    with np.load(DEFAULT_DATA) as stored:
-        t1, labels = normalize(stored["t1"]), stored["labels"]
-        names = [str(name) for name in stored["label_names"][1:]]
-    if ndim == 2:
-        t1, labels = t1[..., DEFAULT_SLICE], labels[..., DEFAULT_SLICE]
-    return Dataset(vols=np.zeros((0,) + t1.shape, np.float32), atlas=t1,
-                   atlas_seg=labels.astype(np.int32), labels=np.array([1, 2, 3]),
-                   label_names=names)
-
-
-def _smooth_noise(shape: tuple[int, ...], channels: int, spacing: float, std: float,
-                  rng: np.random.Generator) -> np.ndarray:
-    """Gaussian noise on control points ``spacing`` voxels apart, N-linearly upsampled.
-
-    Returns
-    -------
-    np.ndarray
-        ``(1, *shape, channels)`` float32.
-    """
-    coarse_shape = [int(np.ceil(n / spacing)) + 1 for n in shape]
-    coarse = rng.normal(0.0, std, size=(1, *coarse_shape, channels)).astype(np.float32)
-    return utils.resize(coarse, shape).numpy()
-
-
-def random_deformation(shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
-    """A random smooth diffeomorphic displacement: exp of a smooth random velocity field.
-
-    The velocity varies on a scale of ``VELOCITY_SPACING`` voxels, so it is integrated (scaling
-    and squaring) on a grid ``INTEGRATION_FACTOR`` times coarser, then upsampled.
-
-    Returns
-    -------
-    np.ndarray
-        ``(1, *shape, ndim)`` float32 displacement in voxels, 'ij' order.
-    """
-    small = tuple(-(-n // INTEGRATION_FACTOR) for n in shape)
-    scale = np.array([(n - 1) / (m - 1) for n, m in zip(shape, small)], np.float32)
-    velocity = _smooth_noise(small, len(shape), VELOCITY_SPACING / INTEGRATION_FACTOR,
-                             VELOCITY_STD, rng) / scale
-    displacement = utils.integrate_velocity(velocity)
-    return utils.resize(displacement, shape).numpy() * scale
-
-
-def random_intensity(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Smooth multiplicative bias field, gamma change and additive noise, clipped to [0, 1].
-
-    Parameters
-    ----------
-    image : np.ndarray
-        ``(*spatial)`` in [0, 1].
-    """
-    bias = np.exp(_smooth_noise(image.shape, 1, BIAS_SPACING, BIAS_STD, rng)[0, ..., 0])
-    gamma = np.exp(rng.normal(0.0, GAMMA_STD))
-    noisy = (image * bias) ** gamma + rng.normal(0.0, NOISE_STD, size=image.shape)
-    return np.clip(noisy, 0.0, 1.0).astype(np.float32)
-
-
-def random_subject(image: np.ndarray, rng: np.random.Generator,
-                   seg: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
-    """``image`` under a random smooth deformation (its label map alike) and intensity change.
-
-    Parameters
-    ----------
-    image : np.ndarray
-        ``(*spatial)`` in [0, 1].
-    rng : np.random.Generator
-        Source of the randomness.
-    seg : np.ndarray, optional
-        ``(*spatial)`` integer label map of ``image``, warped with nearest neighbour.
-
-    Returns
-    -------
-    image : np.ndarray
-        ``(*spatial)`` float32 in [0, 1].
-    seg : np.ndarray or None
-        ``(*spatial)`` int32, when ``seg`` is given.
-    """
-    deformation = random_deformation(image.shape, rng)
-    moved = utils.warp(image[None, ..., None], deformation).numpy()[0, ..., 0]
-    if seg is not None:
-        seg = utils.warp(np.asarray(seg, np.int32)[None, ..., None], deformation,
-                         "nearest").numpy()[0, ..., 0]
-    return random_intensity(moved, rng), seg
-
-
-def synthetic_subjects(atlas: np.ndarray, count: int, seed: int | None = None,
-                       atlas_seg: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
-    """Subjects made from the atlas by :func:`random_subject`.
-
-    Parameters
-    ----------
-    atlas : np.ndarray
-        ``(*spatial)`` template in [0, 1].
-    count : int
-        Number of subjects.
-    seed : int, optional
-        Seed; the same seed gives the same subjects.
-    atlas_seg : np.ndarray, optional
-        ``(*spatial)`` integer label map of the template, warped with each subject's deformation.
-
-    Returns
-    -------
-    vols : np.ndarray
-        ``(count, *spatial)`` float32 images in [0, 1].
-    segs : np.ndarray or None
-        ``(count, *spatial)`` int32 label maps, when ``atlas_seg`` is given.
-    """
-    rng = np.random.default_rng(seed)
-    vols, segs = zip(*(random_subject(atlas, rng, atlas_seg) for _ in range(count)))
-    return np.stack(vols), None if atlas_seg is None else np.stack(segs)
-
-
-class SyntheticDataLoader(keras.utils.PyDataset):
-    """Scan-to-atlas training pairs made on the fly: a new synthetic subject for every pair.
-
-    Parameters
-    ----------
-    atlas : np.ndarray
-        ``(*spatial)`` template in [0, 1], the static image of every pair.
-    batch_size : int
-        Pairs per batch.
-    steps : int
-        Batches per epoch.
-    seed : int, optional
-        Seed; batch ``i`` of epoch ``e`` is the same for the same seed.
-    **kwargs
-        Passed to ``keras.utils.PyDataset``.
-    """
-
-    def __init__(self, atlas, batch_size: int = 1, steps: int = 100,
-                 seed: int | None = None, **kwargs):
-        super().__init__(**kwargs)
-        self.atlas = atlas
-        self.batch_size, self.steps, self.seed, self.epoch = batch_size, steps, seed, 0
-
-    def __len__(self) -> int:
-        return self.steps
-
-    def __getitem__(self, index: int) -> tuple[dict, dict]:
-        seed = None if self.seed is None else (self.seed, self.epoch, index)
-        vols, _ = synthetic_subjects(self.atlas, self.batch_size, seed)
-        return _batch(vols, np.repeat(self.atlas[None], self.batch_size, axis=0))
-
-    def on_epoch_end(self) -> None:
-        self.epoch += 1
+        return batch(moving, static)

@@ -13,7 +13,6 @@ lists every option.
 """
 import argparse
 import csv
-import dataclasses
 import json
 import os
 import sys
@@ -28,13 +27,10 @@ import tensorflow as tf  # noqa: E402
 import dataloader  # noqa: E402
 import metrics  # noqa: E402
 import models  # noqa: E402
-import utils  # noqa: E402
+import synthetic  # noqa: E402
 import viz  # noqa: E402
 
-DEFAULT_LAMBDA = {"ncc": 1.0, "mse": 0.01}  # the papers' choices
 DEFAULT_STEPS = 100  # steps per epoch for generated pairs (default data, scan-to-scan)
-VALIDATION_SEED = 20180618  # the default data's validation subjects are the same in every run
-NUM_VAL_SYNTHETIC = {2: 16, 3: 8}  # validation subjects made from the default data
 MAX_VAL_PAIRS = 20  # scan-to-scan validation pairs at most, during training
 NUM_SAMPLES = 3  # validation pairs kept in samples.npz for figures
 
@@ -161,112 +157,35 @@ def _add_evaluate_parser(commands) -> None:
                           help="output folder (default: the model's folder)")
 
 
-def default_validation_set(ndim: int) -> dataloader.Dataset:
-    """The default data's fixed validation subjects (the template as their atlas)."""
-    data = dataloader.load_default_data(ndim)
-    vols, segs = dataloader.synthetic_subjects(data.atlas, NUM_VAL_SYNTHETIC[ndim],
-                                               VALIDATION_SEED, data.atlas_seg)
-    return dataclasses.replace(data, vols=vols, segs=segs)
-
-
-def pairing(args, data: dataloader.Dataset) -> str:
-    """``--pairs``, or its default: "atlas" when the data has an atlas, else "scan_to_scan"."""
-    mode = args.pairs or ("atlas" if data.atlas is not None else "scan_to_scan")
-    if mode == "atlas" and data.atlas is None:
-        raise dataloader.DataError("--pairs atlas needs an atlas (--atlas, or 'atlas' in the .npz)")
-    return mode
-
-
-def load_training_data(args) -> tuple[dataloader.Dataset, dataloader.Dataset, str]:
-    """Training set, validation set and pairing mode ("atlas" or "scan_to_scan")."""
-    if args.data is None:
-        if args.atlas is not None or args.pairs == "scan_to_scan" or args.augment:
+def training_sets(data: str | None, atlas: str | None, pairs: str | None, augment: bool,
+                  val_data: str | None, val_fraction: float, ndim: int
+                  ) -> tuple[dataloader.Dataset, dataloader.Dataset, str]:
+    """Training set, validation set and pairing mode of the training flags."""
+    if data is None:
+        if atlas is not None or pairs == "scan_to_scan" or augment:
             raise dataloader.DataError("the default data has its own atlas, atlas pairs only, "
                                        "and is made of random deformations already")
-        return dataloader.load_default_data(args.ndim), default_validation_set(args.ndim), "atlas"
-
-    data = dataloader.load_dataset(args.data, args.atlas)
-    mode = pairing(args, data)
-    if args.augment and mode != "scan_to_scan":
+        return synthetic.load_default_data(ndim), synthetic.default_validation_set(ndim), "atlas"
+    train_set, val_set, mode = dataloader.load_training_sets(data, atlas, pairs, val_data,
+                                                             val_fraction)
+    if augment and mode != "scan_to_scan":
         raise dataloader.DataError("--augment applies to scan_to_scan pairs")
-    original, shape = data.shape, dataloader.padded_shape(data.shape, models.DIVISOR)
-    if shape != data.shape:
-        print(f"Padded the volumes with zeros from {data.shape} to {shape} (sizes must divide "
-              f"by {models.DIVISOR})")
-        data = dataloader.pad_dataset(data, shape)
-    if args.val_data is not None:
-        val = dataloader.load_dataset(args.val_data, args.atlas)
-        if val.shape != original:
-            raise dataloader.DataError(f"--val_data volumes are {val.shape}, --data volumes "
-                                       f"{original}: they must have the same shape")
-        if val.atlas is None:
-            val = dataclasses.replace(val, atlas=data.atlas, atlas_seg=data.atlas_seg)
-        return data, dataloader.pad_dataset(val, shape), mode
-    num_val = max(int(round(args.val_fraction * len(data.vols))), 1 if mode == "atlas" else 2)
-    if num_val >= len(data.vols):
-        raise dataloader.DataError(f"{args.data}: {len(data.vols)} volumes are too few to hold "
-                                   f"out {num_val} for validation and train on the rest")
-    train, val = [dataclasses.replace(data, vols=data.vols[part],
-                                      segs=None if data.segs is None else data.segs[part])
-                  for part in (slice(None, -num_val), slice(-num_val, None))]
-    return train, val, mode
+    return train_set, val_set, mode
 
 
-def training_loader(args, train: dataloader.Dataset, mode: str) -> keras.utils.PyDataset:
+def training_loader(train_set: dataloader.Dataset, mode: str, default_data: bool,
+                    batch_size: int, steps: int | None, seed: int,
+                    augment: bool) -> keras.utils.PyDataset:
     """Generated pairs for the default data and scan-to-scan; subjects to atlas otherwise."""
-    steps = args.steps_per_epoch or DEFAULT_STEPS
-    if args.data is None:  # subjects are made on the fly: a second thread overlaps it with training
-        return dataloader.SyntheticDataLoader(train.atlas, args.batch_size, steps, args.seed,
-                                              workers=2)
+    if default_data:  # subjects are made on the fly: a second thread overlaps it with training
+        return synthetic.SyntheticDataLoader(train_set.atlas, batch_size, steps or DEFAULT_STEPS,
+                                             seed, workers=2)
     if mode == "scan_to_scan":
-        return dataloader.ScanToScanDataLoader(train.vols, args.batch_size,
-                                               steps * args.batch_size, args.seed, args.augment,
-                                               workers=2 if args.augment else 1)
-    return dataloader.RegistrationDataLoader(train.vols, train.atlas, args.batch_size,
-                                             shuffle=True, seed=args.seed)
-
-
-def build_model(args, shape: tuple[int, ...]) -> keras.Model:
-    """The chosen VoxelMorph network, compiled with similarity + lambda * smoothness."""
-    model = (models.VoxelMorph1 if args.model == "vm1" else models.VoxelMorph2)(shape)
-    similarity = (metrics.local_normalized_cross_correlation_loss(args.ncc_window)
-                  if args.loss == "ncc" else metrics.mse_loss())
-    lamda = DEFAULT_LAMBDA[args.loss] if args.lamda is None else args.lamda
-    model.compile(optimizer=keras.optimizers.Adam(args.lr),
-                  loss={"moved": similarity, "deformation": metrics.gradient_loss()},
-                  loss_weights={"moved": 1.0, "deformation": lamda})
-    return model
-
-
-def evaluate_pairs(model: keras.Model, pairs: dataloader.Pairs, labels=None) -> list[dict]:
-    """Register every pair and score it (see ``metrics.score_registration``).
-
-    Each result also holds ``seconds``, the time of the forward pass (``models.register``).
-    """
-    results = []
-    for moving, static, moving_seg, static_seg in pairs:
-        registered = models.register(model, moving, static, moving_seg)
-        scores = metrics.score_registration(moving, static, registered["moved"],
-                                            registered["deformation"], moving_seg, static_seg,
-                                            registered.get("moved_seg"), labels)
-        results.append({**scores, "seconds": registered["seconds"]})
-    return results
-
-
-def save_samples(model: keras.Model, pairs: dataloader.Pairs, path: str) -> None:
-    """Store the first registered pairs (images, displacements, label maps) for ``viz.py``."""
-    samples = {}
-    for i, (moving, static, moving_seg, static_seg) in enumerate(pairs):
-        if i == NUM_SAMPLES:
-            break
-        registered = models.register(model, moving, static, moving_seg)
-        arrays = {"moving": moving, "static": static, "moved": registered["moved"],
-                  "deformation": registered["deformation"], "moving_seg": moving_seg,
-                  "static_seg": static_seg, "moved_seg": registered.get("moved_seg")}
-        for key, value in arrays.items():
-            if value is not None:
-                samples.setdefault(key, []).append(value)
-    np.savez_compressed(path, **{key: np.stack(values) for key, values in samples.items()})
+        return dataloader.ScanToScanDataLoader(
+            train_set.vols, batch_size, (steps or DEFAULT_STEPS) * batch_size, seed,
+            synthetic.augment if augment else None, workers=2 if augment else 1)
+    return dataloader.RegistrationDataLoader(train_set.vols, train_set.atlas, batch_size,
+                                             shuffle=True, seed=seed)
 
 
 def write_json(path: str, content: dict) -> None:
@@ -274,9 +193,21 @@ def write_json(path: str, content: dict) -> None:
         json.dump(content, file, indent=2)
 
 
+def write_samples(path: str, samples: list[dict]) -> None:
+    """Store registered pairs (images, displacements, label maps) for ``viz.py``."""
+    np.savez_compressed(path, **{key: np.stack([sample[key] for sample in samples])
+                                 for key in samples[0]})
+
+
 def train(args) -> str:
     """Train, then write the model, history, samples, figures and validation metrics."""
-    train_set, val_set, mode = load_training_data(args)
+    train_set, val_set, mode = training_sets(args.data, args.atlas, args.pairs, args.augment,
+                                             args.val_data, args.val_fraction, args.ndim)
+    shape = dataloader.padded_shape(train_set.shape, models.DIVISOR)
+    if shape != train_set.shape:
+        print(f"Padded the volumes with zeros from {train_set.shape} to {shape} (sizes must "
+              f"divide by {models.DIVISOR})")
+        train_set, val_set = (dataloader.pad_dataset(data, shape) for data in (train_set, val_set))
     val_pairs = dataloader.make_pairs(val_set, mode, MAX_VAL_PAIRS)
     output = args.output or os.path.join("runs", time.strftime("%Y%m%d-%H%M%S"))
     os.makedirs(output, exist_ok=True)
@@ -285,9 +216,12 @@ def train(args) -> str:
     print(f"{args.model} on {device}, {mode} pairs of shape {train_set.shape}, "
           f"{len(val_pairs)} validation pairs, output in {output}")
 
-    model = build_model(args, train_set.shape)
+    model = models.build_model(train_set.shape, args.model, args.loss, args.lamda, args.lr,
+                               args.ncc_window)
     start = time.perf_counter()
-    model.fit(training_loader(args, train_set, mode),
+    loader = training_loader(train_set, mode, args.data is None, args.batch_size,
+                             args.steps_per_epoch, args.seed, args.augment)
+    model.fit(loader,
               validation_data=dataloader.RegistrationDataLoader(val_pairs.moving, val_pairs.static,
                                                                 args.batch_size),
               epochs=args.epochs, steps_per_epoch=args.steps_per_epoch if args.data else None,
@@ -296,9 +230,9 @@ def train(args) -> str:
     train_seconds = time.perf_counter() - start
 
     model.save(os.path.join(output, "model.keras"))
-    save_samples(model, val_pairs, os.path.join(output, "samples.npz"))
+    results, samples = models.evaluate_pairs(model, val_pairs, val_set.labels, NUM_SAMPLES)
+    write_samples(os.path.join(output, "samples.npz"), samples)
     viz.render_run(output)
-    results = evaluate_pairs(model, val_pairs, val_set.labels)
     summary = {"args": vars(args), "pairs": mode, "shape": train_set.shape, "device": device,
                "train_seconds": round(train_seconds, 1), "validation_pairs": len(results),
                **metrics.summarize(results)}
@@ -325,11 +259,6 @@ def load_model(path: str) -> keras.Model:
         raise dataloader.DataError(f"cannot load a Keras model from {path}: {error}") from error
 
 
-def model_shape(model: keras.Model) -> tuple[int, ...]:
-    """Spatial input shape of a VoxelMorph model."""
-    return tuple(model.inputs[0].shape[1:-1])
-
-
 def register(args) -> str:
     """Register one pair of files with a trained model and write the outputs."""
     if (args.moving_seg is None) != (args.moved_seg is None):
@@ -337,77 +266,40 @@ def register(args) -> str:
     model = load_model(args.model)
     moving, _ = dataloader.load_volume(args.moving)
     static, reference = dataloader.load_volume(args.static)
-    if moving.shape != static.shape:
-        raise dataloader.DataError(f"moving and static shapes differ: {moving.shape} vs "
-                                   f"{static.shape}")
-    padding = dataloader.padding_to_shape(moving.shape, model_shape(model))
-    moving_seg = None
-    if args.moving_seg is not None:
-        moving_seg, _ = dataloader.load_volume(args.moving_seg)
-        if moving_seg.shape != moving.shape:
-            raise dataloader.DataError(f"--moving_seg shape {moving_seg.shape} differs from the "
-                                       f"moving image's {moving.shape}")
-        moving_seg = dataloader.pad(dataloader.as_label_map(moving_seg, args.moving_seg), padding)
-
-    inputs = [dataloader.pad(dataloader.normalize(image, name), padding)
-              for image, name in ((moving, args.moving), (static, args.static))]
-    registered = models.register(model, *inputs, moving_seg)
-    deformation = registered["deformation"]
-    moved = utils.warp(dataloader.pad(moving.astype(np.float32), padding)[None, ..., None],
-                       deformation[None])
-    dataloader.save_volume(args.moved, dataloader.crop(np.asarray(moved)[0, ..., 0], padding),
-                           reference)
-    if args.deformation:
-        components = dataloader.crop(np.moveaxis(deformation, -1, 0), padding)
-        dataloader.save_volume(args.deformation, np.moveaxis(components, 0, -1), reference)
-    if args.moved_seg:
-        dataloader.save_volume(args.moved_seg, dataloader.crop(registered["moved_seg"], padding),
-                               reference)
+    moving_seg = None if args.moving_seg is None else dataloader.load_volume(args.moving_seg)[0]
+    registered = models.register_volumes(model, moving, static, moving_seg)
+    for path, key in ((args.moved, "moved"), (args.deformation, "deformation"),
+                      (args.moved_seg, "moved_seg")):
+        if path:
+            dataloader.save_volume(path, registered[key], reference)
     return (f"registered {args.moving} to {args.static} in {registered['seconds']:.3f} s "
             f"(one forward pass), wrote {args.moved}")
 
 
-def evaluation_set(args, shape: tuple[int, ...]) -> dataloader.Dataset:
-    """The test set of ``evaluate``, zero-padded to the model's input shape."""
-    if args.data is None:
-        if args.atlas is not None or args.pairs == "scan_to_scan":
+def evaluation_set(data: str | None, atlas: str | None, pairs: str | None,
+                   shape: tuple[int, ...]) -> dataloader.Dataset:
+    """The test set of ``evaluate``, zero-padded to the model's input ``shape``."""
+    if data is None:
+        if atlas is not None or pairs == "scan_to_scan":
             raise dataloader.DataError("the default data has its own atlas and atlas pairs only")
-        if len(shape) not in NUM_VAL_SYNTHETIC:
+        if len(shape) not in synthetic.NUM_VALIDATION:
             raise dataloader.DataError(f"no default data for a model of input shape {shape}")
-        data = default_validation_set(len(shape))
+        test_set = synthetic.default_validation_set(len(shape))
     else:
-        data = dataloader.load_dataset(args.data, args.atlas)
-    return dataloader.pad_dataset(data, shape)
-
-
-def scored_labels(args, data: dataloader.Dataset) -> tuple[list[int], list[str] | None]:
-    """Labels to score with Dice and their names (None when unknown)."""
-    if args.labels is not None:
-        labels = args.labels
-    elif data.labels is not None:
-        labels = [int(label) for label in data.labels]
-    else:
-        maps = [m for m in (data.segs, data.atlas_seg) if m is not None]
-        if not maps:
-            return [], None
-        labels = sorted(set().union(*(np.unique(m).tolist() for m in maps)) - {0})
-    names = None
-    if data.label_names is not None and data.labels is not None:
-        lookup = dict(zip((int(label) for label in data.labels), data.label_names))
-        names = [lookup.get(label, str(label)) for label in labels]
-    return labels, names
+        test_set = dataloader.load_dataset(data, atlas)
+    return dataloader.pad_dataset(test_set, shape)
 
 
 def evaluate(args) -> str:
     """Score a trained model on every test pair; write eval.json, a CSV and a box plot."""
     model = load_model(args.model)
-    data = evaluation_set(args, model_shape(model))
-    mode = pairing(args, data)
+    data = evaluation_set(args.data, args.atlas, args.pairs, models.input_shape(model))
+    mode = dataloader.pairing(data, args.pairs)
     pairs = dataloader.make_pairs(data, mode, args.max_pairs)
-    labels, names = scored_labels(args, data)
+    labels, names = dataloader.scored_labels(data, args.labels)
     print(f"evaluating {args.model} on {len(pairs)} {mode} pairs of shape {data.shape}, "
           f"{len(labels)} labels")
-    results = evaluate_pairs(model, pairs, labels or None)
+    results, _ = models.evaluate_pairs(model, pairs, labels or None)
     summary = metrics.summarize(results)
     output = args.output or os.path.dirname(os.path.abspath(args.model))
     os.makedirs(output, exist_ok=True)

@@ -12,19 +12,24 @@ encoder and differ only in the decoder's widths:
   channels, the displacement in voxels, with weights drawn from N(0, 1e-5).
 
 The same code builds 2D and 3D networks: layers are chosen by ``ndim = len(input_shape)``.
+Beside the networks: :func:`build_model` compiles the training objective of Eq. (2),
+:func:`register` runs one pair through a model, :func:`register_volumes` does it for volumes
+of any size and intensity range, and :func:`evaluate_pairs` scores a set of pairs.
 """
 import time
 
 import keras
 import numpy as np
 
-import metrics  # noqa: F401  registers the losses, so that saved models load compiled
+import dataloader
+import metrics  # also registers the losses, so that saved models load compiled
 import utils
 
 ENCODER = (16, 32, 32, 32)
 DECODER_VM1 = (32, 32, 32, 32, 8, 8)
 DECODER_VM2 = (32, 32, 32, 32, 32, 16, 16)
 DIVISOR = 2 ** len(ENCODER)  # spatial sizes must divide by this (four stride-2 levels)
+DEFAULT_LAMBDA = {"ncc": 1.0, "mse": 0.01}  # smoothness weights of the papers
 
 
 @keras.saving.register_keras_serializable(package="voxelmorph")
@@ -135,6 +140,45 @@ def VoxelMorph2(input_shape: tuple[int, ...]) -> keras.Model:
     return voxelmorph(input_shape, DECODER_VM2, name="voxelmorph2")
 
 
+def build_model(input_shape: tuple[int, ...], model: str = "vm2", loss: str = "ncc",
+                lamda: float | None = None, lr: float = 1e-3, ncc_window: int = 9) -> keras.Model:
+    """A VoxelMorph network compiled with Eq. (2): similarity + lambda * smoothness, and Adam.
+
+    Parameters
+    ----------
+    input_shape : tuple of int
+        Spatial shape, each size divisible by ``DIVISOR``.
+    model : {"vm1", "vm2"}
+        VoxelMorph-1 or VoxelMorph-2 decoder.
+    loss : {"ncc", "mse"}
+        Image similarity: local NCC over ``ncc_window``-wide windows (Eq. 5), or MSE (Eq. 4).
+    lamda : float, optional
+        Weight of the smoothness loss (Eq. 3); default ``DEFAULT_LAMBDA[loss]``.
+    lr : float
+        Adam learning rate.
+    ncc_window : int
+        Local NCC window width in voxels, per axis.
+
+    Returns
+    -------
+    keras.Model
+        Compiled, ready for ``fit``.
+    """
+    network = {"vm1": VoxelMorph1, "vm2": VoxelMorph2}[model](input_shape)
+    similarity = (metrics.local_normalized_cross_correlation_loss(ncc_window)
+                  if loss == "ncc" else metrics.mse_loss())
+    network.compile(optimizer=keras.optimizers.Adam(lr),
+                    loss={"moved": similarity, "deformation": metrics.gradient_loss()},
+                    loss_weights={"moved": 1.0,
+                                  "deformation": DEFAULT_LAMBDA[loss] if lamda is None else lamda})
+    return network
+
+
+def input_shape(model: keras.Model) -> tuple[int, ...]:
+    """Spatial input shape of a VoxelMorph model."""
+    return tuple(model.inputs[0].shape[1:-1])
+
+
 def register(model: keras.Model, moving: np.ndarray, static: np.ndarray,
              moving_seg: np.ndarray | None = None) -> dict:
     """Register one pair with a trained model (one forward pass).
@@ -172,3 +216,95 @@ def register(model: keras.Model, moving: np.ndarray, static: np.ndarray,
                                "nearest")
         result["moved_seg"] = np.asarray(moved_seg)[0, ..., 0].astype(np.asarray(moving_seg).dtype)
     return result
+
+
+def register_volumes(model: keras.Model, moving: np.ndarray, static: np.ndarray,
+                     moving_seg: np.ndarray | None = None) -> dict:
+    """Register volumes of any size and intensity range up to the model's input shape.
+
+    The pair is scaled to [0, 1] and zero-padded (centred) to the model's input shape as in
+    training, registered by :func:`register`; the moving image's own intensities are then warped
+    and every output is cropped back to the input's size.
+
+    Parameters
+    ----------
+    model : keras.Model
+        A VoxelMorph model.
+    moving, static : np.ndarray
+        ``(*spatial)`` images of one shape, at most the model's input shape, any real dtype.
+    moving_seg : np.ndarray, optional
+        ``(*spatial)`` integer label map of the moving image.
+
+    Returns
+    -------
+    dict
+        As :func:`register`, at the input's size: ``moved`` ``(*spatial)`` float32 in the moving
+        image's intensity units, ``deformation`` ``(*spatial, ndim)`` in voxels, ``seconds``, and
+        ``moved_seg`` when ``moving_seg`` is given.
+
+    Raises
+    ------
+    dataloader.DataError
+        If the shapes differ or do not fit the model.
+    """
+    if moving.shape != static.shape:
+        raise dataloader.DataError(f"moving and static shapes differ: {moving.shape} vs "
+                                   f"{static.shape}")
+    if moving_seg is not None:
+        moving_seg = dataloader.as_label_map(moving_seg, "moving label map")
+        if moving_seg.shape != moving.shape:
+            raise dataloader.DataError(f"moving label map shape {moving_seg.shape} differs "
+                                       f"from the moving image's {moving.shape}")
+    padding = dataloader.padding_to_shape(moving.shape, input_shape(model))
+    padded = [None if image is None else dataloader.pad(image, padding)
+              for image in (dataloader.normalize(moving, "moving image"),
+                            dataloader.normalize(static, "static image"), moving_seg)]
+    registered = register(model, *padded)
+    deformation = registered["deformation"]
+    moved = utils.warp(dataloader.pad(moving.astype(np.float32), padding)[None, ..., None],
+                       deformation[None])
+    registered["moved"] = np.asarray(moved)[0, ..., 0]
+    registered["deformation"] = np.moveaxis(
+        dataloader.crop(np.moveaxis(deformation, -1, 0), padding), 0, -1)
+    for key in ("moved", "moved_seg"):
+        if key in registered:
+            registered[key] = dataloader.crop(registered[key], padding)
+    return registered
+
+
+def evaluate_pairs(model: keras.Model, pairs: dataloader.Pairs, labels=None,
+                   keep: int = 0) -> tuple[list[dict], list[dict]]:
+    """Register every pair once and score it (see ``metrics.score_registration``).
+
+    Parameters
+    ----------
+    model : keras.Model
+        A VoxelMorph model.
+    pairs : dataloader.Pairs
+        Pairs of the model's input shape, images in [0, 1].
+    labels : sequence of int, optional
+        Labels scored with Dice (default: every non-zero label present).
+    keep : int
+        Also return the arrays of the first ``keep`` registered pairs.
+
+    Returns
+    -------
+    results : list of dict
+        Scores of each pair, plus ``seconds``, the time of its forward pass.
+    samples : list of dict
+        For the first ``keep`` pairs: ``moving``, ``static``, ``moved``, ``deformation`` and,
+        with label maps, ``moving_seg``, ``static_seg``, ``moved_seg``.
+    """
+    results, samples = [], []
+    for moving, static, moving_seg, static_seg in pairs:
+        registered = register(model, moving, static, moving_seg)
+        scores = metrics.score_registration(moving, static, registered["moved"],
+                                            registered["deformation"], moving_seg, static_seg,
+                                            registered.get("moved_seg"), labels)
+        results.append({**scores, "seconds": registered["seconds"]})
+        if len(samples) < keep:
+            arrays = {"moving": moving, "static": static, "moving_seg": moving_seg,
+                      "static_seg": static_seg, **registered}
+            samples.append({key: value for key, value in arrays.items()
+                            if value is not None and key != "seconds"})
+    return results, samples

@@ -39,17 +39,12 @@ def measure(model_name: str, shape: tuple[int, ...], repeats: int) -> dict:
     """Time one configuration in this process."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     sys.path.insert(0, ROOT)
-    import keras
     import numpy as np
     import tensorflow as tf
 
-    import metrics
     import models
 
-    model = (models.VoxelMorph1 if model_name == "vm1" else models.VoxelMorph2)(shape)
-    model.compile(optimizer=keras.optimizers.Adam(1e-4),
-                  loss={"moved": metrics.local_normalized_cross_correlation_loss(),
-                        "deformation": metrics.gradient_loss()})
+    model = models.build_model(shape, model_name, "ncc", lamda=1.0, lr=1e-4)
     rng = np.random.default_rng(0)
     inputs = {"moving": rng.random((1, *shape, 1), np.float32),
               "static": rng.random((1, *shape, 1), np.float32)}

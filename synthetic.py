@@ -1,0 +1,206 @@
+"""The embedded default data: synthetic subjects made from the MNI152 template.
+
+Each subject is a random smooth diffeomorphic deformation of the template (its tissue labels
+warped alike) followed by a random intensity change (bias field, gamma, noise). Training makes
+a new subject at every step (:class:`SyntheticDataLoader`); the validation subjects are fixed by
+``VALIDATION_SEED`` (:func:`default_validation_set`). These are synthetic deformations of one
+real template, not real subjects.
+"""
+import dataclasses
+import os
+
+import numpy as np
+
+import dataloader
+import utils
+
+DEFAULT_DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "mni152_2mm.npz")
+DEFAULT_SLICE = 44  # axial slice of the 80x96x80 template used for 2D (through the ventricles)
+VALIDATION_SEED = 20180618  # the validation subjects are the same in every run
+NUM_VALIDATION = {2: 16, 3: 8}  # validation subjects per dimension
+
+# Velocity drawn on a coarse grid of control points, in voxels.
+VELOCITY_SPACING = 8  # control-point spacing, voxels
+VELOCITY_STD = 2.5  # std of the velocity at the control points, voxels
+INTEGRATION_FACTOR = 4  # the velocity is integrated on a grid this many times coarser
+BIAS_SPACING = 24  # control-point spacing of the log bias field, voxels
+BIAS_STD = 0.1  # std of the log bias field
+GAMMA_STD = 0.2  # std of log(gamma)
+NOISE_STD = 0.02  # std of additive Gaussian noise, intensity units
+
+
+def load_default_data(ndim: int = 3) -> dataloader.Dataset:
+    """The embedded MNI152 template as an atlas with tissue labels (no subjects).
+
+    Parameters
+    ----------
+    ndim : {2, 3}
+        3: the 80x96x80 volume at 2 mm; 2: its axial slice ``DEFAULT_SLICE`` (80x96).
+
+    Returns
+    -------
+    dataloader.Dataset
+        ``vols`` empty ``(0, *spatial)``; ``atlas`` the T1 template in [0, 1]; ``atlas_seg``
+        labels 1 CSF, 2 grey matter, 3 white matter.
+    """
+    if ndim not in (2, 3):
+        raise dataloader.DataError(f"the default data is 2D or 3D, got ndim={ndim}")
+    with np.load(DEFAULT_DATA) as stored:
+        t1, labels = dataloader.normalize(stored["t1"]), stored["labels"]
+        names = [str(name) for name in stored["label_names"][1:]]
+    if ndim == 2:
+        t1, labels = t1[..., DEFAULT_SLICE], labels[..., DEFAULT_SLICE]
+    return dataloader.Dataset(vols=np.zeros((0,) + t1.shape, np.float32), atlas=t1,
+                              atlas_seg=labels.astype(np.int32), labels=np.array([1, 2, 3]),
+                              label_names=names)
+
+
+def default_validation_set(ndim: int) -> dataloader.Dataset:
+    """The default data's fixed validation subjects, with the template as their atlas.
+
+    Parameters
+    ----------
+    ndim : {2, 3}
+        Dimension: ``NUM_VALIDATION[ndim]`` subjects made with ``VALIDATION_SEED``.
+    """
+    data = load_default_data(ndim)
+    vols, segs = synthetic_subjects(data.atlas, NUM_VALIDATION[ndim], VALIDATION_SEED,
+                                    data.atlas_seg)
+    return dataclasses.replace(data, vols=vols, segs=segs)
+
+
+def _smooth_noise(shape: tuple[int, ...], channels: int, spacing: float, std: float,
+                  rng: np.random.Generator) -> np.ndarray:
+    """Gaussian noise on control points ``spacing`` voxels apart, N-linearly upsampled.
+
+    Returns
+    -------
+    np.ndarray
+        ``(1, *shape, channels)`` float32.
+    """
+    coarse_shape = [int(np.ceil(n / spacing)) + 1 for n in shape]
+    coarse = rng.normal(0.0, std, size=(1, *coarse_shape, channels)).astype(np.float32)
+    return utils.resize(coarse, shape).numpy()
+
+
+def random_deformation(shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
+    """A random smooth diffeomorphic displacement: exp of a smooth random velocity field.
+
+    The velocity varies on a scale of ``VELOCITY_SPACING`` voxels, so it is integrated (scaling
+    and squaring) on a grid ``INTEGRATION_FACTOR`` times coarser, then upsampled.
+
+    Returns
+    -------
+    np.ndarray
+        ``(1, *shape, ndim)`` float32 displacement in voxels, 'ij' order.
+    """
+    small = tuple(dataloader.ceil_div(n, INTEGRATION_FACTOR) for n in shape)
+    scale = np.array([(n - 1) / (m - 1) for n, m in zip(shape, small)], np.float32)
+    velocity = _smooth_noise(small, len(shape), VELOCITY_SPACING / INTEGRATION_FACTOR,
+                             VELOCITY_STD, rng) / scale
+    displacement = utils.integrate_velocity(velocity)
+    return utils.resize(displacement, shape).numpy() * scale
+
+
+def random_intensity(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Smooth multiplicative bias field, gamma change and additive noise, clipped to [0, 1].
+
+    Parameters
+    ----------
+    image : np.ndarray
+        ``(*spatial)`` in [0, 1].
+    """
+    bias = np.exp(_smooth_noise(image.shape, 1, BIAS_SPACING, BIAS_STD, rng)[0, ..., 0])
+    gamma = np.exp(rng.normal(0.0, GAMMA_STD))
+    noisy = (image * bias) ** gamma + rng.normal(0.0, NOISE_STD, size=image.shape)
+    return np.clip(noisy, 0.0, 1.0).astype(np.float32)
+
+
+def random_subject(image: np.ndarray, rng: np.random.Generator,
+                   seg: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+    """``image`` under a random smooth deformation (its label map alike) and intensity change.
+
+    Parameters
+    ----------
+    image : np.ndarray
+        ``(*spatial)`` in [0, 1].
+    rng : np.random.Generator
+        Source of the randomness.
+    seg : np.ndarray, optional
+        ``(*spatial)`` integer label map of ``image``, warped with nearest neighbour.
+
+    Returns
+    -------
+    image : np.ndarray
+        ``(*spatial)`` float32 in [0, 1].
+    seg : np.ndarray or None
+        ``(*spatial)`` int32, when ``seg`` is given.
+    """
+    deformation = random_deformation(image.shape, rng)
+    moved = utils.warp(image[None, ..., None], deformation).numpy()[0, ..., 0]
+    if seg is not None:
+        seg = utils.warp(np.asarray(seg, np.int32)[None, ..., None], deformation,
+                         "nearest").numpy()[0, ..., 0]
+    return random_intensity(moved, rng), seg
+
+
+def augment(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """:func:`random_subject` of an image without labels, for ``ScanToScanDataLoader``."""
+    return random_subject(image, rng)[0]
+
+
+def synthetic_subjects(atlas: np.ndarray, count: int, seed=None,
+                       atlas_seg: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+    """Subjects made from the atlas by :func:`random_subject`.
+
+    Parameters
+    ----------
+    atlas : np.ndarray
+        ``(*spatial)`` template in [0, 1].
+    count : int
+        Number of subjects.
+    seed : int or tuple of int, optional
+        Seed; the same seed gives the same subjects.
+    atlas_seg : np.ndarray, optional
+        ``(*spatial)`` integer label map of the template, warped with each subject's deformation.
+
+    Returns
+    -------
+    vols : np.ndarray
+        ``(count, *spatial)`` float32 images in [0, 1].
+    segs : np.ndarray or None
+        ``(count, *spatial)`` int32 label maps, when ``atlas_seg`` is given.
+    """
+    rng = np.random.default_rng(seed)
+    vols, segs = zip(*(random_subject(atlas, rng, atlas_seg) for _ in range(count)))
+    return np.stack(vols), None if atlas_seg is None else np.stack(segs)
+
+
+class SyntheticDataLoader(dataloader.PairLoader):
+    """Scan-to-atlas training pairs made on the fly: a new synthetic subject for every pair.
+
+    Parameters
+    ----------
+    atlas : np.ndarray
+        ``(*spatial)`` template in [0, 1], the static image of every pair.
+    batch_size : int
+        Pairs per batch.
+    steps : int
+        Batches per epoch.
+    seed : int, optional
+        Seed; batch ``i`` of epoch ``e`` is the same for the same seed.
+    **kwargs
+        Passed to ``keras.utils.PyDataset``.
+    """
+
+    def __init__(self, atlas, batch_size: int = 1, steps: int = 100,
+                 seed: int | None = None, **kwargs):
+        super().__init__(batch_size, seed, **kwargs)
+        self.atlas, self.steps = atlas, steps
+
+    def __len__(self) -> int:
+        return self.steps
+
+    def __getitem__(self, index: int) -> tuple[dict, dict]:
+        vols, _ = synthetic_subjects(self.atlas, self.batch_size, self.seed_of(index))
+        return dataloader.batch(vols, self.atlas)
