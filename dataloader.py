@@ -412,7 +412,16 @@ def scored_labels(data: Dataset, labels: list[int] | None = None
     return labels, names
 
 
-def batch(moving: np.ndarray, static: np.ndarray) -> tuple[dict, dict]:
+TARGETS = ("moved", "deformation")  # the CVPR model's: similarity and smoothness
+
+
+def one_hot(seg: np.ndarray, labels) -> np.ndarray:
+    """``(*shape)`` label map -> ``(*shape, K)`` float32 one-hot map of the ``K`` ``labels``."""
+    return (np.asarray(seg)[..., None] == np.asarray(labels)).astype(np.float32)
+
+
+def batch(moving: np.ndarray, static: np.ndarray, targets=TARGETS, moving_seg=None,
+          static_seg=None, labels=None) -> tuple[dict, dict]:
     """Model inputs and targets for a batch of pairs.
 
     Parameters
@@ -421,11 +430,27 @@ def batch(moving: np.ndarray, static: np.ndarray) -> tuple[dict, dict]:
         ``(B, *spatial)`` moving images.
     static : np.ndarray
         ``(B, *spatial)`` static images, or one ``(*spatial)`` image for the whole batch.
+    targets : sequence of str
+        The model's trained outputs (``models.targets``): ``moved`` (the static image),
+        ``deformation`` or ``velocity`` (zeros: the smoothness loss has no target),
+        ``moved_static`` (the moving image) and ``moved_seg`` (the static label map, one-hot).
+    moving_seg, static_seg : np.ndarray, optional
+        Label maps shaped like ``moving`` and ``static``; needed for ``moved_seg``, which also
+        adds the input ``moving_seg`` (one-hot).
+    labels : sequence of int, optional
+        Labels of the one-hot maps.
     """
     moving = moving[..., None].astype(np.float32)
     static = np.broadcast_to(static, moving.shape[:-1])[..., None].astype(np.float32)
     zeros = np.zeros(static.shape[:-1] + (static.ndim - 2,), np.float32)
-    return {"moving": moving, "static": static}, {"moved": static, "deformation": zeros}
+    inputs = {"moving": moving, "static": static}
+    available = {"moved": static, "deformation": zeros, "velocity": zeros, "moved_static": moving}
+    if "moved_seg" in targets:
+        if moving_seg is None or static_seg is None:
+            raise DataError("the segmentation loss needs label maps ('segs') for every volume")
+        inputs["moving_seg"] = one_hot(moving_seg, labels)
+        available["moved_seg"] = one_hot(np.broadcast_to(static_seg, moving.shape[:-1]), labels)
+    return inputs, {name: available[name] for name in targets}
 
 
 class PairLoader(keras.utils.PyDataset):
@@ -440,14 +465,20 @@ class PairLoader(keras.utils.PyDataset):
         Pairs per batch.
     seed : int, optional
         Seed of every draw; by default a fresh random one.
+    targets : sequence of str
+        The model's trained outputs, see :func:`batch`.
+    labels : sequence of int, optional
+        Labels of the one-hot maps of the segmentation loss.
     **kwargs
         Passed to ``keras.utils.PyDataset`` (``workers``, ``use_multiprocessing``...).
     """
 
-    def __init__(self, batch_size: int = 1, seed: int | None = None, **kwargs):
+    def __init__(self, batch_size: int = 1, seed: int | None = None, targets=TARGETS,
+                 labels=None, **kwargs):
         super().__init__(**kwargs)
         self.batch_size, self.epoch = batch_size, 0
         self.seed = np.random.SeedSequence().entropy if seed is None else seed
+        self.targets, self.labels = tuple(targets), labels
 
     def seed_of(self, *index: int) -> tuple[int, ...]:
         """Seed of a draw in the current epoch: ``(seed, epoch, *index)``."""
@@ -473,14 +504,17 @@ class RegistrationDataLoader(PairLoader):
         Shuffle the pairs at every epoch.
     seed : int, optional
         Seed of the shuffling.
+    moving_segs, static_segs : np.ndarray, optional
+        Label maps shaped like ``moving`` and ``static``, for the segmentation loss.
     **kwargs
-        Passed to ``keras.utils.PyDataset``.
+        Passed to :class:`PairLoader` (``targets``, ``labels``) and ``keras.utils.PyDataset``.
     """
 
     def __init__(self, moving, static, batch_size: int = 1, shuffle: bool = False,
-                 seed: int | None = None, **kwargs):
+                 seed: int | None = None, moving_segs=None, static_segs=None, **kwargs):
         super().__init__(batch_size, seed, **kwargs)
         self.moving, self.static = np.asarray(moving), np.asarray(static)
+        self.moving_segs, self.static_segs = moving_segs, static_segs
         if self.static.shape not in (self.moving.shape, self.moving.shape[1:]):
             raise DataError(f"moving and static shapes differ: {self.moving.shape[1:]} vs "
                             f"{self.static.shape[-self.moving.ndim + 1:]}")
@@ -494,8 +528,12 @@ class RegistrationDataLoader(PairLoader):
         if self.shuffle:
             order = np.random.default_rng(self.seed_of()).permutation(order)
         pick = order[index * self.batch_size:(index + 1) * self.batch_size]
-        static = self.static[pick] if self.static.shape == self.moving.shape else self.static
-        return batch(self.moving[pick], static)
+        one_static = self.static.shape != self.moving.shape
+        static = self.static if one_static else self.static[pick]
+        static_seg = (self.static_segs if one_static or self.static_segs is None
+                      else self.static_segs[pick])
+        moving_seg = None if self.moving_segs is None else self.moving_segs[pick]
+        return batch(self.moving[pick], static, self.targets, moving_seg, static_seg, self.labels)
 
 
 @dataclasses.dataclass
@@ -606,17 +644,23 @@ class ScanToScanDataLoader(PairLoader):
     augment : callable, optional
         ``augment(image, rng) -> image`` applied to both images of every pair, e.g.
         ``synthetic.augment`` (a random smooth deformation and intensity change), which helps
-        when the set is small.
+        when the set is small. Not with label maps.
+    segs : np.ndarray, optional
+        ``(N, *spatial)`` label maps, for the segmentation loss.
     **kwargs
-        Passed to ``keras.utils.PyDataset``.
+        Passed to :class:`PairLoader` (``targets``, ``labels``) and ``keras.utils.PyDataset``.
     """
 
     def __init__(self, vols, batch_size: int = 1, pairs_per_epoch: int = 100,
                  seed: int | None = None,
                  augment: Callable[[np.ndarray, np.random.Generator], np.ndarray] | None = None,
-                 **kwargs):
+                 segs=None, **kwargs):
         super().__init__(batch_size, seed, **kwargs)
         self.vols, self.pairs_per_epoch, self.augment = np.asarray(vols), pairs_per_epoch, augment
+        self.segs = segs
+        if augment is not None and "moved_seg" in self.targets:
+            raise DataError("augmentation deforms the images only: it cannot be combined with "
+                            "the segmentation loss")
         if len(self.vols) < 2:
             raise DataError(f"scan-to-scan pairs need at least 2 training volumes, "
                             f"got {len(self.vols)}")
@@ -632,4 +676,6 @@ class ScanToScanDataLoader(PairLoader):
             rng = np.random.default_rng(self.seed_of(index))
             moving, static = (np.stack([self.augment(image, rng) for image in images])
                               for images in (moving, static))
-        return batch(moving, static)
+        segs = (None, None) if self.segs is None else (self.segs[pick[:, 0]],
+                                                        self.segs[pick[:, 1]])
+        return batch(moving, static, self.targets, *segs, self.labels)

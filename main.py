@@ -35,14 +35,15 @@ MAX_VAL_PAIRS = 20  # scan-to-scan validation pairs at most, during training
 NUM_SAMPLES = 3  # validation pairs kept in samples.npz for figures
 
 
-def _positive(kind: type):
-    """argparse type: a positive number of ``kind``."""
+def _positive(kind: type, zero: bool = False):
+    """argparse type: a positive (or, with ``zero``, non-negative) finite number of ``kind``."""
     def parse(text: str):
         value = kind(text)
-        if not value > 0 or not np.isfinite(value):
-            raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+        if not (value >= 0 if zero else value > 0) or not np.isfinite(value):
+            raise argparse.ArgumentTypeError(f"must be {'>= 0' if zero else 'positive'}, "
+                                             f"got {text}")
         return value
-    parse.__name__ = f"positive {kind.__name__}"
+    parse.__name__ = f"{'non-negative' if zero else 'positive'} {kind.__name__}"
     return parse
 
 
@@ -68,6 +69,14 @@ def _add_data_flags(parser: argparse.ArgumentParser, default: str) -> None:
                              "(default: atlas when there is one)")
 
 
+def _add_finetune_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--finetune_steps", type=_positive(int, zero=True), default=0,
+                        help="instance optimisation: Adam steps on each pair's own image loss "
+                             "before registering it (its label maps are never used)")
+    parser.add_argument("--finetune_lr", type=_positive(float), default=1e-4,
+                        help="learning rate of --finetune_steps")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Training flags (the original script's, with types) and the register/evaluate commands."""
     parser = argparse.ArgumentParser(
@@ -87,6 +96,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--ncc_window", type=_positive(int), default=9,
                         help="width of the local NCC window in voxels, per axis (the paper: 9 "
                              "at 1 mm)")
+    parser.add_argument("--int_steps", type=_positive(int, zero=True), default=0,
+                        help="diffeomorphic: integrate a stationary velocity field in this many "
+                             "scaling and squaring steps (7 is usual; 0: the CVPR displacement)")
+    parser.add_argument("--int_downsize", type=_positive(int), default=1,
+                        help="with --int_steps: integrate at 1/F resolution, then resize")
+    parser.add_argument("--bidir", action="store_true",
+                        help="also warp the static image with the inverse field (symmetric loss)")
+    parser.add_argument("--seg_weight", type=_positive(float, zero=True), default=0.0,
+                        help="weight of the auxiliary soft-Dice loss of the warped label maps "
+                             "(needs label maps for the training data)")
     _add_data_flags(parser, "the embedded MNI152 data")
     parser.add_argument("--ndim", type=int, choices=(2, 3), default=3,
                         help="default data only: 3D volumes (80x96x80) or 2D axial slices (80x96)")
@@ -123,6 +142,7 @@ def _add_register_parser(commands) -> None:
                     "zero-padded to the model's input shape as in training; outputs come back at "
                     "the input's size.")
     register.add_argument("--model", required=True, help="trained model (.keras)")
+    _add_finetune_flags(register)
     register.add_argument("--moving", required=True, help="moving image")
     register.add_argument("--static", required=True, help="static (fixed) image")
     register.add_argument("--moved", required=True,
@@ -147,6 +167,7 @@ def _add_evaluate_parser(commands) -> None:
                     "neighbour), share of voxels with Jacobian determinant <= 0, seconds per "
                     "pair. Writes eval.json, dice_per_structure.csv and dice_boxplot.png.")
     evaluate.add_argument("--model", required=True, help="trained model (.keras)")
+    _add_finetune_flags(evaluate)
     _add_data_flags(evaluate, "the default data's validation subjects")
     evaluate.add_argument("--labels", type=int, nargs="+", default=None,
                           help="labels scored with Dice (default: 'labels' in --data, else every "
@@ -173,19 +194,37 @@ def training_sets(data: str | None, atlas: str | None, pairs: str | None, augmen
     return train_set, val_set, mode
 
 
+def training_labels(train_set: dataloader.Dataset, seg_weight: float) -> list[int]:
+    """Labels of the segmentation loss: the data's ``labels``, else every non-zero one."""
+    if not seg_weight:
+        return []
+    if train_set.segs is None and train_set.atlas_seg is None:
+        raise dataloader.DataError("--seg_weight needs label maps: 'segs' (and 'atlas_seg' for "
+                                   "atlas pairs) in --data")
+    labels, _ = dataloader.scored_labels(train_set)
+    if not labels:
+        raise dataloader.DataError("--seg_weight: the label maps hold no non-zero label")
+    return labels
+
+
 def training_loader(train_set: dataloader.Dataset, mode: str, default_data: bool,
                     batch_size: int, steps: int | None, seed: int,
-                    augment: bool) -> keras.utils.PyDataset:
-    """Generated pairs for the default data and scan-to-scan; subjects to atlas otherwise."""
+                    augment: bool, targets: dict) -> keras.utils.PyDataset:
+    """Generated pairs for the default data and scan-to-scan; subjects to atlas otherwise.
+
+    ``targets`` holds the model's ``targets`` and the ``labels`` of its one-hot maps.
+    """
     if default_data:  # subjects are made on the fly: a second thread overlaps it with training
         return synthetic.SyntheticDataLoader(train_set.atlas, batch_size, steps or DEFAULT_STEPS,
-                                             seed, workers=2)
+                                             seed, train_set.atlas_seg, workers=2, **targets)
     if mode == "scan_to_scan":
         return dataloader.ScanToScanDataLoader(
             train_set.vols, batch_size, (steps or DEFAULT_STEPS) * batch_size, seed,
-            synthetic.augment if augment else None, workers=2 if augment else 1)
+            synthetic.augment if augment else None, train_set.segs,
+            workers=2 if augment else 1, **targets)
     return dataloader.RegistrationDataLoader(train_set.vols, train_set.atlas, batch_size,
-                                             shuffle=True, seed=seed)
+                                             shuffle=True, seed=seed, moving_segs=train_set.segs,
+                                             static_segs=train_set.atlas_seg, **targets)
 
 
 def write_json(path: str, content: dict) -> None:
@@ -216,14 +255,23 @@ def train(args) -> str:
     print(f"{args.model} on {device}, {mode} pairs of shape {train_set.shape}, "
           f"{len(val_pairs)} validation pairs, output in {output}")
 
+    if args.int_downsize > 1 and (not args.int_steps or any(size % args.int_downsize
+                                                            for size in train_set.shape)):
+        raise dataloader.DataError(f"--int_downsize {args.int_downsize} needs --int_steps and "
+                                   f"must divide the padded shape {train_set.shape}")
+    labels = training_labels(train_set, args.seg_weight)
     model = models.build_model(train_set.shape, args.model, args.loss, args.lamda, args.lr,
-                               args.ncc_window)
+                               args.ncc_window, args.int_steps, args.int_downsize, args.bidir,
+                               args.seg_weight, len(labels))
     start = time.perf_counter()
+    targets = {"targets": models.targets(model), "labels": labels}
     loader = training_loader(train_set, mode, args.data is None, args.batch_size,
-                             args.steps_per_epoch, args.seed, args.augment)
+                             args.steps_per_epoch, args.seed, args.augment, targets)
     model.fit(loader,
-              validation_data=dataloader.RegistrationDataLoader(val_pairs.moving, val_pairs.static,
-                                                                args.batch_size),
+              validation_data=dataloader.RegistrationDataLoader(
+                  val_pairs.moving, val_pairs.static, args.batch_size,
+                  moving_segs=val_pairs.moving_segs, static_segs=val_pairs.static_segs,
+                  **targets),
               epochs=args.epochs, steps_per_epoch=args.steps_per_epoch if args.data else None,
               callbacks=[keras.callbacks.CSVLogger(os.path.join(output, "history.csv"))],
               verbose=1)
@@ -250,11 +298,11 @@ def report(summary: dict) -> str:
 
 
 def load_model(path: str) -> keras.Model:
-    """A saved VoxelMorph model, for inference (not compiled)."""
+    """A saved VoxelMorph model, compiled as trained (``--finetune_steps`` reuses its loss)."""
     if not os.path.isfile(path):
         raise dataloader.DataError(f"no such model file: {path}")
     try:
-        return keras.models.load_model(path, compile=False)
+        return keras.models.load_model(path)
     except Exception as error:  # Keras raises several types for files it cannot read
         raise dataloader.DataError(f"cannot load a Keras model from {path}: {error}") from error
 
@@ -267,13 +315,16 @@ def register(args) -> str:
     moving, _ = dataloader.load_volume(args.moving)
     static, reference = dataloader.load_volume(args.static)
     moving_seg = None if args.moving_seg is None else dataloader.load_volume(args.moving_seg)[0]
-    registered = models.register_volumes(model, moving, static, moving_seg)
+    registered = models.register_volumes(model, moving, static, moving_seg, args.finetune_steps,
+                                         args.finetune_lr)
     for path, key in ((args.moved, "moved"), (args.deformation, "deformation"),
                       (args.moved_seg, "moved_seg")):
         if path:
             dataloader.save_volume(path, registered[key], reference)
+    tuned = (f" after {args.finetune_steps} fine-tuning steps "
+             f"({registered['finetune_seconds']:.1f} s)" if args.finetune_steps else "")
     return (f"registered {args.moving} to {args.static} in {registered['seconds']:.3f} s "
-            f"(one forward pass), wrote {args.moved}")
+            f"(one forward pass){tuned}, wrote {args.moved}")
 
 
 def evaluation_set(data: str | None, atlas: str | None, pairs: str | None,
@@ -299,7 +350,9 @@ def evaluate(args) -> str:
     labels, names = dataloader.scored_labels(data, args.labels)
     print(f"evaluating {args.model} on {len(pairs)} {mode} pairs of shape {data.shape}, "
           f"{len(labels)} labels")
-    results, _ = models.evaluate_pairs(model, pairs, labels or None)
+    results, _ = models.evaluate_pairs(model, pairs, labels or None,
+                                       finetune_steps=args.finetune_steps,
+                                       finetune_lr=args.finetune_lr)
     summary = metrics.summarize(results)
     output = args.output or os.path.dirname(os.path.abspath(args.model))
     os.makedirs(output, exist_ok=True)

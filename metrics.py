@@ -162,6 +162,33 @@ class Grad(keras.losses.Loss):
         return {**super().get_config(), "norm": self.norm}
 
 
+@keras.saving.register_keras_serializable(package="voxelmorph")
+class SoftDice(keras.losses.Loss):
+    """Soft Dice loss of one-hot label maps (TMI 2019, Eq. 8): ``1 - mean_k Dice_k``.
+
+    ``Dice_k = 2 sum_x a_k b_k / (sum_x a_k + sum_x b_k)``, over the labels ``k`` present in
+    either map (empty in both: left out); 0 for identical maps, 1 for disjoint ones.
+    """
+
+    def __init__(self, eps: float = 1e-5, name: str = "soft_dice", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.eps = eps
+
+    def call(self, y_true: tf.Tensor, y_pred: tf.Tensor) -> tf.Tensor:
+        """``(B, *spatial, K)`` one-hot (or soft) maps -> ``(B,)`` loss in [0, 1]."""
+        axes = list(range(1, len(y_pred.shape) - 1))
+        y_true = tf.cast(y_true, y_pred.dtype)
+        overlap = 2.0 * tf.reduce_sum(y_true * y_pred, axes)
+        total = tf.reduce_sum(y_true, axes) + tf.reduce_sum(y_pred, axes)
+        present = tf.cast(total > self.eps, y_pred.dtype)
+        dice = overlap / tf.maximum(total, self.eps)
+        return 1.0 - tf.reduce_sum(dice * present, -1) / tf.maximum(tf.reduce_sum(present, -1),
+                                                                     1.0)
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "eps": self.eps}
+
+
 def local_normalized_cross_correlation_loss(window: int = 9, eps: float = 1e-5) -> LocalNCC:
     """Local NCC loss over ``window``-wide neighbourhoods (see :class:`LocalNCC`)."""
     return LocalNCC(window=window, eps=eps)

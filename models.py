@@ -58,6 +58,63 @@ class SpatialTransformer(keras.layers.Layer):
         return {**super().get_config(), "interpolation": self.interpolation}
 
 
+@keras.saving.register_keras_serializable(package="voxelmorph")
+class IntegrateVelocity(keras.layers.Layer):
+    """Keras layer around :func:`utils.integrate_velocity`: velocity -> displacement.
+
+    Parameters
+    ----------
+    steps : int
+        Scaling and squaring steps.
+    shape : tuple of int
+        Spatial shape of the displacement; when the velocity is coarser, the integrated
+        displacement is resized to it (:func:`utils.resize_displacement`).
+    """
+
+    def __init__(self, steps: int, shape: tuple[int, ...], **kwargs):
+        super().__init__(**kwargs)
+        self.steps, self.shape = steps, tuple(shape)
+
+    def call(self, velocity):
+        """``(B, *coarse, ndim)`` velocity in coarse voxels -> ``(B, *shape, ndim)`` in voxels."""
+        displacement = utils.integrate_velocity(velocity, self.steps)
+        if tuple(velocity.shape[1:-1]) != self.shape:
+            displacement = utils.resize_displacement(displacement, self.shape)
+        return displacement
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], *self.shape, input_shape[-1])
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "steps": self.steps, "shape": self.shape}
+
+
+@keras.saving.register_keras_serializable(package="voxelmorph")
+class ResizeField(keras.layers.Layer):
+    """Keras layer around :func:`utils.resize_displacement`, to ``shape``."""
+
+    def __init__(self, shape: tuple[int, ...], **kwargs):
+        super().__init__(**kwargs)
+        self.shape = tuple(shape)
+
+    def call(self, field):
+        return utils.resize_displacement(field, self.shape)
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], *self.shape, input_shape[-1])
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "shape": self.shape}
+
+
+@keras.saving.register_keras_serializable(package="voxelmorph")
+class Negate(keras.layers.Layer):
+    """``x -> -x``: the inverse of a velocity field (or, to first order, of a displacement)."""
+
+    def call(self, x):
+        return -x
+
+
 def _conv(x, filters: int, strides: int = 1):
     """3x3(x3) convolution, 'same' padding, then LeakyReLU(0.2)."""
     conv = getattr(keras.layers, f"Conv{len(x.shape) - 2}D")
@@ -81,7 +138,8 @@ def check_input_shape(input_shape: tuple[int, ...]) -> None:
 
 
 def voxelmorph(input_shape: tuple[int, ...], decoder: tuple[int, ...],
-               name: str = "voxelmorph") -> keras.Model:
+               name: str = "voxelmorph", int_steps: int = 0, int_downsize: int = 1,
+               bidir: bool = False, num_labels: int = 0) -> keras.Model:
     """Build a VoxelMorph network with the paper's encoder and the given decoder widths.
 
     Parameters
@@ -93,19 +151,60 @@ def voxelmorph(input_shape: tuple[int, ...], decoder: tuple[int, ...],
         resolution (``DECODER_VM1`` or ``DECODER_VM2``).
     name : str
         Model name.
+    int_steps : int
+        0: the last convolution is the displacement (CVPR 2018). Otherwise it is a stationary
+        velocity field, integrated by scaling and squaring in ``int_steps`` steps into a
+        diffeomorphic displacement (Dalca et al., MICCAI 2018).
+    int_downsize : int
+        Integrate the velocity at ``1 / int_downsize`` resolution, then resize the displacement
+        back (only with ``int_steps``).
+    bidir : bool
+        Also warp the static image with the inverse field (the negated velocity, or the negated
+        displacement without integration).
+    num_labels : int
+        With labels, the network also takes the moving image's one-hot label map and warps it
+        (linear interpolation), for the auxiliary segmentation loss (TMI 2019, Sec. IV-C2).
 
     Returns
     -------
     keras.Model
-        Inputs ``{"moving", "static"}``, each ``(B, *input_shape, 1)``; outputs
-        ``{"moved": (B, *input_shape, 1), "deformation": (B, *input_shape, ndim)}``, the
-        displacement in voxels, 'ij' order.
+        Inputs ``{"moving", "static"}``, each ``(B, *input_shape, 1)``, and ``"moving_seg"``
+        ``(B, *input_shape, num_labels)`` with labels. Outputs ``"moved"`` ``(B, *input_shape,
+        1)`` and ``"deformation"`` ``(B, *input_shape, ndim)``, the displacement in voxels, 'ij'
+        order; with integration ``"velocity"`` (at the integration grid, in its voxels); with
+        ``bidir`` ``"moved_static"``; with labels ``"moved_seg"``.
     """
     check_input_shape(input_shape)
-    ndim = len(input_shape)
-    moving = keras.Input((*input_shape, 1), name="moving")
-    static = keras.Input((*input_shape, 1), name="static")
+    inputs = {"moving": keras.Input((*input_shape, 1), name="moving"),
+              "static": keras.Input((*input_shape, 1), name="static")}
+    if num_labels:
+        inputs["moving_seg"] = keras.Input((*input_shape, num_labels), name="moving_seg")
+    field = _field(_unet(inputs["moving"], inputs["static"], decoder), int_steps)
 
+    outputs = {}
+    if int_steps:
+        small = tuple(size // int_downsize for size in input_shape)
+        velocity = ResizeField(small, name="velocity")(field) if int_downsize > 1 else field
+        deformation = IntegrateVelocity(int_steps, input_shape, name="integrate")(velocity)
+        outputs["velocity"] = velocity
+        inverse = (IntegrateVelocity(int_steps, input_shape, name="integrate_inverse")(
+            Negate(name="negated_velocity")(velocity)) if bidir else None)
+    else:
+        deformation = field
+        inverse = Negate(name="inverse")(deformation) if bidir else None
+    outputs["moved"] = SpatialTransformer(name="moved")([inputs["moving"], deformation])
+    outputs["deformation"] = deformation
+    if bidir:
+        outputs["moved_static"] = SpatialTransformer(name="moved_static")([inputs["static"],
+                                                                           inverse])
+    if num_labels:
+        outputs["moved_seg"] = SpatialTransformer(name="moved_seg")([inputs["moving_seg"],
+                                                                     deformation])
+    return keras.Model(inputs, outputs, name=name)
+
+
+def _unet(moving, static, decoder: tuple[int, ...]):
+    """The paper's U-Net on the concatenated pair; returns its last feature map."""
     x = keras.layers.Concatenate(name="pair")([moving, static])
     skips = [x]
     for filters in ENCODER:
@@ -121,27 +220,31 @@ def voxelmorph(input_shape: tuple[int, ...], decoder: tuple[int, ...],
     x = _up_and_skip(x, skips.pop())
     for filters in full:
         x = _conv(x, filters)
+    return x
 
+
+def _field(x, int_steps: int):
+    """The last convolution: ``ndim`` channels, weights from N(0, 1e-5), no activation."""
+    ndim = len(x.shape) - 2
     conv = getattr(keras.layers, f"Conv{ndim}D")
-    deformation = conv(ndim, 3, padding="same", name="deformation",
-                       kernel_initializer=keras.initializers.RandomNormal(0.0, 1e-5))(x)
-    moved = SpatialTransformer(name="moved")([moving, deformation])
-    return keras.Model({"moving": moving, "static": static},
-                       {"moved": moved, "deformation": deformation}, name=name)
+    return conv(ndim, 3, padding="same", name="velocity_field" if int_steps else "deformation",
+                kernel_initializer=keras.initializers.RandomNormal(0.0, 1e-5))(x)
 
 
-def VoxelMorph1(input_shape: tuple[int, ...]) -> keras.Model:
+def VoxelMorph1(input_shape: tuple[int, ...], **options) -> keras.Model:
     """VoxelMorph-1: decoder widths [32, 32, 32, 32, 8, 8]. See :func:`voxelmorph`."""
-    return voxelmorph(input_shape, DECODER_VM1, name="voxelmorph1")
+    return voxelmorph(input_shape, DECODER_VM1, name="voxelmorph1", **options)
 
 
-def VoxelMorph2(input_shape: tuple[int, ...]) -> keras.Model:
+def VoxelMorph2(input_shape: tuple[int, ...], **options) -> keras.Model:
     """VoxelMorph-2: decoder widths [32, 32, 32, 32, 32, 16, 16]. See :func:`voxelmorph`."""
-    return voxelmorph(input_shape, DECODER_VM2, name="voxelmorph2")
+    return voxelmorph(input_shape, DECODER_VM2, name="voxelmorph2", **options)
 
 
 def build_model(input_shape: tuple[int, ...], model: str = "vm2", loss: str = "ncc",
-                lamda: float | None = None, lr: float = 1e-3, ncc_window: int = 9) -> keras.Model:
+                lamda: float | None = None, lr: float = 1e-3, ncc_window: int = 9,
+                int_steps: int = 0, int_downsize: int = 1, bidir: bool = False,
+                seg_weight: float = 0.0, num_labels: int = 0) -> keras.Model:
     """A VoxelMorph network compiled with Eq. (2): similarity + lambda * smoothness, and Adam.
 
     Parameters
@@ -153,25 +256,65 @@ def build_model(input_shape: tuple[int, ...], model: str = "vm2", loss: str = "n
     loss : {"ncc", "mse"}
         Image similarity: local NCC over ``ncc_window``-wide windows (Eq. 5), or MSE (Eq. 4).
     lamda : float, optional
-        Weight of the smoothness loss (Eq. 3); default ``DEFAULT_LAMBDA[loss]``.
+        Weight of the smoothness loss (Eq. 3); default ``DEFAULT_LAMBDA[loss]``. It applies to
+        the velocity field when integrating.
     lr : float
         Adam learning rate.
     ncc_window : int
         Local NCC window width in voxels, per axis.
+    int_steps, int_downsize : int
+        Diffeomorphic integration (see :func:`voxelmorph`); 0 keeps the CVPR model.
+    bidir : bool
+        Add the symmetric similarity of the static image warped by the inverse field to the
+        moving image; both similarity terms then weigh 0.5.
+    seg_weight : float
+        Weight gamma of the auxiliary soft-Dice loss between the warped one-hot label map of
+        the moving image and the static one's; needs ``num_labels``.
+    num_labels : int
+        Number of labels of the one-hot maps (with ``seg_weight``).
 
     Returns
     -------
     keras.Model
-        Compiled, ready for ``fit``.
+        Compiled, ready for ``fit``; its loss dictionary's keys are the targets a batch needs
+        (see ``dataloader.batch``).
     """
-    network = {"vm1": VoxelMorph1, "vm2": VoxelMorph2}[model](input_shape)
+    if seg_weight and not num_labels:
+        raise ValueError("seg_weight needs num_labels > 0")
+    network = {"vm1": VoxelMorph1, "vm2": VoxelMorph2}[model](
+        input_shape, int_steps=int_steps, int_downsize=int_downsize, bidir=bidir,
+        num_labels=num_labels if seg_weight else 0)
     similarity = (metrics.local_normalized_cross_correlation_loss(ncc_window)
                   if loss == "ncc" else metrics.mse_loss())
-    network.compile(optimizer=keras.optimizers.Adam(lr),
-                    loss={"moved": similarity, "deformation": metrics.gradient_loss()},
-                    loss_weights={"moved": 1.0,
-                                  "deformation": DEFAULT_LAMBDA[loss] if lamda is None else lamda})
+    smooth = "velocity" if int_steps else "deformation"
+    losses = {"moved": similarity, smooth: metrics.gradient_loss()}
+    weights = {"moved": 0.5 if bidir else 1.0,
+               smooth: DEFAULT_LAMBDA[loss] if lamda is None else lamda}
+    if bidir:
+        losses["moved_static"], weights["moved_static"] = similarity, 0.5
+    if seg_weight:
+        losses["moved_seg"], weights["moved_seg"] = metrics.SoftDice(), seg_weight
+    network.compile(optimizer=keras.optimizers.Adam(lr), loss=losses, loss_weights=weights)
     return network
+
+
+def targets(model: keras.Model) -> tuple[str, ...]:
+    """Names of the outputs a compiled model is trained on (the targets of a batch)."""
+    return tuple(model.get_compile_config()["loss"])
+
+
+def registration_model(model: keras.Model) -> keras.Model:
+    """The part of a model that registers a pair: inputs ``moving`` and ``static`` only.
+
+    A segmentation-aided model also takes the moving label map; its registration network is
+    the same, without that input and the ``moved_seg`` output. Other models are returned as
+    they are.
+    """
+    if "moving_seg" not in model.input:
+        return model
+    outputs = {key: value for key, value in model.output.items() if key != "moved_seg"}
+    return keras.Model({key: model.input[key] for key in ("moving", "static")}, outputs,
+                       name=model.name)
 
 
 def input_shape(model: keras.Model) -> tuple[int, ...]:
@@ -186,7 +329,8 @@ def register(model: keras.Model, moving: np.ndarray, static: np.ndarray,
     Parameters
     ----------
     model : keras.Model
-        A VoxelMorph model.
+        A VoxelMorph model (of a segmentation-aided one, :func:`registration_model` is used:
+        pass that to register many pairs without rebuilding it each time).
     moving, static : np.ndarray
         ``(*spatial)`` images in [0, 1], of the model's input shape.
     moving_seg : np.ndarray, optional
@@ -201,6 +345,7 @@ def register(model: keras.Model, moving: np.ndarray, static: np.ndarray,
         pass builds its graph first); and ``moved_seg`` ``(*spatial)``, of
         ``moving_seg``'s dtype, when ``moving_seg`` is given.
     """
+    model = registration_model(model)
     inputs = {"moving": np.asarray(moving, np.float32)[None, ..., None],
               "static": np.asarray(static, np.float32)[None, ..., None]}
     if model.predict_function is None:  # the first pass builds the graph: keep it out of the timing
@@ -218,8 +363,62 @@ def register(model: keras.Model, moving: np.ndarray, static: np.ndarray,
     return result
 
 
+def finetune(model: keras.Model, moving: np.ndarray, static: np.ndarray, steps: int,
+             lr: float = 1e-4) -> keras.Model:
+    """Instance-specific optimisation (TMI 2019, Sec. V-E): a copy trained on one pair.
+
+    Starting from the trained weights, ``steps`` Adam steps minimise the model's own training
+    loss on this pair, of its image terms only (similarity, symmetric similarity, smoothness):
+    the pair's label maps are never used.
+
+    Parameters
+    ----------
+    model : keras.Model
+        A compiled VoxelMorph model (as ``build_model`` or ``keras.models.load_model`` give).
+    moving, static : np.ndarray
+        ``(*spatial)`` images in [0, 1], of the model's input shape.
+    steps : int
+        Optimisation steps.
+    lr : float
+        Adam learning rate.
+
+    Returns
+    -------
+    keras.Model
+        The tuned registration network (inputs ``moving`` and ``static``); ``model`` is left as
+        it was.
+    """
+    config = model.get_compile_config()
+    if not config:
+        raise dataloader.DataError("fine-tuning needs the model's training loss: a model "
+                                   "saved after training (compiled)")
+    network = registration_model(model)
+    tuned = keras.models.clone_model(network)
+    tuned.set_weights(network.get_weights())
+    losses = {name: keras.saving.deserialize_keras_object(loss)
+              for name, loss in config["loss"].items() if name != "moved_seg"}
+    tuned.compile(optimizer=keras.optimizers.Adam(lr), loss=losses,
+                  loss_weights={name: config["loss_weights"][name] for name in losses})
+    inputs, targets = dataloader.batch(np.asarray(moving)[None], np.asarray(static)[None],
+                                       tuple(losses))
+    for _ in range(steps):
+        tuned.train_on_batch(inputs, targets)
+    return tuned
+
+
+def _finetuned(model: keras.Model, moving: np.ndarray, static: np.ndarray, steps: int,
+               lr: float) -> tuple[keras.Model, float]:
+    """:func:`finetune` when ``steps`` > 0, and its seconds; else ``model`` itself."""
+    if not steps:
+        return model, 0.0
+    start = time.perf_counter()
+    tuned = finetune(model, moving, static, steps, lr)
+    return tuned, time.perf_counter() - start
+
+
 def register_volumes(model: keras.Model, moving: np.ndarray, static: np.ndarray,
-                     moving_seg: np.ndarray | None = None) -> dict:
+                     moving_seg: np.ndarray | None = None, finetune_steps: int = 0,
+                     finetune_lr: float = 1e-4) -> dict:
     """Register volumes of any size and intensity range up to the model's input shape.
 
     The pair is scaled to [0, 1] and zero-padded (centred) to the model's input shape as in
@@ -234,13 +433,17 @@ def register_volumes(model: keras.Model, moving: np.ndarray, static: np.ndarray,
         ``(*spatial)`` images of one shape, at most the model's input shape, any real dtype.
     moving_seg : np.ndarray, optional
         ``(*spatial)`` integer label map of the moving image.
+    finetune_steps : int
+        Fine-tune a copy of the model on the pair first (:func:`finetune`).
+    finetune_lr : float
+        Its learning rate.
 
     Returns
     -------
     dict
         As :func:`register`, at the input's size: ``moved`` ``(*spatial)`` float32 in the moving
-        image's intensity units, ``deformation`` ``(*spatial, ndim)`` in voxels, ``seconds``, and
-        ``moved_seg`` when ``moving_seg`` is given.
+        image's intensity units, ``deformation`` ``(*spatial, ndim)`` in voxels, ``seconds``,
+        ``finetune_seconds``, and ``moved_seg`` when ``moving_seg`` is given.
 
     Raises
     ------
@@ -259,7 +462,8 @@ def register_volumes(model: keras.Model, moving: np.ndarray, static: np.ndarray,
     padded = [None if image is None else dataloader.pad(image, padding)
               for image in (dataloader.normalize(moving, "moving image"),
                             dataloader.normalize(static, "static image"), moving_seg)]
-    registered = register(model, *padded)
+    network, finetune_seconds = _finetuned(model, *padded[:2], finetune_steps, finetune_lr)
+    registered = {**register(network, *padded), "finetune_seconds": finetune_seconds}
     deformation = registered["deformation"]
     moved = utils.warp(dataloader.pad(moving.astype(np.float32), padding)[None, ..., None],
                        deformation[None])
@@ -273,7 +477,8 @@ def register_volumes(model: keras.Model, moving: np.ndarray, static: np.ndarray,
 
 
 def evaluate_pairs(model: keras.Model, pairs: dataloader.Pairs, labels=None,
-                   keep: int = 0) -> tuple[list[dict], list[dict]]:
+                   keep: int = 0, finetune_steps: int = 0,
+                   finetune_lr: float = 1e-4) -> tuple[list[dict], list[dict]]:
     """Register every pair once and score it (see ``metrics.score_registration``).
 
     Parameters
@@ -286,25 +491,32 @@ def evaluate_pairs(model: keras.Model, pairs: dataloader.Pairs, labels=None,
         Labels scored with Dice (default: every non-zero label present).
     keep : int
         Also return the arrays of the first ``keep`` registered pairs.
+    finetune_steps, finetune_lr
+        Fine-tune a copy of the model on each pair first (:func:`finetune`).
 
     Returns
     -------
     results : list of dict
-        Scores of each pair, plus ``seconds``, the time of its forward pass.
+        Scores of each pair, plus ``seconds``, the time of its forward pass, and
+        ``finetune_seconds``, that of fine-tuning.
     samples : list of dict
         For the first ``keep`` pairs: ``moving``, ``static``, ``moved``, ``deformation`` and,
         with label maps, ``moving_seg``, ``static_seg``, ``moved_seg``.
     """
     results, samples = [], []
+    model = model if finetune_steps else registration_model(model)  # built once
     for moving, static, moving_seg, static_seg in pairs:
-        registered = register(model, moving, static, moving_seg)
+        network, finetune_seconds = _finetuned(model, moving, static, finetune_steps, finetune_lr)
+        registered = {**register(network, moving, static, moving_seg),
+                      "finetune_seconds": finetune_seconds}
         scores = metrics.score_registration(moving, static, registered["moved"],
                                             registered["deformation"], moving_seg, static_seg,
                                             registered.get("moved_seg"), labels)
-        results.append({**scores, "seconds": registered["seconds"]})
+        results.append({**scores, "seconds": registered["seconds"],
+                        "finetune_seconds": finetune_seconds})
         if len(samples) < keep:
             arrays = {"moving": moving, "static": static, "moving_seg": moving_seg,
                       "static_seg": static_seg, **registered}
             samples.append({key: value for key, value in arrays.items()
-                            if value is not None and key != "seconds"})
+                            if value is not None and "seconds" not in key})
     return results, samples

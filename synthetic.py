@@ -189,18 +189,23 @@ class SyntheticDataLoader(dataloader.PairLoader):
         Batches per epoch.
     seed : int, optional
         Seed; batch ``i`` of epoch ``e`` is the same for the same seed.
+    atlas_seg : np.ndarray, optional
+        ``(*spatial)`` label map of the template, for the segmentation loss.
     **kwargs
-        Passed to ``keras.utils.PyDataset``.
+        Passed to ``dataloader.PairLoader`` (``targets``, ``labels``) and
+        ``keras.utils.PyDataset``.
     """
 
     def __init__(self, atlas, batch_size: int = 1, steps: int = 100,
-                 seed: int | None = None, **kwargs):
+                 seed: int | None = None, atlas_seg=None, **kwargs):
         super().__init__(batch_size, seed, **kwargs)
-        self.atlas, self.steps = atlas, steps
+        self.atlas, self.steps, self.atlas_seg = atlas, steps, atlas_seg
 
     def __len__(self) -> int:
         return self.steps
 
     def __getitem__(self, index: int) -> tuple[dict, dict]:
-        vols, _ = synthetic_subjects(self.atlas, self.batch_size, self.seed_of(index))
-        return dataloader.batch(vols, self.atlas)
+        atlas_seg = self.atlas_seg if "moved_seg" in self.targets else None
+        vols, segs = synthetic_subjects(self.atlas, self.batch_size, self.seed_of(index),
+                                        atlas_seg)
+        return dataloader.batch(vols, self.atlas, self.targets, segs, atlas_seg, self.labels)

@@ -151,3 +151,29 @@ def integrate_velocity(velocity: tf.Tensor, steps: int = 7) -> tf.Tensor:
     for _ in range(steps):
         displacement += warp(displacement, displacement)
     return displacement
+
+
+def resize_displacement(deformation: tf.Tensor, shape: tuple[int, ...]) -> tf.Tensor:
+    """Resample a displacement field onto another grid of the same extent, rescaling its vectors.
+
+    Voxel centres map as in block averaging (``x_in = (x_out + 0.5) * in / out - 0.5`` per axis,
+    edges clamped), and channel ``d`` is multiplied by ``out_d / in_d`` so that it stays in voxels
+    of the new grid.
+
+    Parameters
+    ----------
+    deformation : tf.Tensor
+        ``(B, *in_spatial, ndim)`` displacement in voxels of the input grid, 'ij' order.
+    shape : tuple of int
+        Output spatial shape ``(*out_spatial)``.
+
+    Returns
+    -------
+    tf.Tensor
+        ``(B, *shape, ndim)`` displacement in voxels of the output grid.
+    """
+    deformation = tf.convert_to_tensor(deformation, tf.float32)
+    ratio = [o / i for i, o in zip(deformation.shape[1:-1], shape)]
+    coords = (regular_grid(shape) + 0.5) / tf.constant(ratio, tf.float32) - 0.5
+    coords = tf.repeat(coords[None], tf.shape(deformation)[0], axis=0)
+    return interpolate(deformation, coords) * tf.constant(ratio, tf.float32)

@@ -128,3 +128,19 @@ def test_jacobian_of_a_fold_is_negative():
 
 def test_jacobian_of_zero_displacement_is_one_in_2d():
     np.testing.assert_allclose(metrics.jacobian_determinant(np.zeros((4, 5, 2))), 1.0)
+
+
+def test_soft_dice_is_zero_for_equal_maps_and_one_for_disjoint_maps():
+    a = np.zeros((1, 4, 4, 2), np.float32)
+    a[0, :2, :, 0], a[0, 2:, :, 1] = 1, 1
+    swapped = a[..., ::-1]
+    loss = metrics.SoftDice()
+    assert float(loss(a, a)) == pytest.approx(0.0, abs=1e-6)
+    assert float(loss(a, swapped)) == pytest.approx(1.0, abs=1e-6)
+
+
+def test_soft_dice_matches_hand_value_and_skips_labels_absent_from_both():
+    true = np.zeros((1, 4, 1, 2), np.float32)
+    pred = np.zeros((1, 4, 1, 2), np.float32)
+    true[0, :2, 0, 0], pred[0, 1:3, 0, 0] = 1, 1  # overlap 1 of 2 + 2: Dice 0.5; label 2 absent
+    assert float(metrics.SoftDice()(true, pred)) == pytest.approx(0.5, abs=1e-5)

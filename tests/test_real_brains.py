@@ -14,18 +14,24 @@ pytestmark = pytest.mark.skipif(not os.path.exists(DATA),
                                 reason="internal benchmark data ../shared/data is absent")
 
 
-def test_benchmark_trains_and_scores_30_structures_on_a_32_cube(tmp_path):
-    result = subprocess.run(
-        [sys.executable, "benchmarks/real_brains.py", "--downsample", "4", "--models", "vm1",
-         "--epochs", "1", "--steps_per_epoch", "2", "--no_ants", "--output", str(tmp_path)],
-        cwd=ROOT, capture_output=True, text=True, timeout=600)
+def test_benchmark_trains_on_a_32_cube_and_scores_at_128(tmp_path):
+    command = [sys.executable, "benchmarks/real_brains.py", "--downsample", "4", "--methods",
+               "vm2", "finetune", "--finetune_steps", "1", "--epochs", "1",
+               "--steps_per_epoch", "2", "--max_pairs", "2", "--output", str(tmp_path)]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
     results = json.loads((tmp_path / "results.json").read_text())
-    assert results["grid"] == "32^3 at 6 mm" and len(results["labels"]) == 30
-    vm1 = results["methods"]["vm1"]
-    assert len(vm1["dice_after"]["per_label"]) == 30
-    assert 0.3 < vm1["dice_before"]["mean"] < 0.9  # affinely aligned real brains
-    assert np.isfinite(vm1["dice_after"]["mean"]) and np.isfinite(vm1["seconds"]["mean"])
-    assert "| affine only |" in result.stdout and "| VoxelMorph-1 |" in result.stdout
+    assert results["network_grid"] == "32^3 at 6 mm"
+    assert results["scoring_grid"] == "128^3 at 1.5 mm" and len(results["labels"]) == 30
+    assert results["pairs"] == [[0, 1], [1, 2]]  # the cycle first
+    affine, vm2 = (results["summary"][name] for name in ("affine", "vm2"))
+    assert 0.4 < affine["dice"]["mean"] < 0.9  # affinely aligned real brains
+    assert np.isfinite(vm2["dice"]["mean"]) and vm2["hd95_mm"]["mean"] > 0
+    assert np.isfinite(vm2["sdlogj"]["mean"]) and vm2["seconds"]["mean"] > 0
+    assert results["summary"]["finetune"]["finetune_seconds"]["mean"] > 0
+    assert "| affine only |" in result.stdout and "| VM-2 (CVPR), 32^3 |" in result.stdout
     with np.load(tmp_path / "test.npz") as test:
         assert test["vols"].shape == (3, 32, 32, 32)
+    # A second run reuses the stored results instead of training again.
+    again = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0 and "Epoch 1/1" not in again.stdout

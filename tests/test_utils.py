@@ -104,3 +104,49 @@ def test_integrating_a_constant_velocity_gives_that_translation():
     velocity = np.full((1, 6, 7, 5, 3), [0.5, -1.25, 2.0], np.float32)
     displacement = utils.integrate_velocity(velocity).numpy()
     np.testing.assert_allclose(displacement, velocity, atol=1e-5)
+
+
+def rotation_velocity(shape: tuple[int, int], angle: float) -> np.ndarray:
+    """Stationary velocity of a rotation by ``angle`` radians about the image centre, in voxels."""
+    x = utils.regular_grid(shape).numpy() - (np.array(shape) - 1) / 2
+    return (angle * np.stack([-x[..., 1], x[..., 0]], axis=-1))[None].astype(np.float32)
+
+
+def test_integrated_rotation_stays_invertible():
+    import metrics
+
+    displacement = utils.integrate_velocity(rotation_velocity((33, 33), 0.5)).numpy()[0]
+    # Centre voxel (16, 16) is fixed; (16, 26) turns by 0.5 rad about it.
+    np.testing.assert_allclose(displacement[16, 16], [0, 0], atol=1e-4)
+    expected = 10 * np.array([-np.sin(0.5), np.cos(0.5) - 1])
+    np.testing.assert_allclose(displacement[16, 26], expected, atol=0.1)
+    assert metrics.jacobian_determinant(displacement).min() > 0
+
+
+def test_integrating_the_negated_velocity_inverts_the_field():
+    velocity = rotation_velocity((33, 33), 0.3)
+    forward = utils.integrate_velocity(velocity)
+    inverse = utils.integrate_velocity(-velocity)
+    # (inverse o forward)(x) - x = u_f(x) + u_i(x + u_f(x)), away from the clamped edges
+    composed = (forward + utils.warp(inverse, forward)).numpy()[0, 8:-8, 8:-8]
+    assert np.abs(composed).max() < 0.05
+    assert np.abs(forward.numpy()[0, 8:-8, 8:-8]).max() > 2  # a real motion was undone
+
+
+def test_resize_displacement_rescales_vectors_to_the_new_voxels():
+    field = np.full((1, 4, 6, 2), [1.0, -0.5], np.float32)
+    resized = utils.resize_displacement(field, (8, 3)).numpy()
+    assert resized.shape == (1, 8, 3, 2)
+    np.testing.assert_allclose(resized[..., 0], 2.0)  # twice as many voxels along axis 0
+    np.testing.assert_allclose(resized[..., 1], -0.25)  # half as many along axis 1
+
+
+def test_resize_displacement_maps_voxel_centres_as_block_averaging():
+    # A linear field in coarse voxels, u(x) = x, seen on the 2x finer grid: the fine voxel y
+    # lies at coarse x = (y + 0.5) / 2 - 0.5, and one coarse voxel is two fine ones.
+    x = np.arange(8, dtype=np.float32)
+    field = x[None, :, None]
+    fine = utils.resize_displacement(field, (16,)).numpy()[0, :, 0]
+    y = np.arange(16)
+    coarse = np.clip((y + 0.5) / 2 - 0.5, 0, 7)
+    np.testing.assert_allclose(fine, 2 * coarse, atol=1e-5)
