@@ -184,6 +184,19 @@ def gradient_loss(norm: int = 2) -> Grad:
     return Grad(norm=norm)
 
 
+def _label_maps(labels_a, labels_b, labels=None) -> tuple[np.ndarray, np.ndarray, list]:
+    """Two label maps of one shape as arrays, and the non-zero labels to score in them.
+
+    ``labels`` default to every label present in either map; background (0) is dropped.
+    """
+    labels_a, labels_b = np.asarray(labels_a), np.asarray(labels_b)
+    if labels_a.shape != labels_b.shape:
+        raise ValueError(f"label maps differ in shape: {labels_a.shape} vs {labels_b.shape}")
+    if labels is None:
+        labels = np.union1d(np.unique(labels_a), np.unique(labels_b))
+    return labels_a, labels_b, [label for label in np.asarray(labels).ravel() if label != 0]
+
+
 def dice(labels_a: np.ndarray, labels_b: np.ndarray, labels=None) -> np.ndarray:
     """Hard Dice overlap per label: ``2 |A & B| / (|A| + |B|)``.
 
@@ -201,12 +214,7 @@ def dice(labels_a: np.ndarray, labels_b: np.ndarray, labels=None) -> np.ndarray:
         ``(L,)`` float64 Dice per label, in the order of ``labels``; NaN for a label absent
         from both maps.
     """
-    labels_a, labels_b = np.asarray(labels_a), np.asarray(labels_b)
-    if labels_a.shape != labels_b.shape:
-        raise ValueError(f"label maps differ in shape: {labels_a.shape} vs {labels_b.shape}")
-    if labels is None:
-        labels = np.union1d(np.unique(labels_a), np.unique(labels_b))
-    labels = [label for label in np.asarray(labels).ravel() if label != 0]
+    labels_a, labels_b, labels = _label_maps(labels_a, labels_b, labels)
     scores = []
     for label in labels:
         in_a, in_b = labels_a == label, labels_b == label
@@ -308,13 +316,8 @@ def hd95(labels_a: np.ndarray, labels_b: np.ndarray, labels=None, spacing=1.0) -
         one map only, the diagonal of the whole grid (the largest distance it can hold), so that a
         missed structure scores worst and means stay finite.
     """
-    labels_a, labels_b = np.asarray(labels_a), np.asarray(labels_b)
-    if labels_a.shape != labels_b.shape:
-        raise ValueError(f"label maps differ in shape: {labels_a.shape} vs {labels_b.shape}")
+    labels_a, labels_b, labels = _label_maps(labels_a, labels_b, labels)
     spacing = _spacing(spacing, labels_a.ndim)
-    if labels is None:
-        labels = np.union1d(np.unique(labels_a), np.unique(labels_b))
-    labels = [label for label in np.asarray(labels).ravel() if label != 0]
     diagonal = float(np.linalg.norm((np.array(labels_a.shape) - 1) * spacing))
     scores = []
     for label in labels:
