@@ -47,6 +47,8 @@ class Dataset:
         Label ids to score with Dice; None means every non-zero label present.
     label_names : list of str or None
         Names of ``labels``, in the same order.
+    spacing : tuple of float or None
+        Voxel size per axis in mm, when the files give it; None when unknown.
     """
 
     vols: np.ndarray
@@ -55,6 +57,7 @@ class Dataset:
     atlas_seg: np.ndarray | None = None
     labels: np.ndarray | None = None
     label_names: list[str] | None = None
+    spacing: tuple[float, ...] | None = None
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -202,13 +205,24 @@ def save_volume(path: str, volume: np.ndarray, reference=None) -> None:
         np.savez_compressed(path, vol=volume)
 
 
-def _load_nifti_stack(paths: list[str]) -> np.ndarray:
-    """Stack NIfTI volumes of one shape into ``(N, *spatial)``."""
-    volumes = [load_volume(p)[0] for p in paths]
+def nifti_spacing(image) -> tuple[float, ...]:
+    """Voxel size in mm of a NIfTI image's axes that :func:`load_volume` keeps (size > 1)."""
+    return tuple(float(zoom) for size, zoom in zip(image.shape, image.header.get_zooms())
+                 if size != 1)
+
+
+def _load_nifti_stack(paths: list[str]) -> dict:
+    """Stack NIfTI volumes of one shape: ``vols`` ``(N, *spatial)``, and ``spacing`` in mm.
+
+    ``spacing`` is left out when the files disagree on it.
+    """
+    volumes, images = zip(*(load_volume(p) for p in paths))
     shapes = {v.shape for v in volumes}
     if len(shapes) > 1:
         raise DataError(f"NIfTI volumes differ in shape: {sorted(shapes)}")
-    return np.stack(volumes)
+    spacings = {nifti_spacing(image) for image in images}
+    return {"vols": np.stack(volumes), **({"spacing": spacings.pop()} if len(spacings) == 1
+                                           else {})}
 
 
 def _read_arrays(path: str) -> dict:
@@ -218,17 +232,17 @@ def _read_arrays(path: str) -> dict:
         files = sorted(f for f in glob.glob(os.path.join(path, "*")) if f.endswith(NIFTI))
         if not files:
             raise DataError(f"{path}: folder holds no .nii or .nii.gz files")
-        return {"vols": _load_nifti_stack(files)}
+        return _load_nifti_stack(files)
     kind = file_format(path)
     if kind == "nifti":
-        return {"vols": _load_nifti_stack([path])}
+        return _load_nifti_stack([path])
     if kind == "npy":
         return {"vols": np.load(path)}
     with np.load(path) as stored:
         if "vols" not in stored:
             raise DataError(f"{path}: no array named 'vols' (found {list(stored.keys())})")
         return {key: stored[key] for key in ("vols", "segs", "atlas", "atlas_seg", "labels",
-                                              "label_names") if key in stored}
+                                              "label_names", "spacing") if key in stored}
 
 
 def load_dataset(path: str, atlas: str | None = None) -> Dataset:
@@ -238,15 +252,17 @@ def load_dataset(path: str, atlas: str | None = None) -> Dataset:
     ----------
     path : str
         ``.npy`` array ``(N, *spatial)``; ``.npz`` with ``vols`` ``(N, *spatial)`` and optional
-        ``segs``, ``atlas``, ``atlas_seg``, ``labels``, ``label_names``; a NIfTI file holding
-        one volume; or a folder of NIfTI volumes of one shape.
+        ``segs``, ``atlas``, ``atlas_seg``, ``labels``, ``label_names``, ``spacing`` (voxel size
+        in mm, one value or one per axis); a NIfTI file holding one volume; or a folder of NIfTI
+        volumes of one shape.
     atlas : str, optional
         File of a static atlas (``.npy``, ``.npz``, NIfTI); replaces one stored in ``path``.
 
     Returns
     -------
     Dataset
-        Intensities scaled to [0, 1] per volume, label maps as int32.
+        Intensities scaled to [0, 1] per volume, label maps as int32; ``spacing`` from the
+        NIfTI headers (when all files agree) or the ``.npz``, else None.
     """
     arrays = _read_arrays(path)
     vols = arrays["vols"]
@@ -263,9 +279,22 @@ def load_dataset(path: str, atlas: str | None = None) -> Dataset:
         atlas_seg=_as_int32(arrays.get("atlas_seg"), f"{path} atlas_seg"),
         labels=arrays.get("labels"),
         label_names=None if names is None else [str(name) for name in names],
+        spacing=_spacing(arrays.get("spacing"), vols.ndim - 1, path),
     )
     _check_shapes(data, path)
     return data
+
+
+def _spacing(spacing, ndim: int, path: str) -> tuple[float, ...] | None:
+    """``(ndim,)`` voxel size in mm from one value or one per axis; None stays None."""
+    if spacing is None:
+        return None
+    values = np.ravel(spacing)
+    if (not np.issubdtype(values.dtype, np.number) or values.size not in (1, ndim)
+            or not np.all(np.isfinite(values) & (values > 0))):
+        raise DataError(f"{path}: spacing must be one positive value or {ndim} (one per axis), "
+                        f"got {values.tolist()}")
+    return tuple(float(value) for value in np.broadcast_to(values, (ndim,)))
 
 
 def _as_int32(segs: np.ndarray | None, name: str) -> np.ndarray | None:

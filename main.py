@@ -14,6 +14,7 @@ lists every option.
 import argparse
 import csv
 import json
+import math
 import os
 import sys
 import time
@@ -163,9 +164,11 @@ def _add_evaluate_parser(commands) -> None:
         "evaluate", formatter_class=_HelpFormatter,
         help="score a trained model on labelled pairs",
         description="Register every test pair with a trained model and score it as the papers "
-                    "do: Dice per label before and after (labels warped with nearest "
-                    "neighbour), share of voxels with Jacobian determinant <= 0, seconds per "
-                    "pair. Writes eval.json, dice_per_structure.csv and dice_boxplot.png.")
+                    "and Learn2Reg do, on the data's own grid: Dice per label before and after "
+                    "(labels warped with nearest neighbour), HD95 per label after (voxels, and "
+                    "mm when the data gives the voxel size), SDlogJ, share of voxels with "
+                    "Jacobian determinant <= 0, seconds per pair. Writes eval.json, "
+                    "dice_per_structure.csv and dice_boxplot.png.")
     evaluate.add_argument("--model", required=True, help="trained model (.keras)")
     _add_finetune_flags(evaluate)
     _add_data_flags(evaluate, "the default data's validation subjects")
@@ -227,9 +230,21 @@ def training_loader(train_set: dataloader.Dataset, mode: str, default_data: bool
                                              static_segs=train_set.atlas_seg, **targets)
 
 
+def _without_nan(value):
+    """``value`` with every NaN or infinite float (in nested dicts and lists) replaced by None."""
+    if isinstance(value, dict):
+        return {key: _without_nan(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_without_nan(item) for item in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
 def write_json(path: str, content: dict) -> None:
+    """Write ``content`` as JSON, NaN (e.g. the score of an absent structure) as null."""
     with open(path, "w") as file:
-        json.dump(content, file, indent=2)
+        json.dump(_without_nan(content), file, indent=2, allow_nan=False)
 
 
 def write_samples(path: str, samples: list[dict]) -> None:
@@ -242,6 +257,7 @@ def train(args) -> str:
     """Train, then write the model, history, samples, figures and validation metrics."""
     train_set, val_set, mode = training_sets(args.data, args.atlas, args.pairs, args.augment,
                                              args.val_data, args.val_fraction, args.ndim)
+    own_shape = train_set.shape  # validation pairs are scored on it, without the padding
     shape = dataloader.padded_shape(train_set.shape, models.DIVISOR)
     if shape != train_set.shape:
         print(f"Padded the volumes with zeros from {train_set.shape} to {shape} (sizes must "
@@ -278,7 +294,8 @@ def train(args) -> str:
     train_seconds = time.perf_counter() - start
 
     model.save(os.path.join(output, "model.keras"))
-    results, samples = models.evaluate_pairs(model, val_pairs, val_set.labels, NUM_SAMPLES)
+    results, samples = models.evaluate_pairs(model, val_pairs, val_set.labels, NUM_SAMPLES,
+                                             own_shape, val_set.spacing)
     write_samples(os.path.join(output, "samples.npz"), samples)
     viz.render_run(output)
     summary = {"args": vars(args), "pairs": mode, "shape": train_set.shape, "device": device,
@@ -293,8 +310,11 @@ def report(summary: dict) -> str:
     line = (f"NCC {summary['ncc_before']['mean']:.3f} -> {summary['ncc_after']['mean']:.3f}")
     if "dice_after" in summary:
         line += (f", Dice {summary['dice_before']['mean']:.3f} -> "
-                 f"{summary['dice_after']['mean']:.3f}")
-    return line + f", folding voxels {100 * summary['folding_fraction']['mean']:.3f}%"
+                 f"{summary['dice_after']['mean']:.3f}, HD95 {summary['hd95']['mean']:.2f} voxels")
+        if "hd95_mm" in summary:
+            line += f" ({summary['hd95_mm']['mean']:.2f} mm)"
+    return line + (f", SDlogJ {summary['sdlogj']['mean']:.3f}, "
+                   f"folding voxels {100 * summary['folding_fraction']['mean']:.3f}%")
 
 
 def load_model(path: str) -> keras.Model:
@@ -329,7 +349,7 @@ def register(args) -> str:
 
 def evaluation_set(data: str | None, atlas: str | None, pairs: str | None,
                    shape: tuple[int, ...]) -> dataloader.Dataset:
-    """The test set of ``evaluate``, zero-padded to the model's input ``shape``."""
+    """The test set of ``evaluate``, for a model of input ``shape`` (not padded yet)."""
     if data is None:
         if atlas is not None or pairs == "scan_to_scan":
             raise dataloader.DataError("the default data has its own atlas and atlas pairs only")
@@ -338,20 +358,22 @@ def evaluation_set(data: str | None, atlas: str | None, pairs: str | None,
         test_set = synthetic.default_validation_set(len(shape))
     else:
         test_set = dataloader.load_dataset(data, atlas)
-    return dataloader.pad_dataset(test_set, shape)
+    dataloader.padding_to_shape(test_set.shape, shape)  # refuse volumes that do not fit
+    return test_set
 
 
 def evaluate(args) -> str:
     """Score a trained model on every test pair; write eval.json, a CSV and a box plot."""
     model = load_model(args.model)
-    data = evaluation_set(args.data, args.atlas, args.pairs, models.input_shape(model))
+    shape = models.input_shape(model)
+    data = evaluation_set(args.data, args.atlas, args.pairs, shape)
     mode = dataloader.pairing(data, args.pairs)
-    pairs = dataloader.make_pairs(data, mode, args.max_pairs)
+    pairs = dataloader.make_pairs(dataloader.pad_dataset(data, shape), mode, args.max_pairs)
     labels, names = dataloader.scored_labels(data, args.labels)
     print(f"evaluating {args.model} on {len(pairs)} {mode} pairs of shape {data.shape}, "
           f"{len(labels)} labels")
-    results, _ = models.evaluate_pairs(model, pairs, labels or None,
-                                       finetune_steps=args.finetune_steps,
+    results, _ = models.evaluate_pairs(model, pairs, labels or None, shape=data.shape,
+                                       spacing=data.spacing, finetune_steps=args.finetune_steps,
                                        finetune_lr=args.finetune_lr)
     summary = metrics.summarize(results)
     output = args.output or os.path.dirname(os.path.abspath(args.model))
@@ -360,7 +382,8 @@ def evaluate(args) -> str:
                 for (moving, static), result in zip(pairs.index, results)]
     write_json(os.path.join(output, "eval.json"),
                {"model": args.model, "data": args.data or "default", "pairs": mode,
-                "labels": labels, "label_names": names, "summary": summary,
+                "labels": labels, "label_names": names, "spacing": data.spacing,
+                "summary": summary,
                 "per_pair": per_pair})
     if "dice_after" in summary:
         write_dice_csv(os.path.join(output, "dice_per_structure.csv"), labels, names, summary)
@@ -370,15 +393,16 @@ def evaluate(args) -> str:
 
 
 def write_dice_csv(path: str, labels: list[int], names: list[str] | None, summary: dict) -> None:
-    """Per-structure Dice before and after registration: mean and std over pairs."""
+    """Per-structure scores, mean and std over pairs: Dice before and after registration, HD95
+    after it in voxels and, when the spacing is known, in mm."""
+    keys = [key for key in ("dice_before", "dice_after", "hd95", "hd95_mm") if key in summary]
     with open(path, "w", newline="") as file:
         writer = csv.writer(file)
-        writer.writerow(["label", "name", "dice_before_mean", "dice_before_std",
-                         "dice_after_mean", "dice_after_std"])
+        writer.writerow(["label", "name"] + [f"{key}_{stat}" for key in keys
+                                             for stat in ("mean", "std")])
         for i, label in enumerate(labels):
             writer.writerow([label, names[i] if names else label]
-                            + [f"{summary[key][stat][i]:.4f}" for key in ("dice_before",
-                                                                          "dice_after")
+                            + [f"{summary[key][stat][i]:.4f}" for key in keys
                                for stat in ("per_label", "per_label_std")])
 
 

@@ -9,13 +9,15 @@ batch. The factories with the original script's names return configured instance
 - :func:`mse_loss`: mean squared error, Eq. (4);
 - :func:`gradient_loss`: smoothness of the displacement, Eq. (3) and (6), weighted by lambda.
 
-Evaluation measures are plain numpy functions: :func:`dice` of label maps,
-:func:`jacobian_determinant` and :func:`folding_fraction` of a displacement field,
+Evaluation measures are plain numpy functions: :func:`dice` and :func:`hd95` (95th-percentile
+Hausdorff distance) of label maps, :func:`jacobian_determinant`, :func:`folding_fraction` and
+:func:`sdlogj` (spread of the log Jacobian determinant) of a displacement field,
 :func:`score_registration` for one registered pair and :func:`summarize` over pairs.
 """
 import keras
 import numpy as np
 import tensorflow as tf
+from scipy import ndimage
 
 
 def _box_sum(x: tf.Tensor, window: int) -> tf.Tensor:
@@ -209,6 +211,19 @@ def gradient_loss(norm: int = 2) -> Grad:
     return Grad(norm=norm)
 
 
+def _label_maps(labels_a, labels_b, labels=None) -> tuple[np.ndarray, np.ndarray, list]:
+    """Two label maps of one shape as arrays, and the non-zero labels to score in them.
+
+    ``labels`` default to every label present in either map; background (0) is dropped.
+    """
+    labels_a, labels_b = np.asarray(labels_a), np.asarray(labels_b)
+    if labels_a.shape != labels_b.shape:
+        raise ValueError(f"label maps differ in shape: {labels_a.shape} vs {labels_b.shape}")
+    if labels is None:
+        labels = np.union1d(np.unique(labels_a), np.unique(labels_b))
+    return labels_a, labels_b, [label for label in np.asarray(labels).ravel() if label != 0]
+
+
 def dice(labels_a: np.ndarray, labels_b: np.ndarray, labels=None) -> np.ndarray:
     """Hard Dice overlap per label: ``2 |A & B| / (|A| + |B|)``.
 
@@ -226,12 +241,7 @@ def dice(labels_a: np.ndarray, labels_b: np.ndarray, labels=None) -> np.ndarray:
         ``(L,)`` float64 Dice per label, in the order of ``labels``; NaN for a label absent
         from both maps.
     """
-    labels_a, labels_b = np.asarray(labels_a), np.asarray(labels_b)
-    if labels_a.shape != labels_b.shape:
-        raise ValueError(f"label maps differ in shape: {labels_a.shape} vs {labels_b.shape}")
-    if labels is None:
-        labels = np.union1d(np.unique(labels_a), np.unique(labels_b))
-    labels = [label for label in np.asarray(labels).ravel() if label != 0]
+    labels_a, labels_b, labels = _label_maps(labels_a, labels_b, labels)
     scores = []
     for label in labels:
         in_a, in_b = labels_a == label, labels_b == label
@@ -274,10 +284,103 @@ def folding_fraction(deformation: np.ndarray) -> float:
     return float(np.mean(jacobian_determinant(deformation) <= 0))
 
 
+def _spacing(spacing, ndim: int) -> np.ndarray:
+    """``(ndim,)`` voxel size from a scalar or one value per axis; ValueError if not positive."""
+    spacing = np.asarray(spacing, dtype=np.float64)
+    if spacing.ndim == 0:
+        spacing = np.full(ndim, spacing)
+    if spacing.shape != (ndim,) or not np.all(np.isfinite(spacing) & (spacing > 0)):
+        raise ValueError(f"spacing must be positive, a scalar or one per axis ({ndim}), "
+                         f"got {spacing.tolist()}")
+    return spacing
+
+
+def _surface(mask: np.ndarray) -> np.ndarray:
+    """Voxels of ``mask`` with a face-neighbour outside it (outside the array counts as outside)."""
+    return mask & ~ndimage.binary_erosion(mask, border_value=0)
+
+
+def _directed_distances(surface_from: np.ndarray, surface_to: np.ndarray,
+                        spacing: np.ndarray) -> np.ndarray:
+    """Distance from every voxel of ``surface_from`` to the nearest voxel of ``surface_to``."""
+    return ndimage.distance_transform_edt(~surface_to, sampling=spacing)[surface_from]
+
+
+def _bounding_box(mask: np.ndarray, margin: int) -> tuple[slice, ...]:
+    """Slices of the smallest box holding ``mask``, grown by ``margin`` voxels within the array."""
+    box = []
+    for axis in range(mask.ndim):
+        hits = np.flatnonzero(np.any(mask, axis=tuple(a for a in range(mask.ndim) if a != axis)))
+        box.append(slice(max(hits[0] - margin, 0), hits[-1] + margin + 1))
+    return tuple(box)
+
+
+def hd95(labels_a: np.ndarray, labels_b: np.ndarray, labels=None, spacing=1.0) -> np.ndarray:
+    """95th-percentile Hausdorff distance per label (HD95, as Learn2Reg reports it).
+
+    The surface of a structure is its voxels with a face-neighbour outside it (the mask minus its
+    erosion; the array's edge counts as outside). For each voxel of one surface, the Euclidean
+    distance to the nearest voxel of the other surface is taken, in both directions; HD95 is the
+    larger of the two directions' 95th percentiles. Distances are exact Euclidean distance
+    transforms (``scipy.ndimage.distance_transform_edt``), computed only on the structure's
+    bounding box (both maps' voxels plus one), which holds both surfaces.
+
+    Parameters
+    ----------
+    labels_a, labels_b : np.ndarray
+        Integer label maps of the same shape, 2D or 3D.
+    labels : sequence of int, optional
+        Labels to score; by default every non-zero label present in either map. Background (0) is
+        never scored.
+    spacing : float or sequence of float
+        Voxel size, one for all axes or one per axis, e.g. in mm; 1 gives voxels.
+
+    Returns
+    -------
+    np.ndarray
+        ``(L,)`` float64 distance per label, in units of ``spacing``, in the order of ``labels``:
+        0 for identical structures; NaN for a label absent from both maps; for a label present in
+        one map only, the diagonal of the whole grid (the largest distance it can hold), so that a
+        missed structure scores worst and means stay finite.
+    """
+    labels_a, labels_b, labels = _label_maps(labels_a, labels_b, labels)
+    spacing = _spacing(spacing, labels_a.ndim)
+    diagonal = float(np.linalg.norm((np.array(labels_a.shape) - 1) * spacing))
+    scores = []
+    for label in labels:
+        in_a, in_b = labels_a == label, labels_b == label
+        present_a, present_b = in_a.any(), in_b.any()
+        if not (present_a and present_b):
+            scores.append(diagonal if present_a or present_b else np.nan)
+            continue
+        box = _bounding_box(in_a | in_b, margin=1)
+        surface_a, surface_b = _surface(in_a[box]), _surface(in_b[box])
+        scores.append(max(np.percentile(_directed_distances(surface_a, surface_b, spacing), 95),
+                          np.percentile(_directed_distances(surface_b, surface_a, spacing), 95)))
+    return np.asarray(scores, dtype=np.float64)
+
+
+def sdlogj(deformation: np.ndarray) -> float:
+    """Standard deviation of the log Jacobian determinant (SDlogJ, as Learn2Reg reports it).
+
+    ``std(log(clip(det J, 1e-9, 1e9)))`` over every voxel of the grid, borders included (where
+    :func:`jacobian_determinant` uses one-sided differences); the clipping is Learn2Reg's, so a
+    folding voxel (det <= 0) counts as det = 1e-9. 0 for any affine map; it grows with the
+    spread of local volume changes, i.e. with how irregular the deformation is.
+
+    Parameters
+    ----------
+    deformation : np.ndarray
+        ``(*spatial, ndim)`` displacement in voxels, 'ij' order.
+    """
+    determinant = np.clip(jacobian_determinant(deformation), 1e-9, 1e9)
+    return float(np.std(np.log(determinant)))
+
+
 def score_registration(moving: np.ndarray, static: np.ndarray, moved: np.ndarray,
                        deformation: np.ndarray, moving_seg: np.ndarray | None = None,
                        static_seg: np.ndarray | None = None, moved_seg: np.ndarray | None = None,
-                       labels=None) -> dict:
+                       labels=None, spacing=None) -> dict:
     """Scores of one registered pair, as in the papers.
 
     Parameters
@@ -289,36 +392,45 @@ def score_registration(moving: np.ndarray, static: np.ndarray, moved: np.ndarray
     moving_seg, static_seg, moved_seg : np.ndarray, optional
         ``(*spatial)`` integer label maps; Dice is scored when all three are given.
     labels : sequence of int, optional
-        Labels scored with Dice (default: every non-zero label present).
+        Labels scored with Dice and HD95 (default: every non-zero label present).
+    spacing : float or sequence of float, optional
+        Voxel size in mm (one for all axes or one per axis); when given, HD95 is also reported
+        in mm.
 
     Returns
     -------
     dict
         ``ncc_before``, ``ncc_after``: local NCC (window 9) with the static image, in [0, 1];
-        ``folding_fraction``; and, with label maps, ``dice_before``, ``dice_after``: lists of
-        Dice per label (NaN for a label absent from both maps).
+        ``folding_fraction``; ``sdlogj`` (:func:`sdlogj`); and, with label maps,
+        ``dice_before``, ``dice_after``: lists of Dice per label, ``hd95``: list of HD95 per
+        label after registration in voxels (:func:`hd95`), and ``hd95_mm`` in mm when
+        ``spacing`` is given (NaN for a label absent from both maps).
     """
     def ncc(image: np.ndarray) -> float:
         return -float(LocalNCC()(static[None, ..., None], image[None, ..., None]))
 
     scores = {"ncc_before": ncc(moving), "ncc_after": ncc(moved),
-              "folding_fraction": folding_fraction(deformation)}
+              "folding_fraction": folding_fraction(deformation), "sdlogj": sdlogj(deformation)}
     if moving_seg is not None and static_seg is not None and moved_seg is not None:
         scores["dice_before"] = dice(moving_seg, static_seg, labels).tolist()
         scores["dice_after"] = dice(moved_seg, static_seg, labels).tolist()
+        scores["hd95"] = hd95(moved_seg, static_seg, labels).tolist()
+        if spacing is not None:
+            scores["hd95_mm"] = hd95(moved_seg, static_seg, labels, spacing).tolist()
     return scores
 
 
 def summarize(results: list[dict]) -> dict:
     """Mean and standard deviation over pairs of every score of :func:`score_registration`.
 
-    Dice is first averaged over labels within each pair (labels absent from both maps skipped).
+    Per-label scores (Dice, HD95) are first averaged over labels within each pair (labels absent
+    from both maps skipped).
 
     Returns
     -------
     dict
         ``{score: {"mean": float, "std": float}}`` for every score present; per-label scores
-        (Dice) also get ``"per_label"`` and ``"per_label_std"``, the mean and standard deviation
+        also get ``"per_label"`` and ``"per_label_std"``, the mean and standard deviation
         over pairs of each label.
     """
     summary = {}

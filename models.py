@@ -476,10 +476,10 @@ def register_volumes(model: keras.Model, moving: np.ndarray, static: np.ndarray,
     return registered
 
 
-def evaluate_pairs(model: keras.Model, pairs: dataloader.Pairs, labels=None,
-                   keep: int = 0, finetune_steps: int = 0,
+def evaluate_pairs(model: keras.Model, pairs: dataloader.Pairs, labels=None, keep: int = 0,
+                   shape: tuple[int, ...] | None = None, spacing=None, finetune_steps: int = 0,
                    finetune_lr: float = 1e-4) -> tuple[list[dict], list[dict]]:
-    """Register every pair once and score it (see ``metrics.score_registration``).
+    """Register every pair once and score it on the volumes' own grid.
 
     Parameters
     ----------
@@ -488,35 +488,45 @@ def evaluate_pairs(model: keras.Model, pairs: dataloader.Pairs, labels=None,
     pairs : dataloader.Pairs
         Pairs of the model's input shape, images in [0, 1].
     labels : sequence of int, optional
-        Labels scored with Dice (default: every non-zero label present).
+        Labels scored with Dice and HD95 (default: every non-zero label present).
     keep : int
         Also return the arrays of the first ``keep`` registered pairs.
+    shape : tuple of int, optional
+        Spatial shape of the volumes before they were zero-padded (centred, as
+        ``dataloader.pad_dataset`` does) to the model's input shape: every array is cropped back
+        to it before scoring, so that the padding counts in no score. Default: the pairs' shape.
+    spacing : float or sequence of float, optional
+        Voxel size in mm, for HD95 in mm (see ``metrics.score_registration``).
     finetune_steps, finetune_lr
         Fine-tune a copy of the model on each pair first (:func:`finetune`).
 
     Returns
     -------
     results : list of dict
-        Scores of each pair, plus ``seconds``, the time of its forward pass, and
-        ``finetune_seconds``, that of fine-tuning.
+        Scores of each pair (``metrics.score_registration``), plus ``seconds``, the time of its
+        forward pass, and ``finetune_seconds``, that of fine-tuning.
     samples : list of dict
-        For the first ``keep`` pairs: ``moving``, ``static``, ``moved``, ``deformation`` and,
-        with label maps, ``moving_seg``, ``static_seg``, ``moved_seg``.
+        For the first ``keep`` pairs, on the cropped grid: ``moving``, ``static``, ``moved``,
+        ``deformation`` and, with label maps, ``moving_seg``, ``static_seg``, ``moved_seg``.
     """
+    grid = pairs.moving.shape[1:]
+    padding = dataloader.padding_to_shape(grid if shape is None else shape, grid)
+    field_padding = padding + [(0, 0)]  # the displacement's vector axis stays whole
     results, samples = [], []
     model = model if finetune_steps else registration_model(model)  # built once
     for moving, static, moving_seg, static_seg in pairs:
         network, finetune_seconds = _finetuned(model, moving, static, finetune_steps, finetune_lr)
-        registered = {**register(network, moving, static, moving_seg),
-                      "finetune_seconds": finetune_seconds}
-        scores = metrics.score_registration(moving, static, registered["moved"],
-                                            registered["deformation"], moving_seg, static_seg,
-                                            registered.get("moved_seg"), labels)
+        registered = register(network, moving, static, moving_seg)
+        arrays = {"moving": moving, "static": static, "moving_seg": moving_seg,
+                  "static_seg": static_seg, **registered}
+        arrays = {key: dataloader.crop(value, field_padding if key == "deformation" else padding)
+                  for key, value in arrays.items() if value is not None and key != "seconds"}
+        scores = metrics.score_registration(
+            arrays["moving"], arrays["static"], arrays["moved"], arrays["deformation"],
+            arrays.get("moving_seg"), arrays.get("static_seg"), arrays.get("moved_seg"), labels,
+            spacing)
         results.append({**scores, "seconds": registered["seconds"],
                         "finetune_seconds": finetune_seconds})
         if len(samples) < keep:
-            arrays = {"moving": moving, "static": static, "moving_seg": moving_seg,
-                      "static_seg": static_seg, **registered}
-            samples.append({key: value for key, value in arrays.items()
-                            if value is not None and "seconds" not in key})
+            samples.append(arrays)
     return results, samples

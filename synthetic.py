@@ -41,18 +41,20 @@ def load_default_data(ndim: int = 3) -> dataloader.Dataset:
     -------
     dataloader.Dataset
         ``vols`` empty ``(0, *spatial)``; ``atlas`` the T1 template in [0, 1]; ``atlas_seg``
-        labels 1 CSF, 2 grey matter, 3 white matter.
+        labels 1 CSF, 2 grey matter, 3 white matter; ``spacing`` (2 mm per axis, from the
+        template's affine).
     """
     if ndim not in (2, 3):
         raise dataloader.DataError(f"the default data is 2D or 3D, got ndim={ndim}")
     with np.load(DEFAULT_DATA) as stored:
         t1, labels = dataloader.normalize(stored["t1"]), stored["labels"]
         names = [str(name) for name in stored["label_names"][1:]]
+        spacing = np.linalg.norm(stored["affine"][:3, :3], axis=0)  # mm per array axis
     if ndim == 2:
         t1, labels = t1[..., DEFAULT_SLICE], labels[..., DEFAULT_SLICE]
     return dataloader.Dataset(vols=np.zeros((0,) + t1.shape, np.float32), atlas=t1,
                               atlas_seg=labels.astype(np.int32), labels=np.array([1, 2, 3]),
-                              label_names=names)
+                              label_names=names, spacing=tuple(spacing[:ndim].tolist()))
 
 
 def default_validation_set(ndim: int) -> dataloader.Dataset:

@@ -351,59 +351,82 @@ def plot_history(history, fname: str | None = None) -> Figure:
 
 
 def read_evaluation(path) -> dict:
-    """Read the ``eval.json`` that ``main.py evaluate`` writes (NaN Dice values included)."""
+    """Read the ``eval.json`` that ``main.py evaluate`` writes (null for absent structures)."""
     with open(path) as file:
         return json.load(file)
 
 
+def _box_per_structure(ax, evaluation: dict, key: str, colour: str, shift: float = 0.0) -> None:
+    """Box plot of the per-label score ``key`` of every pair, one box per structure.
+
+    NaN or null values (a structure absent from both label maps) are left out.
+    """
+    scores = np.array([pair[key] for pair in evaluation["per_pair"]], dtype=np.float64)
+    ax.boxplot([column[np.isfinite(column)] for column in scores.T],
+               positions=np.arange(scores.shape[1]) + shift, widths=0.35, patch_artist=True,
+               boxprops={"facecolor": colour}, medianprops={"color": "black"},
+               flierprops={"markersize": 3})
+
+
 def plot_dice(evaluation, fname: str | None = None) -> Figure:
-    """Box plot of Dice per structure, before and after registration side by side.
+    """Box plots per structure: Dice before and after registration and, below it, HD95.
+
+    The HD95 panel (95th-percentile Hausdorff distance after registration, see
+    ``metrics.hd95``) is drawn when the evaluation has it: in mm when the data gave the voxel
+    size, else in voxels.
 
     Parameters
     ----------
     evaluation : dict or path-like
         ``eval.json`` of ``main.py evaluate``, or its path: ``labels``, ``label_names`` (or
-        null), ``pairs``, ``summary`` and ``per_pair``, whose ``dice_before`` and
-        ``dice_after`` list one Dice per label, in the order of ``labels``. NaN values (a
-        structure absent from both label maps) are left out.
+        null), ``pairs``, ``summary`` and ``per_pair``, whose ``dice_before``, ``dice_after``
+        and optional ``hd95`` and ``hd95_mm`` list one score per label, in the order of
+        ``labels``. NaN or null values (a structure absent from both label maps) are left out.
     fname : str, optional
         PNG path to save to.
 
     Returns
     -------
     matplotlib.figure.Figure
+        The Dice axes first, then the HD95 axes when drawn.
     """
     if not isinstance(evaluation, dict):
         evaluation = read_evaluation(evaluation)
     names = [str(name).replace("_", " ")
              for name in evaluation.get("label_names") or evaluation["labels"]]
+    hd95_key = next((key for key in ("hd95_mm", "hd95") if key in evaluation["per_pair"][0]),
+                    None)
     rotate = len(names) > 6
-    fig = Figure(figsize=(max(5.0, 1.0 + 0.45 * len(names)), 5.4 if rotate else 4.4),
+    fig = Figure(figsize=(max(5.0, 1.0 + 0.45 * len(names)),
+                          (5.4 if rotate else 4.4) + (3.2 if hd95_key else 0.0)),
                  layout="constrained")
-    ax = fig.subplots()
-    positions = np.arange(len(names))
+    axes = fig.subplots(2 if hd95_key else 1, 1, sharex=True, squeeze=False)[:, 0]
     for key, colour, shift in (("dice_before", BEFORE_COLOUR, -0.2),
                                ("dice_after", AFTER_COLOUR, 0.2)):
-        scores = np.array([pair[key] for pair in evaluation["per_pair"]], dtype=np.float64)
-        ax.boxplot([column[np.isfinite(column)] for column in scores.T],
-                   positions=positions + shift, widths=0.35, patch_artist=True,
-                   boxprops={"facecolor": colour}, medianprops={"color": "black"},
-                   flierprops={"markersize": 3})
-    ax.set_xticks(positions, names, rotation=45 if rotate else 0,
-                  ha="right" if rotate else "center", rotation_mode="anchor")
-    ax.set_xlim(-0.6, len(names) - 0.4)
-    ax.set_ylim(0.0, 1.0)
-    ax.set_ylabel("Dice")
-    ax.grid(axis="y", alpha=0.3)
+        _box_per_structure(axes[0], evaluation, key, colour, shift)
+    axes[0].set_ylim(0.0, 1.0)
+    axes[0].set_ylabel("Dice")
     summary = evaluation["summary"]
+    if hd95_key:
+        _box_per_structure(axes[1], evaluation, hd95_key, AFTER_COLOUR)
+        unit = "mm" if hd95_key == "hd95_mm" else "voxels"
+        axes[1].set_ylim(bottom=0.0)
+        axes[1].set_ylabel(f"HD95 ({unit})")
+        axes[1].set_title(f"HD95 after registration (mean {summary[hd95_key]['mean']:.2f} "
+                          f"{unit}; lower is better)")
+    for ax in axes:
+        ax.grid(axis="y", alpha=0.3)
+    axes[-1].set_xticks(np.arange(len(names)), names, rotation=45 if rotate else 0,
+                        ha="right" if rotate else "center", rotation_mode="anchor")
+    axes[-1].set_xlim(-0.6, len(names) - 0.4)
     fig.legend(handles=[
         Patch(facecolor=BEFORE_COLOUR, edgecolor="black",
-              label=f"before (mean {summary['dice_before']['mean']:.3f})"),
+              label=f"before (mean Dice {summary['dice_before']['mean']:.3f})"),
         Patch(facecolor=AFTER_COLOUR, edgecolor="black",
-              label=f"after registration (mean {summary['dice_after']['mean']:.3f})")],
+              label=f"after registration (mean Dice {summary['dice_after']['mean']:.3f})")],
         loc="outside lower center", ncols=2, frameon=False)
     pairing = "scan-to-atlas" if evaluation["pairs"] == "atlas" else "scan-to-scan"
-    ax.set_title(f"Dice per structure, {len(evaluation['per_pair'])} {pairing} pairs")
+    axes[0].set_title(f"Dice per structure, {len(evaluation['per_pair'])} {pairing} pairs")
     return _save(fig, fname)
 
 

@@ -152,3 +152,39 @@ def test_nifti_output_keeps_the_reference_affine_and_takes_its_own_dtype(tmp_pat
     saved = nib.load(tmp_path / "out.nii.gz")
     np.testing.assert_allclose(saved.affine, affine)
     np.testing.assert_array_equal(np.asanyarray(saved.dataobj), field)
+
+
+def test_spacing_comes_from_nifti_zooms_or_the_npz_and_is_otherwise_unknown(tmp_path):
+    vols = np.random.default_rng(0).random((2, 6, 7, 8)).astype(np.float32)
+    affine = np.array([[0, 0, 1.5, 0], [-0.8, 0, 0, 0], [0, 1.2, 0, 0], [0, 0, 0, 1.0]])
+    (tmp_path / "nifti").mkdir()
+    for i, vol in enumerate(vols):
+        nib.save(nib.Nifti1Image(vol, affine), tmp_path / "nifti" / f"sub{i}.nii.gz")
+    np.savez(tmp_path / "one.npz", vols=vols, spacing=2.0)
+    np.savez(tmp_path / "axes.npz", vols=vols, spacing=[1.0, 1.25, 3.0])
+    np.save(tmp_path / "vols.npy", vols)
+    nifti = dataloader.load_dataset(str(tmp_path / "nifti"))
+    assert nifti.spacing == pytest.approx((0.8, 1.2, 1.5))  # header zooms, in array axis order
+    assert dataloader.load_dataset(str(tmp_path / "one.npz")).spacing == (2.0, 2.0, 2.0)
+    assert dataloader.load_dataset(str(tmp_path / "axes.npz")).spacing == (1.0, 1.25, 3.0)
+    assert dataloader.load_dataset(str(tmp_path / "vols.npy")).spacing is None
+
+
+def test_nifti_files_that_disagree_on_spacing_leave_it_unknown(tmp_path):
+    for i, zoom in enumerate((1.0, 2.0)):
+        nib.save(nib.Nifti1Image(np.zeros((4, 5, 6), np.float32), np.diag([zoom] * 3 + [1.0])),
+                 tmp_path / f"sub{i}.nii")
+    assert dataloader.load_dataset(str(tmp_path)).spacing is None
+
+
+@pytest.mark.parametrize("spacing", [0.0, [1.0, -1.0, 1.0], [1.0, 1.0], "1mm", np.nan])
+def test_a_bad_npz_spacing_is_refused(tmp_path, spacing):
+    np.savez(tmp_path / "set.npz", vols=np.zeros((2, 4, 4, 4)), spacing=spacing)
+    with pytest.raises(dataloader.DataError, match="spacing must be one positive value or 3"):
+        dataloader.load_dataset(str(tmp_path / "set.npz"))
+
+
+def test_padding_and_splitting_keep_the_spacing():
+    data = dataloader.Dataset(vols=np.zeros((3, 6, 6), np.float32), spacing=(1.0, 2.0))
+    assert dataloader.pad_dataset(data, (16, 16)).spacing == (1.0, 2.0)
+    assert all(part.spacing == (1.0, 2.0) for part in dataloader.split(data, 1))

@@ -29,9 +29,13 @@ def test_default_run_writes_every_output(tmp_path):
                  "metrics.json"):
         assert os.path.getsize(tmp_path / name) > 0, name
     scores = json.loads((tmp_path / "metrics.json").read_text())
-    for key in ("ncc_before", "ncc_after", "dice_before", "dice_after", "folding_fraction"):
+    for key in ("ncc_before", "ncc_after", "dice_before", "dice_after", "folding_fraction",
+                "hd95", "hd95_mm", "sdlogj"):
         assert np.isfinite(scores[key]["mean"]), key
     assert len(scores["dice_after"]["per_label"]) == 3  # CSF, grey and white matter
+    # the default data is at 2 mm: HD95 in mm is twice that in voxels, label by label
+    np.testing.assert_allclose(scores["hd95_mm"]["per_label"],
+                               2 * np.array(scores["hd95"]["per_label"]))
     with open(tmp_path / "history.csv") as file:
         assert len(file.readlines()) == 3  # header and two epochs
     model = keras.models.load_model(tmp_path / "model.keras")
@@ -43,9 +47,15 @@ def test_3d_npz_run_pads_the_volumes_and_trains(tmp_path, capsys):
     output = tmp_path / "run"
     assert main.main(["--data", data, "--model", "vm1", "--loss", "mse", "--epochs", "1",
                       "--steps_per_epoch", "2", "--output", str(output)]) == 0
-    assert "Padded the volumes with zeros from (12, 16, 16) to (16, 16, 16)" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "Padded the volumes with zeros from (12, 16, 16) to (16, 16, 16)" in out
+    assert "HD95" in out and "SDlogJ" in out
     scores = json.loads((output / "metrics.json").read_text())
     assert scores["shape"] == [16, 16, 16] and scores["pairs"] == "atlas"
+    assert "hd95" in scores and "hd95_mm" not in scores  # the .npz gives no spacing
+    with np.load(output / "samples.npz") as samples:  # scored on the volumes' own grid
+        assert samples["moving"].shape[1:] == samples["moved_seg"].shape[1:] == (12, 16, 16)
+        assert samples["deformation"].shape[1:] == (12, 16, 16, 3)
 
 
 def test_scan_to_scan_run_on_a_set_without_atlas(tmp_path):
@@ -194,19 +204,44 @@ def test_register_refuses_images_larger_than_the_model(tmp_path, capsys, identit
 def test_evaluate_scores_a_pair_registered_to_itself_with_dice_one(tmp_path, identity_model):
     image, labels = brain_like(shape=(16, 16, 16))
     np.savez(tmp_path / "test.npz", vols=np.stack([image, image]),
-             segs=np.stack([labels, labels]), labels=[3, 7], label_names=["three", "seven"])
+             segs=np.stack([labels, labels]), labels=[3, 7], label_names=["three", "seven"],
+             spacing=[1.0, 1.0, 2.5])
     output = tmp_path / "eval"
     assert main.main(["evaluate", "--model", identity_model, "--data",
                       str(tmp_path / "test.npz"), "--output", str(output)]) == 0
     evaluation = json.loads((output / "eval.json").read_text())
     assert evaluation["pairs"] == "scan_to_scan" and len(evaluation["per_pair"]) == 2
     assert evaluation["labels"] == [3, 7] and evaluation["label_names"] == ["three", "seven"]
+    assert evaluation["spacing"] == [1.0, 1.0, 2.5]
     for pair in evaluation["per_pair"]:
         assert pair["dice_after"] == [1.0, 1.0] and pair["folding_fraction"] == 0.0
+        assert pair["hd95"] == pair["hd95_mm"] == [0.0, 0.0] and pair["sdlogj"] == 0.0
         assert np.isfinite(pair["seconds"]) and np.isfinite(pair["ncc_after"])
     rows = (output / "dice_per_structure.csv").read_text().splitlines()
-    assert rows[0].startswith("label,name,dice_before_mean") and rows[1].startswith("3,three,")
+    assert rows[0] == ("label,name,dice_before_mean,dice_before_std,dice_after_mean,"
+                       "dice_after_std,hd95_mean,hd95_std,hd95_mm_mean,hd95_mm_std")
+    assert rows[1].startswith("3,three,")
     assert os.path.getsize(output / "dice_boxplot.png") > 0
+
+
+def test_evaluate_scores_on_the_data_grid_and_writes_null_for_an_absent_label(
+        tmp_path, identity_model, capsys):
+    images, labels = zip(*(brain_like(seed=seed) for seed in (0, 1)))  # (12, 16, 14): padded
+    np.savez(tmp_path / "test.npz", vols=np.stack(images), segs=np.stack(labels),
+             labels=[3, 7, 9])
+    output = tmp_path / "eval"
+    assert main.main(["evaluate", "--model", identity_model, "--data",
+                      str(tmp_path / "test.npz"), "--output", str(output)]) == 0
+    assert "HD95" in capsys.readouterr().out
+    text = (output / "eval.json").read_text()
+    evaluation = json.loads(text, parse_constant=lambda name: pytest.fail(f"{name} in JSON"))
+    first = evaluation["per_pair"][0]
+    assert first["dice_after"][2] is None and first["hd95"][2] is None  # label 9 is absent
+    assert evaluation["spacing"] is None and "hd95_mm" not in first
+    # NCC before registration on the unpadded grid, not on the zero-padded 16^3 one
+    static, moving = (main.dataloader.normalize(image)[None, ..., None] for image in images)
+    np.testing.assert_allclose(first["ncc_before"],
+                               -float(main.metrics.LocalNCC()(static, moving)), rtol=1e-5)
 
 
 def test_val_data_of_another_shape_is_an_error(tmp_path, capsys):

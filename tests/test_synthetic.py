@@ -12,6 +12,7 @@ def test_default_data_is_the_template_with_three_tissue_labels():
     assert set(np.unique(data3.atlas_seg)) == {0, 1, 2, 3}
     data2 = synthetic.load_default_data(2)
     np.testing.assert_array_equal(data2.atlas, data3.atlas[..., synthetic.DEFAULT_SLICE])
+    assert data3.spacing == (2.0, 2.0, 2.0) and data2.spacing == (2.0, 2.0)  # the 2 mm template
 
 
 def test_synthetic_subjects_are_reproducible_deformations_of_the_atlas():

@@ -172,6 +172,25 @@ def test_dice_box_plot_reads_eval_json_and_skips_nan(tmp_path):
     assert imread(tmp_path / "dice.png").shape[0] > 0
 
 
+@pytest.mark.parametrize("key, unit", [("hd95_mm", "mm"), ("hd95", "voxels")])
+def test_box_plot_adds_an_hd95_panel_that_skips_null_values(tmp_path, key, unit):
+    scores = evaluation([1, 2, 3])
+    for i, pair in enumerate(scores["per_pair"]):
+        pair[key] = [1.0 + i, 2.0 + i, None if i == 0 else 3.0 + i]  # null: an absent structure
+    scores["summary"][key] = {"mean": 3.4, "std": 1.0}
+    path = tmp_path / "eval.json"
+    path.write_text(json.dumps(scores))
+    fig = viz.plot_dice(str(path))
+    dice_ax, hd95_ax = fig.axes[:2]
+    assert len(dice_ax.patches) == 6 and len(hd95_ax.patches) == 3  # one HD95 box per structure
+    assert hd95_ax.get_ylabel() == f"HD95 ({unit})" and f"3.40 {unit}" in hd95_ax.get_title()
+    assert all(np.all(np.isfinite(line.get_ydata())) for line in hd95_ax.lines)
+    third = np.concatenate([line.get_ydata() for line in hd95_ax.lines
+                            if len(line.get_xdata()) and abs(np.mean(line.get_xdata()) - 2) < 0.3])
+    assert (third.min(), third.max()) == (4.0, 6.0)  # structure 3: pairs 1-3 only
+    assert [t.get_text() for t in hd95_ax.get_xticklabels()] == ["1", "2", "3"]
+
+
 def test_dice_box_plot_of_30_structures_uses_label_ids_and_widens():
     few, many = viz.plot_dice(evaluation([1, 2, 3])), viz.plot_dice(evaluation(list(range(30))))
     ticks = [t.get_text() for t in many.axes[0].get_xticklabels()]
