@@ -264,6 +264,11 @@ def train(args) -> str:
               f"divide by {models.DIVISOR})")
         train_set, val_set = (dataloader.pad_dataset(data, shape) for data in (train_set, val_set))
     val_pairs = dataloader.make_pairs(val_set, mode, MAX_VAL_PAIRS)
+    if args.int_downsize > 1 and (not args.int_steps or any(size % args.int_downsize
+                                                            for size in train_set.shape)):
+        raise dataloader.DataError(f"--int_downsize {args.int_downsize} needs --int_steps and "
+                                   f"must divide the padded shape {train_set.shape}")
+    labels = training_labels(train_set, args.seg_weight)
     output = args.output or os.path.join("runs", time.strftime("%Y%m%d-%H%M%S"))
     os.makedirs(output, exist_ok=True)
     keras.utils.set_random_seed(args.seed)
@@ -271,11 +276,6 @@ def train(args) -> str:
     print(f"{args.model} on {device}, {mode} pairs of shape {train_set.shape}, "
           f"{len(val_pairs)} validation pairs, output in {output}")
 
-    if args.int_downsize > 1 and (not args.int_steps or any(size % args.int_downsize
-                                                            for size in train_set.shape)):
-        raise dataloader.DataError(f"--int_downsize {args.int_downsize} needs --int_steps and "
-                                   f"must divide the padded shape {train_set.shape}")
-    labels = training_labels(train_set, args.seg_weight)
     model = models.build_model(train_set.shape, args.model, args.loss, args.lamda, args.lr,
                                args.ncc_window, args.int_steps, args.int_downsize, args.bidir,
                                args.seg_weight, len(labels))

@@ -47,7 +47,8 @@ class SpatialTransformer(keras.layers.Layer):
         self.interpolation = interpolation
 
     def call(self, inputs):
-        """``[(B, *spatial, C) image, (B, *spatial, ndim) displacement]`` -> ``(B, *spatial, C)``."""
+        """``[(B, *spatial, C) image, (B, *spatial, ndim) displacement]`` -> ``(B, *spatial, C)``.
+        """
         moving, deformation = inputs
         return utils.warp(moving, deformation, self.interpolation)
 

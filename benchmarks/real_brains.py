@@ -119,20 +119,21 @@ def train(name: str, flags: list[str], train_set: str, test_set: str, folder: st
           args) -> float:
     """Train VoxelMorph-2 with ``main.py`` and the given flags; return the training seconds.
 
-    The test pairs serve as ``--val_data`` only for the logged validation loss; nothing is
-    selected on them.
+    A finished run in ``folder/name`` is reused. The test pairs serve as ``--val_data`` only for
+    the logged validation loss; nothing is selected on them.
     """
     import main
 
     run = os.path.join(folder, name)
-    start = time.perf_counter()
-    code = main.main(["--data", train_set, "--val_data", test_set, "--pairs", "scan_to_scan",
-                      "--model", "vm2", "--epochs", str(args.epochs),
-                      "--steps_per_epoch", str(args.steps_per_epoch), "--lr", str(args.lr),
-                      "--output", run, "--seed", str(args.seed), *flags])
-    if code:
-        sys.exit(f"real_brains.py: error: training {name} failed")
-    return time.perf_counter() - start
+    if not os.path.exists(os.path.join(run, "metrics.json")):
+        code = main.main(["--data", train_set, "--val_data", test_set, "--pairs", "scan_to_scan",
+                          "--model", "vm2", "--epochs", str(args.epochs),
+                          "--steps_per_epoch", str(args.steps_per_epoch), "--lr", str(args.lr),
+                          "--output", run, "--seed", str(args.seed), *flags])
+        if code:
+            sys.exit(f"real_brains.py: error: training {name} failed")
+    with open(os.path.join(run, "metrics.json")) as file:
+        return json.load(file)["train_seconds"]
 
 
 def register_full_resolution(model, moving, static, finetune_steps: int,
@@ -236,12 +237,14 @@ def ants_syn(full, pairs, iterations: list[int], folder: str) -> dict:
     return {"per_pair": results}
 
 
-def cached(path: str, compute) -> dict:
-    """The JSON result at ``path``, computed and written (atomically) if it is not there yet."""
+def cached(path: str, pairs: list[tuple[int, int]], compute) -> dict:
+    """The JSON result at ``path`` if it holds these ``pairs``, else computed and written."""
     if os.path.exists(path):
         with open(path) as file:
-            return json.load(file)
-    result = compute()
+            result = json.load(file)
+        if result["pairs"] == [list(pair) for pair in pairs]:
+            return result
+    result = {**compute(), "pairs": pairs}
     with open(path + ".tmp", "w") as file:
         json.dump(result, file, indent=2)
     os.replace(path + ".tmp", path)
@@ -318,13 +321,12 @@ def main() -> None:
         path = os.path.join(args.output, f"{name}.json")
 
         def compute():
-            seconds = (0.0 if model else
-                       train(model_name, flags, train_set, test_set, args.output, args))
+            seconds = 0.0 if model else train(name, flags, train_set, test_set, args.output, args)
             scored = voxelmorph(os.path.join(args.output, model_name, "model.keras"), test_set,
                                 full, pairs, finetune_steps, args.finetune_lr)
             return {"flags": flags, "train_seconds": seconds, **scored}
 
-        results[name] = cached(path, compute)
+        results[name] = cached(path, pairs, compute)
         minutes[name] = results[name]["train_seconds"] / 60 if not model else None
 
     options = {**OPTIONS, "seg": OPTIONS["seg"] + [str(args.seg_weight)]}
@@ -342,7 +344,7 @@ def main() -> None:
         run("finetune", results[best]["flags"], args.finetune_steps, model=best)
     if "ants" in args.methods:
         try:
-            results["ants"] = cached(os.path.join(args.output, "ants.json"),
+            results["ants"] = cached(os.path.join(args.output, "ants.json"), pairs,
                                      lambda: ants_syn(full, pairs, args.ants_iterations,
                                                       args.output))
         except ImportError:

@@ -262,3 +262,30 @@ def test_val_data_is_the_validation_set(tmp_path):
     scores = json.loads((output / "metrics.json").read_text())
     assert scores["validation_pairs"] == 6  # every ordered pair of the 3 validation volumes
     assert len(scores["dice_after"]["per_label"]) == 1  # the label maps came along
+
+
+def test_diffeomorphic_bidirectional_segmentation_run_then_finetuned_evaluation(tmp_path):
+    data = tiny_npz(tmp_path / "set.npz")
+    run = tmp_path / "run"
+    assert main.main(["--data", data, "--model", "vm1", "--int_steps", "3", "--int_downsize",
+                      "2", "--bidir", "--seg_weight", "0.1", "--epochs", "1",
+                      "--steps_per_epoch", "2", "--output", str(run)]) == 0
+    history = (run / "history.csv").read_text().splitlines()[0]
+    for loss in ("moved_loss", "moved_static_loss", "moved_seg_loss", "velocity_loss"):
+        assert loss in history
+    output = tmp_path / "eval"
+    assert main.main(["evaluate", "--model", str(run / "model.keras"), "--data", data,
+                      "--finetune_steps", "2", "--max_pairs", "1", "--output", str(output)]) == 0
+    pair = json.loads((output / "eval.json").read_text())["per_pair"][0]
+    assert pair["finetune_seconds"] > 0 and pair["folding_fraction"] == 0.0
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--seg_weight", "0.1"], "--seg_weight needs label maps"),
+    (["--int_downsize", "2"], "--int_downsize 2 needs --int_steps"),
+])
+def test_option_errors_are_one_line(tmp_path, capsys, flags, message):
+    np.save(tmp_path / "vols.npy", np.random.default_rng(1).random((4, 16, 16)))
+    code = main.main(["--data", str(tmp_path / "vols.npy"), *flags,
+                      "--output", str(tmp_path / "run")])
+    assert code == 2 and message in capsys.readouterr().err

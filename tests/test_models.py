@@ -78,8 +78,9 @@ def test_bad_input_shapes_are_refused(shape):
 
 def test_saved_model_loads_and_predicts_the_same(tmp_path):
     model = models.VoxelMorph2((16, 16, 16))
-    model.compile(optimizer="adam", loss={"moved": metrics.local_normalized_cross_correlation_loss(),
-                                          "deformation": metrics.gradient_loss()})
+    model.compile(optimizer="adam",
+                  loss={"moved": metrics.local_normalized_cross_correlation_loss(),
+                        "deformation": metrics.gradient_loss()})
     rng = np.random.default_rng(1)
     inputs = {"moving": rng.random((1, 16, 16, 16, 1)).astype(np.float32),
               "static": rng.random((1, 16, 16, 16, 1)).astype(np.float32)}
@@ -118,8 +119,9 @@ def test_importing_models_is_enough_to_load_a_compiled_model(tmp_path):
     import sys
 
     model = models.VoxelMorph1((16, 16))
-    model.compile(optimizer="adam", loss={"moved": metrics.local_normalized_cross_correlation_loss(),
-                                          "deformation": metrics.gradient_loss()})
+    model.compile(optimizer="adam",
+                  loss={"moved": metrics.local_normalized_cross_correlation_loss(),
+                        "deformation": metrics.gradient_loss()})
     model.save(tmp_path / "model.keras")
     code = ("import keras, models; m = keras.models.load_model(r'%s'); "
             "print(type(m.loss['moved']).__name__)" % (tmp_path / "model.keras"))
@@ -161,6 +163,7 @@ def test_a_model_saved_with_each_option_loads_and_registers_the_same(tmp_path, o
     rng = np.random.default_rng(1)
     for weight in model.weights:  # away from the tiny initial field, so the check means something
         weight.assign(weight.numpy() + rng.normal(0, 0.02, weight.shape))
+    model.optimizer.build(model.trainable_variables)  # saved with the model, as after fit
     model.save(tmp_path / "model.keras")
     loaded = keras.models.load_model(tmp_path / "model.keras")
     before, after = models.register(model, moving, static), models.register(loaded, moving, static)
