@@ -123,9 +123,10 @@ def voxelmorph(input_shape: tuple[int, ...], decoder: tuple[int, ...],
         x = _conv(x, filters)
 
     conv = getattr(keras.layers, f"Conv{ndim}D")
-    deformation = conv(ndim, 3, padding="same", name="deformation",
+    # float32 even under a mixed-precision policy: the displacement, the sampler and the losses.
+    deformation = conv(ndim, 3, padding="same", name="deformation", dtype="float32",
                        kernel_initializer=keras.initializers.RandomNormal(0.0, 1e-5))(x)
-    moved = SpatialTransformer(name="moved")([moving, deformation])
+    moved = SpatialTransformer(name="moved", dtype="float32")([moving, deformation])
     return keras.Model({"moving": moving, "static": static},
                        {"moved": moved, "deformation": deformation}, name=name)
 
