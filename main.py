@@ -124,6 +124,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--output", default=None,
                         help="output folder (default: runs/<date>-<time>)")
     parser.add_argument("--seed", type=int, default=0, help="random seed")
+    parser.add_argument("--gpus", type=_positive(int), default=None,
+                        help="train on this many GPUs with tf.distribute.MirroredStrategy, "
+                             "--batch_size split across them (default: all visible GPUs when "
+                             "there are several, else one device)")
+    parser.add_argument("--mixed_precision", action="store_true",
+                        help="GPU only: float16 convolutions (Keras policy mixed_float16), the "
+                             "displacement, sampler and losses in float32; ignored with a "
+                             "warning on a CPU")
 
     commands = parser.add_subparsers(dest="command", metavar="{register,evaluate}",
                                      title="other commands (python3 main.py COMMAND --help)")
@@ -241,6 +249,47 @@ def _without_nan(value):
     return value
 
 
+def distribution_strategy(gpus: int | None, batch_size: int,
+                          device_type: str = "GPU") -> tf.distribute.Strategy:
+    """MirroredStrategy over the first ``gpus`` devices, or the default one-device strategy.
+
+    Parameters
+    ----------
+    gpus : int or None
+        Devices to train on; None: all visible ones when there are several, else one.
+    batch_size : int
+        Global batch size, split across the devices: at least one pair each.
+    device_type : str
+        "GPU"; "CPU" with logical CPU devices, for tests.
+
+    Returns
+    -------
+    tf.distribute.Strategy
+        Build and compile the model in its ``scope()``; Keras' ``fit`` then splits each global
+        batch across the replicas and divides every replica's loss by their number.
+    """
+    devices = [device.name for device in tf.config.list_logical_devices(device_type)]
+    if gpus is not None and gpus > len(devices):
+        raise dataloader.DataError(f"--gpus {gpus}, but {len(devices)} {device_type} device(s) "
+                                   "are visible")
+    count = len(devices) if gpus is None else gpus
+    if count < 2:
+        return tf.distribute.get_strategy()
+    if batch_size < count:
+        raise dataloader.DataError(f"--batch_size {batch_size} is split across {count} devices: "
+                                   f"give at least {count} pairs, or fewer --gpus")
+    return tf.distribute.MirroredStrategy(devices[:count])
+
+
+def use_mixed_precision(device: str) -> None:
+    """Set Keras' mixed_float16 policy for the models built next (GPU); warn on a CPU."""
+    if device == "GPU":
+        keras.mixed_precision.set_global_policy("mixed_float16")
+    else:
+        print("main.py: warning: --mixed_precision is ignored on a CPU (float16 is slower "
+              "there); training in float32", file=sys.stderr)
+
+
 def write_json(path: str, content: dict) -> None:
     """Write ``content`` as JSON, NaN (e.g. the score of an absent structure) as null."""
     with open(path, "w") as file:
@@ -273,12 +322,16 @@ def train(args) -> str:
     os.makedirs(output, exist_ok=True)
     keras.utils.set_random_seed(args.seed)
     device = "GPU" if tf.config.list_physical_devices("GPU") else "CPU"
-    print(f"{args.model} on {device}, {mode} pairs of shape {train_set.shape}, "
-          f"{len(val_pairs)} validation pairs, output in {output}")
+    strategy = distribution_strategy(args.gpus, args.batch_size)
+    if args.mixed_precision:
+        use_mixed_precision(device)
+    print(f"{args.model} on {strategy.num_replicas_in_sync} {device}(s), {mode} pairs of shape "
+          f"{train_set.shape}, {len(val_pairs)} validation pairs, output in {output}")
 
-    model = models.build_model(train_set.shape, args.model, args.loss, args.lamda, args.lr,
-                               args.ncc_window, args.int_steps, args.int_downsize, args.bidir,
-                               args.seg_weight, len(labels))
+    with strategy.scope():
+        model = models.build_model(train_set.shape, args.model, args.loss, args.lamda, args.lr,
+                                   args.ncc_window, args.int_steps, args.int_downsize,
+                                   args.bidir, args.seg_weight, len(labels))
     start = time.perf_counter()
     targets = {"targets": models.targets(model), "labels": labels}
     loader = training_loader(train_set, mode, args.data is None, args.batch_size,
@@ -299,6 +352,7 @@ def train(args) -> str:
     write_samples(os.path.join(output, "samples.npz"), samples)
     viz.render_run(output)
     summary = {"args": vars(args), "pairs": mode, "shape": train_set.shape, "device": device,
+               "replicas": strategy.num_replicas_in_sync,
                "train_seconds": round(train_seconds, 1), "validation_pairs": len(results),
                **metrics.summarize(results)}
     write_json(os.path.join(output, "metrics.json"), summary)

@@ -30,6 +30,7 @@ DECODER_VM1 = (32, 32, 32, 32, 8, 8)
 DECODER_VM2 = (32, 32, 32, 32, 32, 16, 16)
 DIVISOR = 2 ** len(ENCODER)  # spatial sizes must divide by this (four stride-2 levels)
 DEFAULT_LAMBDA = {"ncc": 1.0, "mse": 0.01}  # smoothness weights of the papers
+F32 = "float32"  # the field's layers, even under a mixed-precision policy
 
 
 @keras.saving.register_keras_serializable(package="voxelmorph")
@@ -185,22 +186,26 @@ def voxelmorph(input_shape: tuple[int, ...], decoder: tuple[int, ...],
     outputs = {}
     if int_steps:
         small = tuple(size // int_downsize for size in input_shape)
-        velocity = ResizeField(small, name="velocity")(field) if int_downsize > 1 else field
-        deformation = IntegrateVelocity(int_steps, input_shape, name="integrate")(velocity)
-        outputs["velocity"] = velocity
-        inverse = (IntegrateVelocity(int_steps, input_shape, name="integrate_inverse")(
-            Negate(name="negated_velocity")(velocity)) if bidir else None)
+        if int_downsize > 1:
+            field = ResizeField(small, name="velocity", dtype=F32)(field)
+        outputs["velocity"] = field
+        deformation = IntegrateVelocity(int_steps, input_shape, name="integrate", dtype=F32)(field)
+        if bidir:
+            negated = Negate(name="negated_velocity", dtype=F32)(field)
+            inverse = IntegrateVelocity(int_steps, input_shape, name="integrate_inverse",
+                                        dtype=F32)(negated)
     else:
         deformation = field
-        inverse = Negate(name="inverse")(deformation) if bidir else None
-    outputs["moved"] = SpatialTransformer(name="moved")([inputs["moving"], deformation])
+        if bidir:
+            inverse = Negate(name="inverse", dtype=F32)(deformation)
+    outputs["moved"] = SpatialTransformer(name="moved", dtype=F32)([inputs["moving"], deformation])
     outputs["deformation"] = deformation
     if bidir:
-        outputs["moved_static"] = SpatialTransformer(name="moved_static")([inputs["static"],
-                                                                           inverse])
+        outputs["moved_static"] = SpatialTransformer(name="moved_static", dtype=F32)(
+            [inputs["static"], inverse])
     if num_labels:
-        outputs["moved_seg"] = SpatialTransformer(name="moved_seg")([inputs["moving_seg"],
-                                                                     deformation])
+        outputs["moved_seg"] = SpatialTransformer(name="moved_seg", dtype=F32)(
+            [inputs["moving_seg"], deformation])
     return keras.Model(inputs, outputs, name=name)
 
 
@@ -228,8 +233,9 @@ def _field(x, int_steps: int):
     """The last convolution: ``ndim`` channels, weights from N(0, 1e-5), no activation."""
     ndim = len(x.shape) - 2
     conv = getattr(keras.layers, f"Conv{ndim}D")
+    # float32 even under a mixed-precision policy: the field, the sampler and the losses.
     return conv(ndim, 3, padding="same", name="velocity_field" if int_steps else "deformation",
-                kernel_initializer=keras.initializers.RandomNormal(0.0, 1e-5))(x)
+                dtype="float32", kernel_initializer=keras.initializers.RandomNormal(0.0, 1e-5))(x)
 
 
 def VoxelMorph1(input_shape: tuple[int, ...], **options) -> keras.Model:

@@ -55,12 +55,16 @@ def interpolate(image: tf.Tensor, coords: tf.Tensor, interpolation: str = "linea
     ndim = coords.shape[-1]
     sizes = tf.cast(in_shape, coords.dtype)
     coords = tf.clip_by_value(coords, 0.0, sizes - 1.0)
-    flat_image = tf.reshape(image, [tf.shape(image)[0], -1, tf.shape(image)[-1]])
+    batch = tf.shape(image)[0]
+    flat_image = tf.reshape(image, [-1, tf.shape(image)[-1]])  # (B * voxels, C)
     strides = tf.math.cumprod(in_shape, exclusive=True, reverse=True)
+    batch_offsets = tf.range(batch)[:, None] * tf.reduce_prod(in_shape)
 
     def gather(corner: list[tf.Tensor]) -> tf.Tensor:
+        """``(B, voxels_out, C)`` values at integer voxel coordinates ``corner``."""
         index = tf.add_n([c * strides[d] for d, c in enumerate(corner)])
-        return tf.gather(flat_image, tf.reshape(index, [tf.shape(index)[0], -1]), batch_dims=1)
+        index = tf.reshape(index, [batch, -1]) + batch_offsets
+        return tf.gather_nd(flat_image, index[..., None])  # CPU: 2x tf.gather(batch_dims=1)
 
     out_shape = tf.concat([tf.shape(coords)[:-1], tf.shape(image)[-1:]], axis=0)
     if interpolation == "nearest":

@@ -198,3 +198,29 @@ def test_finetuning_lowers_the_pairs_loss_and_leaves_the_model_as_it_was():
             < 0.8 * model.evaluate(inputs, targets, verbose=0)[0])
     for weight, before in zip(model.weights, weights):
         np.testing.assert_array_equal(weight.numpy(), before)
+
+
+@pytest.fixture
+def mixed_float16():
+    """Keras' mixed_float16 policy while a test builds models, float32 again afterwards."""
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    yield
+    keras.mixed_precision.set_global_policy("float32")
+
+
+def test_mixed_precision_keeps_displacement_and_sampler_in_float32(tmp_path, mixed_float16):
+    model = models.build_model((16, 16), "vm1", "ncc")
+    assert model.get_layer("pair").compute_dtype == "float16"  # the U-Net runs in float16
+    assert model.get_layer("deformation").compute_dtype == "float32"
+    assert model.get_layer("moved").compute_dtype == "float32"
+    inputs = {"moving": np.ones((1, 16, 16, 1), np.float32),
+              "static": np.ones((1, 16, 16, 1), np.float32)}
+    outputs = model.predict_on_batch(inputs)
+    assert outputs["deformation"].dtype == np.float32 and outputs["moved"].dtype == np.float32
+    assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)  # Keras wraps Adam
+    model.optimizer.build(model.trainable_variables)
+    model.save(tmp_path / "model.keras")
+    loaded = keras.models.load_model(tmp_path / "model.keras")
+    assert loaded.get_layer("deformation").compute_dtype == "float32"
+    np.testing.assert_allclose(loaded.predict_on_batch(inputs)["deformation"],
+                               outputs["deformation"], atol=1e-6)
