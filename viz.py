@@ -28,6 +28,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
+import dataloader
 import metrics
 
 VIEW_NAMES = ("sagittal", "coronal", "axial")
@@ -139,7 +140,8 @@ def _show(ax, image: np.ndarray, title: str = "", **kwargs):
 def _save(fig: Figure, fname: str | None) -> Figure:
     """Write ``fig`` as a PNG of exactly its size at ``DPI`` when ``fname`` is given."""
     if fname:
-        fig.savefig(fname, dpi=DPI)
+        with dataloader.atomic_path(fname) as tmp:
+            fig.savefig(tmp, dpi=DPI)
     return fig
 
 

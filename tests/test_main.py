@@ -51,7 +51,7 @@ def test_3d_npz_run_pads_the_volumes_and_trains(tmp_path, capsys):
 def test_scan_to_scan_run_on_a_set_without_atlas(tmp_path):
     np.save(tmp_path / "vols.npy", np.random.default_rng(1).random((5, 16, 32)))
     output = tmp_path / "run"
-    assert main.main(["--data", str(tmp_path / "vols.npy"), "--epochs", "1",
+    assert main.main(["--data", str(tmp_path / "vols.npy"), "--ndim", "2", "--epochs", "1",
                       "--steps_per_epoch", "2", "--output", str(output)]) == 0
     scores = json.loads((output / "metrics.json").read_text())
     assert scores["pairs"] == "scan_to_scan" and scores["validation_pairs"] == 2
@@ -72,7 +72,7 @@ def test_missing_file_is_a_one_line_error(tmp_path, capsys):
 
 @pytest.mark.parametrize("array, message", [
     (np.zeros((16, 16)), "expected volumes of shape (N, H, W) or (N, D, H, W)"),
-    (np.full((3, 16, 16), np.nan), "contains NaN or Inf values"),
+    (np.full((3, 4, 4, 4), np.nan), "contains NaN or Inf values"),
 ])
 def test_bad_arrays_are_one_line_errors(tmp_path, capsys, array, message):
     np.save(tmp_path / "bad.npy", array)
@@ -173,8 +173,9 @@ def test_register_nifti_keeps_the_static_affine_and_label_values(tmp_path, ident
                                for name in ("moved", "u", "moved_seg"))
     for output in (moved, field, moved_seg):
         np.testing.assert_allclose(output.affine, affine)
-    assert moved.shape == image.shape and field.shape == (*image.shape, 3)
-    np.testing.assert_allclose(np.asanyarray(field.dataobj)[2, 3, 4], [1.3, -0.6, 0.8],
+    assert moved.shape == image.shape and field.shape == (*image.shape, 1, 3)  # vector image
+    assert field.header.get_intent()[0] == "vector"
+    np.testing.assert_allclose(np.asanyarray(field.dataobj)[2, 3, 4, 0], [1.3, -0.6, 0.8],
                                atol=1e-6)
     warped = np.asanyarray(moved_seg.dataobj)
     assert warped.dtype == np.uint8
