@@ -16,6 +16,7 @@ An epoch whose losses are not all finite is never written. :class:`StopOnDiverge
 training at the first batch whose loss is NaN or Inf and records where.
 """
 import csv
+import glob
 import json
 import math
 import os
@@ -144,12 +145,16 @@ class StopOnDivergence(keras.callbacks.Callback):
 def load_checkpoint(run_dir: str) -> tuple[keras.Model, dict]:
     """The model (compiled, with its optimizer state) and ``checkpoint.json`` of a run folder.
 
+    Temporary files that a killed run left behind (``dataloader.atomic_path``) are removed.
+
     Raises
     ------
     dataloader.DataError
         If the folder holds no complete checkpoint.
     """
     state = read_json(os.path.join(run_dir, STATE))
+    for leftover in glob.glob(os.path.join(run_dir, ".*.tmp*")):
+        os.remove(leftover)
     path = os.path.join(run_dir, CHECKPOINT)
     if not isinstance(state.get("epoch"), int) or not os.path.isfile(path):
         raise dataloader.DataError(f"{run_dir} holds no complete checkpoint: nothing to resume")

@@ -336,6 +336,7 @@ def train(args) -> str:
                                                                 args.batch_size),
               epochs=args.epochs, initial_epoch=initial_epoch,
               steps_per_epoch=args.steps_per_epoch if args.data else None,
+              shuffle=False,  # the loaders shuffle by (seed, epoch), which a resume restores
               callbacks=callbacks, verbose=1 if sys.stdout.isatty() else 2)
     train_seconds = time.perf_counter() - start
     stop, saver = callbacks[:2]
