@@ -244,14 +244,15 @@ def output_folder(path: str) -> str:
     Raises
     ------
     dataloader.DataError
-        If it is a file, its parent is missing or read-only, or it is not writable.
+        If it, or the nearest existing path above it, is a file, or it cannot be written.
     """
     parent = os.path.dirname(os.path.abspath(path))
     if os.path.exists(path) and not os.path.isdir(path):
         raise dataloader.DataError(f"--output {path} is a file, not a folder")
-    if not os.path.isdir(path):
-        while not os.path.isdir(parent):  # the nearest existing folder above, made into
-            parent = os.path.dirname(parent)
+    while not os.path.exists(parent):  # the nearest existing path above: folders are made in it
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise dataloader.DataError(f"--output {path}: {parent} is a file, not a folder")
     if not os.access(path if os.path.isdir(path) else parent, os.W_OK | os.X_OK):
         raise dataloader.DataError(f"cannot write into {path}: permission denied")
     return path
