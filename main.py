@@ -7,9 +7,10 @@
         --moved moved.nii.gz
     python3 main.py evaluate --model RUN/model.keras --data test.npz
 
-Training writes into ``--output``: ``model.keras``, ``history.csv``, ``samples.npz``,
-``metrics.json`` and the figures of ``viz.render_run``. ``python3 main.py COMMAND --help``
-lists every option.
+Training writes into ``--output``: ``args.json`` and, every epoch, the checkpoint files of
+``checkpoint.py`` (``--resume RUN_DIR`` continues from them); at the end ``model.keras``,
+``samples.npz``, ``metrics.json`` and the figures of ``viz.render_run``. Every file is written
+atomically. ``python3 main.py COMMAND --help`` lists every option.
 """
 import argparse
 import csv

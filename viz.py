@@ -300,7 +300,7 @@ def plot_jacobian(deformation, slice_index=None, fname: str | None = None) -> Fi
 
 
 def read_history(path) -> dict[str, list[float]]:
-    """Read a Keras ``CSVLogger`` file into ``{column: values}``."""
+    """Read a run's ``history.csv`` (Keras ``CSVLogger`` columns) into ``{column: values}``."""
     with open(path, newline="") as file:
         rows = list(csv.DictReader(file))
     return {key: [float(row[key]) for row in rows] for key in rows[0]} if rows else {}

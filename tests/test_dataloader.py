@@ -1,4 +1,10 @@
 """Reading data, pairing it, and the Keras loaders."""
+import os
+import tempfile
+
+import hypothesis
+import hypothesis.extra.numpy as hnp
+import hypothesis.strategies as st
 import nibabel as nib
 import numpy as np
 import pytest
@@ -153,3 +159,52 @@ def test_nifti_output_keeps_the_reference_affine_and_takes_its_own_dtype(tmp_pat
     np.testing.assert_allclose(saved.affine, affine)
     np.testing.assert_array_equal(np.asanyarray(saved.dataobj)[:, :, :, 0], field)
     assert saved.get_data_dtype() == np.float32 and saved.header.get_intent()[0] == "vector"
+
+
+def _loads_or_refuses(path: str) -> None:
+    """Every reader either reads ``path`` or raises DataError: never another exception."""
+    for read in (dataloader.load_volume, dataloader.load_dataset,
+                 lambda p: dataloader.load_dataset(p, ndim=2)):
+        try:
+            read(path)
+        except dataloader.DataError:
+            pass
+
+
+SUFFIXES = st.sampled_from([".npy", ".npz", ".nii", ".nii.gz"])
+
+
+@hypothesis.settings(max_examples=60, deadline=None)
+@hypothesis.given(data=st.binary(max_size=600), suffix=SUFFIXES,
+                  keep_header=st.booleans())
+def test_random_bytes_in_any_format_give_only_data_errors(data, suffix, keep_header):
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, "fuzz" + suffix)
+        if keep_header:  # a real header of the format, then garbage: damaged, not foreign
+            dataloader.save_volume(path, np.ones((4, 4, 4), np.float32))
+            data = open(path, "rb").read()[:len(data) // 2] + data
+        with open(path, "wb") as file:
+            file.write(data)
+        _loads_or_refuses(path)
+
+
+ARRAYS = hnp.arrays(dtype=st.one_of(hnp.scalar_dtypes(), hnp.unicode_string_dtypes()),
+                    shape=hnp.array_shapes(min_dims=0, max_dims=5, min_side=0, max_side=4))
+
+
+@hypothesis.settings(max_examples=60, deadline=None,
+                     suppress_health_check=[hypothesis.HealthCheck.too_slow])
+@hypothesis.given(array=ARRAYS, suffix=SUFFIXES, key=st.sampled_from(["vols", "segs", "vol"]))
+def test_random_arrays_in_any_format_give_only_data_errors(array, suffix, key):
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, "fuzz" + suffix)
+        if suffix == ".npy":
+            np.save(path, array)
+        elif suffix == ".npz":
+            np.savez(path, **{key: array, "vols" if key == "segs" else "segs": array})
+        else:
+            try:  # nibabel refuses some arrays itself: those cannot be fuzzed as NIfTI
+                nib.save(nib.Nifti1Image(array, np.eye(4)), path)
+            except Exception:
+                hypothesis.reject()
+        _loads_or_refuses(path)
