@@ -512,4 +512,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    sys.stdout.reconfigure(line_buffering=True)  # epoch lines reach a log file or pipe at once
     sys.exit(main())

@@ -39,6 +39,7 @@ def weights(path) -> list[np.ndarray]:
 
 
 def test_resumed_run_ends_with_the_weights_of_an_unbroken_one(tmp_path, tiny_set, monkeypatch):
+    tiny_set = tiny_set + ["--keep_best"]
     assert main.main(tiny_set + ["--epochs", "4", "--output", str(tmp_path / "unbroken")]) == 0
 
     save_epoch = checkpoint.Checkpoint.on_epoch_end
@@ -56,10 +57,33 @@ def test_resumed_run_ends_with_the_weights_of_an_unbroken_one(tmp_path, tiny_set
     monkeypatch.setattr(checkpoint.Checkpoint, "on_epoch_end", save_epoch)
     assert main.main(["--resume", run]) == 0
 
-    for unbroken, resumed in zip(weights(tmp_path / "unbroken" / "model.keras"),
-                                 weights(os.path.join(run, "model.keras"))):
-        np.testing.assert_array_equal(resumed, unbroken)
+    for name in (checkpoint.CHECKPOINT, checkpoint.BEST, "model.keras"):
+        for unbroken, resumed in zip(weights(tmp_path / "unbroken" / name),
+                                     weights(os.path.join(run, name))):
+            np.testing.assert_array_equal(resumed, unbroken)
     assert history_rows(run) == history_rows(tmp_path / "unbroken")
+    val_loss = [float(row["val_loss"]) for row in history_rows(run)]  # --keep_best:
+    assert json.loads(open(os.path.join(run, "metrics.json")).read())["best_epoch"] == \
+        int(np.argmin(val_loss)) + 1
+    for best, final in zip(weights(os.path.join(run, checkpoint.BEST)),
+                           weights(os.path.join(run, "model.keras"))):
+        np.testing.assert_array_equal(final, best)
+
+
+def test_keep_best_saves_the_model_of_the_lowest_validation_loss(tmp_path):
+    model = models.build_model((16, 16), "vm1")
+    model.optimizer.build(model.trainable_variables)
+    saver = checkpoint.Checkpoint(str(tmp_path), keep_best=True)
+    saver.set_model(model)
+    layer = model.get_layer("deformation")
+    for epoch, val_loss in enumerate([3.0, 1.0, 2.0]):
+        layer.set_weights([np.full_like(w, epoch) for w in layer.get_weights()])
+        saver.on_epoch_end(epoch, {"loss": 0.0, "val_loss": val_loss})
+    state = checkpoint.read_json(str(tmp_path / checkpoint.STATE))
+    assert (state["epoch"], state["best_epoch"], state["best_val_loss"]) == (3, 2, 1.0)
+    best = keras.models.load_model(tmp_path / checkpoint.BEST).get_layer("deformation")
+    last = keras.models.load_model(tmp_path / checkpoint.CHECKPOINT).get_layer("deformation")
+    assert np.all(best.get_weights()[0] == 1.0) and np.all(last.get_weights()[0] == 2.0)
 
 
 def test_resume_refuses_other_flags_and_folders_without_a_run(tmp_path, capsys):
@@ -93,7 +117,7 @@ def loadable(path: str) -> bool:
 
 
 def test_sigkilled_training_resumes_without_losing_an_epoch(tmp_path, tiny_set):
-    run, epochs = str(tmp_path / "run"), 12
+    run, epochs = str(tmp_path / "run"), 8
     command = [sys.executable, "main.py", *tiny_set, "--epochs", str(epochs),
                "--steps_per_epoch", "2", "--output", run]
     process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE,
@@ -107,7 +131,7 @@ def test_sigkilled_training_resumes_without_losing_an_epoch(tmp_path, tiny_set):
     process.send_signal(signal.SIGKILL)
     printed, _ = process.communicate()
     assert process.returncode == -signal.SIGKILL, "training ended before it could be killed"
-    printed_epochs = sum(line.startswith("Epoch ") for line in printed.splitlines()) - 1
+    printed_epochs = sum(line.startswith("2/2 - ") for line in printed.splitlines())  # verbose=2
     kept = checkpoint.read_json(state)["epoch"]
     assert 2 <= kept < epochs and kept >= printed_epochs - 1  # at most the one being written
 
@@ -159,16 +183,6 @@ def test_a_diverging_run_exits_with_one_line_that_names_the_fix(tmp_path, tiny_s
     assert len(err) == 1 and err[0].startswith("main.py: error: training diverged at epoch 1")
     assert "lower --lr (now 1e+06)" in err[0]
     assert not os.path.exists(run / "model.keras") and not os.path.exists(run / "metrics.json")
-
-
-def test_keep_best_keeps_the_epoch_of_lowest_validation_loss(tmp_path, tiny_set):
-    run = tmp_path / "run"
-    assert main.main(tiny_set + ["--epochs", "3", "--keep_best", "--output", str(run)]) == 0
-    val_loss = [float(row["val_loss"]) for row in history_rows(run)]
-    scores = json.loads((run / "metrics.json").read_text())
-    assert scores["best_epoch"] == int(np.argmin(val_loss)) + 1
-    for best, final in zip(weights(run / "best.keras"), weights(run / "model.keras")):
-        np.testing.assert_array_equal(final, best)
 
 
 HAS_TENSORBOARD = importlib.util.find_spec("tensorboard") is not None
