@@ -20,6 +20,7 @@ import glob
 import json
 import math
 import os
+import zipfile
 
 import keras
 
@@ -142,6 +143,13 @@ class StopOnDivergence(keras.callbacks.Callback):
             self.model.stop_training = True
 
 
+def check_keras_file(path: str) -> None:
+    """Refuse a ``.keras`` file that is not a zip archive (truncated or of another format)."""
+    if not zipfile.is_zipfile(path):
+        raise dataloader.DataError(f"{path} is not a complete .keras file (not a zip archive: "
+                                   f"truncated or of another format)")
+
+
 def load_checkpoint(run_dir: str) -> tuple[keras.Model, dict]:
     """The model (compiled, with its optimizer state) and ``checkpoint.json`` of a run folder.
 
@@ -158,6 +166,7 @@ def load_checkpoint(run_dir: str) -> tuple[keras.Model, dict]:
     path = os.path.join(run_dir, CHECKPOINT)
     if not isinstance(state.get("epoch"), int) or not os.path.isfile(path):
         raise dataloader.DataError(f"{run_dir} holds no complete checkpoint: nothing to resume")
+    check_keras_file(path)
     try:
         model = keras.models.load_model(path)
     except Exception as error:  # Keras raises several types for files it cannot read

@@ -19,6 +19,7 @@ import glob
 import os
 import secrets
 import warnings
+import zipfile
 from collections.abc import Callable, Iterator
 
 import keras
@@ -174,6 +175,10 @@ def _read_nifti(path: str):
 
 def _read_npy(path: str) -> np.ndarray:
     """The array of an ``.npy`` file (no pickled objects)."""
+    with open(path, "rb") as file:
+        if file.read(6) != b"\x93NUMPY":
+            raise DataError(f"{path} is not an .npy file (no .npy header: empty, damaged or "
+                            f"another format)")
     try:
         return np.load(path, allow_pickle=False)
     except Exception as error:  # numpy raises several types for truncated or foreign files
@@ -182,6 +187,9 @@ def _read_npy(path: str) -> np.ndarray:
 
 def _read_npz(path: str) -> dict[str, np.ndarray]:
     """Every array of an ``.npz`` file by name, read now (no pickled objects)."""
+    if not zipfile.is_zipfile(path):
+        raise DataError(f"{path} is not an .npz file (not a zip archive: empty, truncated or "
+                        f"another format)")
     try:
         with np.load(path, allow_pickle=False) as stored:
             return {key: stored[key] for key in stored.keys()}

@@ -197,7 +197,8 @@ def training_sets(data: str | None, atlas: str | None, pairs: str | None, augmen
                                           ("--pairs scan_to_scan", pairs == "scan_to_scan"))
                  if value]
         if given:
-            raise dataloader.DataError(f"{', '.join(given)} need --data: the default data has "
+            raise dataloader.DataError(f"{', '.join(given)} need{'s' * (len(given) == 1)} "
+                                       f"--data: the default data has "
                                        f"its own atlas and validation set, and is made of "
                                        f"random deformations already")
         return (synthetic.load_default_data(ndim or 3), synthetic.default_validation_set(ndim or 3),
@@ -372,6 +373,7 @@ def load_model(path: str) -> keras.Model:
     """A saved VoxelMorph model, for inference (not compiled)."""
     if not os.path.isfile(path):
         raise dataloader.DataError(f"no such model file: {path}")
+    checkpoint.check_keras_file(path)
     try:
         return keras.models.load_model(path, compile=False)
     except Exception as error:  # Keras raises several types for files it cannot read

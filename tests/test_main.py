@@ -253,6 +253,13 @@ def _nifti(array):
     return lambda path: nib.save(nib.Nifti1Image(array, np.eye(4)), path)
 
 
+def _damaged_member(path):
+    """A zip archive whose 'vols.npy' is cut short."""
+    import zipfile
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("vols.npy", b"\x93NUMPY\x01\x00" + bytes(40))
+
+
 RNG = np.random.default_rng(0)
 GOOD_4D = RNG.random((4, 16, 16, 16)).astype(np.float32)
 GOOD_NPZ = dict(vols=GOOD_4D, segs=(GOOD_4D > 0.5).astype(np.uint8), atlas=GOOD_4D[0],
@@ -264,13 +271,17 @@ BAD_INPUTS = [
     ("npy truncated", {"d.npy": _truncated(lambda p: np.save(p, GOOD_4D))},
      ["--data", "{tmp}/d.npy"], "cannot read {tmp}/d.npy as .npy"),
     ("npy empty file", {"d.npy": _write_bytes(b"")}, ["--data", "{tmp}/d.npy"],
-     "cannot read {tmp}/d.npy as .npy"),
+     "{tmp}/d.npy is not an .npy file"),
+    ("npy of another format", {"d.npy": _write_bytes(b"1 2 3\n")}, ["--data", "{tmp}/d.npy"],
+     "{tmp}/d.npy is not an .npy file"),
     ("npz truncated", {"d.npz": _truncated(lambda p: _save_npz(p, **GOOD_NPZ))},
-     ["--data", "{tmp}/d.npz"], "cannot read {tmp}/d.npz as .npz"),
+     ["--data", "{tmp}/d.npz"], "{tmp}/d.npz is not an .npz file"),
     ("npz empty file", {"d.npz": _write_bytes(b"")}, ["--data", "{tmp}/d.npz"],
-     "cannot read {tmp}/d.npz as .npz"),
+     "{tmp}/d.npz is not an .npz file"),
     ("npz random bytes", {"d.npz": _write_bytes(bytes(range(256)) * 8)},
-     ["--data", "{tmp}/d.npz"], "cannot read {tmp}/d.npz as .npz"),
+     ["--data", "{tmp}/d.npz"], "{tmp}/d.npz is not an .npz file"),
+    ("npz with a damaged member", {"d.npz": _damaged_member}, ["--data", "{tmp}/d.npz"],
+     "cannot read {tmp}/d.npz as .npz"),
     ("npz without vols", {"d.npz": lambda p: _save_npz(p, images=GOOD_4D)},
      ["--data", "{tmp}/d.npz"], "no array named 'vols'"),
     ("nifti random bytes", {"d.nii.gz": _write_bytes(b"\x1f\x8b" + bytes(300))},
@@ -318,8 +329,8 @@ BAD_INPUTS = [
     ("val_fraction and val_data", {"d.npz": lambda p: _save_npz(p, **GOOD_NPZ)},
      ["--data", "{tmp}/d.npz", "--val_data", "{tmp}/d.npz", "--val_fraction", "0.5"],
      "exclude each other"),
-    ("val_data without data", {}, ["--val_data", "x.npz"], "--val_data need --data"),
-    ("val_fraction without data", {}, ["--val_fraction", "0.5"], "--val_fraction need --data"),
+    ("val_data without data", {}, ["--val_data", "x.npz"], "--val_data needs --data"),
+    ("val_fraction without data", {}, ["--val_fraction", "0.5"], "--val_fraction needs --data"),
     ("output is a file", {"out": _write_bytes(b"x")}, ["--output", "{tmp}/out"],
      "--output {tmp}/out is a file"),
     ("output under a file", {"out": _write_bytes(b"x")}, ["--output", "{tmp}/out/run"],
@@ -402,7 +413,7 @@ BAD_COMMANDS = [
      "no such model file"),
     ("truncated model", {**PAIR, "bad.keras": _write_bytes(b"PK\x03\x04" + bytes(64))},
      ["register", "--model", "{tmp}/bad.keras", "--moving", "{tmp}/m.npy", "--static",
-      "{tmp}/s.npy", "--moved", "{tmp}/o.npy"], "cannot load a Keras model from"),
+      "{tmp}/s.npy", "--moved", "{tmp}/o.npy"], "{tmp}/bad.keras is not a complete .keras file"),
     ("moving and static of different shapes",
      {"m.npy": lambda p: np.save(p, IMAGE), "s.npy": lambda p: np.save(p, IMAGE[:8])},
      REGISTER + ["--moved", "{tmp}/o.npy"], "moving and static shapes differ"),
