@@ -13,10 +13,14 @@ Batches are ``({"moving", "static"}, {"moved", "deformation"})`` dicts matching 
 inputs and outputs: the target of ``moved`` is the static image, that of ``deformation`` zeros
 (the smoothness loss ignores it).
 """
+import contextlib
 import dataclasses
 import glob
 import os
-from collections.abc import Callable
+import secrets
+import warnings
+import zipfile
+from collections.abc import Callable, Iterator
 
 import keras
 import numpy as np
@@ -27,6 +31,10 @@ FORMATS = ".npy, .npz, .nii or .nii.gz"
 
 class DataError(ValueError):
     """Input data that cannot be used, with a message meant for the user."""
+
+
+class DataWarning(UserWarning):
+    """Input data that can be used but is probably not what the user meant."""
 
 
 @dataclasses.dataclass
@@ -80,10 +88,13 @@ def normalize(volume: np.ndarray, name: str = "volume") -> np.ndarray:
     np.ndarray
         Same shape, float32 in [0, 1]; a constant volume becomes all zeros.
     """
+    _check_numbers(volume, name)
     volume = np.asarray(volume, dtype=np.float32)
     if not np.all(np.isfinite(volume)):
         raise DataError(f"{name} contains NaN or Inf values")
     low, high = volume.min(), volume.max()
+    if high == low == 0:
+        warnings.warn(f"{name} is all zeros", DataWarning, stacklevel=2)
     return (volume - low) / (high - low) if high > low else np.zeros_like(volume)
 
 
@@ -95,11 +106,44 @@ def as_label_map(volume: np.ndarray, name: str = "label map") -> np.ndarray:
     DataError
         If a value is not an integer (a label map stored as floats must hold whole numbers).
     """
+    _check_numbers(volume, name)
     volume = np.asarray(volume)
-    if not np.issubdtype(volume.dtype, np.integer) and not np.all(np.mod(volume, 1) == 0):
+    if volume.dtype.kind == "f" and not np.all(np.mod(volume, 1) == 0):
         raise DataError(f"{name} must hold integer labels, found values such as "
                         f"{volume[np.mod(volume, 1) != 0].flat[0]}")
     return volume
+
+
+@contextlib.contextmanager
+def atomic_path(path: str) -> Iterator[str]:
+    """A temporary path to write ``path`` through, so that ``path`` is never half-written.
+
+    Yields a hidden name in the same folder with the same extension (``.keras``, ``.nii.gz``...,
+    which the writers check); when the block ends without an error, the file replaces ``path``
+    in one step (``os.replace``); on an error it is removed.
+
+    Examples
+    --------
+    >>> with atomic_path("run/model.keras") as tmp:
+    ...     model.save(tmp)
+    """
+    folder, name = os.path.split(os.path.abspath(path))
+    suffix = name[name.find("."):] if "." in name else ""
+    tmp = os.path.join(folder, f".{name}.{secrets.token_hex(4)}.tmp{suffix}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def _check_numbers(volume: np.ndarray, name: str) -> None:
+    """Refuse arrays that are empty or not of real numbers (strings, complex, objects)."""
+    if np.asarray(volume).dtype.kind not in "biuf":
+        raise DataError(f"{name} must hold real numbers, not {np.asarray(volume).dtype}")
+    if np.size(volume) == 0:
+        raise DataError(f"{name} is empty (shape {np.shape(volume)})")
 
 
 def _check_file(path: str) -> None:
@@ -129,7 +173,35 @@ def _read_nifti(path: str):
         image = nib.load(path)
         return np.asanyarray(image.dataobj), image
     except Exception as error:  # nibabel raises several types for unreadable files
-        raise DataError(f"cannot read NIfTI file {path}: {error}") from error
+        raise DataError(f"cannot read NIfTI file {path}: {_one_line(error)}") from error
+
+
+def _read_npy(path: str) -> np.ndarray:
+    """The array of an ``.npy`` file (no pickled objects)."""
+    with open(path, "rb") as file:
+        if file.read(6) != b"\x93NUMPY":
+            raise DataError(f"{path} is not an .npy file (no .npy header: empty, damaged or "
+                            f"another format)")
+    try:
+        return np.load(path, allow_pickle=False)
+    except Exception as error:  # numpy raises several types for truncated or foreign files
+        raise DataError(f"cannot read {path} as .npy: {_one_line(error)}") from error
+
+
+def _read_npz(path: str) -> dict[str, np.ndarray]:
+    """Every array of an ``.npz`` file by name, read now (no pickled objects)."""
+    if not zipfile.is_zipfile(path):
+        raise DataError(f"{path} is not an .npz file (not a zip archive: empty, truncated or "
+                        f"another format)")
+    try:
+        with np.load(path, allow_pickle=False) as stored:
+            return {key: stored[key] for key in stored.keys()}
+    except Exception as error:  # zipfile and numpy raise several types for damaged files
+        raise DataError(f"cannot read {path} as .npz: {_one_line(error)}") from error
+
+
+def _one_line(error: Exception) -> str:
+    return " ".join(str(error).split()) or type(error).__name__
 
 
 def _one_volume(path: str, arrays) -> np.ndarray:
@@ -137,7 +209,7 @@ def _one_volume(path: str, arrays) -> np.ndarray:
     keys = list(arrays.keys())
     if "vol" in keys:
         return arrays["vol"]
-    if "vols" in keys and len(arrays["vols"]) == 1:
+    if "vols" in keys and np.ndim(arrays["vols"]) > 0 and len(arrays["vols"]) == 1:
         return arrays["vols"][0]
     if len(keys) == 1:
         return arrays[keys[0]]
@@ -165,44 +237,69 @@ def load_volume(path: str):
     if kind == "nifti":
         volume, image = _read_nifti(path)
     elif kind == "npy":
-        volume = np.load(path)
+        volume = _read_npy(path)
     else:
-        with np.load(path) as arrays:
-            volume = _one_volume(path, arrays)
+        volume = _one_volume(path, _read_npz(path))
+    _check_numbers(volume, path)
     volume = np.squeeze(volume)
     if volume.ndim not in (2, 3):
         raise DataError(f"{path}: expected a 2D or 3D volume, got shape {volume.shape}")
     return volume, image
 
 
-def save_volume(path: str, volume: np.ndarray, reference=None) -> None:
-    """Write a volume as ``.npy``, ``.npz`` (array ``vol``) or NIfTI.
+def save_volume(path: str, volume: np.ndarray, reference=None, vector: bool = False) -> None:
+    """Write a volume atomically as ``.npy``, ``.npz`` (array ``vol``) or NIfTI.
 
     Parameters
     ----------
     path : str
         Output file; its extension chooses the format.
     volume : np.ndarray
-        ``(*spatial)`` or ``(*spatial, C)``, written in its own dtype.
+        ``(*spatial)``, or ``(*spatial, C)`` with ``vector``; ``.npy`` and ``.npz`` keep its
+        dtype. NIfTI takes float32 for real images and the smallest of uint8, int16 and int32
+        that holds integer or boolean label maps (types every viewer opens).
     reference : nibabel image, optional
         NIfTI output takes this image's affine and header (e.g. the static image's); without it,
         an identity affine.
+    vector : bool
+        The last axis holds vector components (a displacement): NIfTI stores them as a vector
+        image ``(x, y, z, 1, C)`` with intent 'vector' (a 2D field as ``(x, y, 1, 1, C)``).
     """
     kind = file_format(path)
-    if kind == "nifti":
-        import nibabel as nib
-
-        if reference is None:
-            image = nib.Nifti1Image(volume, np.eye(4))
+    with atomic_path(path) as tmp:
+        if kind == "nifti":
+            _save_nifti(tmp, volume, reference, vector)
+        elif kind == "npy":
+            np.save(tmp, volume)
         else:
-            header = reference.header.copy()
-            header.set_data_dtype(volume.dtype)
-            image = type(reference)(volume, reference.affine, header)
-        nib.save(image, path)
-    elif kind == "npy":
-        np.save(path, volume)
-    else:
-        np.savez_compressed(path, vol=volume)
+            np.savez_compressed(tmp, vol=volume)
+
+
+def nifti_dtype(volume: np.ndarray) -> np.dtype:
+    """float32 for real values; uint8, int16 or int32 (the smallest that fits) for labels."""
+    if volume.dtype.kind not in "biu":
+        return np.dtype(np.float32)
+    low, high = (int(volume.min()), int(volume.max())) if volume.size else (0, 0)
+    for dtype in (np.uint8, np.int16, np.int32):
+        if np.iinfo(dtype).min <= low and high <= np.iinfo(dtype).max:
+            return np.dtype(dtype)
+    raise DataError(f"labels from {low} to {high} do not fit a NIfTI int32 image")
+
+
+def _save_nifti(path: str, volume: np.ndarray, reference, vector: bool) -> None:
+    import nibabel as nib
+
+    volume = np.asarray(volume)
+    volume = volume.astype(nifti_dtype(volume))
+    if vector:  # (*spatial, C) -> (x, y, z, 1, C), the NIfTI layout of a vector per voxel
+        spatial = volume.shape[:-1] + (1,) * (3 - (volume.ndim - 1))
+        volume = volume.reshape(*spatial, 1, volume.shape[-1])
+    header = None if reference is None else reference.header.copy()
+    affine = np.eye(4) if reference is None else reference.affine
+    image = (nib.Nifti1Image if reference is None else type(reference))(volume, affine, header)
+    image.header.set_data_dtype(volume.dtype)
+    image.header.set_intent("vector" if vector else "none")
+    nib.save(image, path)
 
 
 def nifti_spacing(image) -> tuple[float, ...]:
@@ -237,15 +334,37 @@ def _read_arrays(path: str) -> dict:
     if kind == "nifti":
         return _load_nifti_stack([path])
     if kind == "npy":
-        return {"vols": np.load(path)}
-    with np.load(path) as stored:
-        if "vols" not in stored:
-            raise DataError(f"{path}: no array named 'vols' (found {list(stored.keys())})")
-        return {key: stored[key] for key in ("vols", "segs", "atlas", "atlas_seg", "labels",
-                                              "label_names", "spacing") if key in stored}
+        return {"vols": _read_npy(path)}
+    stored = _read_npz(path)
+    if "vols" not in stored:
+        raise DataError(f"{path}: no array named 'vols' (found {list(stored.keys())})")
+    return {key: stored[key] for key in ("vols", "segs", "atlas", "atlas_seg", "labels",
+                                          "label_names", "spacing") if key in stored}
 
 
-def load_dataset(path: str, atlas: str | None = None) -> Dataset:
+SHAPE_RULE = ("a .npy array or .npz 'vols' is a stack (N, *spatial): (N, D, H, W) holds N 3D "
+              "volumes; (N, H, W) holds N 2D images, or one 3D volume with --ndim 3 (or an "
+              "atlas of 3D); without an atlas, a 3-axis array needs --ndim")
+
+
+def _as_stack(vols: np.ndarray, path: str, ndim: int | None) -> np.ndarray:
+    """``vols`` as ``(N, *spatial)`` by ``SHAPE_RULE``; ``ndim`` from --ndim or the atlas."""
+    if vols.ndim not in (3, 4):
+        raise DataError(f"{path}: expected volumes of shape (N, H, W) or (N, D, H, W), "
+                        f"got {vols.shape}")
+    if vols.ndim == 3 and ndim == 3:
+        return vols[None]  # one 3D volume
+    if vols.ndim == 3 and ndim is None:
+        raise DataError(f"{path}: shape {vols.shape} is either {vols.shape[0]} 2D images or "
+                        f"one 3D volume: pass --ndim 2 or --ndim 3 (or store the volume with a "
+                        f"leading axis, np.save(path, volume[None]))")
+    if vols.ndim - 1 != (ndim or vols.ndim - 1):
+        raise DataError(f"{path}: shape {vols.shape} holds {vols.ndim - 1}D volumes, "
+                        f"not {ndim}D ones")
+    return vols
+
+
+def load_dataset(path: str, atlas: str | None = None, ndim: int | None = None) -> Dataset:
     """Read a set of volumes (and labels) for training or evaluation.
 
     Parameters
@@ -254,9 +373,12 @@ def load_dataset(path: str, atlas: str | None = None) -> Dataset:
         ``.npy`` array ``(N, *spatial)``; ``.npz`` with ``vols`` ``(N, *spatial)`` and optional
         ``segs``, ``atlas``, ``atlas_seg``, ``labels``, ``label_names``, ``spacing`` (voxel size
         in mm, one value or one per axis); a NIfTI file holding one volume; or a folder of NIfTI
-        volumes of one shape.
+        volumes of one shape. Shapes follow ``SHAPE_RULE``.
     atlas : str, optional
         File of a static atlas (``.npy``, ``.npz``, NIfTI); replaces one stored in ``path``.
+    ndim : {2, 3}, optional
+        Dimension of the images; by default the atlas's, else read from the shape (a 3-axis
+        ``.npy``/``.npz`` stack without an atlas then needs it).
 
     Returns
     -------
@@ -265,20 +387,22 @@ def load_dataset(path: str, atlas: str | None = None) -> Dataset:
         NIfTI headers (when all files agree) or the ``.npz``, else None.
     """
     arrays = _read_arrays(path)
-    vols = arrays["vols"]
-    if vols.ndim not in (3, 4):
-        raise DataError(f"{path}: expected volumes of shape (N, H, W) or (N, D, H, W), "
-                        f"got {vols.shape}")
     if atlas is not None:
         arrays["atlas"], _ = load_volume(atlas)
+    _check_numbers(arrays["vols"], path)
+    if ndim is None and "atlas" in arrays:
+        ndim = np.ndim(arrays["atlas"])
+    vols = _as_stack(arrays["vols"], path, ndim)
+    if "segs" in arrays and arrays["segs"].shape == vols.shape[1:]:
+        arrays["segs"] = arrays["segs"][None]  # the label map of one volume
     names = arrays.get("label_names")
     data = Dataset(
         vols=np.stack([normalize(v, f"{path} volume {i}") for i, v in enumerate(vols)]),
         segs=_as_int32(arrays.get("segs"), f"{path} segs"),
         atlas=None if "atlas" not in arrays else normalize(arrays["atlas"], "atlas"),
         atlas_seg=_as_int32(arrays.get("atlas_seg"), f"{path} atlas_seg"),
-        labels=arrays.get("labels"),
-        label_names=None if names is None else [str(name) for name in names],
+        labels=_label_ids(arrays.get("labels"), path),
+        label_names=None if names is None else [str(name) for name in np.ravel(names)],
         spacing=_spacing(arrays.get("spacing"), vols.ndim - 1, path),
     )
     _check_shapes(data, path)
@@ -297,12 +421,27 @@ def _spacing(spacing, ndim: int, path: str) -> tuple[float, ...] | None:
     return tuple(float(value) for value in np.broadcast_to(values, (ndim,)))
 
 
+def _label_ids(labels: np.ndarray | None, path: str) -> np.ndarray | None:
+    """The ``labels`` array of an ``.npz``: a list of integer label ids."""
+    if labels is None:
+        return None
+    labels = np.ravel(labels)
+    if labels.dtype.kind not in "iu" and not (labels.dtype.kind == "f" and labels.size and
+                                               np.all(np.mod(labels, 1) == 0)):
+        raise DataError(f"{path}: 'labels' must be integer label ids, got {labels.dtype} "
+                        f"values {labels[:5].tolist()}")
+    return labels.astype(np.int64)
+
+
 def _as_int32(segs: np.ndarray | None, name: str) -> np.ndarray | None:
     return None if segs is None else as_label_map(segs, name).astype(np.int32)
 
 
 def _check_shapes(data: Dataset, path: str) -> None:
     """Every array of ``data`` must share the spatial shape of ``vols``."""
+    if data.label_names is not None and (data.labels is None or
+                                         len(data.label_names) != len(data.labels)):
+        raise DataError(f"{path}: 'label_names' needs 'labels' of the same length")
     if data.segs is not None and data.segs.shape != data.vols.shape:
         raise DataError(f"{path}: segs shape {data.segs.shape} differs from vols "
                         f"{data.vols.shape}")
@@ -377,7 +516,8 @@ def split(data: Dataset, num_val: int) -> tuple[Dataset, Dataset]:
 
 
 def load_training_sets(path: str, atlas: str | None, pairs: str | None, val_path: str | None,
-                       val_fraction: float) -> tuple[Dataset, Dataset, str]:
+                       val_fraction: float, ndim: int | None = None
+                       ) -> tuple[Dataset, Dataset, str]:
     """Training and validation sets of one shape, and the pairing mode.
 
     Parameters
@@ -392,7 +532,9 @@ def load_training_sets(path: str, atlas: str | None, pairs: str | None, val_path
         Validation set of the same shape; by default the last ``val_fraction`` of ``path``
         (at least one subject for atlas pairs, two for scan-to-scan).
     val_fraction : float
-        Share of the subjects held out when ``val_path`` is None.
+        Share of the subjects held out when ``val_path`` is None, in (0, 1).
+    ndim : {2, 3}, optional
+        Dimension of the images (see :func:`load_dataset`).
 
     Returns
     -------
@@ -401,18 +543,28 @@ def load_training_sets(path: str, atlas: str | None, pairs: str | None, val_path
     mode : str
         The pairing mode.
     """
-    data = load_dataset(path, atlas)
+    data = load_dataset(path, atlas, ndim)
     mode = pairing(data, pairs)
+    least = 1 if mode == "atlas" else 2  # subjects needed on each side
     if val_path is None:
-        num_val = max(int(round(val_fraction * len(data.vols))), 1 if mode == "atlas" else 2)
+        count = len(data.vols)
+        num_val = max(int(round(val_fraction * count)), least)
+        if count - num_val < least:
+            raise DataError(f"{path} holds {count} volumes: {num_val} go to validation "
+                            f"(--val_fraction {val_fraction:g}, at least {least}), which leaves "
+                            f"{count - num_val} to train {mode} pairs on, fewer than {least}; "
+                            f"add volumes or give --val_data")
         train, val = split(data, num_val)
     else:
-        train, val = data, load_dataset(val_path, atlas)
+        train, val = data, load_dataset(val_path, atlas, len(data.shape))
         if val.shape != data.shape:
             raise DataError(f"--val_data volumes are {val.shape}, --data volumes "
                             f"{data.shape}: they must have the same shape")
         if val.atlas is None:
             val = dataclasses.replace(val, atlas=data.atlas, atlas_seg=data.atlas_seg)
+        if mode == "scan_to_scan" and len(val.vols) < 2:
+            raise DataError(f"--val_data {val_path} holds 1 volume: scan-to-scan validation "
+                            f"pairs need at least 2")
     return train, val, mode
 
 
@@ -426,14 +578,32 @@ def scored_labels(data: Dataset, labels: list[int] | None = None
         The test set.
     labels : list of int, optional
         Labels asked for; by default ``data.labels``, else every non-zero label present.
+
+    Raises
+    ------
+    DataError
+        If ``labels`` are given without label maps, or one is in no label map (labels of
+        ``data.labels`` in no label map are skipped with a warning).
     """
-    if labels is None and data.labels is not None:
-        labels = [int(label) for label in data.labels]
-    elif labels is None:
-        maps = [m for m in (data.segs, data.atlas_seg) if m is not None]
-        if not maps:
-            return [], None
-        labels = sorted(set().union(*(np.unique(m).tolist() for m in maps)) - {0})
+    maps = [m for m in (data.segs, data.atlas_seg) if m is not None]
+    present = set().union(*(np.unique(m).tolist() for m in maps)) - {0}
+    if labels is None and data.labels is None:
+        return sorted(present), None
+    stored = labels is None
+    labels = [int(label) for label in (data.labels if stored else labels)]
+    if not maps and stored:
+        return [], None
+    if not maps:
+        raise DataError("labels to score were given, but the data has no label maps ('segs' "
+                        "or 'atlas_seg' in the .npz)")
+    absent = [label for label in labels if label not in present]
+    if absent and not stored:
+        raise DataError(f"--labels {absent} are in none of the label maps (present: "
+                        f"{sorted(present)[:40]})")
+    if absent:
+        warnings.warn(f"skipped labels {absent} of 'labels': in none of the label maps",
+                      DataWarning, stacklevel=2)
+        labels = [label for label in labels if label in present]
     names = None
     if data.label_names is not None and data.labels is not None:
         lookup = dict(zip((int(label) for label in data.labels), data.label_names))

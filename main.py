@@ -7,17 +7,18 @@
         --moved moved.nii.gz
     python3 main.py evaluate --model RUN/model.keras --data test.npz
 
-Training writes into ``--output``: ``model.keras``, ``history.csv``, ``samples.npz``,
-``metrics.json`` and the figures of ``viz.render_run``. ``python3 main.py COMMAND --help``
-lists every option.
+Training writes into ``--output``: ``args.json`` and, every epoch, the checkpoint files of
+``checkpoint.py`` (``--resume RUN_DIR`` continues from them); at the end ``model.keras``,
+``samples.npz``, ``metrics.json`` and the figures of ``viz.render_run``. Every file is written
+atomically. ``python3 main.py COMMAND --help`` lists every option.
 """
 import argparse
 import csv
-import json
-import math
+import importlib.util
 import os
 import sys
 import time
+import warnings
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -25,6 +26,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
+import checkpoint  # noqa: E402
 import dataloader  # noqa: E402
 import metrics  # noqa: E402
 import models  # noqa: E402
@@ -34,18 +36,29 @@ import viz  # noqa: E402
 DEFAULT_STEPS = 100  # steps per epoch for generated pairs (default data, scan-to-scan)
 MAX_VAL_PAIRS = 20  # scan-to-scan validation pairs at most, during training
 NUM_SAMPLES = 3  # validation pairs kept in samples.npz for figures
+VAL_FRACTION = 0.1  # share of --data held out for validation by default
+ARGS = "args.json"  # the training flags of a run folder, read by --resume
+
+
+def _number(kind: type, low: float, high: float = np.inf, low_open: bool = True,
+            high_open: bool = True):
+    """argparse type: a finite number of ``kind`` in the interval from ``low`` to ``high``."""
+    def parse(text: str):
+        value = kind(text)
+        above = value > low if low_open else value >= low
+        below = value < high if high_open else value <= high
+        if not (above and below and np.isfinite(value)):
+            raise argparse.ArgumentTypeError(f"must be {parse.__name__}, got {text}")
+        return value
+    bounds = ("(" if low_open else "[") + f"{low:.10g}, {high:.10g}" + (")" if high_open else "]")
+    parse.__name__ = {(True, np.inf): "positive", (False, np.inf): "non-negative"}.get(
+        (low_open, high), f"in {bounds}") if low == 0 else f"in {bounds}"
+    return parse
 
 
 def _positive(kind: type, zero: bool = False):
-    """argparse type: a positive (or, with ``zero``, non-negative) finite number of ``kind``."""
-    def parse(text: str):
-        value = kind(text)
-        if not (value >= 0 if zero else value > 0) or not np.isfinite(value):
-            raise argparse.ArgumentTypeError(f"must be {'>= 0' if zero else 'positive'}, "
-                                             f"got {text}")
-        return value
-    parse.__name__ = f"{'non-negative' if zero else 'positive'} {kind.__name__}"
-    return parse
+    """argparse type: a positive (or, with ``zero``, non-negative) number of ``kind``."""
+    return _number(kind, 0, low_open=not zero)
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -88,7 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--epochs", type=_positive(int), default=8, help="training epochs")
     parser.add_argument("--batch_size", type=_positive(int), default=1, help="pairs per step")
     parser.add_argument("--lr", type=_positive(float), default=1e-3, help="Adam learning rate")
-    parser.add_argument("--lamda", type=float, default=None,
+    parser.add_argument("--lamda", type=_number(float, 0, low_open=False), default=None,
                         help="weight of the smoothness loss (default: 1.0 for ncc, 0.01 for mse)")
     parser.add_argument("--model", choices=("vm1", "vm2"), default="vm2",
                         help="VoxelMorph-1 or VoxelMorph-2 decoder")
@@ -108,8 +121,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="weight of the auxiliary soft-Dice loss of the warped label maps "
                              "(needs label maps for the training data)")
     _add_data_flags(parser, "the embedded MNI152 data")
-    parser.add_argument("--ndim", type=int, choices=(2, 3), default=3,
-                        help="default data only: 3D volumes (80x96x80) or 2D axial slices (80x96)")
+    parser.add_argument("--ndim", type=int, choices=(2, 3), default=None,
+                        help="dimension of the images: the default data as 3D volumes "
+                             "(80x96x80, the default) or 2D axial slices (80x96); with --data, "
+                             "needed only for a 3-axis array without an atlas. Shape rule: "
+                             + dataloader.SHAPE_RULE)
     parser.add_argument("--steps_per_epoch", type=_positive(int), default=None,
                         help=f"training steps per epoch (default: {DEFAULT_STEPS} for generated "
                              "pairs, one pass over the subjects for atlas pairs from --data)")
@@ -119,11 +135,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--val_data", default=None,
                         help="--data only: validation set, in a format of --data (default: hold "
                              "out the last --val_fraction of --data)")
-    parser.add_argument("--val_fraction", type=float, default=0.1,
-                        help="--data only: share of the subjects held out for validation")
+    parser.add_argument("--val_fraction", type=_number(float, 0, 1), default=None,
+                        help="--data without --val_data: share of the subjects held out for "
+                             f"validation (default: {VAL_FRACTION})")
     parser.add_argument("--output", default=None,
-                        help="output folder (default: runs/<date>-<time>)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed")
+                        help="output folder, new or empty (default: runs/<date>-<time>)")
+    parser.add_argument("--seed", type=_number(int, 0, 2**32, low_open=False), default=0,
+                        help="random seed, in [0, 2^32)")
     parser.add_argument("--gpus", type=_positive(int), default=None,
                         help="train on this many GPUs with tf.distribute.MirroredStrategy, "
                              "--batch_size split across them (default: all visible GPUs when "
@@ -132,6 +150,15 @@ def build_parser() -> argparse.ArgumentParser:
                         help="GPU only: float16 convolutions (Keras policy mixed_float16), the "
                              "displacement, sampler and losses in float32; ignored with a "
                              "warning on a CPU")
+    parser.add_argument("--keep_best", action="store_true",
+                        help="model.keras and the scores are of the epoch of lowest validation "
+                             "loss (also kept as best.keras while training), not the last one")
+    parser.add_argument("--tensorboard", action="store_true",
+                        help="write TensorBoard logs into OUTPUT/tensorboard (needs the "
+                             "tensorboard package)")
+    parser.add_argument("--resume", default=None, metavar="RUN_DIR",
+                        help="continue the run in RUN_DIR from its last complete epoch, with the "
+                             "flags stored in RUN_DIR/args.json (give no other flag)")
 
     commands = parser.add_subparsers(dest="command", metavar="{register,evaluate}",
                                      title="other commands (python3 main.py COMMAND --help)")
@@ -190,16 +217,26 @@ def _add_evaluate_parser(commands) -> None:
 
 
 def training_sets(data: str | None, atlas: str | None, pairs: str | None, augment: bool,
-                  val_data: str | None, val_fraction: float, ndim: int
+                  val_data: str | None, val_fraction: float | None, ndim: int | None
                   ) -> tuple[dataloader.Dataset, dataloader.Dataset, str]:
     """Training set, validation set and pairing mode of the training flags."""
     if data is None:
-        if atlas is not None or pairs == "scan_to_scan" or augment:
-            raise dataloader.DataError("the default data has its own atlas, atlas pairs only, "
-                                       "and is made of random deformations already")
-        return synthetic.load_default_data(ndim), synthetic.default_validation_set(ndim), "atlas"
-    train_set, val_set, mode = dataloader.load_training_sets(data, atlas, pairs, val_data,
-                                                             val_fraction)
+        given = [flag for flag, value in (("--atlas", atlas), ("--augment", augment),
+                                          ("--val_data", val_data),
+                                          ("--val_fraction", val_fraction),
+                                          ("--pairs scan_to_scan", pairs == "scan_to_scan"))
+                 if value]
+        if given:
+            raise dataloader.DataError(f"{', '.join(given)} need{'s' * (len(given) == 1)} "
+                                       f"--data: the default data has "
+                                       f"its own atlas and validation set, and is made of "
+                                       f"random deformations already")
+        return (synthetic.load_default_data(ndim or 3), synthetic.default_validation_set(ndim or 3),
+                "atlas")
+    if val_data is not None and val_fraction is not None:
+        raise dataloader.DataError("--val_fraction and --val_data exclude each other")
+    train_set, val_set, mode = dataloader.load_training_sets(
+        data, atlas, pairs, val_data, VAL_FRACTION if val_fraction is None else val_fraction, ndim)
     if augment and mode != "scan_to_scan":
         raise dataloader.DataError("--augment applies to scan_to_scan pairs")
     return train_set, val_set, mode
@@ -233,20 +270,16 @@ def training_loader(train_set: dataloader.Dataset, mode: str, default_data: bool
             train_set.vols, batch_size, (steps or DEFAULT_STEPS) * batch_size, seed,
             synthetic.augment if augment else None, train_set.segs,
             workers=2 if augment else 1, **targets)
-    return dataloader.RegistrationDataLoader(train_set.vols, train_set.atlas, batch_size,
-                                             shuffle=True, seed=seed, moving_segs=train_set.segs,
-                                             static_segs=train_set.atlas_seg, **targets)
-
-
-def _without_nan(value):
-    """``value`` with every NaN or infinite float (in nested dicts and lists) replaced by None."""
-    if isinstance(value, dict):
-        return {key: _without_nan(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_without_nan(item) for item in value]
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
+    loader = dataloader.RegistrationDataLoader(train_set.vols, train_set.atlas, batch_size,
+                                               shuffle=True, seed=seed,
+                                               moving_segs=train_set.segs,
+                                               static_segs=train_set.atlas_seg, **targets)
+    if steps is not None and steps > len(loader):
+        raise dataloader.DataError(f"--steps_per_epoch {steps} is more than one pass over the "
+                                   f"{len(train_set.vols)} training subjects ({len(loader)} "
+                                   f"batches of --batch_size {batch_size}): ask for at most "
+                                   f"{len(loader)}, or more --epochs")
+    return loader
 
 
 def distribution_strategy(gpus: int | None, batch_size: int,
@@ -290,20 +323,79 @@ def use_mixed_precision(device: str) -> None:
               "there); training in float32", file=sys.stderr)
 
 
-def write_json(path: str, content: dict) -> None:
-    """Write ``content`` as JSON, NaN (e.g. the score of an absent structure) as null."""
-    with open(path, "w") as file:
-        json.dump(_without_nan(content), file, indent=2, allow_nan=False)
-
-
 def write_samples(path: str, samples: list[dict]) -> None:
     """Store registered pairs (images, displacements, label maps) for ``viz.py``."""
-    np.savez_compressed(path, **{key: np.stack([sample[key] for sample in samples])
-                                 for key in samples[0]})
+    with dataloader.atomic_path(path) as tmp:
+        np.savez_compressed(tmp, **{key: np.stack([sample[key] for sample in samples])
+                                    for key in samples[0]})
+
+
+def output_folder(path: str) -> str:
+    """Check that ``path`` can be a folder of outputs (made later); return it.
+
+    Raises
+    ------
+    dataloader.DataError
+        If it, or the nearest existing path above it, is a file, or it cannot be written.
+    """
+    parent = os.path.dirname(os.path.abspath(path))
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise dataloader.DataError(f"--output {path} is a file, not a folder")
+    while not os.path.exists(parent):  # the nearest existing path above: folders are made in it
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise dataloader.DataError(f"--output {path}: {parent} is a file, not a folder")
+    if not os.access(path if os.path.isdir(path) else parent, os.W_OK | os.X_OK):
+        raise dataloader.DataError(f"cannot write into {path}: permission denied")
+    return path
+
+
+def training_output(args) -> str:
+    """The run folder of a new run: writable and holding no other run."""
+    output = output_folder(args.output or os.path.join("runs", time.strftime("%Y%m%d-%H%M%S")))
+    if os.path.isfile(os.path.join(output, ARGS)):
+        raise dataloader.DataError(f"{output} already holds a training run: continue it with "
+                                   f"--resume {output}, or choose another --output")
+    return output
+
+
+def resumed_args(args, parser: argparse.ArgumentParser) -> argparse.Namespace:
+    """The flags stored in ``RUN_DIR/args.json``, every one of them, for ``--resume RUN_DIR``."""
+    given = sorted(f"--{key}" for key, value in vars(args).items()
+                   if key not in ("resume", "command") and value != parser.get_default(key))
+    if given:
+        raise dataloader.DataError(f"--resume takes every flag from {args.resume}/{ARGS}; drop "
+                                   f"{', '.join(given)}")
+    stored = checkpoint.read_json(os.path.join(args.resume, ARGS))
+    return argparse.Namespace(**{**vars(args), **stored, "resume": args.resume,
+                                 "output": args.resume})
+
+
+def training_callbacks(args, output: str, state: dict | None) -> list:
+    """Checkpoints, the divergence stop and, with --tensorboard, TensorBoard logs."""
+    callbacks = [checkpoint.StopOnDivergence(),
+                 checkpoint.Checkpoint(output, state, args.keep_best)]
+    if args.tensorboard:
+        callbacks.append(keras.callbacks.TensorBoard(os.path.join(output, "tensorboard")))
+    return callbacks
+
+
+def diverged_message(where: tuple, args, output: str, state: dict) -> str:
+    """One line: where training diverged, the likely cause, and what was kept."""
+    epoch, step, loss = where
+    lamda = models.DEFAULT_LAMBDA[args.loss] if args.lamda is None else args.lamda
+    kept = (f"the checkpoint of epoch {state['epoch']} is kept in {output}" if state["epoch"]
+            else "no epoch completed")
+    return (f"training diverged at epoch {epoch} step {step} (loss {loss}); lower --lr (now "
+            f"{args.lr:g}) or check --lamda (now {lamda:g}); {kept}")
 
 
 def train(args) -> str:
-    """Train, then write the model, history, samples, figures and validation metrics."""
+    """Train (or resume), checkpointing every epoch; then write the model, samples, metrics."""
+    if args.tensorboard and importlib.util.find_spec("tensorboard") is None:
+        raise dataloader.DataError("--tensorboard needs the tensorboard package: "
+                                   "pip install tensorboard")
+    output = args.resume or training_output(args)
     train_set, val_set, mode = training_sets(args.data, args.atlas, args.pairs, args.augment,
                                              args.val_data, args.val_fraction, args.ndim)
     own_shape = train_set.shape  # validation pairs are scored on it, without the padding
@@ -318,35 +410,48 @@ def train(args) -> str:
         raise dataloader.DataError(f"--int_downsize {args.int_downsize} needs --int_steps and "
                                    f"must divide the padded shape {train_set.shape}")
     labels = training_labels(train_set, args.seg_weight)
-    output = args.output or os.path.join("runs", time.strftime("%Y%m%d-%H%M%S"))
-    os.makedirs(output, exist_ok=True)
-    keras.utils.set_random_seed(args.seed)
     device = "GPU" if tf.config.list_physical_devices("GPU") else "CPU"
     strategy = distribution_strategy(args.gpus, args.batch_size)
     if args.mixed_precision:
         use_mixed_precision(device)
-    print(f"{args.model} on {strategy.num_replicas_in_sync} {device}(s), {mode} pairs of shape "
-          f"{train_set.shape}, {len(val_pairs)} validation pairs, output in {output}")
-
+    keras.utils.set_random_seed(args.seed)
     with strategy.scope():
-        model = models.build_model(train_set.shape, args.model, args.loss, args.lamda, args.lr,
-                                   args.ncc_window, args.int_steps, args.int_downsize,
-                                   args.bidir, args.seg_weight, len(labels))
-    start = time.perf_counter()
+        model, state = checkpoint.load_checkpoint(output) if args.resume else (
+            models.build_model(train_set.shape, args.model, args.loss, args.lamda, args.lr,
+                               args.ncc_window, args.int_steps, args.int_downsize, args.bidir,
+                               args.seg_weight, len(labels)), None)
     targets = {"targets": models.targets(model), "labels": labels}
     loader = training_loader(train_set, mode, args.data is None, args.batch_size,
                              args.steps_per_epoch, args.seed, args.augment, targets)
+    os.makedirs(output, exist_ok=True)
+    checkpoint.write_json(os.path.join(output, ARGS),
+                          {key: value for key, value in vars(args).items()
+                           if key not in ("resume", "command")})
+    initial_epoch = state["epoch"] if state else 0
+    print(f"{args.model} on {strategy.num_replicas_in_sync} {device}(s), {mode} pairs of shape "
+          f"{train_set.shape}, {len(val_pairs)} validation pairs, output in {output}"
+          + (f", resumed after epoch {initial_epoch}" if state else ""))
+
+    loader.epoch = initial_epoch  # batches depend on (seed, epoch, index): the same as unbroken
+    callbacks = training_callbacks(args, output, state)
+    start = time.perf_counter()
     model.fit(loader,
               validation_data=dataloader.RegistrationDataLoader(
                   val_pairs.moving, val_pairs.static, args.batch_size,
                   moving_segs=val_pairs.moving_segs, static_segs=val_pairs.static_segs,
                   **targets),
-              epochs=args.epochs, steps_per_epoch=args.steps_per_epoch if args.data else None,
-              callbacks=[keras.callbacks.CSVLogger(os.path.join(output, "history.csv"))],
-              verbose=1)
+              epochs=args.epochs, initial_epoch=initial_epoch,
+              steps_per_epoch=args.steps_per_epoch if args.data else None,
+              shuffle=False,  # the loaders shuffle by (seed, epoch), which a resume restores
+              callbacks=callbacks, verbose=1 if sys.stdout.isatty() else 2)
     train_seconds = time.perf_counter() - start
+    stop, saver = callbacks[:2]
+    if stop.diverged:
+        raise checkpoint.Diverged(diverged_message(stop.diverged, args, output, saver.state))
 
-    model.save(os.path.join(output, "model.keras"))
+    if args.keep_best and saver.state["best_epoch"]:
+        model = keras.models.load_model(os.path.join(output, checkpoint.BEST))
+    checkpoint.save_model(model, os.path.join(output, "model.keras"))
     results, samples = models.evaluate_pairs(model, val_pairs, val_set.labels, NUM_SAMPLES,
                                              own_shape, val_set.spacing)
     write_samples(os.path.join(output, "samples.npz"), samples)
@@ -354,8 +459,9 @@ def train(args) -> str:
     summary = {"args": vars(args), "pairs": mode, "shape": train_set.shape, "device": device,
                "replicas": strategy.num_replicas_in_sync,
                "train_seconds": round(train_seconds, 1), "validation_pairs": len(results),
+               "epochs_completed": saver.state["epoch"], "best_epoch": saver.state["best_epoch"],
                **metrics.summarize(results)}
-    write_json(os.path.join(output, "metrics.json"), summary)
+    checkpoint.write_json(os.path.join(output, "metrics.json"), summary)
     return report(summary) + f", trained in {train_seconds:.0f} s"
 
 
@@ -375,26 +481,66 @@ def load_model(path: str) -> keras.Model:
     """A saved VoxelMorph model, compiled as trained (``--finetune_steps`` reuses its loss)."""
     if not os.path.isfile(path):
         raise dataloader.DataError(f"no such model file: {path}")
+    checkpoint.check_keras_file(path)
     try:
         return keras.models.load_model(path)
     except Exception as error:  # Keras raises several types for files it cannot read
         raise dataloader.DataError(f"cannot load a Keras model from {path}: {error}") from error
 
 
+def check_output_files(paths: dict[str, str | None], inputs: list[str]) -> None:
+    """Refuse output files that could not all be written: checked before any work is done.
+
+    Parameters
+    ----------
+    paths : dict
+        ``{flag: path}`` of the outputs asked for (None: not asked for).
+    inputs : list of str
+        Input files, which no output may overwrite.
+    """
+    given = {flag: path for flag, path in paths.items() if path}
+    for flag, path in given.items():
+        dataloader.file_format(path)
+        folder = os.path.dirname(os.path.abspath(path))
+        if not os.path.isdir(folder):
+            raise dataloader.DataError(f"{flag} {path}: no such folder {folder}")
+        if os.path.isdir(path):
+            raise dataloader.DataError(f"{flag} {path} is a folder, not a file")
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise dataloader.DataError(f"{flag} {path}: cannot write into {folder}")
+        if any(os.path.abspath(path) == os.path.abspath(other) for other in inputs):
+            raise dataloader.DataError(f"{flag} {path} would overwrite an input file")
+    if len({os.path.abspath(path) for path in given.values()}) < len(given):
+        raise dataloader.DataError(f"{', '.join(given)} must be different files")
+
+
+def affine_warning(*images) -> None:
+    """Warn when NIfTI inputs have different affines: registration maps voxel grids only."""
+    affines = [image.affine for image in images if image is not None]
+    if len(affines) > 1 and not all(np.allclose(a, affines[0], atol=1e-4) for a in affines):
+        warnings.warn("the moving and static NIfTI affines differ: VoxelMorph registers voxel "
+                      "grids, so align the images first (e.g. affinely to one space)",
+                      dataloader.DataWarning, stacklevel=2)
+
+
 def register(args) -> str:
     """Register one pair of files with a trained model and write the outputs."""
     if (args.moving_seg is None) != (args.moved_seg is None):
         raise dataloader.DataError("--moving_seg and --moved_seg go together")
+    check_output_files({"--moved": args.moved, "--deformation": args.deformation,
+                        "--moved_seg": args.moved_seg},
+                       [args.model, args.moving, args.static, args.moving_seg or ""])
     model = load_model(args.model)
-    moving, _ = dataloader.load_volume(args.moving)
+    moving, moving_image = dataloader.load_volume(args.moving)
     static, reference = dataloader.load_volume(args.static)
+    affine_warning(moving_image, reference)
     moving_seg = None if args.moving_seg is None else dataloader.load_volume(args.moving_seg)[0]
     registered = models.register_volumes(model, moving, static, moving_seg, args.finetune_steps,
                                          args.finetune_lr)
     for path, key in ((args.moved, "moved"), (args.deformation, "deformation"),
                       (args.moved_seg, "moved_seg")):
         if path:
-            dataloader.save_volume(path, registered[key], reference)
+            dataloader.save_volume(path, registered[key], reference, key == "deformation")
     tuned = (f" after {args.finetune_steps} fine-tuning steps "
              f"({registered['finetune_seconds']:.1f} s)" if args.finetune_steps else "")
     return (f"registered {args.moving} to {args.static} in {registered['seconds']:.3f} s "
@@ -411,13 +557,14 @@ def evaluation_set(data: str | None, atlas: str | None, pairs: str | None,
             raise dataloader.DataError(f"no default data for a model of input shape {shape}")
         test_set = synthetic.default_validation_set(len(shape))
     else:
-        test_set = dataloader.load_dataset(data, atlas)
+        test_set = dataloader.load_dataset(data, atlas, len(shape))
     dataloader.padding_to_shape(test_set.shape, shape)  # refuse volumes that do not fit
     return test_set
 
 
 def evaluate(args) -> str:
     """Score a trained model on every test pair; write eval.json, a CSV and a box plot."""
+    output = output_folder(args.output or os.path.dirname(os.path.abspath(args.model)))
     model = load_model(args.model)
     shape = models.input_shape(model)
     data = evaluation_set(args.data, args.atlas, args.pairs, shape)
@@ -430,11 +577,10 @@ def evaluate(args) -> str:
                                        spacing=data.spacing, finetune_steps=args.finetune_steps,
                                        finetune_lr=args.finetune_lr)
     summary = metrics.summarize(results)
-    output = args.output or os.path.dirname(os.path.abspath(args.model))
     os.makedirs(output, exist_ok=True)
     per_pair = [{"moving": int(moving), "static": "atlas" if static < 0 else int(static), **result}
                 for (moving, static), result in zip(pairs.index, results)]
-    write_json(os.path.join(output, "eval.json"),
+    checkpoint.write_json(os.path.join(output, "eval.json"),
                {"model": args.model, "data": args.data or "default", "pairs": mode,
                 "labels": labels, "label_names": names, "spacing": data.spacing,
                 "summary": summary,
@@ -450,7 +596,7 @@ def write_dice_csv(path: str, labels: list[int], names: list[str] | None, summar
     """Per-structure scores, mean and std over pairs: Dice before and after registration, HD95
     after it in voxels and, when the spacing is known, in mm."""
     keys = [key for key in ("dice_before", "dice_after", "hd95", "hd95_mm") if key in summary]
-    with open(path, "w", newline="") as file:
+    with dataloader.atomic_path(path) as tmp, open(tmp, "w", newline="") as file:
         writer = csv.writer(file)
         writer.writerow(["label", "name"] + [f"{key}_{stat}" for key in keys
                                              for stat in ("mean", "std")])
@@ -460,16 +606,30 @@ def write_dice_csv(path: str, labels: list[int], names: list[str] | None, summar
                                for stat in ("per_label", "per_label_std")])
 
 
+def _print_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Data warnings as one line ``main.py: warning: ...``; others as Python prints them."""
+    if issubclass(category, dataloader.DataWarning):
+        print(f"main.py: warning: {message}", file=sys.stderr)
+    else:
+        sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     command = {"register": register, "evaluate": evaluate}.get(args.command, train)
-    try:
-        print(command(args))
-    except dataloader.DataError as error:
-        print(f"main.py: error: {error}", file=sys.stderr)
-        return 2
+    with warnings.catch_warnings():
+        warnings.showwarning = _print_warning
+        try:
+            if args.command is None and args.resume:
+                args = resumed_args(args, parser)
+            print(command(args))
+        except (dataloader.DataError, checkpoint.Diverged) as error:
+            print(f"main.py: error: {' '.join(str(error).split())}", file=sys.stderr)
+            return 2 if isinstance(error, dataloader.DataError) else 1
     return 0
 
 
 if __name__ == "__main__":
+    sys.stdout.reconfigure(line_buffering=True)  # epoch lines reach a log file or pipe at once
     sys.exit(main())

@@ -5,7 +5,8 @@ Conventions used throughout the package:
 - images are channels-last tensors ``(B, *spatial, C)``;
 - a deformation is a displacement in voxels, ``(B, *spatial, ndim)``, whose channel ``d`` moves
   along array axis ``d`` ('ij' order), so that ``moved[x] = moving[x + deformation[x]]``;
-- coordinates that fall outside the image are clamped to its edge.
+- coordinates that fall outside the image are clamped to its edge; NaN coordinates read the
+  first voxel along their axis (so a diverging field gives defined values, never bad indices).
 
 Everything here works for 2D and 3D (and 1D) through the same code, driven by ``ndim``.
 """
@@ -40,7 +41,8 @@ def interpolate(image: tf.Tensor, coords: tf.Tensor, interpolation: str = "linea
         ``(B, *in_spatial, C)`` image to sample.
     coords : tf.Tensor
         ``(B, *out_spatial, ndim)`` coordinates in voxels of ``image``, 'ij' order. Values outside
-        ``[0, size - 1]`` are clamped to the edge.
+        ``[0, size - 1]`` are clamped to the edge (+-Inf too); NaN is read as 0, the first voxel
+        along its axis. So no coordinate makes an invalid index, on CPU or GPU.
     interpolation : {"linear", "nearest"}
         N-linear (bilinear in 2D, trilinear in 3D) or nearest-neighbour, e.g. for label maps.
 
@@ -54,6 +56,7 @@ def interpolate(image: tf.Tensor, coords: tf.Tensor, interpolation: str = "linea
     in_shape = tf.shape(image)[1:-1]
     ndim = coords.shape[-1]
     sizes = tf.cast(in_shape, coords.dtype)
+    coords = tf.where(tf.math.is_nan(coords), tf.zeros_like(coords), coords)  # before int casts
     coords = tf.clip_by_value(coords, 0.0, sizes - 1.0)
     batch = tf.shape(image)[0]
     flat_image = tf.reshape(image, [-1, tf.shape(image)[-1]])  # (B * voxels, C)

@@ -28,6 +28,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
+import dataloader
 import metrics
 
 VIEW_NAMES = ("sagittal", "coronal", "axial")
@@ -139,7 +140,8 @@ def _show(ax, image: np.ndarray, title: str = "", **kwargs):
 def _save(fig: Figure, fname: str | None) -> Figure:
     """Write ``fig`` as a PNG of exactly its size at ``DPI`` when ``fname`` is given."""
     if fname:
-        fig.savefig(fname, dpi=DPI)
+        with dataloader.atomic_path(fname) as tmp:
+            fig.savefig(tmp, dpi=DPI)
     return fig
 
 
@@ -298,7 +300,7 @@ def plot_jacobian(deformation, slice_index=None, fname: str | None = None) -> Fi
 
 
 def read_history(path) -> dict[str, list[float]]:
-    """Read a Keras ``CSVLogger`` file into ``{column: values}``."""
+    """Read a run's ``history.csv`` (Keras ``CSVLogger`` columns) into ``{column: values}``."""
     with open(path, newline="") as file:
         rows = list(csv.DictReader(file))
     return {key: [float(row[key]) for row in rows] for key in rows[0]} if rows else {}

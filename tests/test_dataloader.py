@@ -1,4 +1,10 @@
 """Reading data, pairing it, and the Keras loaders."""
+import os
+import tempfile
+
+import hypothesis
+import hypothesis.extra.numpy as hnp
+import hypothesis.strategies as st
 import nibabel as nib
 import numpy as np
 import pytest
@@ -88,7 +94,7 @@ def test_npy_npz_and_nifti_load_alike(tmp_path):
 @pytest.mark.parametrize("array, message", [
     (np.zeros((4, 4)), "expected volumes of shape"),
     (np.zeros((2, 4, 4, 4, 4, 4)), "expected volumes of shape"),
-    (np.array([[[0.0, np.nan]]]), "NaN or Inf"),
+    (np.array([[[[0.0, np.nan]]]]), "NaN or Inf"),
 ])
 def test_bad_arrays_are_refused_with_a_clear_message(tmp_path, array, message):
     np.save(tmp_path / "bad.npy", array)
@@ -139,7 +145,7 @@ def test_save_volume_then_load_volume_round_trips(tmp_path, suffix):
     dataloader.save_volume(path, volume)
     loaded, image = dataloader.load_volume(path)
     np.testing.assert_array_equal(loaded, volume)
-    assert loaded.dtype == np.int16
+    assert loaded.dtype == (np.uint8 if suffix == ".nii.gz" else np.int16)  # NIfTI: smallest fit
     assert (image is not None) == (suffix == ".nii.gz")
 
 
@@ -148,10 +154,11 @@ def test_nifti_output_keeps_the_reference_affine_and_takes_its_own_dtype(tmp_pat
     nib.save(nib.Nifti1Image(np.zeros((4, 5, 6), np.uint8), affine), tmp_path / "ref.nii.gz")
     _, reference = dataloader.load_volume(str(tmp_path / "ref.nii.gz"))
     field = np.random.default_rng(1).normal(size=(4, 5, 6, 3)).astype(np.float32)
-    dataloader.save_volume(str(tmp_path / "out.nii.gz"), field, reference)
+    dataloader.save_volume(str(tmp_path / "out.nii.gz"), field, reference, vector=True)
     saved = nib.load(tmp_path / "out.nii.gz")
     np.testing.assert_allclose(saved.affine, affine)
-    np.testing.assert_array_equal(np.asanyarray(saved.dataobj), field)
+    np.testing.assert_array_equal(np.asanyarray(saved.dataobj)[:, :, :, 0], field)
+    assert saved.get_data_dtype() == np.float32 and saved.header.get_intent()[0] == "vector"
 
 
 def test_spacing_comes_from_nifti_zooms_or_the_npz_and_is_otherwise_unknown(tmp_path):
@@ -188,3 +195,52 @@ def test_padding_and_splitting_keep_the_spacing():
     data = dataloader.Dataset(vols=np.zeros((3, 6, 6), np.float32), spacing=(1.0, 2.0))
     assert dataloader.pad_dataset(data, (16, 16)).spacing == (1.0, 2.0)
     assert all(part.spacing == (1.0, 2.0) for part in dataloader.split(data, 1))
+
+
+def _loads_or_refuses(path: str) -> None:
+    """Every reader either reads ``path`` or raises DataError: never another exception."""
+    for read in (dataloader.load_volume, dataloader.load_dataset,
+                 lambda p: dataloader.load_dataset(p, ndim=2)):
+        try:
+            read(path)
+        except dataloader.DataError:
+            pass
+
+
+SUFFIXES = st.sampled_from([".npy", ".npz", ".nii", ".nii.gz"])
+
+
+@hypothesis.settings(max_examples=60, deadline=None)
+@hypothesis.given(data=st.binary(max_size=600), suffix=SUFFIXES,
+                  keep_header=st.booleans())
+def test_random_bytes_in_any_format_give_only_data_errors(data, suffix, keep_header):
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, "fuzz" + suffix)
+        if keep_header:  # a real header of the format, then garbage: damaged, not foreign
+            dataloader.save_volume(path, np.ones((4, 4, 4), np.float32))
+            data = open(path, "rb").read()[:len(data) // 2] + data
+        with open(path, "wb") as file:
+            file.write(data)
+        _loads_or_refuses(path)
+
+
+ARRAYS = hnp.arrays(dtype=st.one_of(hnp.scalar_dtypes(), hnp.unicode_string_dtypes()),
+                    shape=hnp.array_shapes(min_dims=0, max_dims=5, min_side=0, max_side=4))
+
+
+@hypothesis.settings(max_examples=60, deadline=None,
+                     suppress_health_check=[hypothesis.HealthCheck.too_slow])
+@hypothesis.given(array=ARRAYS, suffix=SUFFIXES, key=st.sampled_from(["vols", "segs", "vol"]))
+def test_random_arrays_in_any_format_give_only_data_errors(array, suffix, key):
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, "fuzz" + suffix)
+        if suffix == ".npy":
+            np.save(path, array)
+        elif suffix == ".npz":
+            np.savez(path, **{key: array, "vols" if key == "segs" else "segs": array})
+        else:
+            try:  # nibabel refuses some arrays itself: those cannot be fuzzed as NIfTI
+                nib.save(nib.Nifti1Image(array, np.eye(4)), path)
+            except Exception:
+                hypothesis.reject()
+        _loads_or_refuses(path)

@@ -47,9 +47,9 @@ def test_3d_npz_run_pads_the_volumes_and_trains(tmp_path, capsys):
     output = tmp_path / "run"
     assert main.main(["--data", data, "--model", "vm1", "--loss", "mse", "--epochs", "1",
                       "--steps_per_epoch", "2", "--output", str(output)]) == 0
-    out = capsys.readouterr().out
-    assert "Padded the volumes with zeros from (12, 16, 16) to (16, 16, 16)" in out
-    assert "HD95" in out and "SDlogJ" in out
+    printed = capsys.readouterr().out
+    assert "Padded the volumes with zeros from (12, 16, 16) to (16, 16, 16)" in printed
+    assert "HD95" in printed and "SDlogJ" in printed
     scores = json.loads((output / "metrics.json").read_text())
     assert scores["shape"] == [16, 16, 16] and scores["pairs"] == "atlas"
     assert "hd95" in scores and "hd95_mm" not in scores  # the .npz gives no spacing
@@ -61,7 +61,7 @@ def test_3d_npz_run_pads_the_volumes_and_trains(tmp_path, capsys):
 def test_scan_to_scan_run_on_a_set_without_atlas(tmp_path):
     np.save(tmp_path / "vols.npy", np.random.default_rng(1).random((5, 16, 32)))
     output = tmp_path / "run"
-    assert main.main(["--data", str(tmp_path / "vols.npy"), "--epochs", "1",
+    assert main.main(["--data", str(tmp_path / "vols.npy"), "--ndim", "2", "--epochs", "1",
                       "--steps_per_epoch", "2", "--output", str(output)]) == 0
     scores = json.loads((output / "metrics.json").read_text())
     assert scores["pairs"] == "scan_to_scan" and scores["validation_pairs"] == 2
@@ -82,7 +82,7 @@ def test_missing_file_is_a_one_line_error(tmp_path, capsys):
 
 @pytest.mark.parametrize("array, message", [
     (np.zeros((16, 16)), "expected volumes of shape (N, H, W) or (N, D, H, W)"),
-    (np.full((3, 16, 16), np.nan), "contains NaN or Inf values"),
+    (np.full((3, 4, 4, 4), np.nan), "contains NaN or Inf values"),
 ])
 def test_bad_arrays_are_one_line_errors(tmp_path, capsys, array, message):
     np.save(tmp_path / "bad.npy", array)
@@ -183,8 +183,9 @@ def test_register_nifti_keeps_the_static_affine_and_label_values(tmp_path, ident
                                for name in ("moved", "u", "moved_seg"))
     for output in (moved, field, moved_seg):
         np.testing.assert_allclose(output.affine, affine)
-    assert moved.shape == image.shape and field.shape == (*image.shape, 3)
-    np.testing.assert_allclose(np.asanyarray(field.dataobj)[2, 3, 4], [1.3, -0.6, 0.8],
+    assert moved.shape == image.shape and field.shape == (*image.shape, 1, 3)  # vector image
+    assert field.header.get_intent()[0] == "vector"
+    np.testing.assert_allclose(np.asanyarray(field.dataobj)[2, 3, 4, 0], [1.3, -0.6, 0.8],
                                atol=1e-6)
     warped = np.asanyarray(moved_seg.dataobj)
     assert warped.dtype == np.uint8
@@ -286,7 +287,7 @@ def test_diffeomorphic_bidirectional_segmentation_run_then_finetuned_evaluation(
 ])
 def test_option_errors_are_one_line(tmp_path, capsys, flags, message):
     np.save(tmp_path / "vols.npy", np.random.default_rng(1).random((4, 16, 16)))
-    code = main.main(["--data", str(tmp_path / "vols.npy"), *flags,
+    code = main.main(["--data", str(tmp_path / "vols.npy"), "--ndim", "2", *flags,
                       "--output", str(tmp_path / "run")])
     assert code == 2 and message in capsys.readouterr().err
 
@@ -347,3 +348,271 @@ def test_mixed_precision_on_a_cpu_is_a_one_line_warning_and_stays_float32(capsys
     main.use_mixed_precision("CPU")
     assert capsys.readouterr().err.startswith("main.py: warning: --mixed_precision is ignored")
     assert keras.mixed_precision.global_policy().name == "float32"
+
+
+def _save_npz(path, **arrays):
+    np.savez(path, **arrays)
+
+
+def _write_bytes(data: bytes):
+    return lambda path: open(path, "wb").write(data)
+
+
+def _truncated(writer, keep: float = 0.5):
+    """A file made by ``writer``, cut to ``keep`` of its length (a crash mid-write)."""
+    def write(path):
+        writer(path)
+        data = open(path, "rb").read()
+        open(path, "wb").write(data[:int(len(data) * keep)])
+    return write
+
+
+def _nifti(array):
+    import nibabel as nib
+    return lambda path: nib.save(nib.Nifti1Image(array, np.eye(4)), path)
+
+
+def _damaged_member(path):
+    """A zip archive whose 'vols.npy' is cut short."""
+    import zipfile
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("vols.npy", b"\x93NUMPY\x01\x00" + bytes(40))
+
+
+RNG = np.random.default_rng(0)
+GOOD_4D = RNG.random((4, 16, 16, 16)).astype(np.float32)
+GOOD_NPZ = dict(vols=GOOD_4D, segs=(GOOD_4D > 0.5).astype(np.uint8), atlas=GOOD_4D[0],
+                atlas_seg=(GOOD_4D[0] > 0.5).astype(np.uint8))
+
+# (case, files to write {name: writer}, arguments ({tmp} is the folder), part of the message).
+# Every case must end with exit status 2, one line on stderr, and no output file.
+BAD_INPUTS = [
+    ("npy truncated", {"d.npy": _truncated(lambda p: np.save(p, GOOD_4D))},
+     ["--data", "{tmp}/d.npy"], "cannot read {tmp}/d.npy as .npy"),
+    ("npy empty file", {"d.npy": _write_bytes(b"")}, ["--data", "{tmp}/d.npy"],
+     "{tmp}/d.npy is not an .npy file"),
+    ("npy of another format", {"d.npy": _write_bytes(b"1 2 3\n")}, ["--data", "{tmp}/d.npy"],
+     "{tmp}/d.npy is not an .npy file"),
+    ("npz truncated", {"d.npz": _truncated(lambda p: _save_npz(p, **GOOD_NPZ))},
+     ["--data", "{tmp}/d.npz"], "{tmp}/d.npz is not an .npz file"),
+    ("npz empty file", {"d.npz": _write_bytes(b"")}, ["--data", "{tmp}/d.npz"],
+     "{tmp}/d.npz is not an .npz file"),
+    ("npz random bytes", {"d.npz": _write_bytes(bytes(range(256)) * 8)},
+     ["--data", "{tmp}/d.npz"], "{tmp}/d.npz is not an .npz file"),
+    ("npz with a damaged member", {"d.npz": _damaged_member}, ["--data", "{tmp}/d.npz"],
+     "cannot read {tmp}/d.npz as .npz"),
+    ("npz without vols", {"d.npz": lambda p: _save_npz(p, images=GOOD_4D)},
+     ["--data", "{tmp}/d.npz"], "no array named 'vols'"),
+    ("nifti random bytes", {"d.nii.gz": _write_bytes(b"\x1f\x8b" + bytes(300))},
+     ["--data", "{tmp}/d.nii.gz"], "cannot read NIfTI file"),
+    ("nifti truncated", {"d.nii.gz": _truncated(_nifti(GOOD_4D[0]), 0.3)},
+     ["--data", "{tmp}/d.nii.gz"], "cannot read NIfTI file"),
+    ("nifti 4D", {"d.nii": _nifti(GOOD_4D[..., None])}, ["--data", "{tmp}/d.nii"],
+     "expected a 2D or 3D volume"),
+    ("strings", {"d.npy": lambda p: np.save(p, np.full((2, 4, 4, 4), "a"))},
+     ["--data", "{tmp}/d.npy"], "must hold real numbers, not <U1"),
+    ("complex", {"d.npy": lambda p: np.save(p, GOOD_4D.astype(np.complex64))},
+     ["--data", "{tmp}/d.npy"], "must hold real numbers, not complex64"),
+    ("pickled objects", {"d.npy": lambda p: np.save(p, np.array([{}, {}]), allow_pickle=True)},
+     ["--data", "{tmp}/d.npy"], "cannot read {tmp}/d.npy as .npy"),
+    ("empty set", {"d.npy": lambda p: np.save(p, np.zeros((0, 16, 16, 16)))},
+     ["--data", "{tmp}/d.npy"], "is empty (shape (0, 16, 16, 16))"),
+    ("lone 3D volume", {"d.npy": lambda p: np.save(p, GOOD_4D[0])},
+     ["--data", "{tmp}/d.npy"], "pass --ndim 2 or --ndim 3"),
+    ("3D volumes with --ndim 2", {"d.npy": lambda p: np.save(p, GOOD_4D)},
+     ["--data", "{tmp}/d.npy", "--ndim", "2"], "holds 3D volumes, not 2D ones"),
+    ("rank 5", {"d.npy": lambda p: np.save(p, GOOD_4D[..., None])},
+     ["--data", "{tmp}/d.npy"], "expected volumes of shape (N, H, W) or (N, D, H, W)"),
+    ("NaN values", {"d.npy": lambda p: np.save(p, np.full((3, 4, 4, 4), np.nan))},
+     ["--data", "{tmp}/d.npy"], "contains NaN or Inf values"),
+    ("atlas of another shape", {"d.npz": lambda p: _save_npz(p, **GOOD_NPZ),
+                                "a.npy": lambda p: np.save(p, np.ones((16, 16, 32)))},
+     ["--data", "{tmp}/d.npz", "--atlas", "{tmp}/a.npy"], "moving and static shapes differ"),
+    ("segs of another shape", {"d.npz": lambda p: _save_npz(p, vols=GOOD_4D,
+                                                            segs=np.zeros((4, 16, 16, 8)))},
+     ["--data", "{tmp}/d.npz"], "segs shape (4, 16, 16, 8) differs"),
+    ("fractional labels", {"d.npz": lambda p: _save_npz(p, vols=GOOD_4D, segs=GOOD_4D)},
+     ["--data", "{tmp}/d.npz"], "must hold integer labels"),
+    ("label_names without labels", {"d.npz": lambda p: _save_npz(p, **GOOD_NPZ,
+                                                                 label_names=["a"])},
+     ["--data", "{tmp}/d.npz"], "'label_names' needs 'labels' of the same length"),
+    ("val_data of another shape", {"d.npz": lambda p: _save_npz(p, **GOOD_NPZ),
+                                   "v.npy": lambda p: np.save(p, np.ones((2, 16, 16, 32)))},
+     ["--data", "{tmp}/d.npz", "--val_data", "{tmp}/v.npy"], "must have the same shape"),
+    ("too few after the split", {"d.npy": lambda p: np.save(p, GOOD_4D[:3])},
+     ["--data", "{tmp}/d.npy"], "holds 3 volumes: 2 go to validation"),
+    ("more steps than subjects", {"d.npz": lambda p: _save_npz(p, **GOOD_NPZ)},
+     ["--data", "{tmp}/d.npz", "--steps_per_epoch", "50"], "ask for at most 3"),
+    ("augment with atlas pairs", {"d.npz": lambda p: _save_npz(p, **GOOD_NPZ)},
+     ["--data", "{tmp}/d.npz", "--augment"], "--augment applies to scan_to_scan pairs"),
+    ("val_fraction and val_data", {"d.npz": lambda p: _save_npz(p, **GOOD_NPZ)},
+     ["--data", "{tmp}/d.npz", "--val_data", "{tmp}/d.npz", "--val_fraction", "0.5"],
+     "exclude each other"),
+    ("val_data without data", {}, ["--val_data", "x.npz"], "--val_data needs --data"),
+    ("val_fraction without data", {}, ["--val_fraction", "0.5"], "--val_fraction needs --data"),
+    ("output is a file", {"out": _write_bytes(b"x")}, ["--output", "{tmp}/out"],
+     "--output {tmp}/out is a file"),
+    ("output under a file", {"out": _write_bytes(b"x")}, ["--output", "{tmp}/out/run"],
+     "{tmp}/out is a file"),
+    ("output holds a run", {"run/args.json": _write_bytes(b"{}")},
+     ["--output", "{tmp}/run"], "continue it with --resume {tmp}/run"),
+    ("resume with flags", {}, ["--resume", "{tmp}", "--lr", "1"], "drop --lr"),
+    ("resume of no run", {}, ["--resume", "{tmp}"], "not a training run folder"),
+    ("resume of a broken checkpoint", {"args.json": _write_bytes(b"{}"),
+                                       "checkpoint.json": _write_bytes(b"{\"epoch\": 2")},
+     ["--resume", "{tmp}"], "cannot read {tmp}/checkpoint.json"),
+]
+
+
+@pytest.mark.parametrize("case, files, argv, message", BAD_INPUTS,
+                         ids=[case[0] for case in BAD_INPUTS])
+def test_bad_training_input_is_one_line_exit_2_and_writes_nothing(tmp_path, capsys, case, files,
+                                                                  argv, message):
+    for name, write in files.items():
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        write(str(tmp_path / name))
+    before = sorted(p for p in tmp_path.rglob("*"))
+    argv = [arg.replace("{tmp}", str(tmp_path)) for arg in argv]
+    if "--output" not in argv and "--resume" not in argv:
+        argv += ["--output", str(tmp_path / "run")]
+    code = main.main(argv + ([] if "--resume" in argv else ["--epochs", "1"]))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert len(err) == 1 and err[0].startswith("main.py: error: "), err
+    assert message.replace("{tmp}", str(tmp_path)) in err[0]
+    assert sorted(p for p in tmp_path.rglob("*")) == before  # nothing written
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--seed", "-1"], "--seed: must be in [0, 4294967296)"),
+    (["--lamda", "-1"], "--lamda: must be non-negative"),
+    (["--lamda", "nan"], "--lamda: must be non-negative"),
+    (["--val_fraction", "1.5"], "--val_fraction: must be in (0, 1)"),
+    (["--val_fraction", "0"], "--val_fraction: must be in (0, 1)"),
+    (["--epochs", "0"], "--epochs: must be positive"),
+    (["--batch_size", "0"], "--batch_size: must be positive"),
+    (["--ncc_window", "0"], "--ncc_window: must be positive"),
+    (["--lr", "inf"], "--lr: must be positive"),
+    (["--ndim", "4"], "--ndim: invalid choice"),
+])
+def test_flags_out_of_range_are_argparse_errors(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main.main(argv)
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and message in err and "Traceback" not in err
+
+
+IMAGE = RNG.random((16, 16, 16)).astype(np.float32)
+PAIR = {"m.npy": lambda p: np.save(p, IMAGE), "s.npy": lambda p: np.save(p, IMAGE[::-1])}
+REGISTER = ["register", "--model", "{model}", "--moving", "{tmp}/m.npy", "--static", "{tmp}/s.npy"]
+
+# Bad input of ``register`` and ``evaluate``: as BAD_INPUTS, checked before the forward pass.
+BAD_COMMANDS = [
+    ("missing output folder", PAIR, REGISTER + ["--moved", "{tmp}/no/moved.npy"],
+     "--moved {tmp}/no/moved.npy: no such folder {tmp}/no"),
+    ("second output into a missing folder", PAIR,
+     REGISTER + ["--moved", "{tmp}/moved.npy", "--deformation", "{tmp}/no/u.nii.gz"],
+     "--deformation {tmp}/no/u.nii.gz: no such folder"),
+    ("output is a folder", {**PAIR, "out/x": _write_bytes(b"")},
+     REGISTER + ["--moved", "{tmp}/out"], "unsupported file type"),
+    ("output is a folder named like a file", {**PAIR, "out.npy/x": _write_bytes(b"")},
+     REGISTER + ["--moved", "{tmp}/out.npy"], "--moved {tmp}/out.npy is a folder"),
+    ("output of unknown type", PAIR, REGISTER + ["--moved", "{tmp}/moved.png"],
+     "{tmp}/moved.png: unsupported file type"),
+    ("two outputs on one file", PAIR,
+     REGISTER + ["--moved", "{tmp}/o.npy", "--deformation", "{tmp}/o.npy"],
+     "--moved, --deformation must be different files"),
+    ("output over an input", PAIR, REGISTER + ["--moved", "{tmp}/m.npy"],
+     "--moved {tmp}/m.npy would overwrite an input file"),
+    ("moving_seg without moved_seg", {**PAIR, "l.npy": lambda p: np.save(p, IMAGE > 0.5)},
+     REGISTER + ["--moved", "{tmp}/o.npy", "--moving_seg", "{tmp}/l.npy"],
+     "--moving_seg and --moved_seg go together"),
+    ("missing model", PAIR, ["register", "--model", "{tmp}/none.keras", "--moving",
+                             "{tmp}/m.npy", "--static", "{tmp}/s.npy", "--moved", "{tmp}/o.npy"],
+     "no such model file"),
+    ("truncated model", {**PAIR, "bad.keras": _write_bytes(b"PK\x03\x04" + bytes(64))},
+     ["register", "--model", "{tmp}/bad.keras", "--moving", "{tmp}/m.npy", "--static",
+      "{tmp}/s.npy", "--moved", "{tmp}/o.npy"], "{tmp}/bad.keras is not a complete .keras file"),
+    ("moving and static of different shapes",
+     {"m.npy": lambda p: np.save(p, IMAGE), "s.npy": lambda p: np.save(p, IMAGE[:8])},
+     REGISTER + ["--moved", "{tmp}/o.npy"], "moving and static shapes differ"),
+    ("2D pair for a 3D model",
+     {"m.npy": lambda p: np.save(p, IMAGE[0]), "s.npy": lambda p: np.save(p, IMAGE[1])},
+     REGISTER + ["--moved", "{tmp}/o.npy"], "do not fit the model's input shape"),
+    ("evaluate: labels in no label map",
+     {"t.npz": lambda p: _save_npz(p, vols=GOOD_4D[:2], segs=(GOOD_4D[:2] > 0.5) * 3)},
+     ["evaluate", "--model", "{model}", "--data", "{tmp}/t.npz", "--labels", "3", "5",
+      "--output", "{tmp}/e"], "--labels [5] are in none of the label maps (present: [3])"),
+    ("evaluate: labels without label maps", {"t.npz": lambda p: _save_npz(p, vols=GOOD_4D[:2])},
+     ["evaluate", "--model", "{model}", "--data", "{tmp}/t.npz", "--labels", "1",
+      "--output", "{tmp}/e"], "the data has no label maps"),
+    ("evaluate: output is a file", {"t.npz": lambda p: _save_npz(p, vols=GOOD_4D[:2]),
+                                    "e": _write_bytes(b"")},
+     ["evaluate", "--model", "{model}", "--data", "{tmp}/t.npz", "--output", "{tmp}/e"],
+     "--output {tmp}/e is a file"),
+    ("evaluate: 3D volumes too large", {"t.npy": lambda p: np.save(p, np.ones((2, 8, 8, 32)))},
+     ["evaluate", "--model", "{model}", "--data", "{tmp}/t.npy", "--output", "{tmp}/e"],
+     "do not fit the model's input shape"),
+    ("evaluate: one 3D volume (3 axes)", {"t.npy": lambda p: np.save(p, GOOD_4D[0])},
+     ["evaluate", "--model", "{model}", "--data", "{tmp}/t.npy", "--output", "{tmp}/e"],
+     "scan-to-scan pairs need at least 2 volumes, got 1"),
+]
+
+
+@pytest.mark.parametrize("case, files, argv, message", BAD_COMMANDS,
+                         ids=[case[0] for case in BAD_COMMANDS])
+def test_bad_register_and_evaluate_input_is_one_line_and_writes_nothing(
+        tmp_path, capsys, identity_model, case, files, argv, message):
+    for name, write in files.items():
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        write(str(tmp_path / name))
+    before = sorted(p for p in tmp_path.rglob("*"))
+    argv = [arg.replace("{tmp}", str(tmp_path)).replace("{model}", identity_model)
+            for arg in argv]
+    code = main.main(argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert len(err) == 1 and err[0].startswith("main.py: error: "), err
+    assert message.replace("{tmp}", str(tmp_path)) in err[0]
+    assert sorted(p for p in tmp_path.rglob("*")) == before
+
+
+def test_register_writes_a_bool_label_map_as_uint8_nifti(tmp_path, identity_model):
+    import nibabel as nib
+
+    for name, write in {**PAIR, "l.npy": lambda p: np.save(p, IMAGE > 0.5)}.items():
+        write(str(tmp_path / name))
+    argv = [arg.replace("{tmp}", str(tmp_path)).replace("{model}", identity_model)
+            for arg in REGISTER]
+    assert main.main(argv + ["--moved", str(tmp_path / "o.nii.gz"), "--moving_seg",
+                             str(tmp_path / "l.npy"), "--moved_seg",
+                             str(tmp_path / "ls.nii.gz")]) == 0
+    saved = nib.load(tmp_path / "ls.nii.gz")
+    assert saved.get_data_dtype() == np.uint8
+    np.testing.assert_array_equal(np.asanyarray(saved.dataobj), IMAGE > 0.5)  # zero field
+
+
+def test_register_warns_once_when_the_nifti_affines_differ(tmp_path, capsys, identity_model):
+    import nibabel as nib
+
+    nib.save(nib.Nifti1Image(IMAGE, np.eye(4)), tmp_path / "m.nii.gz")
+    nib.save(nib.Nifti1Image(IMAGE, np.diag([2.0, 2.0, 2.0, 1.0])), tmp_path / "s.nii.gz")
+    assert main.main(["register", "--model", identity_model, "--moving",
+                      str(tmp_path / "m.nii.gz"), "--static", str(tmp_path / "s.nii.gz"),
+                      "--moved", str(tmp_path / "o.nii.gz")]) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["main.py: warning: the moving and static NIfTI affines differ: VoxelMorph "
+                   "registers voxel grids, so align the images first (e.g. affinely to one "
+                   "space)"]
+
+
+def test_eval_json_holds_null_not_nan_for_labels_absent_from_a_pair(tmp_path, identity_model):
+    segs = np.zeros((3, 16, 16, 16), np.uint8)
+    segs[0, :8], segs[1, 8:] = 1, 2  # label 1 only in volume 0, label 2 only in volume 1:
+    np.savez(tmp_path / "t.npz", vols=GOOD_4D[:3], segs=segs)
+    assert main.main(["evaluate", "--model", identity_model, "--data", str(tmp_path / "t.npz"),
+                      "--labels", "1", "2", "--output", str(tmp_path / "e")]) == 0
+    text = (tmp_path / "e" / "eval.json").read_text()
+    assert "NaN" not in text
+    pairs = json.loads(text)["per_pair"]
+    assert [0.0, None] in [pair["dice_after"] for pair in pairs]  # pair 0-2 lacks label 2

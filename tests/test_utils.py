@@ -1,4 +1,7 @@
 """The spatial transformer against scipy.ndimage.map_coordinates, and its basic laws."""
+import hypothesis
+import hypothesis.extra.numpy as hnp
+import hypothesis.strategies as st
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -150,3 +153,25 @@ def test_resize_displacement_maps_voxel_centres_as_block_averaging():
     y = np.arange(16)
     coarse = np.clip((y + 0.5) / 2 - 0.5, 0, 7)
     np.testing.assert_allclose(fine, 2 * coarse, atol=1e-5)
+
+
+@pytest.mark.parametrize("interpolation", ["linear", "nearest"])
+def test_non_finite_coordinates_read_defined_voxels(interpolation):
+    image = np.arange(12, dtype=np.float32).reshape(1, 3, 4, 1)  # image[i, j] = 4 i + j
+    coords = np.array([[np.nan, 2.0], [1.0, np.nan], [np.inf, -np.inf], [-np.inf, np.inf]],
+                      np.float32).reshape(1, 4, 1, 2)
+    sampled = utils.interpolate(image, coords, interpolation).numpy().ravel()
+    # NaN reads index 0 along its axis; +-Inf clamp to the last / first voxel.
+    np.testing.assert_array_equal(sampled, [2.0, 4.0, 8.0, 3.0])
+
+
+@hypothesis.settings(max_examples=40, deadline=None)
+@hypothesis.given(coords=hnp.arrays(np.float32, (1, 5, 3, 3),
+                                    elements=st.floats(width=32, allow_nan=True,
+                                                       allow_infinity=True)),
+                  interpolation=st.sampled_from(["linear", "nearest"]))
+def test_any_coordinates_sample_values_of_the_image(coords, interpolation):
+    image = np.arange(2 * 3 * 4, dtype=np.float32).reshape(1, 2, 3, 4, 1) + 1.0
+    sampled = utils.interpolate(image, coords, interpolation).numpy()
+    assert np.all(np.isfinite(sampled))
+    assert sampled.min() >= 1.0 - 1e-5 and sampled.max() <= image.max() + 1e-5

@@ -1,0 +1,177 @@
+"""A training run that survives interruption and divergence.
+
+At the end of every epoch :class:`Checkpoint` writes into the run folder, each file atomically
+(see ``dataloader.atomic_path``), so that a run killed at any moment can be resumed:
+
+- ``checkpoint.keras``: the model with its optimizer state (``keras.models.load_model`` restores
+  both);
+- ``checkpoint.json``: ``epoch`` (epochs completed, which is also the training loader's epoch:
+  its batches depend on ``(seed, epoch, index)`` only), ``history`` (every logged value per
+  epoch), ``iterations`` (optimizer steps, which must match the model's) and, with
+  ``keep_best``, ``best_epoch`` and ``best_val_loss``;
+- ``history.csv``: the same history, one row per epoch (the columns of Keras' ``CSVLogger``);
+- ``best.keras``: with ``keep_best``, the model of the lowest validation loss so far.
+
+An epoch whose losses are not all finite is never written. :class:`StopOnDivergence` stops
+training at the first batch whose loss is NaN or Inf and records where.
+"""
+import csv
+import glob
+import json
+import math
+import os
+import zipfile
+
+import keras
+
+import dataloader
+
+CHECKPOINT = "checkpoint.keras"
+STATE = "checkpoint.json"
+HISTORY = "history.csv"
+BEST = "best.keras"
+
+
+class Diverged(RuntimeError):
+    """Training stopped on a non-finite loss; the message names the likely cause."""
+
+
+def write_json(path: str, content: dict) -> None:
+    """Write ``content`` as JSON, atomically; NaN and Inf become ``null`` (strict JSON)."""
+    with dataloader.atomic_path(path) as tmp, open(tmp, "w") as file:
+        json.dump(_finite(content), file, indent=2, allow_nan=False)
+
+
+def _finite(value):
+    """``value`` with every non-finite float, at any depth, replaced by None."""
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(item) for item in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def read_json(path: str) -> dict:
+    """A JSON file of a run folder, or ``DataError`` naming what is wrong with it."""
+    try:
+        with open(path) as file:
+            return json.load(file)
+    except FileNotFoundError as error:
+        raise dataloader.DataError(f"no {os.path.basename(path)} in "
+                                   f"{os.path.dirname(path) or '.'}: not a training run "
+                                   f"folder") from error
+    except (OSError, ValueError) as error:
+        raise dataloader.DataError(f"cannot read {path}: {error}") from error
+
+
+def write_history(path: str, history: dict[str, list[float]]) -> None:
+    """Write ``{name: values per epoch}`` as CSV: ``epoch`` then the names in sorted order."""
+    names = sorted(history)
+    epochs = len(history[names[0]]) if names else 0
+    with dataloader.atomic_path(path) as tmp, open(tmp, "w", newline="") as file:
+        writer = csv.writer(file)
+        writer.writerow(["epoch", *names])
+        for epoch in range(epochs):
+            writer.writerow([epoch, *(history[name][epoch] for name in names)])
+
+
+def save_model(model: keras.Model, path: str) -> None:
+    """``model.save(path)`` (weights, optimizer state), atomically."""
+    with dataloader.atomic_path(path) as tmp:
+        model.save(tmp)
+
+
+class Checkpoint(keras.callbacks.Callback):
+    """Write the run folder's checkpoint files at the end of every epoch (see module doc).
+
+    Parameters
+    ----------
+    run_dir : str
+        The run folder (it must exist).
+    state : dict, optional
+        ``checkpoint.json`` of the run being resumed; by default a new run.
+    keep_best : bool
+        Also keep ``best.keras``, the model of the lowest ``val_loss``.
+    """
+
+    def __init__(self, run_dir: str, state: dict | None = None, keep_best: bool = False):
+        super().__init__()
+        self.run_dir, self.keep_best = run_dir, keep_best
+        self.state = {"epoch": 0, "history": {}, "best_epoch": None, "best_val_loss": None,
+                      **(state or {})}
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        logs = {key: float(value) for key, value in (logs or {}).items()}
+        if not all(math.isfinite(value) for value in logs.values()):
+            return  # a diverged epoch: keep the last good checkpoint
+        state = self.state
+        for key, value in logs.items():
+            state["history"].setdefault(key, []).append(value)
+        state["epoch"], state["iterations"] = epoch + 1, int(self.model.optimizer.iterations)
+        save_model(self.model, os.path.join(self.run_dir, CHECKPOINT))
+        best = state["best_val_loss"]
+        if self.keep_best and "val_loss" in logs and (best is None or logs["val_loss"] < best):
+            state["best_epoch"], state["best_val_loss"] = epoch + 1, logs["val_loss"]
+            save_model(self.model, os.path.join(self.run_dir, BEST))
+        write_history(os.path.join(self.run_dir, HISTORY), state["history"])
+        write_json(os.path.join(self.run_dir, STATE), state)  # last: it commits the epoch
+
+
+class StopOnDivergence(keras.callbacks.Callback):
+    """Stop training at the first batch whose loss is NaN or Inf.
+
+    Attributes
+    ----------
+    diverged : tuple or None
+        ``(epoch, step, loss)`` of that batch, counted from 1 as Keras prints them; None while
+        the losses are finite.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.epoch, self.diverged = 0, None
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        self.epoch = epoch
+
+    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        loss = float((logs or {}).get("loss", 0.0))
+        if not math.isfinite(loss) and self.diverged is None:
+            self.diverged = (self.epoch + 1, batch + 1, loss)
+            self.model.stop_training = True
+
+
+def check_keras_file(path: str) -> None:
+    """Refuse a ``.keras`` file that is not a zip archive (truncated or of another format)."""
+    if not zipfile.is_zipfile(path):
+        raise dataloader.DataError(f"{path} is not a complete .keras file (not a zip archive: "
+                                   f"truncated or of another format)")
+
+
+def load_checkpoint(run_dir: str) -> tuple[keras.Model, dict]:
+    """The model (compiled, with its optimizer state) and ``checkpoint.json`` of a run folder.
+
+    Temporary files that a killed run left behind (``dataloader.atomic_path``) are removed.
+
+    Raises
+    ------
+    dataloader.DataError
+        If the folder holds no complete checkpoint.
+    """
+    state = read_json(os.path.join(run_dir, STATE))
+    for leftover in glob.glob(os.path.join(run_dir, ".*.tmp*")):
+        os.remove(leftover)
+    path = os.path.join(run_dir, CHECKPOINT)
+    if not isinstance(state.get("epoch"), int) or not os.path.isfile(path):
+        raise dataloader.DataError(f"{run_dir} holds no complete checkpoint: nothing to resume")
+    check_keras_file(path)
+    try:
+        model = keras.models.load_model(path)
+    except Exception as error:  # Keras raises several types for files it cannot read
+        raise dataloader.DataError(f"cannot load {path}: {error}") from error
+    if int(model.optimizer.iterations) != state.get("iterations"):  # killed between 2 renames
+        raise dataloader.DataError(f"{path} and {STATE} are of different epochs: delete the "
+                                   f"run folder's checkpoint files and train again")
+    return model, state

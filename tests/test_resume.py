@@ -1,0 +1,203 @@
+"""Checkpoints, --resume and the divergence stop (checkpoint.py through main.py)."""
+import csv
+import importlib.util
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import keras
+import numpy as np
+import pytest
+from matplotlib.image import imread
+
+import checkpoint
+import main
+import models
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture
+def tiny_set(tmp_path):
+    """Five 16x16 images: scan-to-scan pairs, three training and two validation images."""
+    path = tmp_path / "vols.npy"
+    np.save(path, np.random.default_rng(0).random((5, 16, 16)).astype(np.float32))
+    return ["--data", str(path), "--ndim", "2", "--model", "vm1", "--steps_per_epoch", "3",
+            "--lr", "1e-2"]
+
+
+def history_rows(run_dir) -> list[dict]:
+    with open(os.path.join(run_dir, checkpoint.HISTORY), newline="") as file:
+        return list(csv.DictReader(file))
+
+
+def weights(path) -> list[np.ndarray]:
+    return keras.models.load_model(path).get_weights()
+
+
+def test_resumed_run_ends_with_the_weights_of_an_unbroken_one(tmp_path, tiny_set, monkeypatch):
+    tiny_set = tiny_set + ["--keep_best"]
+    assert main.main(tiny_set + ["--epochs", "4", "--output", str(tmp_path / "unbroken")]) == 0
+
+    save_epoch = checkpoint.Checkpoint.on_epoch_end
+
+    def interrupt_after_epoch_2(self, epoch, logs=None):
+        save_epoch(self, epoch, logs)
+        if epoch == 1:
+            raise KeyboardInterrupt  # as Ctrl-C after the second checkpoint
+
+    monkeypatch.setattr(checkpoint.Checkpoint, "on_epoch_end", interrupt_after_epoch_2)
+    run = str(tmp_path / "broken")
+    with pytest.raises(KeyboardInterrupt):
+        main.main(tiny_set + ["--epochs", "4", "--output", run])
+    assert not os.path.exists(os.path.join(run, "model.keras"))
+    monkeypatch.setattr(checkpoint.Checkpoint, "on_epoch_end", save_epoch)
+    assert main.main(["--resume", run]) == 0
+
+    for name in (checkpoint.CHECKPOINT, checkpoint.BEST, "model.keras"):
+        for unbroken, resumed in zip(weights(tmp_path / "unbroken" / name),
+                                     weights(os.path.join(run, name))):
+            np.testing.assert_array_equal(resumed, unbroken)
+    assert history_rows(run) == history_rows(tmp_path / "unbroken")
+    val_loss = [float(row["val_loss"]) for row in history_rows(run)]  # --keep_best:
+    assert json.loads(open(os.path.join(run, "metrics.json")).read())["best_epoch"] == \
+        int(np.argmin(val_loss)) + 1
+    for best, final in zip(weights(os.path.join(run, checkpoint.BEST)),
+                           weights(os.path.join(run, "model.keras"))):
+        np.testing.assert_array_equal(final, best)
+
+
+def test_keep_best_saves_the_model_of_the_lowest_validation_loss(tmp_path):
+    model = models.build_model((16, 16), "vm1")
+    model.optimizer.build(model.trainable_variables)
+    saver = checkpoint.Checkpoint(str(tmp_path), keep_best=True)
+    saver.set_model(model)
+    layer = model.get_layer("deformation")
+    for epoch, val_loss in enumerate([3.0, 1.0, 2.0]):
+        layer.set_weights([np.full_like(w, epoch) for w in layer.get_weights()])
+        saver.on_epoch_end(epoch, {"loss": 0.0, "val_loss": val_loss})
+    state = checkpoint.read_json(str(tmp_path / checkpoint.STATE))
+    assert (state["epoch"], state["best_epoch"], state["best_val_loss"]) == (3, 2, 1.0)
+    best = keras.models.load_model(tmp_path / checkpoint.BEST).get_layer("deformation")
+    last = keras.models.load_model(tmp_path / checkpoint.CHECKPOINT).get_layer("deformation")
+    assert np.all(best.get_weights()[0] == 1.0) and np.all(last.get_weights()[0] == 2.0)
+
+
+def test_resume_refuses_other_flags_and_folders_without_a_run(tmp_path, capsys):
+    assert main.main(["--resume", str(tmp_path), "--epochs", "3"]) == 2
+    assert "drop --epochs" in capsys.readouterr().err
+    assert main.main(["--resume", str(tmp_path)]) == 2
+    assert "not a training run folder" in capsys.readouterr().err
+
+
+def test_a_new_run_refuses_a_folder_that_holds_one(tmp_path, tiny_set, capsys):
+    (tmp_path / "args.json").write_text("{}")
+    assert main.main(tiny_set + ["--epochs", "1", "--output", str(tmp_path)]) == 2
+    assert f"--resume {tmp_path}" in capsys.readouterr().err
+
+
+def loadable(path: str) -> bool:
+    """Read a run folder's file by its type; True when it parses."""
+    if path.endswith(".keras"):
+        return keras.models.load_model(path) is not None
+    if path.endswith(".json"):
+        with open(path) as file:
+            return isinstance(json.load(file), dict)
+    if path.endswith(".csv"):
+        return len(history_rows(os.path.dirname(path))) > 0
+    if path.endswith(".npz"):
+        with np.load(path) as stored:
+            return all(stored[key].size for key in stored)
+    if path.endswith(".png"):
+        return imread(path).ndim == 3
+    return False
+
+
+def test_sigkilled_training_resumes_without_losing_an_epoch(tmp_path, tiny_set):
+    run, epochs = str(tmp_path / "run"), 8
+    command = [sys.executable, "main.py", *tiny_set, "--epochs", str(epochs),
+               "--steps_per_epoch", "2", "--output", run]
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE,
+                               stderr=subprocess.DEVNULL, text=True)
+    state = os.path.join(run, checkpoint.STATE)
+    deadline = time.time() + 240
+    while time.time() < deadline and process.poll() is None:
+        if os.path.exists(state) and json.load(open(state))["epoch"] >= 2:
+            break
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    printed, _ = process.communicate()
+    assert process.returncode == -signal.SIGKILL, "training ended before it could be killed"
+    printed_epochs = sum(line.startswith("2/2 - ") for line in printed.splitlines())  # verbose=2
+    kept = checkpoint.read_json(state)["epoch"]
+    assert 2 <= kept < epochs and kept >= printed_epochs - 1  # at most the one being written
+
+    assert main.main(["--resume", run]) == 0
+    rows = history_rows(run)
+    assert [int(row["epoch"]) for row in rows] == list(range(epochs))
+    assert checkpoint.read_json(state)["epoch"] == epochs
+    files = sorted(os.listdir(run))
+    assert not [name for name in files if name.startswith(".")]  # no temporary file left
+    assert all(loadable(os.path.join(run, name)) for name in files), files
+
+
+class NaNFrom(keras.utils.PyDataset):
+    """Pairs of 16x16 images; from the ``first_bad``-th batch drawn on, NaN moving images."""
+
+    def __init__(self, first_bad: int):
+        super().__init__()
+        self.first_bad, self.drawn = first_bad, 0
+
+    def __len__(self) -> int:
+        return 3
+
+    def __getitem__(self, index: int):
+        self.drawn += 1
+        moving = np.random.default_rng(index).random((1, 16, 16, 1)).astype(np.float32)
+        if self.drawn >= self.first_bad:
+            moving[:] = np.nan
+        zeros = np.zeros((1, 16, 16, 2), np.float32)
+        return {"moving": moving, "static": moving[:, ::-1]}, {"moved": moving,
+                                                               "deformation": zeros}
+
+
+def test_a_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(tmp_path):
+    model = models.build_model((16, 16), "vm1")
+    stop, saver = checkpoint.StopOnDivergence(), checkpoint.Checkpoint(str(tmp_path))
+    model.fit(NaNFrom(8), epochs=5, shuffle=False, verbose=0, callbacks=[stop, saver])
+    epoch, step, loss = stop.diverged  # counted from 1
+    assert 2 <= epoch < 5 and 1 <= step <= 3 and np.isnan(loss)
+    assert checkpoint.read_json(str(tmp_path / checkpoint.STATE))["epoch"] == epoch - 1
+    assert len(history_rows(tmp_path)) == epoch - 1
+    kept, _ = checkpoint.load_checkpoint(str(tmp_path))
+    assert all(np.all(np.isfinite(w)) for w in kept.get_weights())
+
+
+def test_a_diverging_run_exits_with_one_line_that_names_the_fix(tmp_path, tiny_set, capsys):
+    run = tmp_path / "run"
+    assert main.main(tiny_set + ["--lr", "1e6", "--epochs", "2", "--output", str(run)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("main.py: error: training diverged at epoch 1")
+    assert "lower --lr (now 1e+06)" in err[0]
+    assert not os.path.exists(run / "model.keras") and not os.path.exists(run / "metrics.json")
+
+
+HAS_TENSORBOARD = importlib.util.find_spec("tensorboard") is not None
+
+
+@pytest.mark.skipif(HAS_TENSORBOARD, reason="tensorboard is installed")
+def test_tensorboard_without_its_package_is_a_one_line_error(tmp_path, tiny_set, capsys):
+    assert main.main(tiny_set + ["--tensorboard", "--output", str(tmp_path / "run")]) == 2
+    assert "pip install tensorboard" in capsys.readouterr().err
+    assert not os.path.exists(tmp_path / "run")
+
+
+@pytest.mark.skipif(not HAS_TENSORBOARD, reason="needs the tensorboard package")
+def test_tensorboard_writes_event_files_into_the_run(tmp_path, tiny_set):
+    run = tmp_path / "run"
+    assert main.main(tiny_set + ["--tensorboard", "--epochs", "1", "--output", str(run)]) == 0
+    events = [name for _, _, names in os.walk(run / "tensorboard") for name in names]
+    assert any(name.startswith("events.out.tfevents") for name in events)
