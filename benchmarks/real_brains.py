@@ -119,17 +119,19 @@ def train(name: str, flags: list[str], train_set: str, test_set: str, folder: st
           args) -> float:
     """Train VoxelMorph-2 with ``main.py`` and the given flags; return the training seconds.
 
-    A finished run in ``folder/name`` is reused. The test pairs serve as ``--val_data`` only for
-    the logged validation loss; nothing is selected on them.
+    A finished run in ``folder/name`` is reused, an interrupted one resumed. The test pairs
+    serve as ``--val_data`` only for the logged validation loss; nothing is selected on them.
     """
     import main
 
     run = os.path.join(folder, name)
     if not os.path.exists(os.path.join(run, "metrics.json")):
-        code = main.main(["--data", train_set, "--val_data", test_set, "--pairs", "scan_to_scan",
-                          "--model", "vm2", "--epochs", str(args.epochs),
-                          "--steps_per_epoch", str(args.steps_per_epoch), "--lr", str(args.lr),
-                          "--output", run, "--seed", str(args.seed), *flags])
+        resume = os.path.exists(os.path.join(run, "args.json"))  # an interrupted training
+        code = main.main(["--resume", run] if resume else [
+            "--data", train_set, "--val_data", test_set, "--pairs", "scan_to_scan",
+            "--model", "vm2", "--epochs", str(args.epochs), "--steps_per_epoch",
+            str(args.steps_per_epoch), "--lr", str(args.lr), "--output", run, "--seed",
+            str(args.seed), *flags])
         if code:
             sys.exit(f"real_brains.py: error: training {name} failed")
     with open(os.path.join(run, "metrics.json")) as file:
