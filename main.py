@@ -87,7 +87,7 @@ def _add_finetune_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--finetune_steps", type=_positive(int, zero=True), default=0,
                         help="instance optimisation: Adam steps on each pair's own image loss "
                              "before registering it (its label maps are never used)")
-    parser.add_argument("--finetune_lr", type=_positive(float), default=1e-4,
+    parser.add_argument("--finetune_lr", type=_positive(float), default=1e-3,
                         help="learning rate of --finetune_steps")
 
 

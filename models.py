@@ -371,7 +371,7 @@ def register(model: keras.Model, moving: np.ndarray, static: np.ndarray,
 
 
 def finetune(model: keras.Model, moving: np.ndarray, static: np.ndarray, steps: int,
-             lr: float = 1e-4) -> keras.Model:
+             lr: float = 1e-3) -> keras.Model:
     """Instance-specific optimisation (TMI 2019, Sec. V-E): a copy trained on one pair.
 
     Starting from the trained weights, ``steps`` Adam steps minimise the model's own training
@@ -425,7 +425,7 @@ def _finetuned(model: keras.Model, moving: np.ndarray, static: np.ndarray, steps
 
 def register_volumes(model: keras.Model, moving: np.ndarray, static: np.ndarray,
                      moving_seg: np.ndarray | None = None, finetune_steps: int = 0,
-                     finetune_lr: float = 1e-4) -> dict:
+                     finetune_lr: float = 1e-3) -> dict:
     """Register volumes of any size and intensity range up to the model's input shape.
 
     The pair is scaled to [0, 1] and zero-padded (centred) to the model's input shape as in
@@ -485,7 +485,7 @@ def register_volumes(model: keras.Model, moving: np.ndarray, static: np.ndarray,
 
 def evaluate_pairs(model: keras.Model, pairs: dataloader.Pairs, labels=None, keep: int = 0,
                    shape: tuple[int, ...] | None = None, spacing=None, finetune_steps: int = 0,
-                   finetune_lr: float = 1e-4) -> tuple[list[dict], list[dict]]:
+                   finetune_lr: float = 1e-3) -> tuple[list[dict], list[dict]]:
     """Register every pair once and score it on the volumes' own grid.
 
     Parameters

@@ -166,7 +166,7 @@ def register_full_resolution(model, moving, static, finetune_steps: int,
 
 
 def voxelmorph(model_path: str, test_set: str, full, pairs, finetune_steps: int = 0,
-               finetune_lr: float = 1e-4) -> dict:
+               finetune_lr: float = 1e-3) -> dict:
     """Register the test pairs with a trained model and score them at full resolution."""
     import keras
 
@@ -291,7 +291,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="gamma of the segmentation-aided row")
     parser.add_argument("--finetune_steps", type=int, default=50,
                         help="instance optimisation steps of the last VoxelMorph row")
-    parser.add_argument("--finetune_lr", type=float, default=1e-4)
+    parser.add_argument("--finetune_lr", type=float, default=1e-3)
     parser.add_argument("--methods", nargs="+", default=["vm2", *OPTIONS, "best", "finetune",
                                                          "ants"],
                         choices=["vm2", *OPTIONS, "best", "finetune", "ants"],
