@@ -49,7 +49,7 @@ OPTIONS = {"int_steps": ["--int_steps", "7", "--int_downsize", "2"], "bidir": ["
 NAMES = {"vm2": "VM-2 (CVPR)", "int_steps": "VM-2 + --int_steps 7 --int_downsize 2",
          "bidir": "VM-2 + --bidir",
          "seg": "VM-2 + --seg_weight {seg_weight:g}", "best": "best: VM-2 + {best}",
-         "finetune": "best + --finetune_steps {finetune_steps}",
+         "finetune": "{tuned} + --finetune_steps {finetune_steps}",
          "ants": "ANTs SyN (CC), 128^3"}
 
 
@@ -338,9 +338,10 @@ def main() -> None:
     helped = [name for name in OPTIONS if name in results and "vm2" in results
               and summary(results[name])["dice"]["mean"] > summary(results["vm2"])["dice"]["mean"]]
     best_flags = [flag for name in helped for flag in options[name]]
-    # With one option (or none) that helped, its row (or the CVPR one) is the best combination.
-    best = "best" if len(helped) > 1 else (helped[0] if helped else "vm2")
-    if "best" in args.methods and best == "best":
+    # With one option (or none) that helped, or without the "best" row, the best row trained.
+    best = ("best" if len(helped) > 1 and "best" in args.methods else
+            max(["vm2", *helped], key=lambda name: summary(results[name])["dice"]["mean"]))
+    if best == "best":
         run("best", best_flags)
     if "finetune" in args.methods and best in results:
         run("finetune", results[best]["flags"], args.finetune_steps, model=best)
@@ -355,6 +356,7 @@ def main() -> None:
     grid = 128 // args.downsample
     labels = {"seg_weight": args.seg_weight, "finetune_steps": args.finetune_steps,
               "best": " ".join(best_flags) or "(no option helped)"}
+    labels["tuned"] = NAMES[best].format(**labels)
     rows = [("affine only", summary(results["affine"]), None)]
     rows += [(NAMES[name].format(**labels) + (f", {grid}^3" if name != "ants" else ""),
               summary(result), minutes.get(name)) for name, result in results.items()
