@@ -399,7 +399,7 @@ def plot_dice(evaluation, fname: str | None = None) -> Figure:
     hd95_key = next((key for key in ("hd95_mm", "hd95") if key in evaluation["per_pair"][0]),
                     None)
     rotate = len(names) > 6
-    fig = Figure(figsize=(max(5.0, 1.0 + 0.45 * len(names)),
+    fig = Figure(figsize=(max(6.5, 1.0 + 0.45 * len(names)),
                           (5.4 if rotate else 4.4) + (3.2 if hd95_key else 0.0)),
                  layout="constrained")
     axes = fig.subplots(2 if hd95_key else 1, 1, sharex=True, squeeze=False)[:, 0]
