@@ -281,7 +281,15 @@ def folding_fraction(deformation: np.ndarray) -> float:
     deformation : np.ndarray
         ``(*spatial, ndim)`` displacement in voxels, 'ij' order.
     """
-    return float(np.mean(jacobian_determinant(deformation) <= 0))
+    return _folding(jacobian_determinant(deformation))
+
+
+def _folding(determinant: np.ndarray) -> float:
+    return float(np.mean(determinant <= 0))
+
+
+def _log_spread(determinant: np.ndarray) -> float:
+    return float(np.std(np.log(np.clip(determinant, 1e-9, 1e9))))
 
 
 def _spacing(spacing, ndim: int) -> np.ndarray:
@@ -373,8 +381,7 @@ def sdlogj(deformation: np.ndarray) -> float:
     deformation : np.ndarray
         ``(*spatial, ndim)`` displacement in voxels, 'ij' order.
     """
-    determinant = np.clip(jacobian_determinant(deformation), 1e-9, 1e9)
-    return float(np.std(np.log(determinant)))
+    return _log_spread(jacobian_determinant(deformation))
 
 
 def score_registration(moving: np.ndarray, static: np.ndarray, moved: np.ndarray,
@@ -409,8 +416,9 @@ def score_registration(moving: np.ndarray, static: np.ndarray, moved: np.ndarray
     def ncc(image: np.ndarray) -> float:
         return -float(LocalNCC()(static[None, ..., None], image[None, ..., None]))
 
+    determinant = jacobian_determinant(deformation)  # once, for folding and SDlogJ
     scores = {"ncc_before": ncc(moving), "ncc_after": ncc(moved),
-              "folding_fraction": folding_fraction(deformation), "sdlogj": sdlogj(deformation)}
+              "folding_fraction": _folding(determinant), "sdlogj": _log_spread(determinant)}
     if moving_seg is not None and static_seg is not None and moved_seg is not None:
         scores["dice_before"] = dice(moving_seg, static_seg, labels).tolist()
         scores["dice_after"] = dice(moved_seg, static_seg, labels).tolist()
