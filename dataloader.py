@@ -25,6 +25,8 @@ from collections.abc import Callable, Iterator
 import keras
 import numpy as np
 
+import metrics
+
 NIFTI = (".nii", ".nii.gz")
 FORMATS = ".npy, .npz, .nii or .nii.gz"
 
@@ -413,12 +415,11 @@ def _spacing(spacing, ndim: int, path: str) -> tuple[float, ...] | None:
     """``(ndim,)`` voxel size in mm from one value or one per axis; None stays None."""
     if spacing is None:
         return None
-    values = np.ravel(spacing)
-    if (not np.issubdtype(values.dtype, np.number) or values.size not in (1, ndim)
-            or not np.all(np.isfinite(values) & (values > 0))):
+    try:
+        return tuple(metrics.voxel_size(spacing, ndim).tolist())
+    except (TypeError, ValueError) as error:
         raise DataError(f"{path}: spacing must be one positive value or {ndim} (one per axis), "
-                        f"got {values.tolist()}")
-    return tuple(float(value) for value in np.broadcast_to(values, (ndim,)))
+                        f"got {np.ravel(spacing).tolist()}") from error
 
 
 def _label_ids(labels: np.ndarray | None, path: str) -> np.ndarray | None:

@@ -292,11 +292,11 @@ def _log_spread(determinant: np.ndarray) -> float:
     return float(np.std(np.log(np.clip(determinant, 1e-9, 1e9))))
 
 
-def _spacing(spacing, ndim: int) -> np.ndarray:
-    """``(ndim,)`` voxel size from a scalar or one value per axis; ValueError if not positive."""
-    spacing = np.asarray(spacing, dtype=np.float64)
-    if spacing.ndim == 0:
-        spacing = np.full(ndim, spacing)
+def voxel_size(spacing, ndim: int) -> np.ndarray:
+    """``(ndim,)`` voxel size from one value or one per axis; ValueError if not positive."""
+    spacing = np.ravel(np.asarray(spacing, dtype=np.float64))
+    if spacing.size == 1:
+        spacing = np.repeat(spacing, ndim)
     if spacing.shape != (ndim,) or not np.all(np.isfinite(spacing) & (spacing > 0)):
         raise ValueError(f"spacing must be positive, a scalar or one per axis ({ndim}), "
                          f"got {spacing.tolist()}")
@@ -352,7 +352,7 @@ def hd95(labels_a: np.ndarray, labels_b: np.ndarray, labels=None, spacing=1.0) -
         missed structure scores worst and means stay finite.
     """
     labels_a, labels_b, labels = _label_maps(labels_a, labels_b, labels)
-    spacing = _spacing(spacing, labels_a.ndim)
+    spacing = voxel_size(spacing, labels_a.ndim)
     diagonal = float(np.linalg.norm((np.array(labels_a.shape) - 1) * spacing))
     scores = []
     for label in labels:
