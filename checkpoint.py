@@ -143,11 +143,15 @@ class StopOnDivergence(keras.callbacks.Callback):
             self.model.stop_training = True
 
 
-def check_keras_file(path: str) -> None:
-    """Refuse a ``.keras`` file that is not a zip archive (truncated or of another format)."""
+def load_model(path: str) -> keras.Model:
+    """A saved ``.keras`` model, compiled as trained; ``DataError`` if it cannot be read."""
     if not zipfile.is_zipfile(path):
         raise dataloader.DataError(f"{path} is not a complete .keras file (not a zip archive: "
                                    f"truncated or of another format)")
+    try:
+        return keras.models.load_model(path)
+    except Exception as error:  # Keras raises several types for files it cannot read
+        raise dataloader.DataError(f"cannot load a Keras model from {path}: {error}") from error
 
 
 def load_checkpoint(run_dir: str) -> tuple[keras.Model, dict]:
@@ -166,11 +170,7 @@ def load_checkpoint(run_dir: str) -> tuple[keras.Model, dict]:
     path = os.path.join(run_dir, CHECKPOINT)
     if not isinstance(state.get("epoch"), int) or not os.path.isfile(path):
         raise dataloader.DataError(f"{run_dir} holds no complete checkpoint: nothing to resume")
-    check_keras_file(path)
-    try:
-        model = keras.models.load_model(path)
-    except Exception as error:  # Keras raises several types for files it cannot read
-        raise dataloader.DataError(f"cannot load {path}: {error}") from error
+    model = load_model(path)
     if int(model.optimizer.iterations) != state.get("iterations"):  # killed between 2 renames
         raise dataloader.DataError(f"{path} and {STATE} are of different epochs: delete the "
                                    f"run folder's checkpoint files and train again")

@@ -450,7 +450,7 @@ def train(args) -> str:
         raise checkpoint.Diverged(diverged_message(stop.diverged, args, output, saver.state))
 
     if args.keep_best and saver.state["best_epoch"]:
-        model = keras.models.load_model(os.path.join(output, checkpoint.BEST))
+        model = checkpoint.load_model(os.path.join(output, checkpoint.BEST))
     checkpoint.save_model(model, os.path.join(output, "model.keras"))
     results, samples = models.evaluate_pairs(model, val_pairs, val_set.labels, NUM_SAMPLES,
                                              own_shape, val_set.spacing)
@@ -481,11 +481,7 @@ def load_model(path: str) -> keras.Model:
     """A saved VoxelMorph model, compiled as trained (``--finetune_steps`` reuses its loss)."""
     if not os.path.isfile(path):
         raise dataloader.DataError(f"no such model file: {path}")
-    checkpoint.check_keras_file(path)
-    try:
-        return keras.models.load_model(path)
-    except Exception as error:  # Keras raises several types for files it cannot read
-        raise dataloader.DataError(f"cannot load a Keras model from {path}: {error}") from error
+    return checkpoint.load_model(path)
 
 
 def check_output_files(paths: dict[str, str | None], inputs: list[str]) -> None:
