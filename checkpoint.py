@@ -22,6 +22,7 @@ import math
 import os
 import zipfile
 
+import runtime  # noqa: F401  (TensorFlow's settings: before its first import)
 import keras
 
 import dataloader

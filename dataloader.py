@@ -22,6 +22,7 @@ import warnings
 import zipfile
 from collections.abc import Callable, Iterator
 
+import runtime  # noqa: F401  (TensorFlow's settings: before its first import)
 import keras
 import numpy as np
 

@@ -20,18 +20,17 @@ import sys
 import time
 import warnings
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import runtime  # noqa: F401  (TensorFlow's settings: before its first import)
+import keras
+import numpy as np
+import tensorflow as tf
 
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
-
-import checkpoint  # noqa: E402
-import dataloader  # noqa: E402
-import metrics  # noqa: E402
-import models  # noqa: E402
-import synthetic  # noqa: E402
-import viz  # noqa: E402
+import checkpoint
+import dataloader
+import metrics
+import models
+import synthetic
+import viz
 
 DEFAULT_STEPS = 100  # steps per epoch for generated pairs (default data, scan-to-scan)
 MAX_VAL_PAIRS = 20  # scan-to-scan validation pairs at most, during training

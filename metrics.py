@@ -14,6 +14,7 @@ Hausdorff distance) of label maps, :func:`jacobian_determinant`, :func:`folding_
 :func:`sdlogj` (spread of the log Jacobian determinant) of a displacement field,
 :func:`score_registration` for one registered pair and :func:`summarize` over pairs.
 """
+import runtime  # noqa: F401  (TensorFlow's settings: before its first import)
 import keras
 import numpy as np
 import tensorflow as tf

@@ -18,6 +18,7 @@ of any size and intensity range, and :func:`evaluate_pairs` scores a set of pair
 """
 import time
 
+import runtime  # noqa: F401  (TensorFlow's settings: before its first import)
 import keras
 import numpy as np
 

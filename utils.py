@@ -12,6 +12,7 @@ Everything here works for 2D and 3D (and 1D) through the same code, driven by ``
 """
 import itertools
 
+import runtime  # noqa: F401  (TensorFlow's settings: before its first import)
 import tensorflow as tf
 
 

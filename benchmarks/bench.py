@@ -2,6 +2,14 @@
 
     python3 benchmarks/bench.py                       # all shapes, both models
     python3 benchmarks/bench.py --shapes 80x96x80 --models vm2 --repeats 10 --json bench.json
+    python3 benchmarks/bench.py --kernels eigen onednn_avx2 --shapes 64x64x64 128x128x128
+
+``--kernels`` chooses TensorFlow's CPU kernels, passed to both sides through the environment
+(:data:`KERNELS`): ``onednn`` (this package's setting, ``runtime.py``), ``eigen``
+(``TF_ENABLE_ONEDNN_OPTS=0``: what TensorFlow picks by itself on a CPU without AVX-512 VNNI/BF16
+or AMX, i.e. this package before ``runtime.py``) and ``onednn_avx2`` (oneDNN limited to AVX2 by
+``ONEDNN_MAX_CPU_ISA``: an AVX2 CPU's oneDNN kernels, measured on an AVX-512 one). Every run
+reports the CPU's instruction sets and whether oneDNN was on.
 
 For each (shape, model) it times this package and the official VoxelMorph TF release
 (``../shared/bench/anchor_official_vxm.py``, run by the Python of its own virtual environment,
@@ -35,6 +43,9 @@ SHAPES = ("160x192", "80x96x80", "128x128x128")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ANCHOR = os.path.join(ROOT, "..", "shared", "bench", "anchor_official_vxm.py")
 OFFICIAL_PYTHON = os.path.join(ROOT, "..", "vxm-official", "bin", "python")
+KERNELS = {"onednn": {"TF_ENABLE_ONEDNN_OPTS": "1"},
+           "eigen": {"TF_ENABLE_ONEDNN_OPTS": "0"},
+           "onednn_avx2": {"TF_ENABLE_ONEDNN_OPTS": "1", "ONEDNN_MAX_CPU_ISA": "AVX2"}}
 TRAIN_TO_FORWARD = 3  # a training step's convolution FLOPs per forward FLOP (see model_flops)
 CONVENTIONS = (
     "FLOPs: convolutions only, 2 * K^ndim * Cin * Cout per output voxel (one multiply and one "
@@ -83,7 +94,37 @@ def model_flops(model) -> dict:
     return {"forward": forward, "train_step": TRAIN_TO_FORWARD * forward}
 
 
-def peak_fp32(cpuinfo: str) -> dict:
+def cpu_isa(cpuinfo: str) -> dict:
+    """The vector instruction sets of the first processor, and TensorFlow's oneDNN default.
+
+    Parameters
+    ----------
+    cpuinfo : str
+        The text of Linux's ``/proc/cpuinfo``.
+
+    Returns
+    -------
+    dict
+        ``isa``: the widest of "AVX-512", "AVX2+FMA", "AVX", "SSE" (with " VNNI" when AVX-512
+        VNNI is present), and ``tensorflow_onednn_default``: whether TensorFlow turns oneDNN on
+        by itself on this CPU (x86 with AVX-512 VNNI or BF16, AVX-VNNI or AMX).
+    """
+    flags = set()
+    for line in cpuinfo.splitlines():
+        if line.startswith("flags"):
+            flags = set(line.split(":", 1)[1].split())
+            break
+    if "avx512f" in flags:
+        isa = "AVX-512" + (" VNNI" if "avx512_vnni" in flags else "")
+    elif {"avx2", "fma"} <= flags:
+        isa = "AVX2+FMA"
+    else:
+        isa = "AVX" if "avx" in flags else "SSE"
+    modern = {"avx512_vnni", "avx512_bf16", "avx_vnni", "amx_tile"}
+    return {"isa": isa, "tensorflow_onednn_default": bool(flags & modern)}
+
+
+def peak_fp32(cpuinfo: str, max_isa: str | None = None) -> dict:
     """The processor's peak FP32 rate: cores x clock x FMA units x SIMD floats x 2.
 
     Parameters
@@ -101,6 +142,9 @@ def peak_fp32(cpuinfo: str) -> dict:
         Platinum; 1 unit on some Silver and Bronze parts); AMD Zen 4 (family 25) runs 512-bit
         instructions as two 256-bit halves on 2 FMA pipes, so 8 floats x 2 units; AVX2 with FMA
         8 floats x 2 units; otherwise SSE, 4 floats x 1 unit.
+    max_isa : {"AVX2"}, optional
+        Count the peak of the kernels limited to this instruction set (``ONEDNN_MAX_CPU_ISA``):
+        AVX-512 is then ignored.
     """
     blocks = [dict(line.split(":", 1) for line in block.splitlines() if ":" in line)
               for block in cpuinfo.strip().split("\n\n")]
@@ -112,6 +156,8 @@ def peak_fp32(cpuinfo: str) -> dict:
     first = blocks[0]
     ghz = float(first.get("cpu MHz", "0")) / 1000
     flags = set(first.get("flags", "").split())
+    if max_isa == "AVX2":
+        flags = {flag for flag in flags if not flag.startswith("avx512")}
     amd = first.get("vendor_id") == "AuthenticAMD"
     family = int(first.get("cpu family", "0"))
     if "avx512f" in flags and not (amd and family <= 25):
@@ -144,10 +190,12 @@ def median_seconds(step, repeats: int) -> float:
 
 def measure(model_name: str, shape: tuple[int, ...], repeats: int) -> dict:
     """Time one configuration of this package in this process."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     sys.path.insert(0, ROOT)
+    import runtime  # noqa: F401  (before TensorFlow; the parent set the kernels in the env)
     import numpy as np
     import tensorflow as tf
+
+    from tensorflow.python.util import _pywrap_util_port
 
     import models
 
@@ -168,14 +216,17 @@ def measure(model_name: str, shape: tuple[int, ...], repeats: int) -> dict:
             "flops": model_flops(model),
             "train_step_s": round(train, 4), "inference_s": round(infer, 4),
             "peak_memory_mb": round(peak_mb, 1), "memory": "gpu_peak" if gpus else "cpu_max_rss",
+            "onednn": _pywrap_util_port.IsMklEnabled(),
             "device": tf.config.experimental.get_device_details(gpus[0]).get("device_name", "GPU")
             if gpus else cpu_name()}
 
 
-def run_child(command: list[str]) -> tuple[dict, float]:
-    """Run a benchmark process: the JSON of its last stdout line, and its peak RSS in MB."""
+def run_child(command: list[str], env: dict[str, str]) -> tuple[dict, float]:
+    """Run a benchmark process with ``env`` added to the environment: the JSON of its last
+    stdout line, and its peak RSS in MB."""
     with tempfile.TemporaryFile("w+") as stderr:
-        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=stderr, text=True)
+        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=stderr, text=True,
+                                   env={**os.environ, **env})
         stdout = process.stdout.read()
         process.stdout.close()
         _, status, usage = os.wait4(process.pid, 0)  # the rusage of this child alone
@@ -202,9 +253,10 @@ def parse_shape(text: str) -> tuple[int, ...]:
     return tuple(int(n) for n in text.lower().split("x"))
 
 
-def compare(shape: str, model: str, repeats: int, official_python: str | None,
+def compare(shape: str, model: str, kernels: str, repeats: int, official_python: str | None,
             official_first: bool) -> dict:
-    """This package and the official release on one configuration, one after the other."""
+    """This package and the official release on one configuration, one after the other, both
+    with the CPU kernels ``kernels`` (a key of :data:`KERNELS`)."""
     ours_command = [sys.executable, os.path.abspath(__file__), "--one", model, shape,
                     "--repeats", str(repeats)]
     runs = [("ours", ours_command)]
@@ -213,10 +265,10 @@ def compare(shape: str, model: str, repeats: int, official_python: str | None,
                                   *shape.lower().split("x"), "--repeats", str(repeats)]))
     if official_first:
         runs.reverse()
-    result = {}
+    result = {"kernels": kernels}
     for side, command in runs:
         load = os.getloadavg()[0]
-        figures, peak_mb = run_child(command)
+        figures, peak_mb = run_child(command, KERNELS[kernels])
         figures.setdefault("peak_memory_mb", round(peak_mb, 1))
         result[side] = {**figures, "load_average_1min": round(load, 2)}
     return result
@@ -237,11 +289,12 @@ def rates(result: dict, peak_gflops: float) -> dict:
 
 
 def table(results: list[dict]) -> str:
-    """One Markdown table: ours, official, ratio, GFLOP/s, share of peak, memory, load."""
-    lines = ["| shape | model | GFLOP forward / step | train step s: ours / official (ratio) "
+    """One Markdown table: kernels, ours, official, ratio, GFLOP/s, share of peak, memory, load."""
+    lines = ["| shape | model | kernels (oneDNN) | GFLOP forward / step "
+             "| train step s: ours / official (ratio) "
              "| inference s: ours / official (ratio) | GFLOP/s train / inference "
              "| % of peak train / inference | peak MB: ours / official | load avg |",
-             "|" + "---|" * 9]
+             "|" + "---|" * 10]
     for r in results:
         ours, official, d = r["ours"], r.get("official"), r["derived"]
 
@@ -256,12 +309,43 @@ def table(results: list[dict]) -> str:
             f" / {official['load_average_1min']:.1f}" if official else "")
         lines.append(
             f"| {'x'.join(map(str, ours['shape']))} | {ours['model'].upper()} "
+            f"| {r['kernels']} ({'on' if ours.get('onednn') else 'off'}) "
             f"| {ours['flops']['forward'] / 1e9:.1f} / {ours['flops']['train_step'] / 1e9:.1f} "
             f"| {side('train_step_s', 'train')} | {side('inference_s', 'inference')} "
             f"| {d['train_gflops_per_s']:.1f} / {d['inference_gflops_per_s']:.1f} "
             f"| {100 * d['train_share_of_peak']:.0f} / {100 * d['inference_share_of_peak']:.0f} "
             f"| {memory} | {load} |")
     return "\n".join(lines)
+
+
+def speedups(results: list[dict], before: str = "eigen") -> str:
+    """A Markdown table of how many times faster each kernel setting is than ``before``.
+
+    One row per (shape, model, setting other than ``before``): the ``before`` run's seconds
+    over this setting's, for a training step and an inference, ours and the official release's.
+    Empty when ``before`` was not run.
+    """
+    base = {(tuple(r["ours"]["shape"]), r["ours"]["model"]): r for r in results
+            if r["kernels"] == before}
+    lines = []
+    for r in results:
+        old = base.get((tuple(r["ours"]["shape"]), r["ours"]["model"]))
+        if r["kernels"] == before or old is None:
+            continue
+        cells = []
+        for side in ("ours", "official"):
+            for key in ("train_step_s", "inference_s"):
+                if side in r and side in old:
+                    cells.append(f"{old[side][key] / r[side][key]:.1f}x")
+                else:
+                    cells.append("-")
+        lines.append(f"| {'x'.join(map(str, r['ours']['shape']))} | {r['ours']['model'].upper()} "
+                     f"| {before} -> {r['kernels']} | " + " | ".join(cells) + " |")
+    if not lines:
+        return ""
+    return "\n".join(["| shape | model | kernels | train step: ours | inference: ours "
+                      "| train step: official | inference: official |", "|" + "---|" * 7,
+                      *lines])
 
 
 def write_json(path: str, content: dict) -> None:
@@ -278,6 +362,9 @@ def main() -> None:
                         help="spatial shapes such as 160x192 or 80x96x80")
     parser.add_argument("--models", nargs="+", choices=("vm1", "vm2"), default=["vm1", "vm2"])
     parser.add_argument("--repeats", type=int, default=5, help="timed runs per measurement")
+    parser.add_argument("--kernels", nargs="+", choices=tuple(KERNELS), default=["onednn"],
+                        help="TensorFlow's CPU kernels for both sides (default: onednn, this "
+                             "package's setting); several settings are run one after the other")
     parser.add_argument("--official_python", default=OFFICIAL_PYTHON,
                         help="Python of the official release's virtual environment (set up as "
                              "the anchor's docstring says)")
@@ -295,22 +382,33 @@ def main() -> None:
         print(f"note: official release skipped ({args.official_python} or {ANCHOR} is absent)",
               file=sys.stderr)
     with open("/proc/cpuinfo") as file:
-        peak = peak_fp32(file.read())
+        cpuinfo = file.read()
+    peaks = {kernels: peak_fp32(cpuinfo, KERNELS[kernels].get("ONEDNN_MAX_CPU_ISA"))
+             for kernels in args.kernels}
     results = []
     for shape in args.shapes:
         for model in args.models:
-            print(f"measuring {model} {shape} ...", file=sys.stderr, flush=True)
-            result = compare(shape, model, args.repeats, official, len(results) % 2 == 1)
-            result["derived"] = rates(result, peak["gflops"])
-            results.append(result)
-            print(f"  {json.dumps(result)}", file=sys.stderr, flush=True)
+            for kernels in args.kernels:
+                print(f"measuring {model} {shape} {kernels} ...", file=sys.stderr, flush=True)
+                result = compare(shape, model, kernels, args.repeats, official,
+                                 len(results) % 2 == 1)
+                result["derived"] = rates(result, peaks[kernels]["gflops"])
+                results.append(result)
+                print(f"  {json.dumps(result)}", file=sys.stderr, flush=True)
+    isa = cpu_isa(cpuinfo)
     print(table(results))
-    print(f"\nPeak FP32: {peak['derivation']}.\n{CONVENTIONS}\nCPU: {cpu_name()}, "
-          f"{os.cpu_count()} logical CPUs; load average (1 min) before each run in the last "
-          "column (ours / official).")
+    if speedups(results):
+        print("\n" + speedups(results))
+    for kernels, peak in peaks.items():
+        print(f"\nPeak FP32 ({kernels}): {peak['derivation']}.", end="")
+    default = "on" if isa["tensorflow_onednn_default"] else "off"
+    print(f"\n{CONVENTIONS}\nCPU: {cpu_name()}, {isa['isa']} (TensorFlow's own oneDNN default "
+          f"here: {default}), {os.cpu_count()} logical CPUs; load average (1 min) before each "
+          "run in the last column (ours / official).")
     if args.json:
-        write_json(args.json, {"cpu": cpu_name(), "peak_fp32": peak, "conventions": CONVENTIONS,
-                               "results": results})
+        write_json(args.json, {"cpu": cpu_name(), "isa": isa, "peak_fp32": peaks,
+                               "kernels": {k: KERNELS[k] for k in args.kernels},
+                               "conventions": CONVENTIONS, "results": results})
 
 
 if __name__ == "__main__":

@@ -168,6 +168,7 @@ def register_full_resolution(model, moving, static, finetune_steps: int,
 def voxelmorph(model_path: str, test_set: str, full, pairs, finetune_steps: int = 0,
                finetune_lr: float = 1e-3) -> dict:
     """Register the test pairs with a trained model and score them at full resolution."""
+    import runtime  # noqa: F401  (before TensorFlow: oneDNN on)
     import keras
 
     import dataloader

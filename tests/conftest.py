@@ -1,6 +1,6 @@
-"""Make the top-level modules importable and keep TensorFlow quiet and small."""
+"""Make the top-level modules importable; TensorFlow's settings (runtime.py) before any test."""
 import os
 import sys
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import runtime  # noqa: E402, F401  (oneDNN on, quiet logs: before TensorFlow loads)

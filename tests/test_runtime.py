@@ -1,0 +1,42 @@
+"""TensorFlow's settings are made before it loads, in every module that imports it."""
+import ast
+import glob
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PROBE = ("import os, models; from tensorflow.python.util import _pywrap_util_port as port; "
+         "print(os.environ['TF_ENABLE_ONEDNN_OPTS'], port.IsMklEnabled())")
+
+
+def first_imports(path: str) -> list[str]:
+    """Top-level module names imported by a file, in order (function bodies included)."""
+    names = []
+    for node in ast.walk(ast.parse(open(path).read())):
+        if isinstance(node, ast.Import):
+            names += [(node.lineno, alias.name.split(".")[0]) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names.append((node.lineno, node.module.split(".")[0]))
+    return [name for _, name in sorted(names)]
+
+
+@pytest.mark.parametrize("path", sorted(glob.glob(os.path.join(ROOT, "*.py"))
+                                        + glob.glob(os.path.join(ROOT, "benchmarks", "*.py"))))
+def test_runtime_is_imported_before_tensorflow(path):
+    names = first_imports(path)
+    framework = [i for i, name in enumerate(names) if name in ("tensorflow", "keras")]
+    if framework:
+        assert "runtime" in names[:framework[0]], f"{path} imports TensorFlow before runtime"
+
+
+@pytest.mark.parametrize("setting, expected", [(None, "1 True"), ("0", "0 False")])
+def test_onednn_is_on_unless_the_user_turned_it_off(setting, expected):
+    env = {key: value for key, value in os.environ.items() if key != "TF_ENABLE_ONEDNN_OPTS"}
+    if setting is not None:
+        env["TF_ENABLE_ONEDNN_OPTS"] = setting
+    result = subprocess.run([sys.executable, "-c", PROBE], cwd=ROOT, env=env, text=True,
+                            capture_output=True, timeout=120)
+    assert result.stdout.split()[-2:] == expected.split(), result.stderr[-2000:]
