@@ -1,7 +1,7 @@
 """A training run that survives interruption and divergence.
 
 At the end of every epoch :class:`Checkpoint` writes into the run folder, each file atomically
-(see ``dataloader.atomic_path``), so that a run killed at any moment can be resumed:
+(see ``volumes.atomic_path``), so that a run killed at any moment can be resumed:
 
 - ``checkpoint.keras``: the model with its optimizer state (``keras.models.load_model`` restores
   both);
@@ -25,7 +25,7 @@ import zipfile
 import runtime  # noqa: F401  (TensorFlow's settings: before its first import)
 import keras
 
-import dataloader
+import volumes
 
 CHECKPOINT = "checkpoint.keras"
 STATE = "checkpoint.json"
@@ -39,7 +39,7 @@ class Diverged(RuntimeError):
 
 def write_json(path: str, content: dict) -> None:
     """Write ``content`` as JSON, atomically; NaN and Inf become ``null`` (strict JSON)."""
-    with dataloader.atomic_path(path) as tmp, open(tmp, "w") as file:
+    with volumes.atomic_path(path) as tmp, open(tmp, "w") as file:
         json.dump(_finite(content), file, indent=2, allow_nan=False)
 
 
@@ -60,18 +60,18 @@ def read_json(path: str) -> dict:
         with open(path) as file:
             return json.load(file)
     except FileNotFoundError as error:
-        raise dataloader.DataError(f"no {os.path.basename(path)} in "
-                                   f"{os.path.dirname(path) or '.'}: not a training run "
-                                   f"folder") from error
+        raise volumes.DataError(f"no {os.path.basename(path)} in "
+                                f"{os.path.dirname(path) or '.'}: not a training run "
+                                f"folder") from error
     except (OSError, ValueError) as error:
-        raise dataloader.DataError(f"cannot read {path}: {error}") from error
+        raise volumes.DataError(f"cannot read {path}: {error}") from error
 
 
 def write_history(path: str, history: dict[str, list[float]]) -> None:
     """Write ``{name: values per epoch}`` as CSV: ``epoch`` then the names in sorted order."""
     names = sorted(history)
     epochs = len(history[names[0]]) if names else 0
-    with dataloader.atomic_path(path) as tmp, open(tmp, "w", newline="") as file:
+    with volumes.atomic_path(path) as tmp, open(tmp, "w", newline="") as file:
         writer = csv.writer(file)
         writer.writerow(["epoch", *names])
         for epoch in range(epochs):
@@ -80,7 +80,7 @@ def write_history(path: str, history: dict[str, list[float]]) -> None:
 
 def save_model(model: keras.Model, path: str) -> None:
     """``model.save(path)`` (weights, optimizer state), atomically."""
-    with dataloader.atomic_path(path) as tmp:
+    with volumes.atomic_path(path) as tmp:
         model.save(tmp)
 
 
@@ -147,22 +147,22 @@ class StopOnDivergence(keras.callbacks.Callback):
 def load_model(path: str) -> keras.Model:
     """A saved ``.keras`` model, compiled as trained; ``DataError`` if it cannot be read."""
     if not zipfile.is_zipfile(path):
-        raise dataloader.DataError(f"{path} is not a complete .keras file (not a zip archive: "
-                                   f"truncated or of another format)")
+        raise volumes.DataError(f"{path} is not a complete .keras file (not a zip archive: "
+                                f"truncated or of another format)")
     try:
         return keras.models.load_model(path)
     except Exception as error:  # Keras raises several types for files it cannot read
-        raise dataloader.DataError(f"cannot load a Keras model from {path}: {error}") from error
+        raise volumes.DataError(f"cannot load a Keras model from {path}: {error}") from error
 
 
 def load_checkpoint(run_dir: str) -> tuple[keras.Model, dict]:
     """The model (compiled, with its optimizer state) and ``checkpoint.json`` of a run folder.
 
-    Temporary files that a killed run left behind (``dataloader.atomic_path``) are removed.
+    Temporary files that a killed run left behind (``volumes.atomic_path``) are removed.
 
     Raises
     ------
-    dataloader.DataError
+    volumes.DataError
         If the folder holds no complete checkpoint.
     """
     state = read_json(os.path.join(run_dir, STATE))
@@ -170,9 +170,9 @@ def load_checkpoint(run_dir: str) -> tuple[keras.Model, dict]:
         os.remove(leftover)
     path = os.path.join(run_dir, CHECKPOINT)
     if not isinstance(state.get("epoch"), int) or not os.path.isfile(path):
-        raise dataloader.DataError(f"{run_dir} holds no complete checkpoint: nothing to resume")
+        raise volumes.DataError(f"{run_dir} holds no complete checkpoint: nothing to resume")
     model = load_model(path)
     if int(model.optimizer.iterations) != state.get("iterations"):  # killed between 2 renames
-        raise dataloader.DataError(f"{path} and {STATE} are of different epochs: delete the "
-                                   f"run folder's checkpoint files and train again")
+        raise volumes.DataError(f"{path} and {STATE} are of different epochs: delete the "
+                                f"run folder's checkpoint files and train again")
     return model, state

@@ -27,10 +27,12 @@ import tensorflow as tf
 
 import checkpoint
 import dataloader
+import datasets
 import metrics
 import models
 import synthetic
 import viz
+import volumes
 
 DEFAULT_STEPS = 100  # steps per epoch for generated pairs (default data, scan-to-scan)
 MAX_VAL_PAIRS = 20  # scan-to-scan validation pairs at most, during training
@@ -124,7 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="dimension of the images: the default data as 3D volumes "
                              "(80x96x80, the default) or 2D axial slices (80x96); with --data, "
                              "needed only for a 3-axis array without an atlas. Shape rule: "
-                             + dataloader.SHAPE_RULE)
+                             + datasets.SHAPE_RULE)
     parser.add_argument("--steps_per_epoch", type=_positive(int), default=None,
                         help=f"training steps per epoch (default: {DEFAULT_STEPS} for generated "
                              "pairs, one pass over the subjects for atlas pairs from --data)")
@@ -217,7 +219,7 @@ def _add_evaluate_parser(commands) -> None:
 
 def training_sets(data: str | None, atlas: str | None, pairs: str | None, augment: bool,
                   val_data: str | None, val_fraction: float | None, ndim: int | None
-                  ) -> tuple[dataloader.Dataset, dataloader.Dataset, str]:
+                  ) -> tuple[datasets.Dataset, datasets.Dataset, str]:
     """Training set, validation set and pairing mode of the training flags."""
     if data is None:
         given = [flag for flag, value in (("--atlas", atlas), ("--augment", augment),
@@ -226,35 +228,35 @@ def training_sets(data: str | None, atlas: str | None, pairs: str | None, augmen
                                           ("--pairs scan_to_scan", pairs == "scan_to_scan"))
                  if value]
         if given:
-            raise dataloader.DataError(f"{', '.join(given)} need{'s' * (len(given) == 1)} "
-                                       f"--data: the default data has "
-                                       f"its own atlas and validation set, and is made of "
-                                       f"random deformations already")
+            raise volumes.DataError(f"{', '.join(given)} need{'s' * (len(given) == 1)} "
+                                    f"--data: the default data has "
+                                    f"its own atlas and validation set, and is made of "
+                                    f"random deformations already")
         return (synthetic.load_default_data(ndim or 3), synthetic.default_validation_set(ndim or 3),
                 "atlas")
     if val_data is not None and val_fraction is not None:
-        raise dataloader.DataError("--val_fraction and --val_data exclude each other")
-    train_set, val_set, mode = dataloader.load_training_sets(
+        raise volumes.DataError("--val_fraction and --val_data exclude each other")
+    train_set, val_set, mode = datasets.load_training_sets(
         data, atlas, pairs, val_data, VAL_FRACTION if val_fraction is None else val_fraction, ndim)
     if augment and mode != "scan_to_scan":
-        raise dataloader.DataError("--augment applies to scan_to_scan pairs")
+        raise volumes.DataError("--augment applies to scan_to_scan pairs")
     return train_set, val_set, mode
 
 
-def training_labels(train_set: dataloader.Dataset, seg_weight: float) -> list[int]:
+def training_labels(train_set: datasets.Dataset, seg_weight: float) -> list[int]:
     """Labels of the segmentation loss: the data's ``labels``, else every non-zero one."""
     if not seg_weight:
         return []
     if train_set.segs is None and train_set.atlas_seg is None:
-        raise dataloader.DataError("--seg_weight needs label maps: 'segs' (and 'atlas_seg' for "
-                                   "atlas pairs) in --data")
-    labels, _ = dataloader.scored_labels(train_set)
+        raise volumes.DataError("--seg_weight needs label maps: 'segs' (and 'atlas_seg' for "
+                                "atlas pairs) in --data")
+    labels, _ = datasets.scored_labels(train_set)
     if not labels:
-        raise dataloader.DataError("--seg_weight: the label maps hold no non-zero label")
+        raise volumes.DataError("--seg_weight: the label maps hold no non-zero label")
     return labels
 
 
-def training_loader(train_set: dataloader.Dataset, mode: str, default_data: bool,
+def training_loader(train_set: datasets.Dataset, mode: str, default_data: bool,
                     batch_size: int, steps: int | None, seed: int,
                     augment: bool, targets: dict) -> keras.utils.PyDataset:
     """Generated pairs for the default data and scan-to-scan; subjects to atlas otherwise.
@@ -274,10 +276,10 @@ def training_loader(train_set: dataloader.Dataset, mode: str, default_data: bool
                                                moving_segs=train_set.segs,
                                                static_segs=train_set.atlas_seg, **targets)
     if steps is not None and steps > len(loader):
-        raise dataloader.DataError(f"--steps_per_epoch {steps} is more than one pass over the "
-                                   f"{len(train_set.vols)} training subjects ({len(loader)} "
-                                   f"batches of --batch_size {batch_size}): ask for at most "
-                                   f"{len(loader)}, or more --epochs")
+        raise volumes.DataError(f"--steps_per_epoch {steps} is more than one pass over the "
+                                f"{len(train_set.vols)} training subjects ({len(loader)} "
+                                f"batches of --batch_size {batch_size}): ask for at most "
+                                f"{len(loader)}, or more --epochs")
     return loader
 
 
@@ -302,14 +304,14 @@ def distribution_strategy(gpus: int | None, batch_size: int,
     """
     devices = [device.name for device in tf.config.list_logical_devices(device_type)]
     if gpus is not None and gpus > len(devices):
-        raise dataloader.DataError(f"--gpus {gpus}, but {len(devices)} {device_type} device(s) "
-                                   "are visible")
+        raise volumes.DataError(f"--gpus {gpus}, but {len(devices)} {device_type} device(s) "
+                                "are visible")
     count = len(devices) if gpus is None else gpus
     if count < 2:
         return tf.distribute.get_strategy()
     if batch_size < count:
-        raise dataloader.DataError(f"--batch_size {batch_size} is split across {count} devices: "
-                                   f"give at least {count} pairs, or fewer --gpus")
+        raise volumes.DataError(f"--batch_size {batch_size} is split across {count} devices: "
+                                f"give at least {count} pairs, or fewer --gpus")
     return tf.distribute.MirroredStrategy(devices[:count])
 
 
@@ -324,7 +326,7 @@ def use_mixed_precision(device: str) -> None:
 
 def write_samples(path: str, samples: list[dict]) -> None:
     """Store registered pairs (images, displacements, label maps) for ``viz.py``."""
-    with dataloader.atomic_path(path) as tmp:
+    with volumes.atomic_path(path) as tmp:
         np.savez_compressed(tmp, **{key: np.stack([sample[key] for sample in samples])
                                     for key in samples[0]})
 
@@ -334,18 +336,18 @@ def output_folder(path: str) -> str:
 
     Raises
     ------
-    dataloader.DataError
+    volumes.DataError
         If it, or the nearest existing path above it, is a file, or it cannot be written.
     """
     parent = os.path.dirname(os.path.abspath(path))
     if os.path.exists(path) and not os.path.isdir(path):
-        raise dataloader.DataError(f"--output {path} is a file, not a folder")
+        raise volumes.DataError(f"--output {path} is a file, not a folder")
     while not os.path.exists(parent):  # the nearest existing path above: folders are made in it
         parent = os.path.dirname(parent)
     if not os.path.isdir(parent):
-        raise dataloader.DataError(f"--output {path}: {parent} is a file, not a folder")
+        raise volumes.DataError(f"--output {path}: {parent} is a file, not a folder")
     if not os.access(path if os.path.isdir(path) else parent, os.W_OK | os.X_OK):
-        raise dataloader.DataError(f"cannot write into {path}: permission denied")
+        raise volumes.DataError(f"cannot write into {path}: permission denied")
     return path
 
 
@@ -353,8 +355,8 @@ def training_output(args) -> str:
     """The run folder of a new run: writable and holding no other run."""
     output = output_folder(args.output or os.path.join("runs", time.strftime("%Y%m%d-%H%M%S")))
     if os.path.isfile(os.path.join(output, ARGS)):
-        raise dataloader.DataError(f"{output} already holds a training run: continue it with "
-                                   f"--resume {output}, or choose another --output")
+        raise volumes.DataError(f"{output} already holds a training run: continue it with "
+                                f"--resume {output}, or choose another --output")
     return output
 
 
@@ -363,8 +365,8 @@ def resumed_args(args, parser: argparse.ArgumentParser) -> argparse.Namespace:
     given = sorted(f"--{key}" for key, value in vars(args).items()
                    if key not in ("resume", "command") and value != parser.get_default(key))
     if given:
-        raise dataloader.DataError(f"--resume takes every flag from {args.resume}/{ARGS}; drop "
-                                   f"{', '.join(given)}")
+        raise volumes.DataError(f"--resume takes every flag from {args.resume}/{ARGS}; drop "
+                                f"{', '.join(given)}")
     stored = checkpoint.read_json(os.path.join(args.resume, ARGS))
     return argparse.Namespace(**{**vars(args), **stored, "resume": args.resume,
                                  "output": args.resume})
@@ -392,22 +394,22 @@ def diverged_message(where: tuple, args, output: str, state: dict) -> str:
 def train(args) -> str:
     """Train (or resume), checkpointing every epoch; then write the model, samples, metrics."""
     if args.tensorboard and importlib.util.find_spec("tensorboard") is None:
-        raise dataloader.DataError("--tensorboard needs the tensorboard package: "
-                                   "pip install tensorboard")
+        raise volumes.DataError("--tensorboard needs the tensorboard package: "
+                                "pip install tensorboard")
     output = args.resume or training_output(args)
     train_set, val_set, mode = training_sets(args.data, args.atlas, args.pairs, args.augment,
                                              args.val_data, args.val_fraction, args.ndim)
     own_shape = train_set.shape  # validation pairs are scored on it, without the padding
-    shape = dataloader.padded_shape(train_set.shape, models.DIVISOR)
+    shape = datasets.padded_shape(train_set.shape, models.DIVISOR)
     if shape != train_set.shape:
         print(f"Padded the volumes with zeros from {train_set.shape} to {shape} (sizes must "
               f"divide by {models.DIVISOR})")
-        train_set, val_set = (dataloader.pad_dataset(data, shape) for data in (train_set, val_set))
-    val_pairs = dataloader.make_pairs(val_set, mode, MAX_VAL_PAIRS)
+        train_set, val_set = (datasets.pad_dataset(data, shape) for data in (train_set, val_set))
+    val_pairs = datasets.make_pairs(val_set, mode, MAX_VAL_PAIRS)
     if args.int_downsize > 1 and (not args.int_steps or any(size % args.int_downsize
                                                             for size in train_set.shape)):
-        raise dataloader.DataError(f"--int_downsize {args.int_downsize} needs --int_steps and "
-                                   f"must divide the padded shape {train_set.shape}")
+        raise volumes.DataError(f"--int_downsize {args.int_downsize} needs --int_steps and "
+                                f"must divide the padded shape {train_set.shape}")
     labels = training_labels(train_set, args.seg_weight)
     device = "GPU" if tf.config.list_physical_devices("GPU") else "CPU"
     strategy = distribution_strategy(args.gpus, args.batch_size)
@@ -479,7 +481,7 @@ def report(summary: dict) -> str:
 def load_model(path: str) -> keras.Model:
     """A saved VoxelMorph model, compiled as trained (``--finetune_steps`` reuses its loss)."""
     if not os.path.isfile(path):
-        raise dataloader.DataError(f"no such model file: {path}")
+        raise volumes.DataError(f"no such model file: {path}")
     return checkpoint.load_model(path)
 
 
@@ -495,18 +497,18 @@ def check_output_files(paths: dict[str, str | None], inputs: list[str]) -> None:
     """
     given = {flag: path for flag, path in paths.items() if path}
     for flag, path in given.items():
-        dataloader.file_format(path)
+        volumes.file_format(path)
         folder = os.path.dirname(os.path.abspath(path))
         if not os.path.isdir(folder):
-            raise dataloader.DataError(f"{flag} {path}: no such folder {folder}")
+            raise volumes.DataError(f"{flag} {path}: no such folder {folder}")
         if os.path.isdir(path):
-            raise dataloader.DataError(f"{flag} {path} is a folder, not a file")
+            raise volumes.DataError(f"{flag} {path} is a folder, not a file")
         if not os.access(folder, os.W_OK | os.X_OK):
-            raise dataloader.DataError(f"{flag} {path}: cannot write into {folder}")
+            raise volumes.DataError(f"{flag} {path}: cannot write into {folder}")
         if any(os.path.abspath(path) == os.path.abspath(other) for other in inputs):
-            raise dataloader.DataError(f"{flag} {path} would overwrite an input file")
+            raise volumes.DataError(f"{flag} {path} would overwrite an input file")
     if len({os.path.abspath(path) for path in given.values()}) < len(given):
-        raise dataloader.DataError(f"{', '.join(given)} must be different files")
+        raise volumes.DataError(f"{', '.join(given)} must be different files")
 
 
 def affine_warning(*images) -> None:
@@ -515,27 +517,27 @@ def affine_warning(*images) -> None:
     if len(affines) > 1 and not all(np.allclose(a, affines[0], atol=1e-4) for a in affines):
         warnings.warn("the moving and static NIfTI affines differ: VoxelMorph registers voxel "
                       "grids, so align the images first (e.g. affinely to one space)",
-                      dataloader.DataWarning, stacklevel=2)
+                      volumes.DataWarning, stacklevel=2)
 
 
 def register(args) -> str:
     """Register one pair of files with a trained model and write the outputs."""
     if (args.moving_seg is None) != (args.moved_seg is None):
-        raise dataloader.DataError("--moving_seg and --moved_seg go together")
+        raise volumes.DataError("--moving_seg and --moved_seg go together")
     check_output_files({"--moved": args.moved, "--deformation": args.deformation,
                         "--moved_seg": args.moved_seg},
                        [args.model, args.moving, args.static, args.moving_seg or ""])
     model = load_model(args.model)
-    moving, moving_image = dataloader.load_volume(args.moving)
-    static, reference = dataloader.load_volume(args.static)
+    moving, moving_image = volumes.load_volume(args.moving)
+    static, reference = volumes.load_volume(args.static)
     affine_warning(moving_image, reference)
-    moving_seg = None if args.moving_seg is None else dataloader.load_volume(args.moving_seg)[0]
+    moving_seg = None if args.moving_seg is None else volumes.load_volume(args.moving_seg)[0]
     registered = models.register_volumes(model, moving, static, moving_seg, args.finetune_steps,
                                          args.finetune_lr)
     for path, key in ((args.moved, "moved"), (args.deformation, "deformation"),
                       (args.moved_seg, "moved_seg")):
         if path:
-            dataloader.save_volume(path, registered[key], reference, key == "deformation")
+            volumes.save_volume(path, registered[key], reference, key == "deformation")
     tuned = (f" after {args.finetune_steps} fine-tuning steps "
              f"({registered['finetune_seconds']:.1f} s)" if args.finetune_steps else "")
     return (f"registered {args.moving} to {args.static} in {registered['seconds']:.3f} s "
@@ -543,17 +545,17 @@ def register(args) -> str:
 
 
 def evaluation_set(data: str | None, atlas: str | None, pairs: str | None,
-                   shape: tuple[int, ...]) -> dataloader.Dataset:
+                   shape: tuple[int, ...]) -> datasets.Dataset:
     """The test set of ``evaluate``, for a model of input ``shape`` (not padded yet)."""
     if data is None:
         if atlas is not None or pairs == "scan_to_scan":
-            raise dataloader.DataError("the default data has its own atlas and atlas pairs only")
+            raise volumes.DataError("the default data has its own atlas and atlas pairs only")
         if len(shape) not in synthetic.NUM_VALIDATION:
-            raise dataloader.DataError(f"no default data for a model of input shape {shape}")
+            raise volumes.DataError(f"no default data for a model of input shape {shape}")
         test_set = synthetic.default_validation_set(len(shape))
     else:
-        test_set = dataloader.load_dataset(data, atlas, len(shape))
-    dataloader.padding_to_shape(test_set.shape, shape)  # refuse volumes that do not fit
+        test_set = datasets.load_dataset(data, atlas, len(shape))
+    datasets.padding_to_shape(test_set.shape, shape)  # refuse volumes that do not fit
     return test_set
 
 
@@ -563,9 +565,9 @@ def evaluate(args) -> str:
     model = load_model(args.model)
     shape = models.input_shape(model)
     data = evaluation_set(args.data, args.atlas, args.pairs, shape)
-    mode = dataloader.pairing(data, args.pairs)
-    pairs = dataloader.make_pairs(dataloader.pad_dataset(data, shape), mode, args.max_pairs)
-    labels, names = dataloader.scored_labels(data, args.labels)
+    mode = datasets.pairing(data, args.pairs)
+    pairs = datasets.make_pairs(datasets.pad_dataset(data, shape), mode, args.max_pairs)
+    labels, names = datasets.scored_labels(data, args.labels)
     print(f"evaluating {args.model} on {len(pairs)} {mode} pairs of shape {data.shape}, "
           f"{len(labels)} labels")
     results, _ = models.evaluate_pairs(model, pairs, labels or None, shape=data.shape,
@@ -591,7 +593,7 @@ def write_dice_csv(path: str, labels: list[int], names: list[str] | None, summar
     """Per-structure scores, mean and std over pairs: Dice before and after registration, HD95
     after it in voxels and, when the spacing is known, in mm."""
     keys = [key for key in ("dice_before", "dice_after", "hd95", "hd95_mm") if key in summary]
-    with dataloader.atomic_path(path) as tmp, open(tmp, "w", newline="") as file:
+    with volumes.atomic_path(path) as tmp, open(tmp, "w", newline="") as file:
         writer = csv.writer(file)
         writer.writerow(["label", "name"] + [f"{key}_{stat}" for key in keys
                                              for stat in ("mean", "std")])
@@ -603,7 +605,7 @@ def write_dice_csv(path: str, labels: list[int], names: list[str] | None, summar
 
 def _print_warning(message, category, filename, lineno, file=None, line=None) -> None:
     """Data warnings as one line ``main.py: warning: ...``; others as Python prints them."""
-    if issubclass(category, dataloader.DataWarning):
+    if issubclass(category, volumes.DataWarning):
         print(f"main.py: warning: {message}", file=sys.stderr)
     else:
         sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
@@ -619,9 +621,9 @@ def main(argv: list[str] | None = None) -> int:
             if args.command is None and args.resume:
                 args = resumed_args(args, parser)
             print(command(args))
-        except (dataloader.DataError, checkpoint.Diverged) as error:
+        except (volumes.DataError, checkpoint.Diverged) as error:
             print(f"main.py: error: {' '.join(str(error).split())}", file=sys.stderr)
-            return 2 if isinstance(error, dataloader.DataError) else 1
+            return 2 if isinstance(error, volumes.DataError) else 1
     return 0
 
 

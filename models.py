@@ -23,8 +23,10 @@ import keras
 import numpy as np
 
 import dataloader
+import datasets
 import metrics  # also registers the losses, so that saved models load compiled
 import utils
+import volumes
 
 ENCODER = (16, 32, 32, 32)
 DECODER_VM1 = (32, 32, 32, 32, 8, 8)
@@ -398,8 +400,8 @@ def finetune(model: keras.Model, moving: np.ndarray, static: np.ndarray, steps: 
     """
     config = model.get_compile_config()
     if not config:
-        raise dataloader.DataError("fine-tuning needs the model's training loss: a model "
-                                   "saved after training (compiled)")
+        raise volumes.DataError("fine-tuning needs the model's training loss: a model "
+                                "saved after training (compiled)")
     network = registration_model(model)
     tuned = keras.models.clone_model(network)
     tuned.set_weights(network.get_weights())
@@ -455,36 +457,36 @@ def register_volumes(model: keras.Model, moving: np.ndarray, static: np.ndarray,
 
     Raises
     ------
-    dataloader.DataError
+    volumes.DataError
         If the shapes differ or do not fit the model.
     """
     if moving.shape != static.shape:
-        raise dataloader.DataError(f"moving and static shapes differ: {moving.shape} vs "
-                                   f"{static.shape}")
+        raise volumes.DataError(f"moving and static shapes differ: {moving.shape} vs "
+                                f"{static.shape}")
     if moving_seg is not None:
-        moving_seg = dataloader.as_label_map(moving_seg, "moving label map")
+        moving_seg = volumes.as_label_map(moving_seg, "moving label map")
         if moving_seg.shape != moving.shape:
-            raise dataloader.DataError(f"moving label map shape {moving_seg.shape} differs "
-                                       f"from the moving image's {moving.shape}")
-    padding = dataloader.padding_to_shape(moving.shape, input_shape(model))
-    padded = [None if image is None else dataloader.pad(image, padding)
-              for image in (dataloader.normalize(moving, "moving image"),
-                            dataloader.normalize(static, "static image"), moving_seg)]
+            raise volumes.DataError(f"moving label map shape {moving_seg.shape} differs "
+                                    f"from the moving image's {moving.shape}")
+    padding = datasets.padding_to_shape(moving.shape, input_shape(model))
+    padded = [None if image is None else datasets.pad(image, padding)
+              for image in (datasets.normalize(moving, "moving image"),
+                            datasets.normalize(static, "static image"), moving_seg)]
     network, finetune_seconds = _finetuned(model, *padded[:2], finetune_steps, finetune_lr)
     registered = {**register(network, *padded), "finetune_seconds": finetune_seconds}
     deformation = registered["deformation"]
-    moved = utils.warp(dataloader.pad(moving.astype(np.float32), padding)[None, ..., None],
+    moved = utils.warp(datasets.pad(moving.astype(np.float32), padding)[None, ..., None],
                        deformation[None])
     registered["moved"] = np.asarray(moved)[0, ..., 0]
     registered["deformation"] = np.moveaxis(
-        dataloader.crop(np.moveaxis(deformation, -1, 0), padding), 0, -1)
+        datasets.crop(np.moveaxis(deformation, -1, 0), padding), 0, -1)
     for key in ("moved", "moved_seg"):
         if key in registered:
-            registered[key] = dataloader.crop(registered[key], padding)
+            registered[key] = datasets.crop(registered[key], padding)
     return registered
 
 
-def evaluate_pairs(model: keras.Model, pairs: dataloader.Pairs, labels=None, keep: int = 0,
+def evaluate_pairs(model: keras.Model, pairs: datasets.Pairs, labels=None, keep: int = 0,
                    shape: tuple[int, ...] | None = None, spacing=None, finetune_steps: int = 0,
                    finetune_lr: float = 1e-3) -> tuple[list[dict], list[dict]]:
     """Register every pair once and score it on the volumes' own grid.
@@ -493,7 +495,7 @@ def evaluate_pairs(model: keras.Model, pairs: dataloader.Pairs, labels=None, kee
     ----------
     model : keras.Model
         A VoxelMorph model.
-    pairs : dataloader.Pairs
+    pairs : datasets.Pairs
         Pairs of the model's input shape, images in [0, 1].
     labels : sequence of int, optional
         Labels scored with Dice and HD95 (default: every non-zero label present).
@@ -501,7 +503,7 @@ def evaluate_pairs(model: keras.Model, pairs: dataloader.Pairs, labels=None, kee
         Also return the arrays of the first ``keep`` registered pairs.
     shape : tuple of int, optional
         Spatial shape of the volumes before they were zero-padded (centred, as
-        ``dataloader.pad_dataset`` does) to the model's input shape: every array is cropped back
+        ``datasets.pad_dataset`` does) to the model's input shape: every array is cropped back
         to it before scoring, so that the padding counts in no score. Default: the pairs' shape.
     spacing : float or sequence of float, optional
         Voxel size in mm, for HD95 in mm (see ``metrics.score_registration``).
@@ -518,7 +520,7 @@ def evaluate_pairs(model: keras.Model, pairs: dataloader.Pairs, labels=None, kee
         ``deformation`` and, with label maps, ``moving_seg``, ``static_seg``, ``moved_seg``.
     """
     grid = pairs.moving.shape[1:]
-    padding = dataloader.padding_to_shape(grid if shape is None else shape, grid)
+    padding = datasets.padding_to_shape(grid if shape is None else shape, grid)
     field_padding = padding + [(0, 0)]  # the displacement's vector axis stays whole
     results, samples = [], []
     model = model if finetune_steps else registration_model(model)  # built once
@@ -527,7 +529,7 @@ def evaluate_pairs(model: keras.Model, pairs: dataloader.Pairs, labels=None, kee
         registered = register(network, moving, static, moving_seg)
         arrays = {"moving": moving, "static": static, "moving_seg": moving_seg,
                   "static_seg": static_seg, **registered}
-        arrays = {key: dataloader.crop(value, field_padding if key == "deformation" else padding)
+        arrays = {key: datasets.crop(value, field_padding if key == "deformation" else padding)
                   for key, value in arrays.items() if value is not None and key != "seconds"}
         scores = metrics.score_registration(
             arrays["moving"], arrays["static"], arrays["moved"], arrays["deformation"],

@@ -12,7 +12,9 @@ import os
 import numpy as np
 
 import dataloader
+import datasets
 import utils
+import volumes
 
 DEFAULT_DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "mni152_2mm.npz")
 DEFAULT_SLICE = 44  # axial slice of the 80x96x80 template used for 2D (through the ventricles)
@@ -29,7 +31,7 @@ GAMMA_STD = 0.2  # std of log(gamma)
 NOISE_STD = 0.02  # std of additive Gaussian noise, intensity units
 
 
-def load_default_data(ndim: int = 3) -> dataloader.Dataset:
+def load_default_data(ndim: int = 3) -> datasets.Dataset:
     """The embedded MNI152 template as an atlas with tissue labels (no subjects).
 
     Parameters
@@ -39,25 +41,25 @@ def load_default_data(ndim: int = 3) -> dataloader.Dataset:
 
     Returns
     -------
-    dataloader.Dataset
+    datasets.Dataset
         ``vols`` empty ``(0, *spatial)``; ``atlas`` the T1 template in [0, 1]; ``atlas_seg``
         labels 1 CSF, 2 grey matter, 3 white matter; ``spacing`` (2 mm per axis, from the
         template's affine).
     """
     if ndim not in (2, 3):
-        raise dataloader.DataError(f"the default data is 2D or 3D, got ndim={ndim}")
+        raise volumes.DataError(f"the default data is 2D or 3D, got ndim={ndim}")
     with np.load(DEFAULT_DATA) as stored:
-        t1, labels = dataloader.normalize(stored["t1"]), stored["labels"]
+        t1, labels = datasets.normalize(stored["t1"]), stored["labels"]
         names = [str(name) for name in stored["label_names"][1:]]
         spacing = np.linalg.norm(stored["affine"][:3, :3], axis=0)  # mm per array axis
     if ndim == 2:
         t1, labels = t1[..., DEFAULT_SLICE], labels[..., DEFAULT_SLICE]
-    return dataloader.Dataset(vols=np.zeros((0,) + t1.shape, np.float32), atlas=t1,
+    return datasets.Dataset(vols=np.zeros((0,) + t1.shape, np.float32), atlas=t1,
                               atlas_seg=labels.astype(np.int32), labels=np.array([1, 2, 3]),
                               label_names=names, spacing=tuple(spacing[:ndim].tolist()))
 
 
-def default_validation_set(ndim: int) -> dataloader.Dataset:
+def default_validation_set(ndim: int) -> datasets.Dataset:
     """The default data's fixed validation subjects, with the template as their atlas.
 
     Parameters
@@ -96,7 +98,7 @@ def random_deformation(shape: tuple[int, ...], rng: np.random.Generator) -> np.n
     np.ndarray
         ``(1, *shape, ndim)`` float32 displacement in voxels, 'ij' order.
     """
-    small = tuple(dataloader.ceil_div(n, INTEGRATION_FACTOR) for n in shape)
+    small = tuple(datasets.ceil_div(n, INTEGRATION_FACTOR) for n in shape)
     scale = np.array([(n - 1) / (m - 1) for n, m in zip(shape, small)], np.float32)
     velocity = _smooth_noise(small, len(shape), VELOCITY_SPACING / INTEGRATION_FACTOR,
                              VELOCITY_STD, rng) / scale

@@ -28,8 +28,8 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
-import dataloader
 import metrics
+import volumes
 
 VIEW_NAMES = ("sagittal", "coronal", "axial")
 PANEL_INCHES = 2.6  # width and height of one image panel
@@ -140,7 +140,7 @@ def _show(ax, image: np.ndarray, title: str = "", **kwargs):
 def _save(fig: Figure, fname: str | None) -> Figure:
     """Write ``fig`` as a PNG of exactly its size at ``DPI`` when ``fname`` is given."""
     if fname:
-        with dataloader.atomic_path(fname) as tmp:
+        with volumes.atomic_path(fname) as tmp:
             fig.savefig(tmp, dpi=DPI)
     return fig
 

@@ -171,14 +171,14 @@ def voxelmorph(model_path: str, test_set: str, full, pairs, finetune_steps: int 
     import runtime  # noqa: F401  (before TensorFlow: oneDNN on)
     import keras
 
-    import dataloader
+    import datasets
     import models
     import utils
 
     model = keras.models.load_model(model_path)
     if not finetune_steps:
         model = models.registration_model(model)  # built once for every pair
-    small = dataloader.load_dataset(test_set).vols
+    small = datasets.load_dataset(test_set).vols
     vols, segs, labels, spacing = full
     results = []
     for m, s in pairs:

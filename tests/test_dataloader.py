@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 
 import dataloader
+import datasets
+import volumes
 
 
 def test_registration_loader_pairs_every_moving_image_with_the_atlas():
@@ -34,16 +36,16 @@ def test_registration_loader_accepts_one_static_image_per_moving_image():
 
 
 def test_registration_loader_refuses_mismatched_shapes():
-    with pytest.raises(dataloader.DataError, match="shapes differ"):
+    with pytest.raises(volumes.DataError, match="shapes differ"):
         dataloader.RegistrationDataLoader(np.zeros((2, 16, 16)), np.zeros((16, 32)))
 
 
 def test_scan_to_scan_pairs_are_distinct_volumes():
-    pairs = dataloader.scan_to_scan_pairs(4, num_pairs=200, seed=0)
+    pairs = datasets.scan_to_scan_pairs(4, num_pairs=200, seed=0)
     assert pairs.shape == (200, 2)
     assert np.all(pairs[:, 0] != pairs[:, 1])
     assert set(pairs.ravel()) == {0, 1, 2, 3}
-    assert len(dataloader.scan_to_scan_pairs(3)) == 6  # every ordered pair
+    assert len(datasets.scan_to_scan_pairs(3)) == 6  # every ordered pair
 
 
 def test_scan_to_scan_loader_yields_pairs_of_the_set():
@@ -57,8 +59,8 @@ def test_scan_to_scan_loader_yields_pairs_of_the_set():
 
 def test_make_pairs_keeps_label_maps_aligned_with_their_images():
     vols = np.random.default_rng(0).random((3, 8, 8)).astype(np.float32)
-    data = dataloader.Dataset(vols=vols, segs=(vols > 0.5).astype(np.int32))
-    pairs = dataloader.make_pairs(data, "scan_to_scan")
+    data = datasets.Dataset(vols=vols, segs=(vols > 0.5).astype(np.int32))
+    pairs = datasets.make_pairs(data, "scan_to_scan")
     assert len(pairs) == 6
     for moving, static, moving_seg, static_seg in pairs:
         np.testing.assert_array_equal(moving_seg, moving > 0.5)
@@ -66,9 +68,9 @@ def test_make_pairs_keeps_label_maps_aligned_with_their_images():
 
 
 def test_normalize_scales_to_unit_range_and_refuses_nan():
-    np.testing.assert_allclose(dataloader.normalize(np.array([2.0, 4.0, 6.0])), [0.0, 0.5, 1.0])
-    with pytest.raises(dataloader.DataError, match="NaN or Inf"):
-        dataloader.normalize(np.array([0.0, np.inf]))
+    np.testing.assert_allclose(datasets.normalize(np.array([2.0, 4.0, 6.0])), [0.0, 0.5, 1.0])
+    with pytest.raises(volumes.DataError, match="NaN or Inf"):
+        datasets.normalize(np.array([0.0, np.inf]))
 
 
 def test_npy_npz_and_nifti_load_alike(tmp_path):
@@ -80,9 +82,9 @@ def test_npy_npz_and_nifti_load_alike(tmp_path):
     for i, vol in enumerate(vols):
         nib.save(nib.Nifti1Image(vol, affine), tmp_path / "nifti" / f"sub{i}.nii.gz")
 
-    from_npy = dataloader.load_dataset(str(tmp_path / "vols.npy"))
-    from_npz = dataloader.load_dataset(str(tmp_path / "set.npz"))
-    from_nifti = dataloader.load_dataset(str(tmp_path / "nifti"))
+    from_npy = datasets.load_dataset(str(tmp_path / "vols.npy"))
+    from_npz = datasets.load_dataset(str(tmp_path / "set.npz"))
+    from_nifti = datasets.load_dataset(str(tmp_path / "nifti"))
     for data in (from_npy, from_npz, from_nifti):
         assert data.vols.shape == (2, 8, 12, 16)
         assert data.vols.dtype == np.float32
@@ -98,52 +100,52 @@ def test_npy_npz_and_nifti_load_alike(tmp_path):
 ])
 def test_bad_arrays_are_refused_with_a_clear_message(tmp_path, array, message):
     np.save(tmp_path / "bad.npy", array)
-    with pytest.raises(dataloader.DataError, match=message):
-        dataloader.load_dataset(str(tmp_path / "bad.npy"))
+    with pytest.raises(volumes.DataError, match=message):
+        datasets.load_dataset(str(tmp_path / "bad.npy"))
 
 
 def test_missing_files_and_unknown_types_are_refused(tmp_path):
-    with pytest.raises(dataloader.DataError, match="no such file"):
-        dataloader.load_dataset(str(tmp_path / "missing.npz"))
+    with pytest.raises(volumes.DataError, match="no such file"):
+        datasets.load_dataset(str(tmp_path / "missing.npz"))
     (tmp_path / "data.txt").write_text("1 2 3")
-    with pytest.raises(dataloader.DataError, match="unsupported file type"):
-        dataloader.load_dataset(str(tmp_path / "data.txt"))
+    with pytest.raises(volumes.DataError, match="unsupported file type"):
+        datasets.load_dataset(str(tmp_path / "data.txt"))
 
 
 def test_an_atlas_of_another_shape_is_refused(tmp_path):
     np.save(tmp_path / "vols.npy", np.zeros((2, 16, 16)))
     np.save(tmp_path / "atlas.npy", np.zeros((16, 32)))
-    with pytest.raises(dataloader.DataError, match="shapes differ"):
-        dataloader.load_dataset(str(tmp_path / "vols.npy"), str(tmp_path / "atlas.npy"))
+    with pytest.raises(volumes.DataError, match="shapes differ"):
+        datasets.load_dataset(str(tmp_path / "vols.npy"), str(tmp_path / "atlas.npy"))
 
 
 def test_padding_makes_sizes_divisible_and_crop_undoes_it():
     volume = np.random.default_rng(0).random((2, 20, 33))
-    shape = dataloader.padded_shape(volume.shape[1:], 16)
-    padding = dataloader.padding_to_shape(volume.shape[1:], shape)
-    padded = dataloader.pad(volume, padding)
+    shape = datasets.padded_shape(volume.shape[1:], 16)
+    padding = datasets.padding_to_shape(volume.shape[1:], shape)
+    padded = datasets.pad(volume, padding)
     assert shape == (32, 48) and padded.shape == (2, 32, 48)
     assert padding == [(6, 6), (7, 8)]  # centred
-    np.testing.assert_array_equal(dataloader.crop(padded, padding), volume)
+    np.testing.assert_array_equal(datasets.crop(padded, padding), volume)
 
 
 def test_volumes_larger_than_the_target_shape_are_refused():
-    with pytest.raises(dataloader.DataError, match="do not fit the model's input shape"):
-        dataloader.padding_to_shape((20, 40), (32, 32))
+    with pytest.raises(volumes.DataError, match="do not fit the model's input shape"):
+        datasets.padding_to_shape((20, 40), (32, 32))
 
 
 def test_label_maps_must_hold_integers():
-    assert dataloader.as_label_map(np.array([0.0, 3.0, 17.0])).dtype == np.float64
-    with pytest.raises(dataloader.DataError, match="integer labels"):
-        dataloader.as_label_map(np.array([0.0, 0.5]))
+    assert volumes.as_label_map(np.array([0.0, 3.0, 17.0])).dtype == np.float64
+    with pytest.raises(volumes.DataError, match="integer labels"):
+        volumes.as_label_map(np.array([0.0, 0.5]))
 
 
 @pytest.mark.parametrize("suffix", [".npy", ".npz", ".nii.gz"])
 def test_save_volume_then_load_volume_round_trips(tmp_path, suffix):
     volume = np.random.default_rng(0).integers(0, 40, size=(6, 7, 8)).astype(np.int16)
     path = str(tmp_path / f"vol{suffix}")
-    dataloader.save_volume(path, volume)
-    loaded, image = dataloader.load_volume(path)
+    volumes.save_volume(path, volume)
+    loaded, image = volumes.load_volume(path)
     np.testing.assert_array_equal(loaded, volume)
     assert loaded.dtype == (np.uint8 if suffix == ".nii.gz" else np.int16)  # NIfTI: smallest fit
     assert (image is not None) == (suffix == ".nii.gz")
@@ -152,9 +154,9 @@ def test_save_volume_then_load_volume_round_trips(tmp_path, suffix):
 def test_nifti_output_keeps_the_reference_affine_and_takes_its_own_dtype(tmp_path):
     affine = np.array([[0, 0, 1.5, -10], [-2, 0, 0, 20], [0, 1, 0, 5], [0, 0, 0, 1.0]])
     nib.save(nib.Nifti1Image(np.zeros((4, 5, 6), np.uint8), affine), tmp_path / "ref.nii.gz")
-    _, reference = dataloader.load_volume(str(tmp_path / "ref.nii.gz"))
+    _, reference = volumes.load_volume(str(tmp_path / "ref.nii.gz"))
     field = np.random.default_rng(1).normal(size=(4, 5, 6, 3)).astype(np.float32)
-    dataloader.save_volume(str(tmp_path / "out.nii.gz"), field, reference, vector=True)
+    volumes.save_volume(str(tmp_path / "out.nii.gz"), field, reference, vector=True)
     saved = nib.load(tmp_path / "out.nii.gz")
     np.testing.assert_allclose(saved.affine, affine)
     np.testing.assert_array_equal(np.asanyarray(saved.dataobj)[:, :, :, 0], field)
@@ -170,40 +172,40 @@ def test_spacing_comes_from_nifti_zooms_or_the_npz_and_is_otherwise_unknown(tmp_
     np.savez(tmp_path / "one.npz", vols=vols, spacing=2.0)
     np.savez(tmp_path / "axes.npz", vols=vols, spacing=[1.0, 1.25, 3.0])
     np.save(tmp_path / "vols.npy", vols)
-    nifti = dataloader.load_dataset(str(tmp_path / "nifti"))
+    nifti = datasets.load_dataset(str(tmp_path / "nifti"))
     assert nifti.spacing == pytest.approx((0.8, 1.2, 1.5))  # header zooms, in array axis order
-    assert dataloader.load_dataset(str(tmp_path / "one.npz")).spacing == (2.0, 2.0, 2.0)
-    assert dataloader.load_dataset(str(tmp_path / "axes.npz")).spacing == (1.0, 1.25, 3.0)
-    assert dataloader.load_dataset(str(tmp_path / "vols.npy")).spacing is None
+    assert datasets.load_dataset(str(tmp_path / "one.npz")).spacing == (2.0, 2.0, 2.0)
+    assert datasets.load_dataset(str(tmp_path / "axes.npz")).spacing == (1.0, 1.25, 3.0)
+    assert datasets.load_dataset(str(tmp_path / "vols.npy")).spacing is None
 
 
 def test_nifti_files_that_disagree_on_spacing_leave_it_unknown(tmp_path):
     for i, zoom in enumerate((1.0, 2.0)):
         nib.save(nib.Nifti1Image(np.zeros((4, 5, 6), np.float32), np.diag([zoom] * 3 + [1.0])),
                  tmp_path / f"sub{i}.nii")
-    assert dataloader.load_dataset(str(tmp_path)).spacing is None
+    assert datasets.load_dataset(str(tmp_path)).spacing is None
 
 
 @pytest.mark.parametrize("spacing", [0.0, [1.0, -1.0, 1.0], [1.0, 1.0], "1mm", np.nan])
 def test_a_bad_npz_spacing_is_refused(tmp_path, spacing):
     np.savez(tmp_path / "set.npz", vols=np.zeros((2, 4, 4, 4)), spacing=spacing)
-    with pytest.raises(dataloader.DataError, match="spacing must be one positive value or 3"):
-        dataloader.load_dataset(str(tmp_path / "set.npz"))
+    with pytest.raises(volumes.DataError, match="spacing must be one positive value or 3"):
+        datasets.load_dataset(str(tmp_path / "set.npz"))
 
 
 def test_padding_and_splitting_keep_the_spacing():
-    data = dataloader.Dataset(vols=np.zeros((3, 6, 6), np.float32), spacing=(1.0, 2.0))
-    assert dataloader.pad_dataset(data, (16, 16)).spacing == (1.0, 2.0)
-    assert all(part.spacing == (1.0, 2.0) for part in dataloader.split(data, 1))
+    data = datasets.Dataset(vols=np.zeros((3, 6, 6), np.float32), spacing=(1.0, 2.0))
+    assert datasets.pad_dataset(data, (16, 16)).spacing == (1.0, 2.0)
+    assert all(part.spacing == (1.0, 2.0) for part in datasets.split(data, 1))
 
 
 def _loads_or_refuses(path: str) -> None:
     """Every reader either reads ``path`` or raises DataError: never another exception."""
-    for read in (dataloader.load_volume, dataloader.load_dataset,
-                 lambda p: dataloader.load_dataset(p, ndim=2)):
+    for read in (volumes.load_volume, datasets.load_dataset,
+                 lambda p: datasets.load_dataset(p, ndim=2)):
         try:
             read(path)
-        except dataloader.DataError:
+        except volumes.DataError:
             pass
 
 
@@ -217,7 +219,7 @@ def test_random_bytes_in_any_format_give_only_data_errors(data, suffix, keep_hea
     with tempfile.TemporaryDirectory() as folder:
         path = os.path.join(folder, "fuzz" + suffix)
         if keep_header:  # a real header of the format, then garbage: damaged, not foreign
-            dataloader.save_volume(path, np.ones((4, 4, 4), np.float32))
+            volumes.save_volume(path, np.ones((4, 4, 4), np.float32))
             data = open(path, "rb").read()[:len(data) // 2] + data
         with open(path, "wb") as file:
             file.write(data)

@@ -8,6 +8,7 @@ import keras
 import numpy as np
 import pytest
 
+import datasets
 import main
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -241,7 +242,7 @@ def test_evaluate_scores_on_the_data_grid_and_skips_a_label_in_no_map(
     assert evaluation["labels"] == [3, 7] and len(first["hd95"]) == 2
     assert evaluation["spacing"] is None and "hd95_mm" not in first
     # NCC before registration on the unpadded grid, not on the zero-padded 16^3 one
-    static, moving = (main.dataloader.normalize(image)[None, ..., None] for image in images)
+    static, moving = (datasets.normalize(image)[None, ..., None] for image in images)
     np.testing.assert_allclose(first["ncc_before"],
                                -float(main.metrics.LocalNCC()(static, moving)), rtol=1e-5)
 

@@ -1,0 +1,477 @@
+"""Sets of volumes for training and evaluation: loading, padding, splitting and pairing.
+
+- :func:`load_dataset` reads ``.npy`` stacks ``(N, *spatial)`` (the original format), ``.npz``
+  files with ``vols`` and optional ``segs``, ``atlas``, ``atlas_seg``, ``labels``, and NIfTI
+  volumes (one file, or a folder of them) into a :class:`Dataset`. Intensities are scaled to
+  [0, 1] per volume (:func:`normalize`). :func:`load_training_sets` splits a set into training
+  and validation subjects.
+- :func:`pad_dataset`, :func:`pad` and :func:`crop`: zero padding (centred) to the network's
+  input shape, and back.
+- :func:`make_pairs` lists the evaluation pairs of a set (scan-to-atlas or scan-to-scan);
+  :func:`scored_labels` the labels to score.
+"""
+import dataclasses
+import glob
+import os
+import warnings
+
+import numpy as np
+
+import metrics
+import volumes
+from volumes import DataError, DataWarning
+
+@dataclasses.dataclass
+class Dataset:
+    """Volumes, optional label maps and an optional atlas, all on one grid.
+
+    Attributes
+    ----------
+    vols : np.ndarray
+        ``(N, *spatial)`` float32 intensities in [0, 1].
+    segs : np.ndarray or None
+        ``(N, *spatial)`` int32 label maps.
+    atlas : np.ndarray or None
+        ``(*spatial)`` float32 static image for scan-to-atlas registration.
+    atlas_seg : np.ndarray or None
+        ``(*spatial)`` int32 label map of the atlas.
+    labels : np.ndarray or None
+        Label ids to score with Dice; None means every non-zero label present.
+    label_names : list of str or None
+        Names of ``labels``, in the same order.
+    spacing : tuple of float or None
+        Voxel size per axis in mm, when the files give it; None when unknown.
+    """
+
+    vols: np.ndarray
+    segs: np.ndarray | None = None
+    atlas: np.ndarray | None = None
+    atlas_seg: np.ndarray | None = None
+    labels: np.ndarray | None = None
+    label_names: list[str] | None = None
+    spacing: tuple[float, ...] | None = None
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """Spatial shape of every volume."""
+        return self.vols.shape[1:]
+
+
+def normalize(volume: np.ndarray, name: str = "volume") -> np.ndarray:
+    """Scale intensities to [0, 1] (min-max), as float32.
+
+    Parameters
+    ----------
+    volume : np.ndarray
+        Any shape, any real dtype.
+    name : str
+        Used in the error message.
+
+    Returns
+    -------
+    np.ndarray
+        Same shape, float32 in [0, 1]; a constant volume becomes all zeros.
+    """
+    volumes.check_numbers(volume, name)
+    volume = np.asarray(volume, dtype=np.float32)
+    if not np.all(np.isfinite(volume)):
+        raise DataError(f"{name} contains NaN or Inf values")
+    low, high = volume.min(), volume.max()
+    if high == low == 0:
+        warnings.warn(f"{name} is all zeros", DataWarning, stacklevel=2)
+    return (volume - low) / (high - low) if high > low else np.zeros_like(volume)
+
+
+def _load_nifti_stack(paths: list[str]) -> dict:
+    """Stack NIfTI volumes of one shape: ``vols`` ``(N, *spatial)``, and ``spacing`` in mm.
+
+    ``spacing`` is left out when the files disagree on it.
+    """
+    arrays, images = zip(*(volumes.load_volume(p) for p in paths))
+    shapes = {v.shape for v in arrays}
+    if len(shapes) > 1:
+        raise DataError(f"NIfTI volumes differ in shape: {sorted(shapes)}")
+    spacings = {volumes.nifti_spacing(image) for image in images}
+    return {"vols": np.stack(arrays), **({"spacing": spacings.pop()} if len(spacings) == 1
+                                           else {})}
+
+
+def _read_arrays(path: str) -> dict:
+    """The arrays stored at ``path`` by name: ``vols`` and whichever optional ones exist."""
+    volumes.check_exists(path)
+    if os.path.isdir(path):
+        files = sorted(f for f in glob.glob(os.path.join(path, "*"))
+                       if f.endswith(volumes.NIFTI))
+        if not files:
+            raise DataError(f"{path}: folder holds no .nii or .nii.gz files")
+        return _load_nifti_stack(files)
+    kind = volumes.file_format(path)
+    if kind == "nifti":
+        return _load_nifti_stack([path])
+    if kind == "npy":
+        return {"vols": volumes.read_npy(path)}
+    stored = volumes.read_npz(path)
+    if "vols" not in stored:
+        raise DataError(f"{path}: no array named 'vols' (found {list(stored.keys())})")
+    return {key: stored[key] for key in ("vols", "segs", "atlas", "atlas_seg", "labels",
+                                          "label_names", "spacing") if key in stored}
+
+
+SHAPE_RULE = ("a .npy array or .npz 'vols' is a stack (N, *spatial): (N, D, H, W) holds N 3D "
+              "volumes; (N, H, W) holds N 2D images, or one 3D volume with --ndim 3 (or an "
+              "atlas of 3D); without an atlas, a 3-axis array needs --ndim")
+
+
+def _as_stack(vols: np.ndarray, path: str, ndim: int | None) -> np.ndarray:
+    """``vols`` as ``(N, *spatial)`` by ``SHAPE_RULE``; ``ndim`` from --ndim or the atlas."""
+    if vols.ndim not in (3, 4):
+        raise DataError(f"{path}: expected volumes of shape (N, H, W) or (N, D, H, W), "
+                        f"got {vols.shape}")
+    if vols.ndim == 3 and ndim == 3:
+        return vols[None]  # one 3D volume
+    if vols.ndim == 3 and ndim is None:
+        raise DataError(f"{path}: shape {vols.shape} is either {vols.shape[0]} 2D images or "
+                        f"one 3D volume: pass --ndim 2 or --ndim 3 (or store the volume with a "
+                        f"leading axis, np.save(path, volume[None]))")
+    if vols.ndim - 1 != (ndim or vols.ndim - 1):
+        raise DataError(f"{path}: shape {vols.shape} holds {vols.ndim - 1}D volumes, "
+                        f"not {ndim}D ones")
+    return vols
+
+
+def load_dataset(path: str, atlas: str | None = None, ndim: int | None = None) -> Dataset:
+    """Read a set of volumes (and labels) for training or evaluation.
+
+    Parameters
+    ----------
+    path : str
+        ``.npy`` array ``(N, *spatial)``; ``.npz`` with ``vols`` ``(N, *spatial)`` and optional
+        ``segs``, ``atlas``, ``atlas_seg``, ``labels``, ``label_names``, ``spacing`` (voxel size
+        in mm, one value or one per axis); a NIfTI file holding one volume; or a folder of NIfTI
+        volumes of one shape. Shapes follow ``SHAPE_RULE``.
+    atlas : str, optional
+        File of a static atlas (``.npy``, ``.npz``, NIfTI); replaces one stored in ``path``.
+    ndim : {2, 3}, optional
+        Dimension of the images; by default the atlas's, else read from the shape (a 3-axis
+        ``.npy``/``.npz`` stack without an atlas then needs it).
+
+    Returns
+    -------
+    Dataset
+        Intensities scaled to [0, 1] per volume, label maps as int32; ``spacing`` from the
+        NIfTI headers (when all files agree) or the ``.npz``, else None.
+    """
+    arrays = _read_arrays(path)
+    if atlas is not None:
+        arrays["atlas"], _ = volumes.load_volume(atlas)
+    volumes.check_numbers(arrays["vols"], path)
+    if ndim is None and "atlas" in arrays:
+        ndim = np.ndim(arrays["atlas"])
+    vols = _as_stack(arrays["vols"], path, ndim)
+    if "segs" in arrays and arrays["segs"].shape == vols.shape[1:]:
+        arrays["segs"] = arrays["segs"][None]  # the label map of one volume
+    names = arrays.get("label_names")
+    data = Dataset(
+        vols=np.stack([normalize(v, f"{path} volume {i}") for i, v in enumerate(vols)]),
+        segs=_as_int32(arrays.get("segs"), f"{path} segs"),
+        atlas=None if "atlas" not in arrays else normalize(arrays["atlas"], "atlas"),
+        atlas_seg=_as_int32(arrays.get("atlas_seg"), f"{path} atlas_seg"),
+        labels=_label_ids(arrays.get("labels"), path),
+        label_names=None if names is None else [str(name) for name in np.ravel(names)],
+        spacing=_spacing(arrays.get("spacing"), vols.ndim - 1, path),
+    )
+    _check_shapes(data, path)
+    return data
+
+
+def _spacing(spacing, ndim: int, path: str) -> tuple[float, ...] | None:
+    """``(ndim,)`` voxel size in mm from one value or one per axis; None stays None."""
+    if spacing is None:
+        return None
+    try:
+        return tuple(metrics.voxel_size(spacing, ndim).tolist())
+    except (TypeError, ValueError) as error:
+        raise DataError(f"{path}: spacing must be one positive value or {ndim} (one per axis), "
+                        f"got {np.ravel(spacing).tolist()}") from error
+
+
+def _label_ids(labels: np.ndarray | None, path: str) -> np.ndarray | None:
+    """The ``labels`` array of an ``.npz``: a list of integer label ids."""
+    if labels is None:
+        return None
+    labels = np.ravel(labels)
+    if labels.dtype.kind not in "iu" and not (labels.dtype.kind == "f" and labels.size and
+                                               np.all(np.mod(labels, 1) == 0)):
+        raise DataError(f"{path}: 'labels' must be integer label ids, got {labels.dtype} "
+                        f"values {labels[:5].tolist()}")
+    return labels.astype(np.int64)
+
+
+def _as_int32(segs: np.ndarray | None, name: str) -> np.ndarray | None:
+    return None if segs is None else volumes.as_label_map(segs, name).astype(np.int32)
+
+
+def _check_shapes(data: Dataset, path: str) -> None:
+    """Every array of ``data`` must share the spatial shape of ``vols``."""
+    if data.label_names is not None and (data.labels is None or
+                                         len(data.label_names) != len(data.labels)):
+        raise DataError(f"{path}: 'label_names' needs 'labels' of the same length")
+    if data.segs is not None and data.segs.shape != data.vols.shape:
+        raise DataError(f"{path}: segs shape {data.segs.shape} differs from vols "
+                        f"{data.vols.shape}")
+    for name in ("atlas", "atlas_seg"):
+        value = getattr(data, name)
+        if value is not None and value.shape != data.shape:
+            raise DataError(f"moving and static shapes differ: volumes are {data.shape}, "
+                            f"{name} is {value.shape}")
+
+
+def ceil_div(size: int, divisor: int) -> int:
+    """``ceil(size / divisor)`` for positive integers."""
+    return -(-size // divisor)
+
+
+def padded_shape(shape: tuple[int, ...], multiple: int) -> tuple[int, ...]:
+    """``shape`` with every size rounded up to a multiple of ``multiple``."""
+    return tuple(ceil_div(n, multiple) * multiple for n in shape)
+
+
+def padding_to_shape(shape: tuple[int, ...], target: tuple[int, ...]) -> list[tuple[int, int]]:
+    """Zero padding ``(before, after)`` per axis from ``shape`` to ``target``, centred.
+
+    Raises
+    ------
+    DataError
+        If ``shape`` is larger than ``target`` along an axis, or of another dimension.
+    """
+    if len(shape) != len(target) or any(n > t for n, t in zip(shape, target)):
+        raise DataError(f"volumes of shape {tuple(shape)} do not fit the model's input shape "
+                        f"{tuple(target)}")
+    return [((t - n) // 2, t - n - (t - n) // 2) for n, t in zip(shape, target)]
+
+
+def pad(volume: np.ndarray, padding: list[tuple[int, int]]) -> np.ndarray:
+    """Zero-pad the last ``len(padding)`` axes of ``volume``."""
+    lead = [(0, 0)] * (volume.ndim - len(padding))
+    return np.pad(volume, lead + list(padding))
+
+
+def crop(volume: np.ndarray, padding: list[tuple[int, int]]) -> np.ndarray:
+    """Undo :func:`pad`: remove ``padding`` from the last ``len(padding)`` axes of ``volume``."""
+    slices = tuple(slice(before, volume.shape[i] - after)
+                   for i, (before, after) in enumerate(padding, start=volume.ndim - len(padding)))
+    return volume[(Ellipsis,) + slices]
+
+
+def pad_dataset(data: Dataset, target: tuple[int, ...]) -> Dataset:
+    """Zero-pad every array of ``data`` to the spatial shape ``target`` (centred)."""
+    padding = padding_to_shape(data.shape, target)
+    padded = {name: None if value is None else pad(value, padding)
+              for name, value in (("vols", data.vols), ("segs", data.segs),
+                                  ("atlas", data.atlas), ("atlas_seg", data.atlas_seg))}
+    return dataclasses.replace(data, **padded)
+
+
+def pairing(data: Dataset, pairs: str | None = None) -> str:
+    """``pairs``, or by default ``"atlas"`` when ``data`` has an atlas, else ``"scan_to_scan"``."""
+    mode = pairs or ("atlas" if data.atlas is not None else "scan_to_scan")
+    if mode == "atlas" and data.atlas is None:
+        raise DataError("--pairs atlas needs an atlas (--atlas, or 'atlas' in the .npz)")
+    return mode
+
+
+def split(data: Dataset, num_val: int) -> tuple[Dataset, Dataset]:
+    """The first ``N - num_val`` subjects for training, the last ``num_val`` for validation."""
+    if not 0 < num_val < len(data.vols):
+        raise DataError(f"{len(data.vols)} volumes are too few to hold out {num_val} for "
+                        f"validation and train on the rest")
+    return tuple(dataclasses.replace(data, vols=data.vols[part], segs=_take(data.segs, part))
+                 for part in (slice(None, -num_val), slice(-num_val, None)))
+
+
+def load_training_sets(path: str, atlas: str | None, pairs: str | None, val_path: str | None,
+                       val_fraction: float, ndim: int | None = None
+                       ) -> tuple[Dataset, Dataset, str]:
+    """Training and validation sets of one shape, and the pairing mode.
+
+    Parameters
+    ----------
+    path : str
+        The set to train on (see :func:`load_dataset`).
+    atlas : str, optional
+        File of a static atlas, replacing one stored in ``path``.
+    pairs : {"atlas", "scan_to_scan"}, optional
+        Pairing mode; by default ``"atlas"`` when there is an atlas.
+    val_path : str, optional
+        Validation set of the same shape; by default the last ``val_fraction`` of ``path``
+        (at least one subject for atlas pairs, two for scan-to-scan).
+    val_fraction : float
+        Share of the subjects held out when ``val_path`` is None, in (0, 1).
+    ndim : {2, 3}, optional
+        Dimension of the images (see :func:`load_dataset`).
+
+    Returns
+    -------
+    train, val : Dataset
+        The sets; ``val`` shares ``train``'s atlas unless it has its own.
+    mode : str
+        The pairing mode.
+    """
+    data = load_dataset(path, atlas, ndim)
+    mode = pairing(data, pairs)
+    least = 1 if mode == "atlas" else 2  # subjects needed on each side
+    if val_path is None:
+        count = len(data.vols)
+        num_val = max(int(round(val_fraction * count)), least)
+        if count - num_val < least:
+            raise DataError(f"{path} holds {count} volumes: {num_val} go to validation "
+                            f"(--val_fraction {val_fraction:g}, at least {least}), which leaves "
+                            f"{count - num_val} to train {mode} pairs on, fewer than {least}; "
+                            f"add volumes or give --val_data")
+        train, val = split(data, num_val)
+    else:
+        train, val = data, load_dataset(val_path, atlas, len(data.shape))
+        if val.shape != data.shape:
+            raise DataError(f"--val_data volumes are {val.shape}, --data volumes "
+                            f"{data.shape}: they must have the same shape")
+        if val.atlas is None:
+            val = dataclasses.replace(val, atlas=data.atlas, atlas_seg=data.atlas_seg)
+        if mode == "scan_to_scan" and len(val.vols) < 2:
+            raise DataError(f"--val_data {val_path} holds 1 volume: scan-to-scan validation "
+                            f"pairs need at least 2")
+    return train, val, mode
+
+
+def scored_labels(data: Dataset, labels: list[int] | None = None
+                  ) -> tuple[list[int], list[str] | None]:
+    """Labels to score with Dice, and their names (None when unknown).
+
+    Parameters
+    ----------
+    data : Dataset
+        The test set.
+    labels : list of int, optional
+        Labels asked for; by default ``data.labels``, else every non-zero label present.
+
+    Raises
+    ------
+    DataError
+        If ``labels`` are given without label maps, or one is in no label map (labels of
+        ``data.labels`` in no label map are skipped with a warning).
+    """
+    maps = [m for m in (data.segs, data.atlas_seg) if m is not None]
+    present = set().union(*(np.unique(m).tolist() for m in maps)) - {0}
+    if labels is None and data.labels is None:
+        return sorted(present), None
+    stored = labels is None
+    labels = [int(label) for label in (data.labels if stored else labels)]
+    if not maps and stored:
+        return [], None
+    if not maps:
+        raise DataError("labels to score were given, but the data has no label maps ('segs' "
+                        "or 'atlas_seg' in the .npz)")
+    absent = [label for label in labels if label not in present]
+    if absent and not stored:
+        raise DataError(f"--labels {absent} are in none of the label maps (present: "
+                        f"{sorted(present)[:40]})")
+    if absent:
+        warnings.warn(f"skipped labels {absent} of 'labels': in none of the label maps",
+                      DataWarning, stacklevel=2)
+        labels = [label for label in labels if label in present]
+    names = None
+    if data.label_names is not None and data.labels is not None:
+        lookup = dict(zip((int(label) for label in data.labels), data.label_names))
+        names = [lookup.get(label, str(label)) for label in labels]
+    return labels, names
+
+
+@dataclasses.dataclass
+class Pairs:
+    """Moving/static pairs with their label maps, for validation and evaluation.
+
+    Attributes
+    ----------
+    moving, static : np.ndarray
+        ``(P, *spatial)`` images in [0, 1].
+    index : np.ndarray
+        ``(P, 2)`` int: the moving and static volume of each pair in the set; -1 for the atlas.
+    moving_segs, static_segs : np.ndarray or None
+        ``(P, *spatial)`` int32 label maps, when the data has them.
+    """
+
+    moving: np.ndarray
+    static: np.ndarray
+    index: np.ndarray
+    moving_segs: np.ndarray | None = None
+    static_segs: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.moving)
+
+    def __iter__(self):
+        """Yield ``(moving, static, moving_seg, static_seg)``, label maps None when absent."""
+        for i in range(len(self)):
+            segs = (None, None) if self.moving_segs is None or self.static_segs is None else \
+                (self.moving_segs[i], self.static_segs[i])
+            yield (self.moving[i], self.static[i]) + segs
+
+
+def make_pairs(data: Dataset, mode: str, max_pairs: int | None = None) -> Pairs:
+    """All evaluation pairs of a set: every volume to the atlas, or every ordered pair of volumes.
+
+    Parameters
+    ----------
+    data : Dataset
+        Volumes (and label maps, atlas).
+    mode : {"atlas", "scan_to_scan"}
+        Scan-to-atlas or scan-to-scan pairs.
+    max_pairs : int, optional
+        Keep the first ``max_pairs`` pairs only.
+    """
+    if mode == "atlas":
+        if data.atlas is None:
+            raise DataError("atlas pairs need an atlas (--atlas, or 'atlas' in the .npz file)")
+        moving = np.arange(len(data.vols))[:max_pairs]
+        index = np.stack([moving, np.full_like(moving, -1)], axis=1)
+        return Pairs(_take(data.vols, moving), _tile(data.atlas, len(moving)), index,
+                     _take(data.segs, moving), _tile(data.atlas_seg, len(moving)))
+    index = scan_to_scan_pairs(len(data.vols))[:max_pairs]
+    moving, static = index.T
+    return Pairs(_take(data.vols, moving), _take(data.vols, static), index,
+                 _take(data.segs, moving), _take(data.segs, static))
+
+
+def _take(arrays: np.ndarray | None, index: np.ndarray) -> np.ndarray | None:
+    return None if arrays is None else arrays[index]
+
+
+def _tile(volume: np.ndarray | None, count: int) -> np.ndarray | None:
+    return None if volume is None else np.broadcast_to(volume, (count, *volume.shape))
+
+
+def scan_to_scan_pairs(num_volumes: int, num_pairs: int | None = None,
+                       seed: int | None = None) -> np.ndarray:
+    """Ordered pairs ``(moving, static)`` of distinct volumes.
+
+    Parameters
+    ----------
+    num_volumes : int
+        Size of the set (at least 2).
+    num_pairs : int, optional
+        Draw this many random pairs (with replacement); by default all ``N (N - 1)`` pairs in order.
+    seed : int, optional
+        Seed of the draw.
+
+    Returns
+    -------
+    np.ndarray
+        ``(P, 2)`` int indices.
+    """
+    if num_volumes < 2:
+        raise DataError(f"scan-to-scan pairs need at least 2 volumes, got {num_volumes}")
+    if num_pairs is None:
+        return np.array([(i, j) for i in range(num_volumes) for j in range(num_volumes) if i != j])
+    rng = np.random.default_rng(seed)
+    moving = rng.integers(num_volumes, size=num_pairs)
+    static = (moving + rng.integers(1, num_volumes, size=num_pairs)) % num_volumes
+    return np.stack([moving, static], axis=1)

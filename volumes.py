@@ -1,0 +1,243 @@
+"""Volume files: reading and writing ``.npy``, ``.npz`` and NIfTI, atomically; the user errors.
+
+- :func:`load_volume` reads one image or label map as stored; :func:`save_volume` writes one
+  (a displacement as a NIfTI vector image), through :func:`atomic_path`, which every writer of
+  the package uses: a temporary file in the same folder, then one ``os.replace``.
+- :class:`DataError` (input data that cannot be used) and :class:`UsageError` (flags or a run
+  folder that cannot be used) carry one-line messages for the user; ``main.py`` prints them and
+  exits with status 2. :class:`DataWarning` is printed as one line too.
+"""
+import contextlib
+import os
+import secrets
+import zipfile
+from collections.abc import Iterator
+
+import numpy as np
+
+NIFTI = (".nii", ".nii.gz")
+
+
+FORMATS = ".npy, .npz, .nii or .nii.gz"
+
+
+class DataError(ValueError):
+    """Input data that cannot be used, with a message meant for the user."""
+
+
+class UsageError(ValueError):
+    """Flags, options or a run folder that cannot be used, with a message meant for the user."""
+
+
+class DataWarning(UserWarning):
+    """Input data that can be used but is probably not what the user meant."""
+
+
+def as_label_map(volume: np.ndarray, name: str = "label map") -> np.ndarray:
+    """Check that ``volume`` holds integer labels; return it unchanged.
+
+    Raises
+    ------
+    DataError
+        If a value is not an integer (a label map stored as floats must hold whole numbers).
+    """
+    check_numbers(volume, name)
+    volume = np.asarray(volume)
+    if volume.dtype.kind == "f" and not np.all(np.mod(volume, 1) == 0):
+        raise DataError(f"{name} must hold integer labels, found values such as "
+                        f"{volume[np.mod(volume, 1) != 0].flat[0]}")
+    return volume
+
+
+@contextlib.contextmanager
+def atomic_path(path: str) -> Iterator[str]:
+    """A temporary path to write ``path`` through, so that ``path`` is never half-written.
+
+    Yields a hidden name in the same folder with the same extension (``.keras``, ``.nii.gz``...,
+    which the writers check); when the block ends without an error, the file replaces ``path``
+    in one step (``os.replace``); on an error it is removed.
+
+    Examples
+    --------
+    >>> with atomic_path("run/model.keras") as tmp:
+    ...     model.save(tmp)
+    """
+    folder, name = os.path.split(os.path.abspath(path))
+    suffix = name[name.find("."):] if "." in name else ""
+    tmp = os.path.join(folder, f".{name}.{secrets.token_hex(4)}.tmp{suffix}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def check_numbers(volume: np.ndarray, name: str) -> None:
+    """Refuse arrays that are empty or not of real numbers (strings, complex, objects)."""
+    if np.asarray(volume).dtype.kind not in "biuf":
+        raise DataError(f"{name} must hold real numbers, not {np.asarray(volume).dtype}")
+    if np.size(volume) == 0:
+        raise DataError(f"{name} is empty (shape {np.shape(volume)})")
+
+
+def check_exists(path: str) -> None:
+    if not os.path.exists(path):
+        raise DataError(f"no such file or folder: {path}")
+
+
+def file_format(path: str) -> str:
+    """``"nifti"``, ``"npy"`` or ``"npz"``, from the file name.
+
+    Raises
+    ------
+    DataError
+        For any other extension.
+    """
+    for suffixes, name in ((NIFTI, "nifti"), ((".npy",), "npy"), ((".npz",), "npz")):
+        if path.endswith(suffixes):
+            return name
+    raise DataError(f"{path}: unsupported file type (use {FORMATS})")
+
+
+def _read_nifti(path: str):
+    """``(array, image)`` of a NIfTI file, the array as stored."""
+    import nibabel as nib
+
+    try:
+        image = nib.load(path)
+        return np.asanyarray(image.dataobj), image
+    except Exception as error:  # nibabel raises several types for unreadable files
+        raise DataError(f"cannot read NIfTI file {path}: {_one_line(error)}") from error
+
+
+def read_npy(path: str) -> np.ndarray:
+    """The array of an ``.npy`` file (no pickled objects)."""
+    with open(path, "rb") as file:
+        if file.read(6) != b"\x93NUMPY":
+            raise DataError(f"{path} is not an .npy file (no .npy header: empty, damaged or "
+                            f"another format)")
+    try:
+        return np.load(path, allow_pickle=False)
+    except Exception as error:  # numpy raises several types for truncated or foreign files
+        raise DataError(f"cannot read {path} as .npy: {_one_line(error)}") from error
+
+
+def read_npz(path: str) -> dict[str, np.ndarray]:
+    """Every array of an ``.npz`` file by name, read now (no pickled objects)."""
+    if not zipfile.is_zipfile(path):
+        raise DataError(f"{path} is not an .npz file (not a zip archive: empty, truncated or "
+                        f"another format)")
+    try:
+        with np.load(path, allow_pickle=False) as stored:
+            return {key: stored[key] for key in stored.keys()}
+    except Exception as error:  # zipfile and numpy raise several types for damaged files
+        raise DataError(f"cannot read {path} as .npz: {_one_line(error)}") from error
+
+
+def _one_line(error: Exception) -> str:
+    return " ".join(str(error).split()) or type(error).__name__
+
+
+def _one_volume(path: str, arrays) -> np.ndarray:
+    """The volume of an ``.npz`` file: ``vol``, the one volume in ``vols``, or its one array."""
+    keys = list(arrays.keys())
+    if "vol" in keys:
+        return arrays["vol"]
+    if "vols" in keys and np.ndim(arrays["vols"]) > 0 and len(arrays["vols"]) == 1:
+        return arrays["vols"][0]
+    if len(keys) == 1:
+        return arrays[keys[0]]
+    raise DataError(f"{path}: expected an array 'vol' (or one volume in 'vols'), found {keys}")
+
+
+def load_volume(path: str):
+    """Read one volume (image or label map) as stored, without rescaling it.
+
+    Parameters
+    ----------
+    path : str
+        ``.npy``, ``.npz`` (array ``vol``, or ``vols`` holding one volume, or a single array) or
+        NIfTI (``.nii``, ``.nii.gz``).
+
+    Returns
+    -------
+    volume : np.ndarray
+        ``(*spatial)``, 2D or 3D, in its stored dtype.
+    image : nibabel image or None
+        The NIfTI image (affine and header) for NIfTI inputs, else None.
+    """
+    check_exists(path)
+    kind, image = file_format(path), None
+    if kind == "nifti":
+        volume, image = _read_nifti(path)
+    elif kind == "npy":
+        volume = read_npy(path)
+    else:
+        volume = _one_volume(path, read_npz(path))
+    check_numbers(volume, path)
+    volume = np.squeeze(volume)
+    if volume.ndim not in (2, 3):
+        raise DataError(f"{path}: expected a 2D or 3D volume, got shape {volume.shape}")
+    return volume, image
+
+
+def save_volume(path: str, volume: np.ndarray, reference=None, vector: bool = False) -> None:
+    """Write a volume atomically as ``.npy``, ``.npz`` (array ``vol``) or NIfTI.
+
+    Parameters
+    ----------
+    path : str
+        Output file; its extension chooses the format.
+    volume : np.ndarray
+        ``(*spatial)``, or ``(*spatial, C)`` with ``vector``; ``.npy`` and ``.npz`` keep its
+        dtype. NIfTI takes float32 for real images and the smallest of uint8, int16 and int32
+        that holds integer or boolean label maps (types every viewer opens).
+    reference : nibabel image, optional
+        NIfTI output takes this image's affine and header (e.g. the static image's); without it,
+        an identity affine.
+    vector : bool
+        The last axis holds vector components (a displacement): NIfTI stores them as a vector
+        image ``(x, y, z, 1, C)`` with intent 'vector' (a 2D field as ``(x, y, 1, 1, C)``).
+    """
+    kind = file_format(path)
+    with atomic_path(path) as tmp:
+        if kind == "nifti":
+            _save_nifti(tmp, volume, reference, vector)
+        elif kind == "npy":
+            np.save(tmp, volume)
+        else:
+            np.savez_compressed(tmp, vol=volume)
+
+
+def nifti_dtype(volume: np.ndarray) -> np.dtype:
+    """float32 for real values; uint8, int16 or int32 (the smallest that fits) for labels."""
+    if volume.dtype.kind not in "biu":
+        return np.dtype(np.float32)
+    low, high = (int(volume.min()), int(volume.max())) if volume.size else (0, 0)
+    for dtype in (np.uint8, np.int16, np.int32):
+        if np.iinfo(dtype).min <= low and high <= np.iinfo(dtype).max:
+            return np.dtype(dtype)
+    raise DataError(f"labels from {low} to {high} do not fit a NIfTI int32 image")
+
+
+def _save_nifti(path: str, volume: np.ndarray, reference, vector: bool) -> None:
+    import nibabel as nib
+
+    volume = np.asarray(volume)
+    volume = volume.astype(nifti_dtype(volume))
+    if vector:  # (*spatial, C) -> (x, y, z, 1, C), the NIfTI layout of a vector per voxel
+        spatial = volume.shape[:-1] + (1,) * (3 - (volume.ndim - 1))
+        volume = volume.reshape(*spatial, 1, volume.shape[-1])
+    header = None if reference is None else reference.header.copy()
+    affine = np.eye(4) if reference is None else reference.affine
+    image = (nib.Nifti1Image if reference is None else type(reference))(volume, affine, header)
+    image.header.set_data_dtype(volume.dtype)
+    image.header.set_intent("vector" if vector else "none")
+    nib.save(image, path)
+
+
+def nifti_spacing(image) -> tuple[float, ...]:
+    """Voxel size in mm of a NIfTI image's axes that :func:`load_volume` keeps (size > 1)."""
+    return tuple(float(zoom) for size, zoom in zip(image.shape, image.header.get_zooms())
+                 if size != 1)
