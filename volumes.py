@@ -10,6 +10,7 @@
 import contextlib
 import os
 import secrets
+import warnings
 import zipfile
 from collections.abc import Iterator
 
@@ -241,3 +242,12 @@ def nifti_spacing(image) -> tuple[float, ...]:
     """Voxel size in mm of a NIfTI image's axes that :func:`load_volume` keeps (size > 1)."""
     return tuple(float(zoom) for size, zoom in zip(image.shape, image.header.get_zooms())
                  if size != 1)
+
+
+def affine_warning(*images) -> None:
+    """Warn when NIfTI inputs have different affines: registration maps voxel grids only."""
+    affines = [image.affine for image in images if image is not None]
+    if len(affines) > 1 and not all(np.allclose(a, affines[0], atol=1e-4) for a in affines):
+        warnings.warn("the moving and static NIfTI affines differ: VoxelMorph registers voxel "
+                      "grids, so align the images first (e.g. affinely to one space)",
+                      DataWarning, stacklevel=2)

@@ -138,9 +138,9 @@ def train(name: str, flags: list[str], train_set: str, test_set: str, folder: st
         return json.load(file)["train_seconds"]
 
 
-def register_full_resolution(model, moving, static, finetune_steps: int,
-                             finetune_lr: float) -> tuple[np.ndarray, float, float]:
-    """Register one pair on the network's grid and resize the displacement to 128^3.
+def register_full_resolution(model, moving, static, tuner=None) -> tuple[np.ndarray, float, float]:
+    """Register one pair on the network's grid (after fine-tuning on it with ``tuner``, a
+    ``registration.FineTuner``) and resize the displacement to 128^3.
 
     Returns
     -------
@@ -151,15 +151,11 @@ def register_full_resolution(model, moving, static, finetune_steps: int,
     finetune_seconds : float
         Instance optimisation before it (0 without).
     """
-    import models
+    import registration
     import utils
 
-    finetune_seconds = 0.0
-    if finetune_steps:
-        start = time.perf_counter()
-        model = models.finetune(model, moving, static, finetune_steps, finetune_lr)
-        finetune_seconds = time.perf_counter() - start
-    registered = models.register(model, moving, static)
+    model, finetune_seconds = registration.finetuned(model, tuner, moving, static)
+    registered = registration.register(model, moving, static)
     start = time.perf_counter()
     full = np.asarray(utils.resize_displacement(registered["deformation"][None], (128,) * 3))[0]
     return full, registered["seconds"] + time.perf_counter() - start, finetune_seconds
@@ -173,17 +169,18 @@ def voxelmorph(model_path: str, test_set: str, full, pairs, finetune_steps: int 
 
     import datasets
     import models
+    import registration
     import utils
 
     model = keras.models.load_model(model_path)
-    if not finetune_steps:
-        model = models.registration_model(model)  # built once for every pair
+    tuner = registration.FineTuner(model, finetune_steps, finetune_lr) if finetune_steps else None
+    model = models.registration_model(model)  # built once for every pair
     small = datasets.load_dataset(test_set).vols
     vols, segs, labels, spacing = full
     results = []
     for m, s in pairs:
         deformation, seconds, finetune_seconds = register_full_resolution(
-            model, small[m], small[s], finetune_steps, finetune_lr)
+            model, small[m], small[s], tuner)
         moved_seg = utils.warp(segs[m][None, ..., None].astype(np.int32), deformation[None],
                                "nearest")
         scores = score_pair(np.asarray(moved_seg)[0, ..., 0], segs[s], deformation, labels,

@@ -10,6 +10,7 @@ import pytest
 
 import datasets
 import main
+import training
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -152,7 +153,8 @@ def test_register_npy_with_zero_displacement_returns_the_input_unchanged(tmp_pat
                       "--moved_seg", out["moved_seg"]]) == 0
     moved, deformation, moved_seg = (np.load(out[name]) for name in out)
     assert moved.shape == image.shape and moved.dtype == np.float32
-    np.testing.assert_array_equal(moved, image.astype(np.float32))
+    # the network's moved image, scaled back from [0, 1]: the input within float32 round-off
+    np.testing.assert_allclose(moved, image.astype(np.float32), rtol=1e-6, atol=1e-3)
     assert deformation.shape == (*image.shape, 3) and not deformation.any()
     assert moved_seg.dtype == np.uint8
     np.testing.assert_array_equal(moved_seg, labels)
@@ -301,7 +303,7 @@ import tensorflow as tf
 cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 import keras
-import main, models
+import models, registration, training
 
 rng = np.random.default_rng(0)
 shape = (16, 16)
@@ -310,7 +312,7 @@ x = {"moving": rng.random((2, *shape, 1), np.float32),
 y = {"moved": x["static"], "deformation": np.zeros((2, *shape, 2), np.float32)}
 results = []
 for gpus in (1, 2):
-    strategy = main.distribution_strategy(gpus, batch_size=2, device_type="CPU")
+    strategy = training.distribution_strategy(gpus, batch_size=2, device_type="CPU")
     keras.utils.set_random_seed(0)
     with strategy.scope():
         model = models.build_model(shape, "vm1", "ncc", lamda=1.0, lr=1e-3)
@@ -319,7 +321,7 @@ for gpus in (1, 2):
     # (0.1 * gradient) is not, so compare both.
     moments = [v.numpy() for v in model.optimizer.variables if "momentum" in v.path]
     results.append((strategy.num_replicas_in_sync, model.get_weights(), moments))
-    registered = models.register(model, x["moving"][0, ..., 0], x["static"][0, ..., 0])
+    registered = registration.register(model, x["moving"][0, ..., 0], x["static"][0, ..., 0])
     assert registered["deformation"].shape == (*shape, 2)
 (one, w1, m1), (two, w2, m2) = results
 print(json.dumps({"replicas": [one, two], "moments": len(m1),
@@ -347,7 +349,7 @@ def test_more_gpus_than_visible_is_a_one_line_error(capsys):
 
 
 def test_mixed_precision_on_a_cpu_is_a_one_line_warning_and_stays_float32(capsys):
-    main.use_mixed_precision("CPU")
+    training.use_mixed_precision("CPU")
     assert capsys.readouterr().err.startswith("main.py: warning: --mixed_precision is ignored")
     assert keras.mixed_precision.global_policy().name == "float32"
 

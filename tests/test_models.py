@@ -6,6 +6,7 @@ import pytest
 import dataloader
 import metrics
 import models
+import registration
 
 
 def conv_params(ndim: int, inputs: int, outputs: int) -> int:
@@ -166,7 +167,7 @@ def test_a_model_saved_with_each_option_loads_and_registers_the_same(tmp_path, o
     model.optimizer.build(model.trainable_variables)  # saved with the model, as after fit
     model.save(tmp_path / "model.keras")
     loaded = keras.models.load_model(tmp_path / "model.keras")
-    before, after = models.register(model, moving, static), models.register(loaded, moving, static)
+    before, after = registration.register(model, moving, static), registration.register(loaded, moving, static)
     assert np.abs(before["deformation"]).max() > 1e-3
     np.testing.assert_allclose(after["deformation"], before["deformation"], atol=1e-5)
     assert models.targets(loaded) == models.targets(model)
@@ -193,7 +194,7 @@ def test_finetuning_lowers_the_pairs_loss_and_leaves_the_model_as_it_was():
     model = models.build_model(moving.shape, "vm1", "mse", lr=1e-3)
     weights = [w.numpy().copy() for w in model.weights]
     inputs, targets = dataloader.batch(moving[None], static[None], models.targets(model))
-    tuned = models.finetune(model, moving, static, steps=15, lr=1e-3)
+    tuned = registration.FineTuner(model, steps=15, lr=1e-3).tune(moving, static)
     assert (tuned.evaluate(inputs, targets, verbose=0)[0]
             < 0.8 * model.evaluate(inputs, targets, verbose=0)[0])
     for weight, before in zip(model.weights, weights):

@@ -1,4 +1,4 @@
-"""Checkpoints, --resume and the divergence stop (checkpoint.py through main.py)."""
+"""Checkpoints, --resume and the divergence stop (rundir.py through main.py)."""
 import csv
 import importlib.util
 import json
@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from matplotlib.image import imread
 
-import checkpoint
+import rundir
 import main
 import models
 
@@ -30,7 +30,7 @@ def tiny_set(tmp_path):
 
 
 def history_rows(run_dir) -> list[dict]:
-    with open(os.path.join(run_dir, checkpoint.HISTORY), newline="") as file:
+    with open(os.path.join(run_dir, rundir.HISTORY), newline="") as file:
         return list(csv.DictReader(file))
 
 
@@ -42,22 +42,22 @@ def test_resumed_run_ends_with_the_weights_of_an_unbroken_one(tmp_path, tiny_set
     tiny_set = tiny_set + ["--keep_best"]
     assert main.main(tiny_set + ["--epochs", "4", "--output", str(tmp_path / "unbroken")]) == 0
 
-    save_epoch = checkpoint.Checkpoint.on_epoch_end
+    save_epoch = rundir.Checkpoint.on_epoch_end
 
     def interrupt_after_epoch_2(self, epoch, logs=None):
         save_epoch(self, epoch, logs)
         if epoch == 1:
             raise KeyboardInterrupt  # as Ctrl-C after the second checkpoint
 
-    monkeypatch.setattr(checkpoint.Checkpoint, "on_epoch_end", interrupt_after_epoch_2)
+    monkeypatch.setattr(rundir.Checkpoint, "on_epoch_end", interrupt_after_epoch_2)
     run = str(tmp_path / "broken")
     with pytest.raises(KeyboardInterrupt):
         main.main(tiny_set + ["--epochs", "4", "--output", run])
     assert not os.path.exists(os.path.join(run, "model.keras"))
-    monkeypatch.setattr(checkpoint.Checkpoint, "on_epoch_end", save_epoch)
+    monkeypatch.setattr(rundir.Checkpoint, "on_epoch_end", save_epoch)
     assert main.main(["--resume", run]) == 0
 
-    for name in (checkpoint.CHECKPOINT, checkpoint.BEST, "model.keras"):
+    for name in (rundir.CHECKPOINT, rundir.BEST, "model.keras"):
         for unbroken, resumed in zip(weights(tmp_path / "unbroken" / name),
                                      weights(os.path.join(run, name))):
             np.testing.assert_array_equal(resumed, unbroken)
@@ -65,7 +65,7 @@ def test_resumed_run_ends_with_the_weights_of_an_unbroken_one(tmp_path, tiny_set
     val_loss = [float(row["val_loss"]) for row in history_rows(run)]  # --keep_best:
     assert json.loads(open(os.path.join(run, "metrics.json")).read())["best_epoch"] == \
         int(np.argmin(val_loss)) + 1
-    for best, final in zip(weights(os.path.join(run, checkpoint.BEST)),
+    for best, final in zip(weights(os.path.join(run, rundir.BEST)),
                            weights(os.path.join(run, "model.keras"))):
         np.testing.assert_array_equal(final, best)
 
@@ -73,16 +73,16 @@ def test_resumed_run_ends_with_the_weights_of_an_unbroken_one(tmp_path, tiny_set
 def test_keep_best_saves_the_model_of_the_lowest_validation_loss(tmp_path):
     model = models.build_model((16, 16), "vm1")
     model.optimizer.build(model.trainable_variables)
-    saver = checkpoint.Checkpoint(str(tmp_path), keep_best=True)
+    saver = rundir.Checkpoint(str(tmp_path), keep_best=True)
     saver.set_model(model)
     layer = model.get_layer("deformation")
     for epoch, val_loss in enumerate([3.0, 1.0, 2.0]):
         layer.set_weights([np.full_like(w, epoch) for w in layer.get_weights()])
         saver.on_epoch_end(epoch, {"loss": 0.0, "val_loss": val_loss})
-    state = checkpoint.read_json(str(tmp_path / checkpoint.STATE))
+    state = rundir.read_json(str(tmp_path / rundir.STATE))
     assert (state["epoch"], state["best_epoch"], state["best_val_loss"]) == (3, 2, 1.0)
-    best = keras.models.load_model(tmp_path / checkpoint.BEST).get_layer("deformation")
-    last = keras.models.load_model(tmp_path / checkpoint.CHECKPOINT).get_layer("deformation")
+    best = keras.models.load_model(tmp_path / rundir.BEST).get_layer("deformation")
+    last = keras.models.load_model(tmp_path / rundir.CHECKPOINT).get_layer("deformation")
     assert np.all(best.get_weights()[0] == 1.0) and np.all(last.get_weights()[0] == 2.0)
 
 
@@ -122,7 +122,7 @@ def test_sigkilled_training_resumes_without_losing_an_epoch(tmp_path, tiny_set):
                "--steps_per_epoch", "2", "--output", run]
     process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE,
                                stderr=subprocess.DEVNULL, text=True)
-    state = os.path.join(run, checkpoint.STATE)
+    state = os.path.join(run, rundir.STATE)
     deadline = time.time() + 240
     while time.time() < deadline and process.poll() is None:
         if os.path.exists(state) and json.load(open(state))["epoch"] >= 2:
@@ -132,13 +132,13 @@ def test_sigkilled_training_resumes_without_losing_an_epoch(tmp_path, tiny_set):
     printed, _ = process.communicate()
     assert process.returncode == -signal.SIGKILL, "training ended before it could be killed"
     printed_epochs = sum(line.startswith("2/2 - ") for line in printed.splitlines())  # verbose=2
-    kept = checkpoint.read_json(state)["epoch"]
+    kept = rundir.read_json(state)["epoch"]
     assert 2 <= kept < epochs and kept >= printed_epochs - 1  # at most the one being written
 
     assert main.main(["--resume", run]) == 0
     rows = history_rows(run)
     assert [int(row["epoch"]) for row in rows] == list(range(epochs))
-    assert checkpoint.read_json(state)["epoch"] == epochs
+    assert rundir.read_json(state)["epoch"] == epochs
     files = sorted(os.listdir(run))
     assert not [name for name in files if name.startswith(".")]  # no temporary file left
     assert all(loadable(os.path.join(run, name)) for name in files), files
@@ -166,13 +166,13 @@ class NaNFrom(keras.utils.PyDataset):
 
 def test_a_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(tmp_path):
     model = models.build_model((16, 16), "vm1")
-    stop, saver = checkpoint.StopOnDivergence(), checkpoint.Checkpoint(str(tmp_path))
+    stop, saver = rundir.StopOnDivergence(), rundir.Checkpoint(str(tmp_path))
     model.fit(NaNFrom(8), epochs=5, shuffle=False, verbose=0, callbacks=[stop, saver])
     epoch, step, loss = stop.diverged  # counted from 1
     assert 2 <= epoch < 5 and 1 <= step <= 3 and np.isnan(loss)
-    assert checkpoint.read_json(str(tmp_path / checkpoint.STATE))["epoch"] == epoch - 1
+    assert rundir.read_json(str(tmp_path / rundir.STATE))["epoch"] == epoch - 1
     assert len(history_rows(tmp_path)) == epoch - 1
-    kept, _ = checkpoint.load_checkpoint(str(tmp_path))
+    kept, _ = rundir.load_checkpoint(str(tmp_path))
     assert all(np.all(np.isfinite(w)) for w in kept.get_weights())
 
 

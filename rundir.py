@@ -1,7 +1,10 @@
-"""A training run that survives interruption and divergence.
+"""The folder of a run: the name of every file in it, its checks, checkpoints and resume.
 
-At the end of every epoch :class:`Checkpoint` writes into the run folder, each file atomically
-(see ``volumes.atomic_path``), so that a run killed at any moment can be resumed:
+Training writes ``ARGS`` (its flags, read back by ``--resume``), the checkpoint files below every
+epoch, and at the end ``MODEL``, ``SAMPLES``, ``METRICS`` and the figures of ``viz.render_run``;
+``main.py evaluate`` writes ``EVALUATION``, ``DICE_CSV`` and ``DICE_PLOT``. Every file is written
+atomically (``volumes.atomic_path``). A training run survives interruption and divergence: at the
+end of every epoch :class:`Checkpoint` writes, so that a run killed at any moment can be resumed:
 
 - ``checkpoint.keras``: the model with its optimizer state (``keras.models.load_model`` restores
   both);
@@ -20,17 +23,29 @@ import glob
 import json
 import math
 import os
+import time
 import zipfile
 
 import runtime  # noqa: F401  (TensorFlow's settings: before its first import)
 import keras
 
+import numpy as np
+
 import volumes
 
+ARGS = "args.json"  # the training flags, read back by --resume
 CHECKPOINT = "checkpoint.keras"
 STATE = "checkpoint.json"
 HISTORY = "history.csv"
 BEST = "best.keras"
+MODEL = "model.keras"
+SAMPLES = "samples.npz"  # the first validation pairs registered, for viz.py
+METRICS = "metrics.json"
+TENSORBOARD = "tensorboard"
+LOSS_PLOT = "loss.png"
+EVALUATION = "eval.json"  # of main.py evaluate
+DICE_CSV = "dice_per_structure.csv"
+DICE_PLOT = "dice_boxplot.png"
 
 
 class Diverged(RuntimeError):
@@ -60,7 +75,7 @@ def read_json(path: str) -> dict:
         with open(path) as file:
             return json.load(file)
     except FileNotFoundError as error:
-        raise volumes.DataError(f"no {os.path.basename(path)} in "
+        raise volumes.UsageError(f"no {os.path.basename(path)} in "
                                 f"{os.path.dirname(path) or '.'}: not a training run "
                                 f"folder") from error
     except (OSError, ValueError) as error:
@@ -146,6 +161,8 @@ class StopOnDivergence(keras.callbacks.Callback):
 
 def load_model(path: str) -> keras.Model:
     """A saved ``.keras`` model, compiled as trained; ``DataError`` if it cannot be read."""
+    if not os.path.isfile(path):
+        raise volumes.DataError(f"no such model file: {path}")
     if not zipfile.is_zipfile(path):
         raise volumes.DataError(f"{path} is not a complete .keras file (not a zip archive: "
                                 f"truncated or of another format)")
@@ -170,9 +187,86 @@ def load_checkpoint(run_dir: str) -> tuple[keras.Model, dict]:
         os.remove(leftover)
     path = os.path.join(run_dir, CHECKPOINT)
     if not isinstance(state.get("epoch"), int) or not os.path.isfile(path):
-        raise volumes.DataError(f"{run_dir} holds no complete checkpoint: nothing to resume")
+        raise volumes.UsageError(f"{run_dir} holds no complete checkpoint: nothing to resume")
     model = load_model(path)
     if int(model.optimizer.iterations) != state.get("iterations"):  # killed between 2 renames
-        raise volumes.DataError(f"{path} and {STATE} are of different epochs: delete the "
-                                f"run folder's checkpoint files and train again")
+        raise volumes.UsageError(f"{path} and {STATE} are of different epochs: delete the "
+                                 f"run folder's checkpoint files and train again")
     return model, state
+
+
+def output_folder(path: str) -> str:
+    """Check that ``path`` can be a folder of outputs (made later); return it.
+
+    Raises
+    ------
+    volumes.UsageError
+        If it, or the nearest existing path above it, is a file, or it cannot be written.
+    """
+    parent = os.path.dirname(os.path.abspath(path))
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise volumes.UsageError(f"--output {path} is a file, not a folder")
+    while not os.path.exists(parent):  # the nearest existing path above: folders are made in it
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise volumes.UsageError(f"--output {path}: {parent} is a file, not a folder")
+    if not os.access(path if os.path.isdir(path) else parent, os.W_OK | os.X_OK):
+        raise volumes.UsageError(f"cannot write into {path}: permission denied")
+    return path
+
+
+def new_run_folder(output: str | None) -> str:
+    """The folder of a new training run (default ``runs/<date>-<time>``): writable, holding no
+    other run."""
+    output = output_folder(output or os.path.join("runs", time.strftime("%Y%m%d-%H%M%S")))
+    if os.path.isfile(os.path.join(output, ARGS)):
+        raise volumes.UsageError(f"{output} already holds a training run: continue it with "
+                                 f"--resume {output}, or choose another --output")
+    return output
+
+
+def check_output_files(paths: dict[str, str | None], inputs: list[str]) -> None:
+    """Refuse output files that could not all be written: checked before any work is done.
+
+    Parameters
+    ----------
+    paths : dict
+        ``{flag: path}`` of the outputs asked for (None: not asked for).
+    inputs : list of str
+        Input files, which no output may overwrite.
+    """
+    given = {flag: path for flag, path in paths.items() if path}
+    for flag, path in given.items():
+        volumes.file_format(path)
+        folder = os.path.dirname(os.path.abspath(path))
+        if not os.path.isdir(folder):
+            raise volumes.UsageError(f"{flag} {path}: no such folder {folder}")
+        if os.path.isdir(path):
+            raise volumes.UsageError(f"{flag} {path} is a folder, not a file")
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise volumes.UsageError(f"{flag} {path}: cannot write into {folder}")
+        if any(os.path.abspath(path) == os.path.abspath(other) for other in inputs):
+            raise volumes.UsageError(f"{flag} {path} would overwrite an input file")
+    if len({os.path.abspath(path) for path in given.values()}) < len(given):
+        raise volumes.UsageError(f"{', '.join(given)} must be different files")
+
+
+def write_samples(path: str, samples: list[dict]) -> None:
+    """Store registered pairs (images, displacements, label maps) for ``viz.py`` (``SAMPLES``)."""
+    with volumes.atomic_path(path) as tmp:
+        np.savez_compressed(tmp, **{key: np.stack([sample[key] for sample in samples])
+                                    for key in samples[0]})
+
+
+def write_dice_csv(path: str, labels: list[int], names: list[str] | None, summary: dict) -> None:
+    """Per-structure scores, mean and std over pairs: Dice before and after registration, HD95
+    after it in voxels and, when the spacing is known, in mm."""
+    keys = [key for key in ("dice_before", "dice_after", "hd95", "hd95_mm") if key in summary]
+    with volumes.atomic_path(path) as tmp, open(tmp, "w", newline="") as file:
+        writer = csv.writer(file)
+        writer.writerow(["label", "name"] + [f"{key}_{stat}" for key in keys
+                                             for stat in ("mean", "std")])
+        for i, label in enumerate(labels):
+            writer.writerow([label, names[i] if names else label]
+                            + [f"{summary[key][stat][i]:.4f}" for key in keys
+                               for stat in ("per_label", "per_label_std")])

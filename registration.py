@@ -1,0 +1,271 @@
+"""Registering pairs with a trained VoxelMorph model, and scoring sets of pairs.
+
+- :func:`register`: one pair of the model's input shape, images in [0, 1]: one forward pass.
+- :func:`register_padded`: one pair of any smaller shape, zero-padded (centred) to the model's
+  input shape as in training, registered, and every output cropped back to the pair's grid.
+- :func:`register_volumes`: as stored in files: any real intensities, scaled to [0, 1] for the
+  network; the moved image comes back in the moving image's units.
+- :class:`FineTuner`: instance-specific optimisation (TMI 2019, Sec. V-E) of one network, pair
+  after pair, built and compiled once.
+- :func:`evaluate_pairs`: every pair of a set registered once and scored on its own grid.
+"""
+import time
+
+import runtime  # noqa: F401  (TensorFlow's settings: before its first import)
+import keras
+import numpy as np
+
+import dataloader
+import datasets
+import metrics
+import models
+import utils
+import volumes
+
+
+def register(model: keras.Model, moving: np.ndarray, static: np.ndarray,
+             moving_seg: np.ndarray | None = None) -> dict:
+    """Register one pair of the model's input shape (one forward pass).
+
+    Parameters
+    ----------
+    model : keras.Model
+        A VoxelMorph model (of a segmentation-aided one, :func:`models.registration_model` is
+        used: pass that to register many pairs without rebuilding it each time).
+    moving, static : np.ndarray
+        ``(*spatial)`` images in [0, 1], of the model's input shape.
+    moving_seg : np.ndarray, optional
+        ``(*spatial)`` integer label map of the moving image, warped with nearest-neighbour
+        interpolation.
+
+    Returns
+    -------
+    dict
+        ``moved`` ``(*spatial)`` float32, the model's own output; ``deformation``
+        ``(*spatial, ndim)`` displacement in voxels, 'ij' order; ``seconds`` of the forward pass
+        (on a model's first call it includes building its graph: see :func:`evaluate_pairs`);
+        ``moved_seg`` ``(*spatial)``, of ``moving_seg``'s dtype, when ``moving_seg`` is given.
+    """
+    model = models.registration_model(model)
+    inputs = {"moving": np.asarray(moving, np.float32)[None, ..., None],
+              "static": np.asarray(static, np.float32)[None, ..., None]}
+    start = time.perf_counter()
+    outputs = model.predict_on_batch(inputs)
+    seconds = time.perf_counter() - start
+    deformation = np.asarray(outputs["deformation"])
+    result = {"moved": np.asarray(outputs["moved"])[0, ..., 0],
+              "deformation": deformation[0], "seconds": seconds}
+    if moving_seg is not None:
+        moved_seg = utils.warp(np.asarray(moving_seg, np.int32)[None, ..., None], deformation,
+                               "nearest")
+        result["moved_seg"] = np.asarray(moved_seg)[0, ..., 0].astype(np.asarray(moving_seg).dtype)
+    return result
+
+
+def crop_outputs(arrays: dict, padding: list[tuple[int, int]]) -> dict:
+    """Undo the padding of every array of a registered pair (``datasets.crop``).
+
+    Parameters
+    ----------
+    arrays : dict
+        ``(*padded)`` images and label maps, and ``deformation`` ``(*padded, ndim)``, whose
+        vector axis stays whole; other values (numbers, None) are left out.
+    padding : list of (int, int)
+        The padding of each spatial axis, as ``datasets.padding_to_shape`` gives it.
+    """
+    return {key: datasets.crop(value, padding + [(0, 0)] * (key == "deformation"))
+            for key, value in arrays.items() if isinstance(value, np.ndarray)}
+
+
+def register_padded(model: keras.Model, moving: np.ndarray, static: np.ndarray,
+                    moving_seg: np.ndarray | None = None) -> dict:
+    """:func:`register` for a pair no larger than the model's input shape, on the pair's grid.
+
+    The pair is zero-padded (centred) to the model's input shape, as training pads its sets;
+    every output is cropped back, so that no score or file sees the padding.
+
+    Returns
+    -------
+    dict
+        As :func:`register`, on the pair's own grid.
+    """
+    padding = datasets.padding_to_shape(moving.shape, models.input_shape(model))
+    padded = [None if image is None else datasets.pad(image, padding)
+              for image in (moving, static, moving_seg)]
+    registered = register(model, *padded)
+    return {**crop_outputs(registered, padding), "seconds": registered["seconds"]}
+
+
+class FineTuner:
+    """Instance-specific optimisation (TMI 2019, Sec. V-E): the network trained on each pair.
+
+    The registration network is copied and compiled once, with the model's own training loss
+    of the image terms (similarity, symmetric similarity, smoothness; the pair's label maps are
+    never used) and Adam; for every pair, :meth:`tune` restores the trained weights and a fresh
+    optimizer state, then takes ``steps`` Adam steps on that pair alone. The compiled training
+    step is traced on the first pair only.
+
+    Parameters
+    ----------
+    model : keras.Model
+        A compiled VoxelMorph model (as ``models.build_model`` or ``keras.models.load_model``
+        give); it is left as it is.
+    steps : int
+        Optimisation steps per pair.
+    lr : float
+        Adam learning rate.
+    """
+
+    def __init__(self, model: keras.Model, steps: int, lr: float = 1e-3):
+        config = model.get_compile_config()
+        if not config:
+            raise volumes.DataError("fine-tuning needs the model's training loss: a model "
+                                    "saved after training (compiled)")
+        network = models.registration_model(model)
+        self.network = keras.models.clone_model(network)
+        self.trained = network.get_weights()
+        losses = {name: keras.saving.deserialize_keras_object(loss)
+                  for name, loss in config["loss"].items() if name != "moved_seg"}
+        self.network.compile(optimizer=keras.optimizers.Adam(lr), loss=losses,
+                             loss_weights={name: config["loss_weights"][name] for name in losses})
+        self.network.optimizer.build(self.network.trainable_variables)
+        self.fresh = [variable.numpy() for variable in self.network.optimizer.variables]
+        self.steps = steps
+
+    def tune(self, moving: np.ndarray, static: np.ndarray) -> keras.Model:
+        """The network fine-tuned on one pair of its input shape, images in [0, 1].
+
+        Returns
+        -------
+        keras.Model
+            The tuned registration network (inputs ``moving`` and ``static``); it is tuned
+            again, from the trained weights, by the next call.
+        """
+        self.network.set_weights(self.trained)
+        for variable, value in zip(self.network.optimizer.variables, self.fresh):
+            variable.assign(value)  # step count 0, zero moments: Adam as new
+        inputs, targets = dataloader.batch(np.asarray(moving)[None], np.asarray(static)[None],
+                                           tuple(self.network.get_compile_config()["loss"]))
+        for _ in range(self.steps):
+            self.network.train_on_batch(inputs, targets)
+        return self.network
+
+
+def finetuned(model: keras.Model, tuner: FineTuner | None, moving: np.ndarray,
+              static: np.ndarray) -> tuple[keras.Model, float]:
+    """``tuner``'s network tuned on the pair, and the seconds it took; without one, ``model``."""
+    if tuner is None:
+        return model, 0.0
+    start = time.perf_counter()
+    network = tuner.tune(moving, static)
+    return network, time.perf_counter() - start
+
+
+def register_volumes(model: keras.Model, moving: np.ndarray, static: np.ndarray,
+                     moving_seg: np.ndarray | None = None, finetune_steps: int = 0,
+                     finetune_lr: float = 1e-3) -> dict:
+    """Register volumes of any size and intensity range up to the model's input shape.
+
+    Each image is scaled to [0, 1] (min-max, as training does) and the pair registered by
+    :func:`register_padded`; the model's moved image is then mapped back to the moving image's
+    intensities (linear interpolation commutes with that affine scaling; where the field samples
+    the zero padding, the moved image reads the moving image's minimum).
+
+    Parameters
+    ----------
+    model : keras.Model
+        A VoxelMorph model.
+    moving, static : np.ndarray
+        ``(*spatial)`` images of one shape, at most the model's input shape, any real dtype.
+    moving_seg : np.ndarray, optional
+        ``(*spatial)`` integer label map of the moving image.
+    finetune_steps : int
+        Fine-tune the network on the pair first (:class:`FineTuner`).
+    finetune_lr : float
+        Its learning rate.
+
+    Returns
+    -------
+    dict
+        As :func:`register`, at the input's size: ``moved`` ``(*spatial)`` float32 in the moving
+        image's intensity units, ``deformation`` ``(*spatial, ndim)`` in voxels, ``seconds``,
+        ``finetune_seconds``, and ``moved_seg`` when ``moving_seg`` is given.
+
+    Raises
+    ------
+    volumes.DataError
+        If the shapes differ or do not fit the model.
+    """
+    if moving.shape != static.shape:
+        raise volumes.DataError(f"moving and static shapes differ: {moving.shape} vs "
+                                f"{static.shape}")
+    if moving_seg is not None:
+        moving_seg = volumes.as_label_map(moving_seg, "moving label map")
+        if moving_seg.shape != moving.shape:
+            raise volumes.DataError(f"moving label map shape {moving_seg.shape} differs "
+                                    f"from the moving image's {moving.shape}")
+    scaled = [datasets.normalize(image, name) for image, name in
+              ((moving, "moving image"), (static, "static image"))]
+    padding = datasets.padding_to_shape(moving.shape, models.input_shape(model))
+    tuner = FineTuner(model, finetune_steps, finetune_lr) if finetune_steps else None
+    network, finetune_seconds = finetuned(
+        model, tuner, *(datasets.pad(image, padding) for image in scaled))
+    registered = register_padded(network, *scaled, moving_seg)
+    low, high = float(np.min(moving)), float(np.max(moving))
+    registered["moved"] = (low + (high - low) * registered["moved"]).astype(np.float32)
+    return {**registered, "finetune_seconds": finetune_seconds}
+
+
+def evaluate_pairs(model: keras.Model, pairs: datasets.Pairs, labels=None, keep: int = 0,
+                   spacing=None, finetune_steps: int = 0,
+                   finetune_lr: float = 1e-3) -> tuple[list[dict], list[dict]]:
+    """Register every pair once and score it on the pairs' own grid.
+
+    Parameters
+    ----------
+    model : keras.Model
+        A VoxelMorph model.
+    pairs : datasets.Pairs
+        Pairs no larger than the model's input shape, images in [0, 1]; they are padded to it
+        and every output cropped back (:func:`register_padded`), so the padding counts in no
+        score.
+    labels : sequence of int, optional
+        Labels scored with Dice and HD95 (default: every non-zero label present).
+    keep : int
+        Also return the arrays of the first ``keep`` registered pairs.
+    spacing : float or sequence of float, optional
+        Voxel size in mm, for HD95 in mm (see ``metrics.score_registration``).
+    finetune_steps, finetune_lr
+        Fine-tune the network on each pair first (:class:`FineTuner`).
+
+    Returns
+    -------
+    results : list of dict
+        Scores of each pair (``metrics.score_registration``), plus ``seconds``, the time of its
+        forward pass (the network's graph is built on the first pair beforehand, untimed), and
+        ``finetune_seconds``, that of fine-tuning.
+    samples : list of dict
+        For the first ``keep`` pairs: ``moving``, ``static``, ``moved``, ``deformation`` and,
+        with label maps, ``moving_seg``, ``static_seg``, ``moved_seg``.
+    """
+    network = models.registration_model(model)  # built once
+    tuner = FineTuner(model, finetune_steps, finetune_lr) if finetune_steps else None
+    padding = datasets.padding_to_shape(pairs.moving.shape[1:], models.input_shape(model))
+    results, samples = [], []
+    for moving, static, moving_seg, static_seg in pairs:
+        tuned, finetune_seconds = finetuned(
+            network, tuner, *(datasets.pad(image, padding) for image in (moving, static)))
+        if not results:  # build the graph untimed, so that every pair's seconds compare
+            register_padded(tuned, moving, static)
+        registered = register_padded(tuned, moving, static, moving_seg)
+        arrays = {"moving": moving, "static": static, "moving_seg": moving_seg,
+                  "static_seg": static_seg, **registered}
+        scores = metrics.score_registration(
+            moving, static, arrays["moved"], arrays["deformation"], moving_seg, static_seg,
+            arrays.get("moved_seg"), labels, spacing)
+        results.append({**scores, "seconds": registered["seconds"],
+                        "finetune_seconds": finetune_seconds})
+        if len(samples) < keep:
+            samples.append({key: value for key, value in arrays.items()
+                            if isinstance(value, np.ndarray)})
+    return results, samples

@@ -1,0 +1,251 @@
+"""Training VoxelMorph: the sets, the loaders, the model, ``fit`` with checkpoints, the run's files.
+
+:func:`train` does what ``python3 main.py [flags]`` asks: it loads the training and validation sets
+(or the embedded default data), pads them to sizes the network takes, builds and compiles the
+model (or reloads the checkpoint of ``--resume``) inside the distribution strategy, trains with a
+checkpoint every epoch (``rundir.Checkpoint``) and the divergence stop, then writes the model,
+the registered validation samples, their scores and the figures into the run folder.
+"""
+import importlib.util
+import os
+import sys
+import time
+
+import runtime  # noqa: F401  (TensorFlow's settings: before its first import)
+import keras
+import tensorflow as tf
+
+import dataloader
+import datasets
+import metrics
+import models
+import registration
+import rundir
+import synthetic
+import viz
+import volumes
+
+DEFAULT_STEPS = 100  # steps per epoch for generated pairs (default data, scan-to-scan)
+MAX_VAL_PAIRS = 20  # scan-to-scan validation pairs at most, during training
+NUM_SAMPLES = 3  # validation pairs kept in rundir.SAMPLES for figures
+VAL_FRACTION = 0.1  # share of --data held out for validation by default
+
+
+def training_sets(data: str | None, atlas: str | None, pairs: str | None, augment: bool,
+                  val_data: str | None, val_fraction: float | None, ndim: int | None
+                  ) -> tuple[datasets.Dataset, datasets.Dataset, str]:
+    """Training set, validation set and pairing mode of the training flags."""
+    if data is None:
+        given = [flag for flag, value in (("--atlas", atlas), ("--augment", augment),
+                                          ("--val_data", val_data),
+                                          ("--val_fraction", val_fraction),
+                                          ("--pairs scan_to_scan", pairs == "scan_to_scan"))
+                 if value]
+        if given:
+            raise volumes.UsageError(f"{', '.join(given)} need{'s' * (len(given) == 1)} "
+                                     f"--data: the default data has "
+                                     f"its own atlas and validation set, and is made of "
+                                     f"random deformations already")
+        return (synthetic.load_default_data(ndim or 3), synthetic.default_validation_set(ndim or 3),
+                "atlas")
+    if val_data is not None and val_fraction is not None:
+        raise volumes.UsageError("--val_fraction and --val_data exclude each other")
+    train_set, val_set, mode = datasets.load_training_sets(
+        data, atlas, pairs, val_data, VAL_FRACTION if val_fraction is None else val_fraction, ndim)
+    if augment and mode != "scan_to_scan":
+        raise volumes.UsageError("--augment applies to scan_to_scan pairs")
+    return train_set, val_set, mode
+
+
+def training_labels(train_set: datasets.Dataset, seg_weight: float) -> list[int]:
+    """Labels of the segmentation loss: the data's ``labels``, else every non-zero one."""
+    if not seg_weight:
+        return []
+    if train_set.segs is None and train_set.atlas_seg is None:
+        raise volumes.DataError("--seg_weight needs label maps: 'segs' (and 'atlas_seg' for "
+                                "atlas pairs) in --data")
+    labels, _ = datasets.scored_labels(train_set)
+    if not labels:
+        raise volumes.DataError("--seg_weight: the label maps hold no non-zero label")
+    return labels
+
+
+def training_loader(train_set: datasets.Dataset, mode: str, default_data: bool,
+                    batch_size: int, steps: int | None, seed: int,
+                    augment: bool, targets: dict) -> keras.utils.PyDataset:
+    """Generated pairs for the default data and scan-to-scan; subjects to atlas otherwise.
+
+    ``targets`` holds the model's ``targets`` and the ``labels`` of its one-hot maps.
+    """
+    if default_data:  # subjects are made on the fly: a second thread overlaps it with training
+        return synthetic.SyntheticDataLoader(train_set.atlas, batch_size, steps or DEFAULT_STEPS,
+                                             seed, train_set.atlas_seg, workers=2, **targets)
+    if mode == "scan_to_scan":
+        return dataloader.ScanToScanDataLoader(
+            train_set.vols, batch_size, (steps or DEFAULT_STEPS) * batch_size, seed,
+            synthetic.augment if augment else None, train_set.segs,
+            workers=2 if augment else 1, **targets)
+    loader = dataloader.RegistrationDataLoader(train_set.vols, train_set.atlas, batch_size,
+                                               shuffle=True, seed=seed,
+                                               moving_segs=train_set.segs,
+                                               static_segs=train_set.atlas_seg, **targets)
+    if steps is not None and steps > len(loader):
+        raise volumes.UsageError(f"--steps_per_epoch {steps} is more than one pass over the "
+                                 f"{len(train_set.vols)} training subjects ({len(loader)} "
+                                 f"batches of --batch_size {batch_size}): ask for at most "
+                                 f"{len(loader)}, or more --epochs")
+    return loader
+
+
+def distribution_strategy(gpus: int | None, batch_size: int,
+                          device_type: str = "GPU") -> tf.distribute.Strategy:
+    """MirroredStrategy over the first ``gpus`` devices, or the default one-device strategy.
+
+    Parameters
+    ----------
+    gpus : int or None
+        Devices to train on; None: all visible ones when there are several, else one.
+    batch_size : int
+        Global batch size, split across the devices: at least one pair each.
+    device_type : str
+        "GPU"; "CPU" with logical CPU devices, for tests.
+
+    Returns
+    -------
+    tf.distribute.Strategy
+        Build and compile the model in its ``scope()``; Keras' ``fit`` then splits each global
+        batch across the replicas and divides every replica's loss by their number.
+    """
+    devices = [device.name for device in tf.config.list_logical_devices(device_type)]
+    if gpus is not None and gpus > len(devices):
+        raise volumes.UsageError(f"--gpus {gpus}, but {len(devices)} {device_type} device(s) "
+                                 "are visible")
+    count = len(devices) if gpus is None else gpus
+    if count < 2:
+        return tf.distribute.get_strategy()
+    if batch_size < count:
+        raise volumes.UsageError(f"--batch_size {batch_size} is split across {count} devices: "
+                                 f"give at least {count} pairs, or fewer --gpus")
+    return tf.distribute.MirroredStrategy(devices[:count])
+
+
+def use_mixed_precision(device: str) -> None:
+    """Set Keras' mixed_float16 policy for the models built next (GPU); warn on a CPU."""
+    if device == "GPU":
+        keras.mixed_precision.set_global_policy("mixed_float16")
+    else:
+        print("main.py: warning: --mixed_precision is ignored on a CPU (float16 is slower "
+              "there); training in float32", file=sys.stderr)
+
+
+def training_callbacks(args, output: str, state: dict | None) -> list:
+    """Checkpoints, the divergence stop and, with --tensorboard, TensorBoard logs."""
+    callbacks = [rundir.StopOnDivergence(),
+                 rundir.Checkpoint(output, state, args.keep_best)]
+    if args.tensorboard:
+        callbacks.append(keras.callbacks.TensorBoard(os.path.join(output, rundir.TENSORBOARD)))
+    return callbacks
+
+
+def diverged_message(where: tuple, args, output: str, state: dict) -> str:
+    """One line: where training diverged, the likely cause, and what was kept."""
+    epoch, step, loss = where
+    lamda = models.DEFAULT_LAMBDA[args.loss] if args.lamda is None else args.lamda
+    kept = (f"the checkpoint of epoch {state['epoch']} is kept in {output}" if state["epoch"]
+            else "no epoch completed")
+    return (f"training diverged at epoch {epoch} step {step} (loss {loss}); lower --lr (now "
+            f"{args.lr:g}) or check --lamda (now {lamda:g}); {kept}")
+
+
+def train(args) -> dict:
+    """Train (or resume) as the training flags ``args`` say; write the run folder.
+
+    Parameters
+    ----------
+    args : argparse.Namespace
+        The flags of ``main.py``'s training command (stored as ``rundir.ARGS``); with
+        ``args.resume``, those of the run being resumed.
+
+    Returns
+    -------
+    dict
+        What ``rundir.METRICS`` holds: the flags, the run's facts and ``metrics.summarize`` of the
+        validation pairs.
+
+    Raises
+    ------
+    volumes.DataError, volumes.UsageError
+        Before any file is written, for data or flags that cannot be used.
+    rundir.Diverged
+        If a loss turned NaN or Inf; the last complete epoch's checkpoint is kept.
+    """
+    if args.tensorboard and importlib.util.find_spec("tensorboard") is None:
+        raise volumes.UsageError("--tensorboard needs the tensorboard package: "
+                                 "pip install tensorboard")
+    output = args.resume or rundir.new_run_folder(args.output)
+    train_set, val_set, mode = training_sets(args.data, args.atlas, args.pairs, args.augment,
+                                             args.val_data, args.val_fraction, args.ndim)
+    val_pairs = datasets.make_pairs(val_set, mode, MAX_VAL_PAIRS)  # scored on their own grid
+    shape = datasets.padded_shape(train_set.shape, models.DIVISOR)
+    if shape != train_set.shape:
+        print(f"Padded the volumes with zeros from {train_set.shape} to {shape} (sizes must "
+              f"divide by {models.DIVISOR})")
+        train_set, val_set = (datasets.pad_dataset(data, shape) for data in (train_set, val_set))
+    if args.int_downsize > 1 and (not args.int_steps or any(size % args.int_downsize
+                                                            for size in shape)):
+        raise volumes.UsageError(f"--int_downsize {args.int_downsize} needs --int_steps and "
+                                 f"must divide the padded shape {shape}")
+    labels = training_labels(train_set, args.seg_weight)
+    device = "GPU" if tf.config.list_physical_devices("GPU") else "CPU"
+    strategy = distribution_strategy(args.gpus, args.batch_size)
+    if args.mixed_precision:
+        use_mixed_precision(device)
+    keras.utils.set_random_seed(args.seed)
+    with strategy.scope():
+        model, state = rundir.load_checkpoint(output) if args.resume else (
+            models.build_model(shape, args.model, args.loss, args.lamda, args.lr,
+                               args.ncc_window, args.int_steps, args.int_downsize, args.bidir,
+                               args.seg_weight, len(labels)), None)
+    targets = {"targets": models.targets(model), "labels": labels}
+    loader = training_loader(train_set, mode, args.data is None, args.batch_size,
+                             args.steps_per_epoch, args.seed, args.augment, targets)
+    padded = datasets.make_pairs(val_set, mode, MAX_VAL_PAIRS)
+    val_loader = dataloader.RegistrationDataLoader(
+        padded.moving, padded.static, args.batch_size, moving_segs=padded.moving_segs,
+        static_segs=padded.static_segs, **targets)
+    os.makedirs(output, exist_ok=True)
+    rundir.write_json(os.path.join(output, rundir.ARGS),
+                      {key: value for key, value in vars(args).items()
+                       if key not in ("resume", "command")})
+    initial_epoch = state["epoch"] if state else 0
+    print(f"{args.model} on {strategy.num_replicas_in_sync} {device}(s), {mode} pairs of shape "
+          f"{shape}, {len(val_pairs)} validation pairs, output in {output}"
+          + (f", resumed after epoch {initial_epoch}" if state else ""))
+
+    loader.epoch = initial_epoch  # batches depend on (seed, epoch, index): the same as unbroken
+    callbacks = training_callbacks(args, output, state)
+    start = time.perf_counter()
+    model.fit(loader, validation_data=val_loader, epochs=args.epochs,
+              initial_epoch=initial_epoch,
+              steps_per_epoch=args.steps_per_epoch if args.data else None,
+              shuffle=False,  # the loaders shuffle by (seed, epoch), which a resume restores
+              callbacks=callbacks, verbose=1 if sys.stdout.isatty() else 2)
+    train_seconds = time.perf_counter() - start
+    stop, saver = callbacks[:2]
+    if stop.diverged:
+        raise rundir.Diverged(diverged_message(stop.diverged, args, output, saver.state))
+
+    if args.keep_best and saver.state["best_epoch"]:
+        model = rundir.load_model(os.path.join(output, rundir.BEST))
+    rundir.save_model(model, os.path.join(output, rundir.MODEL))
+    results, samples = registration.evaluate_pairs(model, val_pairs, val_set.labels, NUM_SAMPLES,
+                                                   val_set.spacing)
+    rundir.write_samples(os.path.join(output, rundir.SAMPLES), samples)
+    viz.render_run(output)
+    summary = {"args": vars(args), "pairs": mode, "shape": shape, "device": device,
+               "replicas": strategy.num_replicas_in_sync,
+               "train_seconds": round(train_seconds, 1), "validation_pairs": len(results),
+               "epochs_completed": saver.state["epoch"], "best_epoch": saver.state["best_epoch"],
+               **metrics.summarize(results)}
+    rundir.write_json(os.path.join(output, rundir.METRICS), summary)
+    return summary
