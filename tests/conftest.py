@@ -4,3 +4,21 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import runtime  # noqa: E402, F401  (oneDNN on, quiet logs: before TensorFlow loads)
+
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+
+def make_labelled_pair(shape=(32, 32)):
+    """A blob and its copy shifted by two voxels, with their label maps (labels 1 and 2)."""
+    grid = np.meshgrid(*[np.linspace(-1, 1, n) for n in shape], indexing="ij")
+    blob = np.exp(-sum(g**2 for g in grid) / 0.2).astype(np.float32)
+    seg = np.digitize(blob, [0.3, 0.7]).astype(np.int32)
+    return blob, np.roll(blob, 2, axis=0), seg, np.roll(seg, 2, axis=0)
+
+
+@pytest.fixture
+def labelled_pair():
+    """:func:`make_labelled_pair`, for tests that need a small registration problem."""
+    return make_labelled_pair

@@ -1,0 +1,121 @@
+"""Sets of volumes: loading, normalising, padding, splitting, pairing; spacing."""
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+import datasets
+import volumes
+
+
+def test_scan_to_scan_pairs_are_distinct_volumes():
+    pairs = datasets.scan_to_scan_pairs(4, num_pairs=200, seed=0)
+    assert pairs.shape == (200, 2)
+    assert np.all(pairs[:, 0] != pairs[:, 1])
+    assert set(pairs.ravel()) == {0, 1, 2, 3}
+    assert len(datasets.scan_to_scan_pairs(3)) == 6  # every ordered pair
+
+
+def test_make_pairs_keeps_label_maps_aligned_with_their_images():
+    vols = np.random.default_rng(0).random((3, 8, 8)).astype(np.float32)
+    data = datasets.Dataset(vols=vols, segs=(vols > 0.5).astype(np.int32))
+    pairs = datasets.make_pairs(data, "scan_to_scan")
+    assert len(pairs) == 6
+    for moving, static, moving_seg, static_seg in pairs:
+        np.testing.assert_array_equal(moving_seg, moving > 0.5)
+        np.testing.assert_array_equal(static_seg, static > 0.5)
+
+
+def test_normalize_scales_to_unit_range_and_refuses_nan():
+    np.testing.assert_allclose(datasets.normalize(np.array([2.0, 4.0, 6.0])), [0.0, 0.5, 1.0])
+    with pytest.raises(volumes.DataError, match="NaN or Inf"):
+        datasets.normalize(np.array([0.0, np.inf]))
+
+
+def test_npy_npz_and_nifti_load_alike(tmp_path):
+    vols = np.random.default_rng(0).integers(0, 255, size=(2, 8, 12, 16)).astype(np.uint8)
+    np.save(tmp_path / "vols.npy", vols)
+    np.savez(tmp_path / "set.npz", vols=vols, segs=vols // 100, atlas=vols[0])
+    affine = np.diag([2.0, 2.0, 2.0, 1.0])
+    (tmp_path / "nifti").mkdir()
+    for i, vol in enumerate(vols):
+        nib.save(nib.Nifti1Image(vol, affine), tmp_path / "nifti" / f"sub{i}.nii.gz")
+
+    from_npy = datasets.load_dataset(str(tmp_path / "vols.npy"))
+    from_npz = datasets.load_dataset(str(tmp_path / "set.npz"))
+    from_nifti = datasets.load_dataset(str(tmp_path / "nifti"))
+    for data in (from_npy, from_npz, from_nifti):
+        assert data.vols.shape == (2, 8, 12, 16)
+        assert data.vols.dtype == np.float32
+        assert data.vols.min() == 0.0 and data.vols.max() == 1.0
+        np.testing.assert_allclose(data.vols, from_npy.vols)
+    assert from_npz.segs.dtype == np.int32 and from_npz.atlas.shape == (8, 12, 16)
+
+
+@pytest.mark.parametrize("array, message", [
+    (np.zeros((4, 4)), "expected volumes of shape"),
+    (np.zeros((2, 4, 4, 4, 4, 4)), "expected volumes of shape"),
+    (np.array([[[[0.0, np.nan]]]]), "NaN or Inf"),
+])
+def test_bad_arrays_are_refused_with_a_clear_message(tmp_path, array, message):
+    np.save(tmp_path / "bad.npy", array)
+    with pytest.raises(volumes.DataError, match=message):
+        datasets.load_dataset(str(tmp_path / "bad.npy"))
+
+
+def test_an_atlas_of_another_shape_is_refused(tmp_path):
+    np.save(tmp_path / "vols.npy", np.zeros((2, 16, 16)))
+    np.save(tmp_path / "atlas.npy", np.zeros((16, 32)))
+    with pytest.raises(volumes.DataError, match="shapes differ"):
+        datasets.load_dataset(str(tmp_path / "vols.npy"), str(tmp_path / "atlas.npy"))
+
+
+def test_padding_makes_sizes_divisible_and_crop_undoes_it():
+    volume = np.random.default_rng(0).random((2, 20, 33))
+    shape = datasets.padded_shape(volume.shape[1:], 16)
+    padding = datasets.padding_to_shape(volume.shape[1:], shape)
+    padded = datasets.pad(volume, padding)
+    assert shape == (32, 48) and padded.shape == (2, 32, 48)
+    assert padding == [(6, 6), (7, 8)]  # centred
+    np.testing.assert_array_equal(datasets.crop(padded, padding), volume)
+
+
+def test_volumes_larger_than_the_target_shape_are_refused():
+    with pytest.raises(volumes.DataError, match="do not fit the model's input shape"):
+        datasets.padding_to_shape((20, 40), (32, 32))
+
+
+def test_spacing_comes_from_nifti_zooms_or_the_npz_and_is_otherwise_unknown(tmp_path):
+    vols = np.random.default_rng(0).random((2, 6, 7, 8)).astype(np.float32)
+    affine = np.array([[0, 0, 1.5, 0], [-0.8, 0, 0, 0], [0, 1.2, 0, 0], [0, 0, 0, 1.0]])
+    (tmp_path / "nifti").mkdir()
+    for i, vol in enumerate(vols):
+        nib.save(nib.Nifti1Image(vol, affine), tmp_path / "nifti" / f"sub{i}.nii.gz")
+    np.savez(tmp_path / "one.npz", vols=vols, spacing=2.0)
+    np.savez(tmp_path / "axes.npz", vols=vols, spacing=[1.0, 1.25, 3.0])
+    np.save(tmp_path / "vols.npy", vols)
+    nifti = datasets.load_dataset(str(tmp_path / "nifti"))
+    assert nifti.spacing == pytest.approx((0.8, 1.2, 1.5))  # header zooms, in array axis order
+    assert datasets.load_dataset(str(tmp_path / "one.npz")).spacing == (2.0, 2.0, 2.0)
+    assert datasets.load_dataset(str(tmp_path / "axes.npz")).spacing == (1.0, 1.25, 3.0)
+    assert datasets.load_dataset(str(tmp_path / "vols.npy")).spacing is None
+
+
+def test_nifti_files_that_disagree_on_spacing_leave_it_unknown(tmp_path):
+    for i, zoom in enumerate((1.0, 2.0)):
+        nib.save(nib.Nifti1Image(np.zeros((4, 5, 6), np.float32), np.diag([zoom] * 3 + [1.0])),
+                 tmp_path / f"sub{i}.nii")
+    assert datasets.load_dataset(str(tmp_path)).spacing is None
+
+
+@pytest.mark.parametrize("spacing", [0.0, [1.0, -1.0, 1.0], [1.0, 1.0], "1mm", np.nan])
+def test_a_bad_npz_spacing_is_refused(tmp_path, spacing):
+    np.savez(tmp_path / "set.npz", vols=np.zeros((2, 4, 4, 4)), spacing=spacing)
+    with pytest.raises(volumes.DataError, match="spacing must be one positive value or 3"):
+        datasets.load_dataset(str(tmp_path / "set.npz"))
+
+
+def test_padding_and_splitting_keep_the_spacing():
+    data = datasets.Dataset(vols=np.zeros((3, 6, 6), np.float32), spacing=(1.0, 2.0))
+    assert datasets.pad_dataset(data, (16, 16)).spacing == (1.0, 2.0)
+    assert all(part.spacing == (1.0, 2.0) for part in datasets.split(data, 1))

@@ -1,0 +1,67 @@
+"""Registering pairs with a trained model: one pass, padding and cropping, fine-tuning."""
+import keras
+import numpy as np
+
+import dataloader
+import datasets
+import models
+import registration
+
+
+def trained_like(shape, **options) -> keras.Model:
+    """A compiled VM-1 whose weights are moved away from the near-zero initial field."""
+    keras.utils.set_random_seed(0)
+    model = models.build_model(shape, "vm1", "mse", lr=1e-3, **options)
+    rng = np.random.default_rng(1)
+    for weight in model.weights:
+        weight.assign(weight.numpy() + rng.normal(0, 0.02, weight.shape))
+    return model
+
+
+def test_register_returns_the_models_own_outputs(labelled_pair):
+    moving, static, moving_seg, _ = labelled_pair()
+    model = trained_like(moving.shape)
+    registered = registration.register(model, moving, static, moving_seg)
+    outputs = model.predict_on_batch({"moving": moving[None, ..., None],
+                                      "static": static[None, ..., None]})
+    np.testing.assert_array_equal(registered["moved"], outputs["moved"][0, ..., 0])
+    np.testing.assert_array_equal(registered["deformation"], outputs["deformation"][0])
+    assert registered["moved_seg"].dtype == moving_seg.dtype
+    assert set(np.unique(registered["moved_seg"])) <= set(np.unique(moving_seg))
+
+
+def test_a_smaller_pair_is_padded_registered_and_cropped_back(labelled_pair):
+    moving, static, moving_seg, _ = labelled_pair((26, 30))
+    model = trained_like((32, 32))
+    registered = registration.register_padded(model, moving, static, moving_seg)
+    padding = datasets.padding_to_shape(moving.shape, (32, 32))  # (3, 3), (1, 1)
+    whole = registration.register(model, *(datasets.pad(a, padding)
+                                           for a in (moving, static, moving_seg)))
+    assert registered["deformation"].shape == (26, 30, 2)
+    np.testing.assert_array_equal(registered["deformation"], whole["deformation"][3:-3, 1:-1])
+    np.testing.assert_array_equal(registered["moved"], whole["moved"][3:-3, 1:-1])
+    np.testing.assert_array_equal(registered["moved_seg"], whole["moved_seg"][3:-3, 1:-1])
+
+
+def test_finetuning_lowers_the_pairs_loss_and_leaves_the_model_as_it_was(labelled_pair):
+    keras.utils.set_random_seed(0)
+    moving, static, _, _ = labelled_pair()
+    model = models.build_model(moving.shape, "vm1", "mse", lr=1e-3)
+    weights = [w.numpy().copy() for w in model.weights]
+    inputs, targets = dataloader.batch(moving[None], static[None], models.targets(model))
+    tuned = registration.FineTuner(model, steps=15, lr=1e-3).tune(moving, static)
+    assert (tuned.evaluate(inputs, targets, verbose=0)[0]
+            < 0.8 * model.evaluate(inputs, targets, verbose=0)[0])
+    for weight, before in zip(model.weights, weights):
+        np.testing.assert_array_equal(weight.numpy(), before)
+
+
+def test_each_pair_is_tuned_from_the_trained_weights_and_a_fresh_adam(labelled_pair):
+    moving, static, _, _ = labelled_pair()
+    model = trained_like(moving.shape)
+    tuner = registration.FineTuner(model, steps=3)
+    tuner.tune(static, moving)  # another pair first: its weights and moments must not carry over
+    after_other = [w.copy() for w in tuner.tune(moving, static).get_weights()]
+    alone = registration.FineTuner(model, steps=3).tune(moving, static).get_weights()
+    for a, b in zip(after_other, alone):
+        np.testing.assert_allclose(a, b, atol=1e-6)

@@ -1,0 +1,99 @@
+"""Reading and writing volume files; damaged or foreign files give one DataError."""
+import os
+import tempfile
+
+import hypothesis
+import hypothesis.extra.numpy as hnp
+import hypothesis.strategies as st
+import nibabel as nib
+import numpy as np
+import pytest
+
+import datasets
+import volumes
+
+
+def test_missing_files_and_unknown_types_are_refused(tmp_path):
+    with pytest.raises(volumes.DataError, match="no such file"):
+        datasets.load_dataset(str(tmp_path / "missing.npz"))
+    (tmp_path / "data.txt").write_text("1 2 3")
+    with pytest.raises(volumes.DataError, match="unsupported file type"):
+        datasets.load_dataset(str(tmp_path / "data.txt"))
+
+
+def test_label_maps_must_hold_integers():
+    assert volumes.as_label_map(np.array([0.0, 3.0, 17.0])).dtype == np.float64
+    with pytest.raises(volumes.DataError, match="integer labels"):
+        volumes.as_label_map(np.array([0.0, 0.5]))
+
+
+@pytest.mark.parametrize("suffix", [".npy", ".npz", ".nii.gz"])
+def test_save_volume_then_load_volume_round_trips(tmp_path, suffix):
+    volume = np.random.default_rng(0).integers(0, 40, size=(6, 7, 8)).astype(np.int16)
+    path = str(tmp_path / f"vol{suffix}")
+    volumes.save_volume(path, volume)
+    loaded, image = volumes.load_volume(path)
+    np.testing.assert_array_equal(loaded, volume)
+    assert loaded.dtype == (np.uint8 if suffix == ".nii.gz" else np.int16)  # NIfTI: smallest fit
+    assert (image is not None) == (suffix == ".nii.gz")
+
+
+def test_nifti_output_keeps_the_reference_affine_and_takes_its_own_dtype(tmp_path):
+    affine = np.array([[0, 0, 1.5, -10], [-2, 0, 0, 20], [0, 1, 0, 5], [0, 0, 0, 1.0]])
+    nib.save(nib.Nifti1Image(np.zeros((4, 5, 6), np.uint8), affine), tmp_path / "ref.nii.gz")
+    _, reference = volumes.load_volume(str(tmp_path / "ref.nii.gz"))
+    field = np.random.default_rng(1).normal(size=(4, 5, 6, 3)).astype(np.float32)
+    volumes.save_volume(str(tmp_path / "out.nii.gz"), field, reference, vector=True)
+    saved = nib.load(tmp_path / "out.nii.gz")
+    np.testing.assert_allclose(saved.affine, affine)
+    np.testing.assert_array_equal(np.asanyarray(saved.dataobj)[:, :, :, 0], field)
+    assert saved.get_data_dtype() == np.float32 and saved.header.get_intent()[0] == "vector"
+
+
+def _loads_or_refuses(path: str) -> None:
+    """Every reader either reads ``path`` or raises DataError: never another exception."""
+    for read in (volumes.load_volume, datasets.load_dataset,
+                 lambda p: datasets.load_dataset(p, ndim=2)):
+        try:
+            read(path)
+        except volumes.DataError:
+            pass
+
+
+SUFFIXES = st.sampled_from([".npy", ".npz", ".nii", ".nii.gz"])
+
+
+@hypothesis.settings(max_examples=60, deadline=None)
+@hypothesis.given(data=st.binary(max_size=600), suffix=SUFFIXES,
+                  keep_header=st.booleans())
+def test_random_bytes_in_any_format_give_only_data_errors(data, suffix, keep_header):
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, "fuzz" + suffix)
+        if keep_header:  # a real header of the format, then garbage: damaged, not foreign
+            volumes.save_volume(path, np.ones((4, 4, 4), np.float32))
+            data = open(path, "rb").read()[:len(data) // 2] + data
+        with open(path, "wb") as file:
+            file.write(data)
+        _loads_or_refuses(path)
+
+
+ARRAYS = hnp.arrays(dtype=st.one_of(hnp.scalar_dtypes(), hnp.unicode_string_dtypes()),
+                    shape=hnp.array_shapes(min_dims=0, max_dims=5, min_side=0, max_side=4))
+
+
+@hypothesis.settings(max_examples=60, deadline=None,
+                     suppress_health_check=[hypothesis.HealthCheck.too_slow])
+@hypothesis.given(array=ARRAYS, suffix=SUFFIXES, key=st.sampled_from(["vols", "segs", "vol"]))
+def test_random_arrays_in_any_format_give_only_data_errors(array, suffix, key):
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, "fuzz" + suffix)
+        if suffix == ".npy":
+            np.save(path, array)
+        elif suffix == ".npz":
+            np.savez(path, **{key: array, "vols" if key == "segs" else "segs": array})
+        else:
+            try:  # nibabel refuses some arrays itself: those cannot be fuzzed as NIfTI
+                nib.save(nib.Nifti1Image(array, np.eye(4)), path)
+            except Exception:
+                hypothesis.reject()
+        _loads_or_refuses(path)
