@@ -29,6 +29,7 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
 import metrics
+import rundir
 import volumes
 
 VIEW_NAMES = ("sagittal", "coronal", "axial")
@@ -437,10 +438,10 @@ def _run_figures(run_dir: str, pairs: int | None = None):
 
     ``draw(fname=...)`` makes the figure; ``kind`` is one of ``FIGURES``.
     """
-    history = os.path.join(run_dir, "history.csv")
+    history = os.path.join(run_dir, rundir.HISTORY)
     if os.path.exists(history):
-        yield "loss", "loss.png", partial(plot_history, history)
-    samples = os.path.join(run_dir, "samples.npz")
+        yield "loss", rundir.LOSS_PLOT, partial(plot_history, history)
+    samples = os.path.join(run_dir, rundir.SAMPLES)
     if os.path.exists(samples):
         with np.load(samples) as stored:
             arrays = dict(stored)
@@ -451,9 +452,9 @@ def _run_figures(run_dir: str, pairs: int | None = None):
             yield "grid", f"grid_{i}.png", partial(plot_deformation_grid, deformation, moving)
             yield "displacement", f"displacement_{i}.png", partial(plot_displacement, deformation)
             yield "jacobian", f"jacobian_{i}.png", partial(plot_jacobian, deformation)
-    evaluation = os.path.join(run_dir, "eval.json")
+    evaluation = os.path.join(run_dir, rundir.EVALUATION)
     if os.path.exists(evaluation) and "dice_after" in read_evaluation(evaluation)["summary"]:
-        yield "dice", "dice_boxplot.png", partial(plot_dice, evaluation)
+        yield "dice", rundir.DICE_PLOT, partial(plot_dice, evaluation)
 
 
 def render_run(run_dir: str, output: str | None = None, prefix: str = "",

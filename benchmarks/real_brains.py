@@ -123,10 +123,11 @@ def train(name: str, flags: list[str], train_set: str, test_set: str, folder: st
     serve as ``--val_data`` only for the logged validation loss; nothing is selected on them.
     """
     import main
+    import rundir
 
     run = os.path.join(folder, name)
-    if not os.path.exists(os.path.join(run, "metrics.json")):
-        resume = os.path.exists(os.path.join(run, "args.json"))  # an interrupted training
+    if not os.path.exists(os.path.join(run, rundir.METRICS)):
+        resume = os.path.exists(os.path.join(run, rundir.ARGS))  # an interrupted training
         code = main.main(["--resume", run] if resume else [
             "--data", train_set, "--val_data", test_set, "--pairs", "scan_to_scan",
             "--model", "vm2", "--epochs", str(args.epochs), "--steps_per_epoch",
@@ -134,7 +135,7 @@ def train(name: str, flags: list[str], train_set: str, test_set: str, folder: st
             str(args.seed), *flags])
         if code:
             sys.exit(f"real_brains.py: error: training {name} failed")
-    with open(os.path.join(run, "metrics.json")) as file:
+    with open(os.path.join(run, rundir.METRICS)) as file:
         return json.load(file)["train_seconds"]
 
 
@@ -321,8 +322,10 @@ def main() -> None:
         path = os.path.join(args.output, f"{name}.json")
 
         def compute():
+            import rundir
+
             seconds = 0.0 if model else train(name, flags, train_set, test_set, args.output, args)
-            scored = voxelmorph(os.path.join(args.output, model_name, "model.keras"), test_set,
+            scored = voxelmorph(os.path.join(args.output, model_name, rundir.MODEL), test_set,
                                 full, pairs, finetune_steps, args.finetune_lr)
             return {"flags": flags, "train_seconds": seconds, **scored}
 
