@@ -58,44 +58,48 @@ class SpatialTransformer(keras.layers.Layer):
 
 @keras.saving.register_keras_serializable(package="voxelmorph")
 class IntegrateVelocity(keras.layers.Layer):
-    """Keras layer around :func:`utils.integrate_velocity`: velocity -> displacement.
+    """Keras layer around :func:`utils.integrate_velocity`: velocity -> displacement, same grid.
 
     Parameters
     ----------
     steps : int
         Scaling and squaring steps.
-    shape : tuple of int
-        Spatial shape of the displacement; when the velocity is coarser, the integrated
-        displacement is resized to it (:func:`utils.resize_displacement`).
     """
 
-    def __init__(self, steps: int, shape: tuple[int, ...], **kwargs):
+    def __init__(self, steps: int, **kwargs):
         super().__init__(**kwargs)
-        self.steps, self.shape = steps, tuple(shape)
+        self.steps = steps
 
     def call(self, velocity):
-        """``(B, *coarse, ndim)`` velocity in coarse voxels -> ``(B, *shape, ndim)`` in voxels."""
-        displacement = utils.integrate_velocity(velocity, self.steps)
-        if tuple(velocity.shape[1:-1]) != self.shape:
-            displacement = utils.resize_displacement(displacement, self.shape)
-        return displacement
+        """``(B, *spatial, ndim)`` velocity in voxels -> ``(B, *spatial, ndim)`` displacement."""
+        return utils.integrate_velocity(velocity, self.steps)
 
     def compute_output_shape(self, input_shape):
-        return (input_shape[0], *self.shape, input_shape[-1])
+        return input_shape
 
     def get_config(self) -> dict:
-        return {**super().get_config(), "steps": self.steps, "shape": self.shape}
+        return {**super().get_config(), "steps": self.steps}
 
 
 @keras.saving.register_keras_serializable(package="voxelmorph")
 class ResizeField(keras.layers.Layer):
-    """Keras layer around :func:`utils.resize_displacement`, to ``shape``."""
+    """Keras layer around :func:`utils.resize_displacement`: a field onto a ``shape`` grid.
+
+    Both sides of a coarse integration use it: the velocity down to the integration grid, the
+    displacement back up; the vectors are rescaled so that they stay in voxels of the new grid.
+
+    Parameters
+    ----------
+    shape : tuple of int
+        Spatial shape of the output grid (same extent as the input's).
+    """
 
     def __init__(self, shape: tuple[int, ...], **kwargs):
         super().__init__(**kwargs)
         self.shape = tuple(shape)
 
     def call(self, field):
+        """``(B, *in_spatial, ndim)`` in input voxels -> ``(B, *shape, ndim)`` in output voxels."""
         return utils.resize_displacement(field, self.shape)
 
     def compute_output_shape(self, input_shape):
@@ -154,8 +158,8 @@ def voxelmorph(input_shape: tuple[int, ...], decoder: tuple[int, ...],
         velocity field, integrated by scaling and squaring in ``int_steps`` steps into a
         diffeomorphic displacement (Dalca et al., MICCAI 2018).
     int_downsize : int
-        Integrate the velocity at ``1 / int_downsize`` resolution, then resize the displacement
-        back (only with ``int_steps``).
+        Integrate the velocity at ``1 / int_downsize`` resolution: :class:`ResizeField` takes it
+        down to that grid and the integrated displacement back (only with ``int_steps``).
     bidir : bool
         Also warp the static image with the inverse field (the negated velocity, or the negated
         displacement without integration).
@@ -181,15 +185,18 @@ def voxelmorph(input_shape: tuple[int, ...], decoder: tuple[int, ...],
 
     outputs = {}
     if int_steps:
-        small = tuple(size // int_downsize for size in input_shape)
         if int_downsize > 1:
+            small = tuple(size // int_downsize for size in input_shape)
             field = ResizeField(small, name="velocity", dtype=F32)(field)
         outputs["velocity"] = field
-        deformation = IntegrateVelocity(int_steps, input_shape, name="integrate", dtype=F32)(field)
+        deformation = IntegrateVelocity(int_steps, name="integrate", dtype=F32)(field)
         if bidir:
             negated = Negate(name="negated_velocity", dtype=F32)(field)
-            inverse = IntegrateVelocity(int_steps, input_shape, name="integrate_inverse",
-                                        dtype=F32)(negated)
+            inverse = IntegrateVelocity(int_steps, name="integrate_inverse", dtype=F32)(negated)
+        if int_downsize > 1:
+            deformation = ResizeField(input_shape, name="resize", dtype=F32)(deformation)
+            if bidir:
+                inverse = ResizeField(input_shape, name="resize_inverse", dtype=F32)(inverse)
     else:
         deformation = field
         if bidir:

@@ -91,7 +91,11 @@ def random_deformation(shape: tuple[int, ...], rng: np.random.Generator) -> np.n
     """A random smooth diffeomorphic displacement: exp of a smooth random velocity field.
 
     The velocity varies on a scale of ``VELOCITY_SPACING`` voxels, so it is integrated (scaling
-    and squaring) on a grid ``INTEGRATION_FACTOR`` times coarser, then upsampled.
+    and squaring) on a grid ``INTEGRATION_FACTOR`` times coarser, then upsampled. That coarse grid
+    is a lattice with its end points on the image's corner voxels, so it is upsampled by
+    :func:`utils.resize` (aligned corners, vectors times ``(n - 1) / (m - 1)``), not by the
+    networks' :func:`utils.resize_displacement` (block-averaging voxel centres, ``n / m``), which
+    would give other fields and so other fixed validation subjects.
 
     Returns
     -------

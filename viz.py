@@ -307,11 +307,45 @@ def read_history(path) -> dict[str, list[float]]:
     return {key: [float(row[key]) for row in rows] for key in rows[0]} if rows else {}
 
 
-def plot_history(history, fname: str | None = None) -> Figure:
-    """Training curves: total loss, image similarity and smoothness, train and validation.
+def _loss_panels(history: dict) -> list[tuple[str, str, list[tuple[str, str]]]]:
+    """The panels of :func:`plot_history`, from the loss terms that ``history`` holds.
 
-    Keras logs the similarity and smoothness terms unweighted; the total loss is
-    ``similarity + lambda * smoothness``. The smoothness axis is logarithmic.
+    Returns
+    -------
+    list of (title, ylabel, series)
+        Total loss, image similarity, smoothness and, with a segmentation loss, soft Dice;
+        ``series`` holds the ``(key, label)`` of each curve, ``key`` without ``val_``.
+    """
+    key, field, symbol = (("velocity_loss", "velocity", "v") if "velocity_loss" in history
+                          else ("deformation_loss", "displacement", "u"))
+    terms, measure = ["similarity"], "-NCC or MSE of moved vs static"
+    similarity = [("moved_loss", "")]
+    if "moved_static_loss" in history:
+        terms = ["$\\frac{1}{2}$ similarity", "$\\frac{1}{2}$ symmetric similarity"]
+        measure, similarity = "-NCC or MSE", [("moved_loss", "moved vs static, "),
+                                              ("moved_static_loss", "static vs moving, ")]
+    terms.append(f"$\\lambda$ smoothness of ${symbol}$")
+    panels = [("image similarity", measure, similarity),
+              (f"smoothness of the {field} ${symbol}$",
+               f"mean squared gradient of ${symbol}$ (voxels$^2$)", [(key, "")])]
+    if "moved_seg_loss" in history:
+        terms.append("$\\gamma$ soft Dice")
+        panels.append(("segmentation", "soft-Dice loss of the warped label map",
+                       [("moved_seg_loss", "")]))
+    total = "\n+ ".join(" + ".join(terms[i:i + 2]) for i in range(0, len(terms), 2))
+    return [("total loss", total, [("loss", "")])] + panels
+
+
+def plot_history(history, fname: str | None = None) -> Figure:
+    """Training curves: total loss and each of its terms, train and validation.
+
+    Keras logs the terms unweighted; the total loss is their weighted sum, spelled out on its
+    panel from the terms the history holds: the image similarity (``moved_loss``; with
+    ``--bidir`` half of it plus half the symmetric one, ``moved_static_loss``, drawn on the same
+    panel), lambda times the smoothness of the displacement ``u`` (``deformation_loss``) or, for
+    diffeomorphic runs, of the velocity ``v`` (``velocity_loss``), and with ``--seg_weight``
+    gamma times the soft-Dice loss (``moved_seg_loss``, a fourth panel). The smoothness axis is
+    logarithmic.
 
     Parameters
     ----------
@@ -327,18 +361,17 @@ def plot_history(history, fname: str | None = None) -> Figure:
     """
     if not isinstance(history, dict):
         history = read_history(history)
-    panels = (("loss", "total loss", "similarity + $\\lambda$ smoothness"),
-              ("moved_loss", "image similarity", "-NCC or MSE of moved vs static"),
-              ("deformation_loss", "smoothness", "mean squared gradient of $u$ (voxels$^2$)"))
-    fig = Figure(figsize=(13, 3.8), layout="constrained")
+    panels = _loss_panels(history)
+    fig = Figure(figsize=(13 / 3 * len(panels), 3.8), layout="constrained")
     axes = fig.subplots(1, len(panels))
-    for ax, (key, title, ylabel) in zip(axes, panels):
-        for prefix, style in (("", "-"), ("val_", "--")):
-            values = history.get(prefix + key)
-            if values:
-                epochs = np.arange(1, len(values) + 1)
-                ax.plot(epochs, values, style, marker="o", markersize=3,
-                        label="validation" if prefix else "train")
+    for ax, (title, ylabel, series) in zip(axes, panels):
+        for key, label in series:
+            for prefix, style in (("", "-"), ("val_", "--")):
+                values = history.get(prefix + key)
+                if values:
+                    epochs = np.arange(1, len(values) + 1)
+                    ax.plot(epochs, values, style, marker="o", markersize=3,
+                            label=label + ("validation" if prefix else "train"))
         ax.set_title(title)
         ax.set_xlabel("epoch")
         ax.set_ylabel(ylabel)
@@ -346,9 +379,9 @@ def plot_history(history, fname: str | None = None) -> Figure:
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=9)
-    smoothness = history.get("deformation_loss", []) + history.get("val_deformation_loss", [])
+    smoothness = [value for line in axes[2].lines for value in line.get_ydata()]
     if smoothness and min(smoothness) > 0:
-        axes[-1].set_yscale("log")
+        axes[2].set_yscale("log")
     fig.suptitle("Training history")
     return _save(fig, fname)
 

@@ -13,12 +13,13 @@ first). Next to them: the affine-only starting point and, when the ``antspyx`` p
 installed (a benchmark-only dependency), ANTs SyN with the CC metric on the same pairs at the full
 128^3 resolution.
 
-Every method is scored on the full-resolution grid: a displacement predicted on a coarser grid
-is resized to 128^3 (``utils.resize_displacement``), the 128^3 label map of the moving subject is
-warped with nearest neighbour, and Dice and HD95 (mm) are taken over the file's 30 structures;
-folding and SDlogJ come from the 128^3 displacement. Results of finished methods are kept in
-``--output`` and reused when the command runs again, so an interrupted benchmark resumes.
-Prints a markdown table and writes ``results.json`` into ``--output``.
+Every method is scored on the full-resolution grid by ``metrics.score_registration``: a
+displacement predicted on a coarser grid is resized to 128^3 (``utils.resize_displacement``), the
+128^3 label map of the moving subject is warped with nearest neighbour, and Dice and HD95 (mm) are
+taken over the file's 30 structures; folding and SDlogJ come from the 128^3 displacement. Results
+of finished methods are kept in ``--output`` and reused when the command runs again, so an
+interrupted benchmark resumes. Prints a markdown table and writes ``results.json`` into
+``--output``.
 """
 import argparse
 import json
@@ -97,21 +98,45 @@ def test_pairs(count: int, max_pairs: int | None) -> list[tuple[int, int]]:
     return pairs[:max_pairs]
 
 
-def score_pair(moved_seg, static_seg, deformation, labels, spacing: float) -> dict:
-    """Dice, HD95 (mm), folding share and SDlogJ of one registered pair at full resolution."""
+def warped(image: np.ndarray, deformation: np.ndarray, interpolation: str = "linear") -> np.ndarray:
+    """``(*spatial)`` image resampled with a ``(*spatial, 3)`` displacement in voxels."""
+    import utils
+
+    moved = utils.warp(image[None, ..., None], deformation[None], interpolation)
+    return np.asarray(moved)[0, ..., 0]
+
+
+def score_pair(full, m: int, s: int, moved_seg: np.ndarray, deformation: np.ndarray) -> dict:
+    """Dice, HD95 (mm), folding share and SDlogJ of test pair ``m -> s`` at full resolution.
+
+    The scores of ``metrics.score_registration``; its image similarities (of the moving image
+    warped here with ``deformation``) and Dice before registration are left out.
+
+    Parameters
+    ----------
+    full : tuple
+        :func:`full_resolution_test_set`.
+    m, s : int
+        Moving and static test subjects.
+    moved_seg : np.ndarray
+        ``(128, 128, 128)`` moving label map, registered.
+    deformation : np.ndarray
+        ``(128, 128, 128, 3)`` displacement in voxels.
+    """
     import metrics
 
-    return {"dice": metrics.dice(moved_seg, static_seg, labels).tolist(),
-            "hd95_mm": metrics.hd95(moved_seg, static_seg, labels, spacing).tolist(),
-            "folding_fraction": metrics.folding_fraction(deformation),
-            "sdlogj": metrics.sdlogj(deformation)}
+    vols, segs, labels, spacing = full
+    scores = metrics.score_registration(vols[m], vols[s], warped(vols[m], deformation),
+                                        deformation, segs[m], segs[s], moved_seg, labels, spacing)
+    return {"dice": scores["dice_after"], "hd95_mm": scores["hd95_mm"],
+            "folding_fraction": scores["folding_fraction"], "sdlogj": scores["sdlogj"]}
 
 
 def affine_only(full, pairs) -> dict:
     """Scores of the affinely aligned pairs as they are."""
-    vols, segs, labels, spacing = full
+    segs = full[1]
     zero = np.zeros(segs.shape[1:] + (3,), np.float32)
-    return {"per_pair": [{**score_pair(segs[m], segs[s], zero, labels, spacing), "seconds": 0.0}
+    return {"per_pair": [{**score_pair(full, m, s, segs[m], zero), "seconds": 0.0}
                          for m, s in pairs]}
 
 
@@ -171,21 +196,18 @@ def voxelmorph(model_path: str, test_set: str, full, pairs, finetune_steps: int 
     import datasets
     import models
     import registration
-    import utils
 
     model = keras.models.load_model(model_path)
     tuner = registration.FineTuner(model, finetune_steps, finetune_lr) if finetune_steps else None
     model = models.registration_model(model)  # built once for every pair
     small = datasets.load_dataset(test_set).vols
-    vols, segs, labels, spacing = full
+    segs = full[1]
     results = []
     for m, s in pairs:
         deformation, seconds, finetune_seconds = register_full_resolution(
             model, small[m], small[s], tuner)
-        moved_seg = utils.warp(segs[m][None, ..., None].astype(np.int32), deformation[None],
-                               "nearest")
-        scores = score_pair(np.asarray(moved_seg)[0, ..., 0], segs[s], deformation, labels,
-                            spacing)
+        scores = score_pair(full, m, s, warped(segs[m].astype(np.int32), deformation, "nearest"),
+                            deformation)
         results.append({**scores, "seconds": seconds, "finetune_seconds": finetune_seconds})
         print(f"  pair {m}->{s}: Dice {np.nanmean(scores['dice']):.3f}", flush=True)
     return {"per_pair": results}
@@ -225,13 +247,12 @@ def ants_register(fixed_image: np.ndarray, moving_image: np.ndarray, moving_seg:
 
 def ants_syn(full, pairs, iterations: list[int], folder: str) -> dict:
     """ANTs SyN on every test pair at 128^3, scored as the other methods."""
-    vols, segs, labels, spacing = full
+    vols, segs = full[:2]
     results = []
     for m, s in pairs:
         registered = ants_register(vols[s], vols[m], segs[m], iterations,
                                    os.path.join(folder, f"ants_{m}_{s}.npz"))
-        scores = score_pair(registered["moved_seg"], segs[s], registered["deformation"], labels,
-                            spacing)
+        scores = score_pair(full, m, s, registered["moved_seg"], registered["deformation"])
         results.append({**scores, "seconds": float(registered["seconds"])})
         print(f"  ANTs pair {m}->{s}: Dice {np.nanmean(scores['dice']):.3f} in "
               f"{results[-1]['seconds']:.0f} s", flush=True)

@@ -183,9 +183,8 @@ def brute_force_hd95(a, b, spacing):
     return max(np.percentile(distances.min(axis=1), 95), np.percentile(distances.min(axis=0), 95))
 
 
-@pytest.mark.parametrize("shape, spacing", [((24, 20), (1.0, 1.0)),
-                                            ((14, 12, 10), (1.0, 1.5, 0.7))])
-def test_hd95_of_random_blobs_matches_a_brute_force_reference(shape, spacing):
+def random_blobs(shape):
+    """Two label maps of random blobs, labels 1 to 3."""
     rng = np.random.default_rng(3)
     maps = []
     for _ in range(2):
@@ -194,9 +193,29 @@ def test_hd95_of_random_blobs_matches_a_brute_force_reference(shape, spacing):
     maps[0][0] = 2  # a structure touching the grid's edge
     maps[0][(slice(3, 6),) * len(shape)] = 3  # and a small one inside: its bounding box is small
     maps[1][(slice(5, 9),) * len(shape)] = 3
+    return maps
+
+
+@pytest.mark.parametrize("shape, spacing", [((24, 20), (1.0, 1.0)),
+                                            ((14, 12, 10), (1.0, 1.5, 0.7))])
+def test_hd95_of_random_blobs_matches_a_brute_force_reference(shape, spacing):
+    maps = random_blobs(shape)
     expected = [brute_force_hd95(maps[0] == label, maps[1] == label, np.array(spacing))
                 for label in (1, 2, 3)]
     np.testing.assert_allclose(metrics.hd95(*maps, spacing=spacing), expected, rtol=1e-12)
+
+
+@pytest.mark.parametrize("spacing", [1.5, (1.0, 1.5, 0.7)], ids=["isotropic", "anisotropic"])
+def test_scores_give_hd95_in_voxels_and_mm_of_the_brute_force_reference(spacing):
+    # one pass gives both units: shared nearest voxels when isotropic, not when anisotropic
+    shape = (14, 12, 10)
+    maps, image = random_blobs(shape), np.zeros(shape, np.float32)
+    scores = metrics.score_registration(image, image, image, np.zeros((*shape, 3)), maps[0],
+                                        maps[1], maps[0], spacing=spacing)
+    for key, size in (("hd95", np.ones(3)), ("hd95_mm", metrics.voxel_size(spacing, 3))):
+        expected = [brute_force_hd95(maps[0] == label, maps[1] == label, size)
+                    for label in (1, 2, 3)]
+        np.testing.assert_allclose(scores[key], expected, rtol=1e-12)
 
 
 def test_hd95_of_identical_maps_is_zero():

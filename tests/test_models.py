@@ -7,6 +7,7 @@ import dataloader
 import metrics
 import models
 import registration
+import utils
 
 
 def conv_params(ndim: int, inputs: int, outputs: int) -> int:
@@ -150,7 +151,8 @@ def test_each_option_trains_and_lowers_the_loss(options, labelled_pair):
 
 
 @pytest.mark.parametrize("options", OPTIONS, ids=lambda o: "-".join(map(str, o.items())))
-def test_a_model_saved_with_each_option_loads_and_registers_the_same(tmp_path, options, labelled_pair):
+def test_a_model_saved_with_each_option_loads_and_registers_the_same(tmp_path, options,
+                                                                     labelled_pair):
     moving, static, _, _ = labelled_pair((16, 16, 16))
     model = models.build_model(moving.shape, "vm1", **options)
     rng = np.random.default_rng(1)
@@ -159,7 +161,8 @@ def test_a_model_saved_with_each_option_loads_and_registers_the_same(tmp_path, o
     model.optimizer.build(model.trainable_variables)  # saved with the model, as after fit
     model.save(tmp_path / "model.keras")
     loaded = keras.models.load_model(tmp_path / "model.keras")
-    before, after = registration.register(model, moving, static), registration.register(loaded, moving, static)
+    before = registration.register(model, moving, static)
+    after = registration.register(loaded, moving, static)
     assert np.abs(before["deformation"]).max() > 1e-3
     np.testing.assert_allclose(after["deformation"], before["deformation"], atol=1e-5)
     assert models.targets(loaded) == models.targets(model)
@@ -170,6 +173,18 @@ def test_integrated_outputs_are_the_velocity_and_its_diffeomorphic_displacement(
     assert model.output["velocity"].shape == (None, 16, 16, 2)
     assert model.output["deformation"].shape == (None, 32, 32, 2)
     assert models.targets(models.build_model((32, 32), int_steps=7)) == ("moved", "velocity")
+
+
+def test_coarse_integration_resizes_the_velocity_down_and_its_displacement_back_up():
+    model = models.VoxelMorph1((32, 32), int_steps=7, int_downsize=2)
+    rng = np.random.default_rng(0)
+    for weight in model.weights:  # a field of a few voxels, so the check means something
+        weight.assign(weight.numpy() + rng.normal(0, 0.05, weight.shape))
+    pair = {key: rng.random((1, 32, 32, 1)).astype(np.float32) for key in ("moving", "static")}
+    outputs = model.predict_on_batch(pair)
+    expected = utils.resize_displacement(utils.integrate_velocity(outputs["velocity"], 7), (32, 32))
+    assert np.abs(outputs["deformation"]).max() > 0.5
+    np.testing.assert_allclose(outputs["deformation"], expected, atol=1e-5)
 
 
 def test_the_registration_model_of_a_segmentation_model_needs_no_label_map():

@@ -118,8 +118,7 @@ def test_shape_errors_name_the_expected_layout():
         viz.plot_deformation_grid(np.zeros((8, 8, 3)))
 
 
-def history_rows(epochs=3):
-    keys = ("loss", "moved_loss", "deformation_loss")
+def history_rows(epochs=3, keys=("loss", "moved_loss", "deformation_loss")):
     return {prefix + key: list(np.linspace(1.0, 0.1, epochs) * (1 + i))
             for i, key in enumerate(keys) for prefix in ("", "val_")}
 
@@ -137,12 +136,37 @@ def test_history_plots_train_and_validation_of_every_loss(tmp_path):
     assert viz.read_history(str(tmp_path / "history.csv"))["val_moved_loss"][0] == 2.0
     fig = viz.plot_history(str(tmp_path / "history.csv"), str(tmp_path / "loss.png"))
     axes = fig.axes
-    assert [ax.get_title() for ax in axes] == ["total loss", "image similarity", "smoothness"]
+    assert [ax.get_title() for ax in axes] == ["total loss", "image similarity",
+                                               "smoothness of the displacement $u$"]
     for ax in axes:
         assert [line.get_label() for line in ax.lines] == ["train", "validation"]
         assert list(ax.lines[0].get_xdata()) == [1, 2, 3]
+    assert axes[0].get_ylabel() == "similarity + $\\lambda$ smoothness of $u$"
     assert axes[2].get_yscale() == "log"
     assert imread(tmp_path / "loss.png").shape[0] > 0
+
+
+def test_history_of_a_diffeomorphic_run_draws_the_smoothness_of_the_velocity():
+    fig = viz.plot_history(history_rows(keys=("loss", "moved_loss", "velocity_loss")))
+    smoothness = fig.axes[2]
+    assert smoothness.get_title() == "smoothness of the velocity $v$"
+    assert [line.get_label() for line in smoothness.lines] == ["train", "validation"]
+    np.testing.assert_allclose(smoothness.lines[0].get_ydata(), [3.0, 1.65, 0.3])
+    assert "smoothness of $v$" in fig.axes[0].get_ylabel()
+
+
+def test_history_of_a_bidirectional_segmentation_run_draws_and_names_every_term():
+    keys = ("loss", "moved_loss", "velocity_loss", "moved_static_loss", "moved_seg_loss")
+    fig = viz.plot_history(history_rows(keys=keys))
+    total, similarity, _, segmentation = fig.axes
+    assert total.get_ylabel() == ("$\\frac{1}{2}$ similarity + $\\frac{1}{2}$ symmetric similarity"
+                                  "\n+ $\\lambda$ smoothness of $v$ + $\\gamma$ soft Dice")
+    assert [line.get_label() for line in similarity.lines] == [
+        "moved vs static, train", "moved vs static, validation", "static vs moving, train",
+        "static vs moving, validation"]
+    np.testing.assert_allclose(similarity.lines[2].get_ydata(), [4.0, 2.2, 0.4])
+    assert segmentation.get_title() == "segmentation"
+    np.testing.assert_allclose(segmentation.lines[1].get_ydata(), [5.0, 2.75, 0.5])
 
 
 def evaluation(labels, names=None, pairs=4, seed=0):
