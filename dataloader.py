@@ -35,10 +35,12 @@ def batch(moving: np.ndarray, static: np.ndarray, targets=TARGETS, moving_seg=No
         ``(B, *spatial)`` moving images.
     static : np.ndarray
         ``(B, *spatial)`` static images, or one ``(*spatial)`` image for the whole batch.
-    targets : sequence of str
-        The model's trained outputs (``models.targets``): ``moved`` (the static image),
-        ``deformation`` or ``velocity`` (zeros: the smoothness loss has no target),
-        ``moved_static`` (the moving image) and ``moved_seg`` (the static label map, one-hot).
+    targets : dict or sequence of str
+        The model's trained outputs, ``{name: shape of one sample}`` as ``models.targets``
+        gives them (or their names, for a full-resolution field): ``moved`` (the static image),
+        ``deformation`` or ``velocity`` (zeros of the field's shape: the smoothness loss has no
+        target), ``moved_static`` (the moving image) and ``moved_seg`` (the static label map,
+        one-hot).
     moving_seg, static_seg : np.ndarray, optional
         Label maps shaped like ``moving`` and ``static``; needed for ``moved_seg``, which also
         adds the input ``moving_seg`` (one-hot).
@@ -47,9 +49,12 @@ def batch(moving: np.ndarray, static: np.ndarray, targets=TARGETS, moving_seg=No
     """
     moving = moving[..., None].astype(np.float32)
     static = np.broadcast_to(static, moving.shape[:-1])[..., None].astype(np.float32)
-    zeros = np.zeros(static.shape[:-1] + (static.ndim - 2,), np.float32)
     inputs = {"moving": moving, "static": static}
-    available = {"moved": static, "deformation": zeros, "velocity": zeros, "moved_static": moving}
+    available = {"moved": static, "moved_static": moving}
+    for field in ("deformation", "velocity"):
+        shape = targets[field] if isinstance(targets, dict) and field in targets else \
+            static.shape[1:-1] + (static.ndim - 2,)
+        available[field] = np.zeros((len(moving), *shape), np.float32)
     if "moved_seg" in targets:
         if moving_seg is None or static_seg is None:
             raise DataError("the segmentation loss needs label maps ('segs') for every volume")
@@ -70,7 +75,7 @@ class PairLoader(keras.utils.PyDataset):
         Pairs per batch.
     seed : int, optional
         Seed of every draw; by default a fresh random one.
-    targets : sequence of str
+    targets : dict or sequence of str
         The model's trained outputs, see :func:`batch`.
     labels : sequence of int, optional
         Labels of the one-hot maps of the segmentation loss.
@@ -83,7 +88,7 @@ class PairLoader(keras.utils.PyDataset):
         super().__init__(**kwargs)
         self.batch_size, self.epoch = batch_size, 0
         self.seed = np.random.SeedSequence().entropy if seed is None else seed
-        self.targets, self.labels = tuple(targets), labels
+        self.targets, self.labels = targets, labels
 
     def seed_of(self, *index: int) -> tuple[int, ...]:
         """Seed of a draw in the current epoch: ``(seed, epoch, *index)``."""

@@ -308,9 +308,11 @@ def build_model(input_shape: tuple[int, ...], model: str = "vm2", loss: str = "n
     return network
 
 
-def targets(model: keras.Model) -> tuple[str, ...]:
-    """Names of the outputs a compiled model is trained on (the targets of a batch)."""
-    return tuple(model.get_compile_config()["loss"])
+def targets(model: keras.Model) -> dict[str, tuple[int, ...]]:
+    """The outputs a compiled model is trained on (the targets of a batch), by name: the shape
+    of one sample of each, e.g. ``{"moved": (*spatial, 1), "velocity": (*coarse, ndim)}``."""
+    return {name: tuple(model.output[name].shape[1:])
+            for name in model.get_compile_config()["loss"]}
 
 
 def registration_model(model: keras.Model) -> keras.Model:

@@ -145,7 +145,7 @@ class FineTuner:
         for variable, value in zip(self.network.optimizer.variables, self.fresh):
             variable.assign(value)  # step count 0, zero moments: Adam as new
         inputs, targets = dataloader.batch(np.asarray(moving)[None], np.asarray(static)[None],
-                                           tuple(self.network.get_compile_config()["loss"]))
+                                           models.targets(self.network))
         for _ in range(self.steps):
             self.network.train_on_batch(inputs, targets)
         return self.network

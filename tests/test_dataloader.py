@@ -40,3 +40,11 @@ def test_scan_to_scan_loader_yields_pairs_of_the_set():
     moving, static = inputs["moving"][:, 0, 0, 0], inputs["static"][:, 0, 0, 0]
     assert len(loader) == 2
     assert np.all(moving != static)
+
+
+def test_the_smoothness_target_has_the_shape_of_the_models_field():
+    # --int_downsize 2: the velocity is trained at half resolution, and so is its zero target.
+    targets = {"moved": (32, 32, 1), "velocity": (16, 16, 2)}
+    inputs, batch_targets = dataloader.batch(np.zeros((2, 32, 32)), np.zeros((32, 32)), targets)
+    assert batch_targets["velocity"].shape == (2, 16, 16, 2) and not batch_targets["velocity"].any()
+    assert batch_targets["moved"].shape == inputs["static"].shape == (2, 32, 32, 1)

@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -40,3 +41,36 @@ def test_onednn_is_on_unless_the_user_turned_it_off(setting, expected):
     result = subprocess.run([sys.executable, "-c", PROBE], cwd=ROOT, env=env, text=True,
                             capture_output=True, timeout=120)
     assert result.stdout.split()[-2:] == expected.split(), result.stderr[-2000:]
+
+
+PREDICT = """
+import sys, numpy as np, keras, models
+path, out = sys.argv[1], sys.argv[2]
+if sys.argv[3] == "build":  # a 3D VM-2 with weights away from the near-zero initial field
+    keras.utils.set_random_seed(0)
+    model = models.build_model((32, 32, 32), "vm2")
+    rng = np.random.default_rng(1)
+    for weight in model.weights:
+        weight.assign(weight.numpy() + rng.normal(0, 0.05, weight.shape))
+    model.save(path)
+model = keras.models.load_model(path)
+rng = np.random.default_rng(2)
+pair = {key: rng.random((1, 32, 32, 32, 1), np.float32) for key in ("moving", "static")}
+np.save(out, model.predict_on_batch(pair)["deformation"])
+"""
+
+
+def test_onednn_and_eigen_kernels_give_the_same_field(tmp_path):
+    fields = []
+    for setting, step in (("1", "build"), ("0", "load")):
+        out = tmp_path / f"field{setting}.npy"
+        env = {**os.environ, "TF_ENABLE_ONEDNN_OPTS": setting}
+        result = subprocess.run([sys.executable, "-c", PREDICT, str(tmp_path / "m.keras"),
+                                 str(out), step], cwd=ROOT, env=env, capture_output=True,
+                                text=True, timeout=300)
+        assert result.returncode == 0, result.stderr[-2000:]
+        fields.append(np.load(out))
+    largest = np.abs(fields[0]).max()
+    assert largest > 0.01  # a field worth comparing
+    # float32 round-off, summed in another order by each library over 18 convolutions
+    assert np.abs(fields[0] - fields[1]).max() < 1e-3 * largest
