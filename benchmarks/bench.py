@@ -97,17 +97,10 @@ def model_flops(model) -> dict:
 def cpu_isa(cpuinfo: str) -> dict:
     """The vector instruction sets of the first processor, and TensorFlow's oneDNN default.
 
-    Parameters
-    ----------
-    cpuinfo : str
-        The text of Linux's ``/proc/cpuinfo``.
-
-    Returns
-    -------
-    dict
-        ``isa``: the widest of "AVX-512", "AVX2+FMA", "AVX", "SSE" (with " VNNI" when AVX-512
-        VNNI is present), and ``tensorflow_onednn_default``: whether TensorFlow turns oneDNN on
-        by itself on this CPU (x86 with AVX-512 VNNI or BF16, AVX-VNNI or AMX).
+    ``cpuinfo`` is the text of Linux's ``/proc/cpuinfo``; its first ``flags`` line is read.
+    Returns a dict: ``isa``, the widest of "AVX-512", "AVX2+FMA", "AVX", "SSE" (with " VNNI"
+    when AVX-512 VNNI is present), and ``tensorflow_onednn_default``, whether TensorFlow turns
+    oneDNN on by itself on this CPU (x86 with AVX-512 VNNI or BF16, AVX-VNNI or AMX).
     """
     flags = set()
     for line in cpuinfo.splitlines():

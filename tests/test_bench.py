@@ -48,3 +48,11 @@ def test_hyperthreads_share_their_core_and_zen4_runs_avx512_on_256_bit_pipes():
     peak = bench.peak_fp32(cpuinfo)
     assert peak["cores"] == 1 and peak["simd_floats"] == 8
     assert peak["gflops"] == pytest.approx(64.0)
+
+
+def test_an_avx2_cap_halves_the_vector_width_and_vnni_means_onednn_by_default():
+    cpuinfo = "\n".join(INTEL.format(n=n, core=n) for n in range(2))
+    assert bench.peak_fp32(cpuinfo, "AVX2")["gflops"] == pytest.approx(128.0)  # 8 floats
+    assert bench.cpu_isa(cpuinfo) == {"isa": "AVX-512", "tensorflow_onednn_default": False}
+    vnni = cpuinfo.replace("avx512bw", "avx512bw avx512_vnni")
+    assert bench.cpu_isa(vnni) == {"isa": "AVX-512 VNNI", "tensorflow_onednn_default": True}
