@@ -166,9 +166,10 @@ def _add_register_parser(commands) -> None:
         help="register one pair with a trained model",
         description="Register one moving image to a static image with a trained model. Inputs "
                     "and outputs are .npy, .npz or NIfTI (.nii, .nii.gz); NIfTI outputs keep "
-                    "the static image's affine and header. Images are scaled to [0, 1] and "
-                    "zero-padded to the model's input shape as in training; outputs come back at "
-                    "the input's size.")
+                    "the static image's affine and header. Images of any size are scaled to "
+                    "[0, 1] and zero-padded to sizes divisible by 16 as in training (the network "
+                    "is built for that shape with the trained weights); outputs come back at the "
+                    "input's size.")
     register.add_argument("--model", required=True, help="trained model (.keras)")
     _add_finetune_flags(register)
     register.add_argument("--moving", required=True, help="moving image")
@@ -264,7 +265,8 @@ def register(args) -> str:
 
 def evaluation_set(data: str | None, atlas: str | None, pairs: str | None,
                    shape: tuple[int, ...]) -> datasets.Dataset:
-    """The test set of ``evaluate``, for a model of input ``shape`` (not padded yet)."""
+    """The test set of ``evaluate``, for a model of input ``shape`` (volumes of any size, of
+    the model's dimension)."""
     if data is None:
         if atlas is not None or pairs == "scan_to_scan":
             raise volumes.UsageError("the default data has its own atlas and atlas pairs only")
@@ -273,7 +275,6 @@ def evaluation_set(data: str | None, atlas: str | None, pairs: str | None,
         test_set = synthetic.default_validation_set(len(shape))
     else:
         test_set = datasets.load_dataset(data, atlas, len(shape))
-    datasets.padding_to_shape(test_set.shape, shape)  # refuse volumes that do not fit
     return test_set
 
 

@@ -332,3 +332,29 @@ def registration_model(model: keras.Model) -> keras.Model:
 def input_shape(model: keras.Model) -> tuple[int, ...]:
     """Spatial input shape of a VoxelMorph model."""
     return tuple(model.inputs[0].shape[1:-1])
+
+
+def rebuild(network: keras.Model, shape: tuple[int, ...]) -> keras.Model:
+    """``network`` built anew for another spatial input ``shape``, with copies of its weights.
+
+    The U-Net is fully convolutional, so a network trained on one shape registers any other:
+    its decoder widths, integration and symmetric outputs are read from its layers, the same
+    :func:`voxelmorph` builds them for ``shape``, and the weights (in the same order) are copied.
+
+    Parameters
+    ----------
+    network : keras.Model
+        A registration network (inputs ``moving`` and ``static``; see
+        :func:`registration_model`).
+    shape : tuple of int
+        Spatial shape, each size divisible by ``DIVISOR`` (and by ``int_downsize``).
+    """
+    convs = [layer for layer in network.layers if type(layer).__name__ in ("Conv2D", "Conv3D")]
+    integrate = [layer for layer in network.layers if isinstance(layer, IntegrateVelocity)]
+    int_steps = integrate[0].steps if integrate else 0
+    int_downsize = (input_shape(network)[0] // network.output["velocity"].shape[1]
+                    if int_steps else 1)
+    rebuilt = voxelmorph(shape, tuple(layer.filters for layer in convs[len(ENCODER):-1]),
+                         network.name, int_steps, int_downsize, "moved_static" in network.output)
+    rebuilt.set_weights(network.get_weights())
+    return rebuilt

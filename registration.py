@@ -1,10 +1,12 @@
 """Registering pairs with a trained VoxelMorph model, and scoring sets of pairs.
 
 - :func:`register`: one pair of the model's input shape, images in [0, 1]: one forward pass.
-- :func:`register_padded`: one pair of any smaller shape, zero-padded (centred) to the model's
-  input shape as in training, registered, and every output cropped back to the pair's grid.
-- :func:`register_volumes`: as stored in files: any real intensities, scaled to [0, 1] for the
-  network; the moved image comes back in the moving image's units.
+- :func:`network_for`: the network of a trained model for pairs of any size (the U-Net is fully
+  convolutional: it is rebuilt for the pair's padded shape with the trained weights).
+- :func:`register_padded`: one pair zero-padded (centred) to the network's input shape as in
+  training, registered, and every output cropped back to the pair's grid.
+- :func:`register_volumes`: as stored in files, any size: any real intensities, scaled to
+  [0, 1] for the network; the moved image comes back in the moving image's units.
 - :class:`FineTuner`: instance-specific optimisation (TMI 2019, Sec. V-E) of one network, pair
   after pair, built and compiled once.
 - :func:`evaluate_pairs`: every pair of a set registered once and scored on its own grid.
@@ -62,6 +64,27 @@ def register(model: keras.Model, moving: np.ndarray, static: np.ndarray,
     return result
 
 
+def network_for(model: keras.Model, shape: tuple[int, ...]) -> keras.Model:
+    """The registration network of ``model`` for pairs of spatial ``shape``, any size.
+
+    The network takes ``shape`` padded to a multiple of ``models.DIVISOR``: ``model``'s own
+    registration network when that is its input shape, else one rebuilt for it with the
+    trained weights (``models.rebuild``). Build it once for many pairs of one shape.
+
+    Raises
+    ------
+    volumes.DataError
+        If ``shape`` has another number of dimensions than the model's input.
+    """
+    network = models.registration_model(model)
+    trained = models.input_shape(network)
+    if len(shape) != len(trained):
+        raise volumes.DataError(f"{len(shape)}D volumes of shape {tuple(shape)}, but the model "
+                                f"registers {len(trained)}D images")
+    padded = datasets.padded_shape(shape, models.DIVISOR)
+    return network if padded == trained else models.rebuild(network, padded)
+
+
 def crop_outputs(arrays: dict, padding: list[tuple[int, int]]) -> dict:
     """Undo the padding of every array of a registered pair (``datasets.crop``).
 
@@ -79,10 +102,11 @@ def crop_outputs(arrays: dict, padding: list[tuple[int, int]]) -> dict:
 
 def register_padded(model: keras.Model, moving: np.ndarray, static: np.ndarray,
                     moving_seg: np.ndarray | None = None) -> dict:
-    """:func:`register` for a pair no larger than the model's input shape, on the pair's grid.
+    """:func:`register` for a pair no larger than the network's input shape, on the pair's grid.
 
-    The pair is zero-padded (centred) to the model's input shape, as training pads its sets;
-    every output is cropped back, so that no score or file sees the padding.
+    The pair is zero-padded (centred) to the network's input shape, as training pads its sets;
+    every output is cropped back, so that no score or file sees the padding. For a pair of any
+    size, pass ``network_for(model, moving.shape)``.
 
     Returns
     -------
@@ -114,15 +138,18 @@ class FineTuner:
         Optimisation steps per pair.
     lr : float
         Adam learning rate.
+    shape : tuple of int, optional
+        Input shape of the tuned network (multiples of ``models.DIVISOR``); default the model's.
     """
 
-    def __init__(self, model: keras.Model, steps: int, lr: float = 1e-3):
+    def __init__(self, model: keras.Model, steps: int, lr: float = 1e-3,
+                 shape: tuple[int, ...] | None = None):
         config = model.get_compile_config()
         if not config:
             raise volumes.DataError("fine-tuning needs the model's training loss: a model "
                                     "saved after training (compiled)")
         network = models.registration_model(model)
-        self.network = keras.models.clone_model(network)
+        self.network = models.rebuild(network, shape or models.input_shape(network))
         self.trained = network.get_weights()
         losses = {name: keras.saving.deserialize_keras_object(loss)
                   for name, loss in config["loss"].items() if name != "moved_seg"}
@@ -164,19 +191,21 @@ def finetuned(model: keras.Model, tuner: FineTuner | None, moving: np.ndarray,
 def register_volumes(model: keras.Model, moving: np.ndarray, static: np.ndarray,
                      moving_seg: np.ndarray | None = None, finetune_steps: int = 0,
                      finetune_lr: float = 1e-3) -> dict:
-    """Register volumes of any size and intensity range up to the model's input shape.
+    """Register volumes of any size and intensity range with a trained model.
 
     Each image is scaled to [0, 1] (min-max, as training does) and the pair registered by
-    :func:`register_padded`; the model's moved image is then mapped back to the moving image's
-    intensities (linear interpolation commutes with that affine scaling; where the field samples
-    the zero padding, the moved image reads the moving image's minimum).
+    :func:`register_padded` with the network for its shape (:func:`network_for`); the moved
+    image is then mapped back to the moving image's intensities (linear interpolation commutes
+    with that affine scaling; where the field samples the zero padding, the moved image reads
+    the moving image's minimum).
 
     Parameters
     ----------
     model : keras.Model
         A VoxelMorph model.
     moving, static : np.ndarray
-        ``(*spatial)`` images of one shape, at most the model's input shape, any real dtype.
+        ``(*spatial)`` images of one shape (any size, the model's number of dimensions), any
+        real dtype.
     moving_seg : np.ndarray, optional
         ``(*spatial)`` integer label map of the moving image.
     finetune_steps : int
@@ -194,7 +223,7 @@ def register_volumes(model: keras.Model, moving: np.ndarray, static: np.ndarray,
     Raises
     ------
     volumes.DataError
-        If the shapes differ or do not fit the model.
+        If the shapes differ, or their dimension is not the model's.
     """
     if moving.shape != static.shape:
         raise volumes.DataError(f"moving and static shapes differ: {moving.shape} vs "
@@ -206,10 +235,12 @@ def register_volumes(model: keras.Model, moving: np.ndarray, static: np.ndarray,
                                     f"from the moving image's {moving.shape}")
     scaled = [datasets.normalize(image, name) for image, name in
               ((moving, "moving image"), (static, "static image"))]
-    padding = datasets.padding_to_shape(moving.shape, models.input_shape(model))
-    tuner = FineTuner(model, finetune_steps, finetune_lr) if finetune_steps else None
+    network = network_for(model, moving.shape)
+    shape = models.input_shape(network)
+    padding = datasets.padding_to_shape(moving.shape, shape)
+    tuner = FineTuner(model, finetune_steps, finetune_lr, shape) if finetune_steps else None
     network, finetune_seconds = finetuned(
-        model, tuner, *(datasets.pad(image, padding) for image in scaled))
+        network, tuner, *(datasets.pad(image, padding) for image in scaled))
     registered = register_padded(network, *scaled, moving_seg)
     low, high = float(np.min(moving)), float(np.max(moving))
     registered["moved"] = (low + (high - low) * registered["moved"]).astype(np.float32)
@@ -226,9 +257,9 @@ def evaluate_pairs(model: keras.Model, pairs: datasets.Pairs, labels=None, keep:
     model : keras.Model
         A VoxelMorph model.
     pairs : datasets.Pairs
-        Pairs no larger than the model's input shape, images in [0, 1]; they are padded to it
-        and every output cropped back (:func:`register_padded`), so the padding counts in no
-        score.
+        Pairs of one shape (any size), images in [0, 1]; they are registered by the network
+        for that shape (:func:`network_for`, built once), padded to its input shape and every
+        output cropped back (:func:`register_padded`), so the padding counts in no score.
     labels : sequence of int, optional
         Labels scored with Dice and HD95 (default: every non-zero label present).
     keep : int
@@ -248,9 +279,10 @@ def evaluate_pairs(model: keras.Model, pairs: datasets.Pairs, labels=None, keep:
         For the first ``keep`` pairs: ``moving``, ``static``, ``moved``, ``deformation`` and,
         with label maps, ``moving_seg``, ``static_seg``, ``moved_seg``.
     """
-    network = models.registration_model(model)  # built once
-    tuner = FineTuner(model, finetune_steps, finetune_lr) if finetune_steps else None
-    padding = datasets.padding_to_shape(pairs.moving.shape[1:], models.input_shape(model))
+    network = network_for(model, pairs.moving.shape[1:])  # built once
+    shape = models.input_shape(network)
+    tuner = FineTuner(model, finetune_steps, finetune_lr, shape) if finetune_steps else None
+    padding = datasets.padding_to_shape(pairs.moving.shape[1:], shape)
     results, samples = [], []
     for moving, static, moving_seg, static_seg in pairs:
         tuned, finetune_seconds = finetuned(

@@ -65,3 +65,27 @@ def test_each_pair_is_tuned_from_the_trained_weights_and_a_fresh_adam(labelled_p
     alone = registration.FineTuner(model, steps=3).tune(moving, static).get_weights()
     for a, b in zip(after_other, alone):
         np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+def test_a_network_rebuilt_for_its_own_shape_registers_exactly_as_the_model(labelled_pair):
+    # The copied weights must land in the same layers: same outputs to the last bit.
+    moving, static, _, _ = labelled_pair((16, 16, 16))
+    model = trained_like(moving.shape, int_steps=5, int_downsize=2, bidir=True)
+    rebuilt = models.rebuild(model, (16, 16, 16))
+    assert rebuilt is not model
+    for key, value in registration.register(model, moving, static).items():
+        if key != "seconds":
+            np.testing.assert_array_equal(registration.register(rebuilt, moving, static)[key],
+                                          value)
+
+
+def test_a_pair_of_another_size_gets_a_network_of_its_padded_shape(labelled_pair):
+    moving, static, moving_seg, _ = labelled_pair((40, 44))
+    model = trained_like((32, 32), int_steps=5, int_downsize=2)
+    network = registration.network_for(model, moving.shape)
+    assert models.input_shape(network) == (48, 48)
+    assert network.output["velocity"].shape[1:] == (24, 24, 2)
+    registered = registration.register_padded(network, moving, static, moving_seg)
+    assert registered["deformation"].shape == (40, 44, 2)
+    assert np.abs(registered["deformation"]).max() > 1e-3
+    assert registration.network_for(model, (30, 20)) is models.registration_model(model)
