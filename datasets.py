@@ -17,7 +17,7 @@ import warnings
 
 import numpy as np
 
-import metrics
+import scores
 import volumes
 from volumes import DataError, DataWarning
 
@@ -189,7 +189,7 @@ def _spacing(spacing, ndim: int, path: str) -> tuple[float, ...] | None:
     if spacing is None:
         return None
     try:
-        return tuple(metrics.voxel_size(spacing, ndim).tolist())
+        return tuple(scores.voxel_size(spacing, ndim).tolist())
     except (TypeError, ValueError) as error:
         raise DataError(f"{path}: spacing must be one positive value or {ndim} (one per axis), "
                         f"got {np.ravel(spacing).tolist()}") from error

@@ -21,7 +21,7 @@ import runtime  # noqa: F401  (TensorFlow's settings: before its first import)
 import numpy as np
 
 import datasets
-import metrics
+import scores
 import models
 import registration
 import rundir
@@ -228,7 +228,7 @@ def train(args) -> str:
 
 
 def report(summary: dict) -> str:
-    """One line of the headline scores of ``metrics.summarize``."""
+    """One line of the headline scores of ``scores.summarize``."""
     line = (f"NCC {summary['ncc_before']['mean']:.3f} -> {summary['ncc_after']['mean']:.3f}")
     if "dice_after" in summary:
         line += (f", Dice {summary['dice_before']['mean']:.3f} -> "
@@ -292,7 +292,7 @@ def evaluate(args) -> str:
     results, _ = registration.evaluate_pairs(model, pairs, labels or None, spacing=data.spacing,
                                              finetune_steps=args.finetune_steps,
                                              finetune_lr=args.finetune_lr)
-    summary = metrics.summarize(results)
+    summary = scores.summarize(results)
     os.makedirs(output, exist_ok=True)
     per_pair = [{"moving": int(moving), "static": "atlas" if static < 0 else int(static), **result}
                 for (moving, static), result in zip(pairs.index, results)]

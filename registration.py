@@ -19,7 +19,7 @@ import numpy as np
 
 import dataloader
 import datasets
-import metrics
+import scores
 import models
 import utils
 import volumes
@@ -157,10 +157,11 @@ class FineTuner:
                              loss_weights={name: config["loss_weights"][name] for name in losses})
         self.network.optimizer.build(self.network.trainable_variables)
         self.fresh = [variable.numpy() for variable in self.network.optimizer.variables]
-        self.steps = steps
+        self.steps, self.targets = steps, models.targets(self.network)
 
     def tune(self, moving: np.ndarray, static: np.ndarray) -> keras.Model:
-        """The network fine-tuned on one pair of its input shape, images in [0, 1].
+        """The network fine-tuned on one pair no larger than its input shape, images in [0, 1]
+        (zero-padded to it, centred, as :func:`register_padded` pads).
 
         Returns
         -------
@@ -171,8 +172,10 @@ class FineTuner:
         self.network.set_weights(self.trained)
         for variable, value in zip(self.network.optimizer.variables, self.fresh):
             variable.assign(value)  # step count 0, zero moments: Adam as new
-        inputs, targets = dataloader.batch(np.asarray(moving)[None], np.asarray(static)[None],
-                                           models.targets(self.network))
+        padding = datasets.padding_to_shape(moving.shape, models.input_shape(self.network))
+        inputs, targets = dataloader.batch(datasets.pad(np.asarray(moving)[None], padding),
+                                           datasets.pad(np.asarray(static)[None], padding),
+                                           self.targets)
         for _ in range(self.steps):
             self.network.train_on_batch(inputs, targets)
         return self.network
@@ -237,10 +240,8 @@ def register_volumes(model: keras.Model, moving: np.ndarray, static: np.ndarray,
               ((moving, "moving image"), (static, "static image"))]
     network = network_for(model, moving.shape)
     shape = models.input_shape(network)
-    padding = datasets.padding_to_shape(moving.shape, shape)
     tuner = FineTuner(model, finetune_steps, finetune_lr, shape) if finetune_steps else None
-    network, finetune_seconds = finetuned(
-        network, tuner, *(datasets.pad(image, padding) for image in scaled))
+    network, finetune_seconds = finetuned(network, tuner, *scaled)
     registered = register_padded(network, *scaled, moving_seg)
     low, high = float(np.min(moving)), float(np.max(moving))
     registered["moved"] = (low + (high - low) * registered["moved"]).astype(np.float32)
@@ -265,14 +266,14 @@ def evaluate_pairs(model: keras.Model, pairs: datasets.Pairs, labels=None, keep:
     keep : int
         Also return the arrays of the first ``keep`` registered pairs.
     spacing : float or sequence of float, optional
-        Voxel size in mm, for HD95 in mm (see ``metrics.score_registration``).
+        Voxel size in mm, for HD95 in mm (see ``scores.score_registration``).
     finetune_steps, finetune_lr
         Fine-tune the network on each pair first (:class:`FineTuner`).
 
     Returns
     -------
     results : list of dict
-        Scores of each pair (``metrics.score_registration``), plus ``seconds``, the time of its
+        Scores of each pair (``scores.score_registration``), plus ``seconds``, the time of its
         forward pass (the network's graph is built on the first pair beforehand, untimed), and
         ``finetune_seconds``, that of fine-tuning.
     samples : list of dict
@@ -282,20 +283,18 @@ def evaluate_pairs(model: keras.Model, pairs: datasets.Pairs, labels=None, keep:
     network = network_for(model, pairs.moving.shape[1:])  # built once
     shape = models.input_shape(network)
     tuner = FineTuner(model, finetune_steps, finetune_lr, shape) if finetune_steps else None
-    padding = datasets.padding_to_shape(pairs.moving.shape[1:], shape)
     results, samples = [], []
     for moving, static, moving_seg, static_seg in pairs:
-        tuned, finetune_seconds = finetuned(
-            network, tuner, *(datasets.pad(image, padding) for image in (moving, static)))
+        tuned, finetune_seconds = finetuned(network, tuner, moving, static)
         if not results:  # build the graph untimed, so that every pair's seconds compare
             register_padded(tuned, moving, static)
         registered = register_padded(tuned, moving, static, moving_seg)
         arrays = {"moving": moving, "static": static, "moving_seg": moving_seg,
                   "static_seg": static_seg, **registered}
-        scores = metrics.score_registration(
+        scored = scores.score_registration(
             moving, static, arrays["moved"], arrays["deformation"], moving_seg, static_seg,
             arrays.get("moved_seg"), labels, spacing)
-        results.append({**scores, "seconds": registered["seconds"],
+        results.append({**scored, "seconds": registered["seconds"],
                         "finetune_seconds": finetune_seconds})
         if len(samples) < keep:
             samples.append({key: value for key, value in arrays.items()

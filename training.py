@@ -17,7 +17,7 @@ import tensorflow as tf
 
 import dataloader
 import datasets
-import metrics
+import scores
 import models
 import registration
 import rundir
@@ -169,7 +169,7 @@ def train(args) -> dict:
     Returns
     -------
     dict
-        What ``rundir.METRICS`` holds: the flags, the run's facts and ``metrics.summarize`` of the
+        What ``rundir.METRICS`` holds: the flags, the run's facts and ``scores.summarize`` of the
         validation pairs.
 
     Raises
@@ -246,6 +246,6 @@ def train(args) -> dict:
                "replicas": strategy.num_replicas_in_sync,
                "train_seconds": round(train_seconds, 1), "validation_pairs": len(results),
                "epochs_completed": saver.state["epoch"], "best_epoch": saver.state["best_epoch"],
-               **metrics.summarize(results)}
+               **scores.summarize(results)}
     rundir.write_json(os.path.join(output, rundir.METRICS), summary)
     return summary

@@ -28,7 +28,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
-import metrics
+import scores
 import rundir
 import volumes
 
@@ -285,7 +285,7 @@ def plot_jacobian(deformation, slice_index=None, fname: str | None = None) -> Fi
     -------
     matplotlib.figure.Figure
     """
-    determinant = metrics.jacobian_determinant(deformation)
+    determinant = scores.jacobian_determinant(deformation)
     folded = int(np.sum(determinant <= 0))
     fig, axes, views = _map_figure(
         determinant, slice_index, f"Jacobian determinant\n(folding: {folded} voxels, "
@@ -397,9 +397,9 @@ def _box_per_structure(ax, evaluation: dict, key: str, colour: str, shift: float
 
     NaN or null values (a structure absent from both label maps) are left out.
     """
-    scores = np.array([pair[key] for pair in evaluation["per_pair"]], dtype=np.float64)
-    ax.boxplot([column[np.isfinite(column)] for column in scores.T],
-               positions=np.arange(scores.shape[1]) + shift, widths=0.35, patch_artist=True,
+    values = np.array([pair[key] for pair in evaluation["per_pair"]], dtype=np.float64)
+    ax.boxplot([column[np.isfinite(column)] for column in values.T],
+               positions=np.arange(values.shape[1]) + shift, widths=0.35, patch_artist=True,
                boxprops={"facecolor": colour}, medianprops={"color": "black"},
                flierprops={"markersize": 3})
 
@@ -408,7 +408,7 @@ def plot_dice(evaluation, fname: str | None = None) -> Figure:
     """Box plots per structure: Dice before and after registration and, below it, HD95.
 
     The HD95 panel (95th-percentile Hausdorff distance after registration, see
-    ``metrics.hd95``) is drawn when the evaluation has it: in mm when the data gave the voxel
+    ``scores.hd95``) is drawn when the evaluation has it: in mm when the data gave the voxel
     size, else in voxels.
 
     Parameters

@@ -13,7 +13,7 @@ first). Next to them: the affine-only starting point and, when the ``antspyx`` p
 installed (a benchmark-only dependency), ANTs SyN with the CC metric on the same pairs at the full
 128^3 resolution.
 
-Every method is scored on the full-resolution grid by ``metrics.score_registration``: a
+Every method is scored on the full-resolution grid by ``scores.score_registration``: a
 displacement predicted on a coarser grid is resized to 128^3 (``utils.resize_displacement``), the
 128^3 label map of the moving subject is warped with nearest neighbour, and Dice and HD95 (mm) are
 taken over the file's 30 structures; folding and SDlogJ come from the 128^3 displacement. Results
@@ -109,7 +109,7 @@ def warped(image: np.ndarray, deformation: np.ndarray, interpolation: str = "lin
 def score_pair(full, m: int, s: int, moved_seg: np.ndarray, deformation: np.ndarray) -> dict:
     """Dice, HD95 (mm), folding share and SDlogJ of test pair ``m -> s`` at full resolution.
 
-    The scores of ``metrics.score_registration``; its image similarities (of the moving image
+    The scores of ``scores.score_registration``; its image similarities (of the moving image
     warped here with ``deformation``) and Dice before registration are left out.
 
     Parameters
@@ -123,13 +123,13 @@ def score_pair(full, m: int, s: int, moved_seg: np.ndarray, deformation: np.ndar
     deformation : np.ndarray
         ``(128, 128, 128, 3)`` displacement in voxels.
     """
-    import metrics
+    import scores
 
     vols, segs, labels, spacing = full
-    scores = metrics.score_registration(vols[m], vols[s], warped(vols[m], deformation),
+    scored = scores.score_registration(vols[m], vols[s], warped(vols[m], deformation),
                                         deformation, segs[m], segs[s], moved_seg, labels, spacing)
-    return {"dice": scores["dice_after"], "hd95_mm": scores["hd95_mm"],
-            "folding_fraction": scores["folding_fraction"], "sdlogj": scores["sdlogj"]}
+    return {"dice": scored["dice_after"], "hd95_mm": scored["hd95_mm"],
+            "folding_fraction": scored["folding_fraction"], "sdlogj": scored["sdlogj"]}
 
 
 def affine_only(full, pairs) -> dict:
@@ -206,10 +206,10 @@ def voxelmorph(model_path: str, test_set: str, full, pairs, finetune_steps: int 
     for m, s in pairs:
         deformation, seconds, finetune_seconds = register_full_resolution(
             model, small[m], small[s], tuner)
-        scores = score_pair(full, m, s, warped(segs[m].astype(np.int32), deformation, "nearest"),
+        scored = score_pair(full, m, s, warped(segs[m].astype(np.int32), deformation, "nearest"),
                             deformation)
-        results.append({**scores, "seconds": seconds, "finetune_seconds": finetune_seconds})
-        print(f"  pair {m}->{s}: Dice {np.nanmean(scores['dice']):.3f}", flush=True)
+        results.append({**scored, "seconds": seconds, "finetune_seconds": finetune_seconds})
+        print(f"  pair {m}->{s}: Dice {np.nanmean(scored['dice']):.3f}", flush=True)
     return {"per_pair": results}
 
 
@@ -252,9 +252,9 @@ def ants_syn(full, pairs, iterations: list[int], folder: str) -> dict:
     for m, s in pairs:
         registered = ants_register(vols[s], vols[m], segs[m], iterations,
                                    os.path.join(folder, f"ants_{m}_{s}.npz"))
-        scores = score_pair(full, m, s, registered["moved_seg"], registered["deformation"])
-        results.append({**scores, "seconds": float(registered["seconds"])})
-        print(f"  ANTs pair {m}->{s}: Dice {np.nanmean(scores['dice']):.3f} in "
+        scored = score_pair(full, m, s, registered["moved_seg"], registered["deformation"])
+        results.append({**scored, "seconds": float(registered["seconds"])})
+        print(f"  ANTs pair {m}->{s}: Dice {np.nanmean(scored['dice']):.3f} in "
               f"{results[-1]['seconds']:.0f} s", flush=True)
     return {"per_pair": results}
 

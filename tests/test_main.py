@@ -10,6 +10,7 @@ import pytest
 
 import datasets
 import main
+import metrics
 import training
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -250,7 +251,7 @@ def test_evaluate_scores_on_the_data_grid_and_skips_a_label_in_no_map(
     # NCC before registration on the unpadded grid, not on the zero-padded 16^3 one
     static, moving = (datasets.normalize(image)[None, ..., None] for image in images)
     np.testing.assert_allclose(first["ncc_before"],
-                               -float(main.metrics.LocalNCC()(static, moving)), rtol=1e-5)
+                               -float(metrics.LocalNCC()(static, moving)), rtol=1e-5)
 
 
 def test_val_data_of_another_shape_is_an_error(tmp_path, capsys):

@@ -28,14 +28,14 @@ def test_synthetic_subjects_are_reproducible_deformations_of_the_atlas():
 
 
 def test_random_deformations_are_smooth_and_do_not_fold():
-    import metrics
+    import scores
 
     rng = np.random.default_rng(0)
     for shape in ((80, 96), (40, 48, 40)):
         deformation = synthetic.random_deformation(shape, rng)[0]
         assert deformation.shape == (*shape, len(shape))
         assert np.abs(deformation).max() > 1.0  # voxels: large enough to matter
-        assert metrics.jacobian_determinant(deformation).min() > 0
+        assert scores.jacobian_determinant(deformation).min() > 0
 
 
 def test_synthetic_loader_makes_new_pairs_with_the_atlas_as_static():

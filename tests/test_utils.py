@@ -116,14 +116,14 @@ def rotation_velocity(shape: tuple[int, int], angle: float) -> np.ndarray:
 
 
 def test_integrated_rotation_stays_invertible():
-    import metrics
+    import scores
 
     displacement = utils.integrate_velocity(rotation_velocity((33, 33), 0.5)).numpy()[0]
     # Centre voxel (16, 16) is fixed; (16, 26) turns by 0.5 rad about it.
     np.testing.assert_allclose(displacement[16, 16], [0, 0], atol=1e-4)
     expected = 10 * np.array([-np.sin(0.5), np.cos(0.5) - 1])
     np.testing.assert_allclose(displacement[16, 26], expected, atol=0.1)
-    assert metrics.jacobian_determinant(displacement).min() > 0
+    assert scores.jacobian_determinant(displacement).min() > 0
 
 
 def test_integrating_the_negated_velocity_inverts_the_field():

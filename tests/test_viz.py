@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from matplotlib.image import imread
 
-import metrics
+import scores
 import viz
 
 SHAPES = {2: (16, 24), 3: (16, 24, 20)}
@@ -92,12 +92,12 @@ def test_displacement_shows_the_magnitude_in_voxels():
 @pytest.mark.parametrize("ndim", [2, 3])
 def test_jacobian_marks_folding_voxels_and_reports_their_share(ndim):
     field = folded_field(SHAPES[ndim])
-    share = metrics.folding_fraction(field)
+    share = scores.folding_fraction(field)
     assert share > 0
     fig = viz.plot_jacobian(field)
     folded = round(share * np.prod(SHAPES[ndim]))
     assert f"folding: {folded} voxels, {100 * share:.3f}%" in fig.get_suptitle()
-    determinant = metrics.jacobian_determinant(field)
+    determinant = scores.jacobian_determinant(field)
     for ax, view in zip(image_axes(fig), viz._slices(determinant)):
         rings = ax.collections[0].get_offsets()  # (x, y) = (axis 0, axis 1) of the view
         assert len(rings) > 0
