@@ -2,7 +2,7 @@
 
 - :func:`load_dataset` reads ``.npy`` stacks ``(N, *spatial)`` (the original format), ``.npz``
   files with ``vols`` and optional ``segs``, ``atlas``, ``atlas_seg``, ``labels``, and NIfTI
-  volumes (one file, or a folder of them) into a :class:`Dataset`. Intensities are scaled to
+  or FreeSurfer ``.mgz`` volumes (one file, or a folder of them) into a :class:`Dataset`. Intensities are scaled to
   [0, 1] per volume (:func:`normalize`). :func:`load_training_sets` splits a set into training
   and validation subjects.
 - :func:`pad_dataset`, :func:`pad` and :func:`crop`: zero padding (centred) to the network's
@@ -82,15 +82,15 @@ def normalize(volume: np.ndarray, name: str = "volume") -> np.ndarray:
     return (volume - low) / (high - low) if high > low else np.zeros_like(volume)
 
 
-def _load_nifti_stack(paths: list[str]) -> dict:
-    """Stack NIfTI volumes of one shape: ``vols`` ``(N, *spatial)``, and ``spacing`` in mm.
+def _load_image_stack(paths: list[str]) -> dict:
+    """Stack NIfTI or MGH volumes of one shape: ``vols`` ``(N, *spatial)``, and ``spacing`` in mm.
 
     ``spacing`` is left out when the files disagree on it.
     """
     arrays, images = zip(*(volumes.load_volume(p) for p in paths))
     shapes = {v.shape for v in arrays}
     if len(shapes) > 1:
-        raise DataError(f"NIfTI volumes differ in shape: {sorted(shapes)}")
+        raise DataError(f"image files differ in shape: {sorted(shapes)}")
     spacings = {volumes.nifti_spacing(image) for image in images}
     return {"vols": np.stack(arrays), **({"spacing": spacings.pop()} if len(spacings) == 1
                                            else {})}
@@ -101,13 +101,13 @@ def _read_arrays(path: str) -> dict:
     volumes.check_exists(path)
     if os.path.isdir(path):
         files = sorted(f for f in glob.glob(os.path.join(path, "*"))
-                       if f.endswith(volumes.NIFTI))
+                       if f.endswith(volumes.IMAGES))
         if not files:
-            raise DataError(f"{path}: folder holds no .nii or .nii.gz files")
-        return _load_nifti_stack(files)
+            raise DataError(f"{path}: folder holds no .nii, .nii.gz or .mgz files")
+        return _load_image_stack(files)
     kind = volumes.file_format(path)
-    if kind == "nifti":
-        return _load_nifti_stack([path])
+    if kind == "image":
+        return _load_image_stack([path])
     if kind == "npy":
         return {"vols": volumes.read_npy(path)}
     stored = volumes.read_npz(path)
@@ -147,10 +147,10 @@ def load_dataset(path: str, atlas: str | None = None, ndim: int | None = None) -
     path : str
         ``.npy`` array ``(N, *spatial)``; ``.npz`` with ``vols`` ``(N, *spatial)`` and optional
         ``segs``, ``atlas``, ``atlas_seg``, ``labels``, ``label_names``, ``spacing`` (voxel size
-        in mm, one value or one per axis); a NIfTI file holding one volume; or a folder of NIfTI
-        volumes of one shape. Shapes follow ``SHAPE_RULE``.
+        in mm, one value or one per axis); a NIfTI or ``.mgz`` file holding one volume; or a
+        folder of NIfTI or ``.mgz`` volumes of one shape. Shapes follow ``SHAPE_RULE``.
     atlas : str, optional
-        File of a static atlas (``.npy``, ``.npz``, NIfTI); replaces one stored in ``path``.
+        File of a static atlas (``.npy``, ``.npz``, NIfTI, ``.mgz``); replaces one stored in ``path``.
     ndim : {2, 3}, optional
         Dimension of the images; by default the atlas's, else read from the shape (a 3-axis
         ``.npy``/``.npz`` stack without an atlas then needs it).
@@ -159,7 +159,7 @@ def load_dataset(path: str, atlas: str | None = None, ndim: int | None = None) -
     -------
     Dataset
         Intensities scaled to [0, 1] per volume, label maps as int32; ``spacing`` from the
-        NIfTI headers (when all files agree) or the ``.npz``, else None.
+        NIfTI or MGH headers (when all files agree) or the ``.npz``, else None.
     """
     arrays = _read_arrays(path)
     if atlas is not None:

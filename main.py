@@ -4,12 +4,14 @@
     python3 main.py --epochs 60 --batch_size 1 --lr 1e-3
     python3 main.py --data subjects.npz --pairs scan_to_scan --model vm1
     python3 main.py register --model RUN/model.keras --moving m.nii.gz --static f.nii.gz \
-        --moved moved.nii.gz
+        --moved moved.nii.gz --warp warp.nii.gz --inverse_warp inverse.nii.gz
+    python3 main.py apply --warp warp.nii.gz --moving aseg.mgz --output moved_aseg.nii.gz
     python3 main.py evaluate --model RUN/model.keras --data test.npz
 
 This module is the command line only: its parsers, and for each command the inputs it reads and
 the files it writes. Training is ``training.train``; registering and scoring pairs are in
-``registration.py``; the run folder's files (``rundir.py``) are written atomically.
+``registration.py``; world-space warps are ``transforms.py``'s; the run folder's files
+(``rundir.py``) are written atomically.
 ``python3 main.py COMMAND --help`` lists every option.
 """
 import argparse
@@ -27,6 +29,7 @@ import registration
 import rundir
 import synthetic
 import training
+import transforms
 import viz
 import volumes
 
@@ -152,9 +155,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="continue the run in RUN_DIR from its last complete epoch, with the "
                              "flags stored in RUN_DIR/args.json (give no other flag)")
 
-    commands = parser.add_subparsers(dest="command", metavar="{register,evaluate}",
+    commands = parser.add_subparsers(dest="command", metavar="{register,apply,evaluate}",
                                      title="other commands (python3 main.py COMMAND --help)")
     _add_register_parser(commands)
+    _add_apply_parser(commands)
     _add_evaluate_parser(commands)
     return parser
 
@@ -165,11 +169,14 @@ def _add_register_parser(commands) -> None:
         "register", formatter_class=_HelpFormatter,
         help="register one pair with a trained model",
         description="Register one moving image to a static image with a trained model. Inputs "
-                    "and outputs are .npy, .npz or NIfTI (.nii, .nii.gz); NIfTI outputs keep "
-                    "the static image's affine and header. Images of any size are scaled to "
-                    "[0, 1] and zero-padded to sizes divisible by 16 as in training (the network "
-                    "is built for that shape with the trained weights); outputs come back at the "
-                    "input's size.")
+                    "and outputs are .npy, .npz, NIfTI (.nii, .nii.gz) or FreeSurfer .mgz; "
+                    "outputs are on the static image's grid and keep its affine (and header). "
+                    "Scans on different grids (shape, voxel size, orientation) are aligned "
+                    "through their affines: the moving scan is resampled into the static grid "
+                    "before the network, and that resampling is part of every output. Images of "
+                    "any size are scaled to [0, 1] and zero-padded to sizes divisible by 16 as "
+                    "in training (the network is built for that shape with the trained weights)."
+                    " .npy/.npz inputs are taken as 1 mm voxels on RAS axes.")
     register.add_argument("--model", required=True, help="trained model (.keras)")
     _add_finetune_flags(register)
     register.add_argument("--moving", required=True, help="moving image")
@@ -177,13 +184,46 @@ def _add_register_parser(commands) -> None:
     register.add_argument("--moved", required=True,
                           help="output: the moving image warped onto the static one, in the "
                                "moving image's intensity units (float32)")
+    register.add_argument("--warp", default=None,
+                          help="output: the transform as an ITK/ANTs displacement field (NIfTI "
+                               "vector image (x, y, z, 1, 3) on the static grid, LPS mm, mapping "
+                               "each static-space point to the moving-space point it samples), "
+                               "for antsApplyTransforms, SimpleITK/3D Slicer and main.py apply")
+    register.add_argument("--inverse_warp", default=None,
+                          help="output: the inverse transform, the same kind of file on the "
+                               "moving image's grid (the negated velocity integrated for "
+                               "--int_steps models, refined by fixed-point iteration; a "
+                               "fixed-point inverse otherwise); prints its inverse consistency")
     register.add_argument("--deformation", default=None,
-                          help="output: (*spatial, ndim) float32 displacement in voxels, 'ij' "
-                               "order: moved[x] = moving[x + u(x)]")
+                          help="output: this project's own format: (*spatial, ndim) float32 "
+                               "displacement in voxels of the static grid, 'ij' order: "
+                               "moved[x] = moving_on_static_grid[x + u(x)]")
     register.add_argument("--moving_seg", default=None,
                           help="label map of the moving image, warped with nearest neighbour")
     register.add_argument("--moved_seg", default=None,
                           help="output: the warped label map (same dtype as --moving_seg)")
+
+
+def _add_apply_parser(commands) -> None:
+    """``main.py apply``: a saved warp applied to another image or label map."""
+    apply = commands.add_parser(
+        "apply", formatter_class=_HelpFormatter,
+        help="apply a saved warp to an image or label map",
+        description="Warp an image or label map given in the moving space (on any grid) with "
+                    "a warp written by register --warp or by ANTs (an ITK displacement field), "
+                    "onto the warp's grid. Points outside the moving image read 0.")
+    apply.add_argument("--warp", required=True, help="ITK/ANTs displacement field (NIfTI)")
+    apply.add_argument("--moving", required=True,
+                       help="image or label map in the moving space (.npy, .npz, NIfTI, .mgz; "
+                            ".npy/.npz on the moving grid of 1 mm RAS voxels)")
+    apply.add_argument("--output", required=True,
+                       help="output on the warp's grid, with its affine (.npy, .npz, NIfTI, .mgz)")
+    apply.add_argument("--interp", choices=("linear", "nearest"), default=None,
+                       help="interpolation (default: nearest for integer label maps, which keep "
+                            "their labels and dtype; linear, float32, otherwise)")
+    apply.add_argument("--reference", default=None,
+                       help="the static image: checked to be on the warp's grid, and its header "
+                            "given to the output")
 
 
 def _add_evaluate_parser(commands) -> None:
@@ -195,8 +235,9 @@ def _add_evaluate_parser(commands) -> None:
                     "and Learn2Reg do, on the data's own grid: Dice per label before and after "
                     "(labels warped with nearest neighbour), HD95 per label after (voxels, and "
                     "mm when the data gives the voxel size), SDlogJ, share of voxels with "
-                    "Jacobian determinant <= 0, seconds per pair. Writes eval.json, "
-                    "dice_per_structure.csv and dice_boxplot.png.")
+                    "Jacobian determinant <= 0, inverse consistency of the fixed-point inverse "
+                    "(mm), seconds per pair. Writes eval.json, dice_per_structure.csv and "
+                    "dice_boxplot.png.")
     evaluate.add_argument("--model", required=True, help="trained model (.keras)")
     _add_finetune_flags(evaluate)
     _add_data_flags(evaluate, "the default data's validation subjects")
@@ -243,24 +284,75 @@ def register(args) -> str:
     """Register one pair of files with a trained model and write the outputs."""
     if (args.moving_seg is None) != (args.moved_seg is None):
         raise volumes.UsageError("--moving_seg and --moved_seg go together")
-    rundir.check_output_files({"--moved": args.moved, "--deformation": args.deformation,
-                        "--moved_seg": args.moved_seg},
-                       [args.model, args.moving, args.static, args.moving_seg or ""])
+    for flag, path in (("--warp", args.warp), ("--inverse_warp", args.inverse_warp)):
+        if path and not path.endswith(volumes.NIFTI):
+            raise volumes.UsageError(f"{flag} {path}: a warp is written as NIfTI (.nii, .nii.gz)")
+    outputs = {"--moved": args.moved, "--deformation": args.deformation, "--warp": args.warp,
+               "--inverse_warp": args.inverse_warp, "--moved_seg": args.moved_seg}
+    rundir.check_output_files(outputs, [args.model, args.moving, args.static,
+                                        args.moving_seg or ""])
     model = rundir.load_model(args.model)
-    moving, moving_image = volumes.load_volume(args.moving)
-    static, reference = volumes.load_volume(args.static)
-    volumes.affine_warning(moving_image, reference)
-    moving_seg = None if args.moving_seg is None else volumes.load_volume(args.moving_seg)[0]
-    registered = registration.register_volumes(model, moving, static, moving_seg,
-                                               args.finetune_steps, args.finetune_lr)
+    moving, _, moving_grid = scan(args.moving, "moving")
+    static, static_image, static_grid = scan(args.static, "static")
+    moving_seg = None
+    if args.moving_seg is not None:
+        moving_seg, _, seg_grid = scan(args.moving_seg, "moving label map")
+        if not seg_grid.same_as(moving_grid):
+            raise volumes.DataError(f"{args.moving_seg} is not on the moving image's grid "
+                                    f"(shape {seg_grid.shape} vs {moving_grid.shape}, or affine)")
+    registered = registration.register_scans(
+        model, moving, static, moving_grid, static_grid, moving_seg, args.finetune_steps,
+        args.finetune_lr, inverse=args.inverse_warp is not None)
+    reference = static_grid.affine if static_image is None else static_image
     for path, key in ((args.moved, "moved"), (args.deformation, "deformation"),
                       (args.moved_seg, "moved_seg")):
         if path:
             volumes.save_volume(path, registered[key], reference, key == "deformation")
+    if args.warp:
+        transforms.save_warp(args.warp, registered["warp"], static_grid)
+    if args.inverse_warp:
+        transforms.save_warp(args.inverse_warp, registered["inverse_warp"], moving_grid)
     tuned = (f" after {args.finetune_steps} fine-tuning steps "
              f"({registered['finetune_seconds']:.1f} s)" if args.finetune_steps else "")
-    return (f"registered {args.moving} to {args.static} in {registered['seconds']:.3f} s "
+    grids = "" if moving_grid.same_as(static_grid) else " (moving scan resampled to its grid)"
+    line = (f"registered {args.moving} to {args.static}{grids} in {registered['seconds']:.3f} s "
             f"(one forward pass){tuned}, wrote {args.moved}")
+    if args.inverse_warp:
+        error = registered["inverse_error"]
+        line += (f"; inverse consistency |x - inv(phi(x))|: mean {error['mean_mm']:.3f} mm, "
+                 f"95th percentile {error['p95_mm']:.3f} mm")
+    return line
+
+
+def scan(path: str, name: str) -> tuple[np.ndarray, object, transforms.Grid]:
+    """A volume file as stored, its nibabel image (None for arrays) and its grid in world space."""
+    volume, image = volumes.load_volume(path)
+    return volume, image, transforms.Grid.of(image, volume.shape, f"{name} {path}")
+
+
+def apply(args) -> str:
+    """Apply a saved warp to an image or label map in the moving space; write it."""
+    rundir.check_output_files({"--output": args.output},
+                              [args.warp, args.moving, args.reference or ""])
+    warp, grid = transforms.load_warp(args.warp)
+    volume, _, moving_grid = scan(args.moving, "moving")
+    if moving_grid.ndim != grid.ndim:
+        raise volumes.DataError(f"{args.moving} is {moving_grid.ndim}D but the warp "
+                                f"{args.warp} is {grid.ndim}D")
+    reference = grid.affine
+    if args.reference is not None:
+        _, image, reference_grid = scan(args.reference, "reference")
+        if not reference_grid.same_as(grid):
+            raise volumes.DataError(f"the warp's grid (shape {grid.shape}) is not the grid of "
+                                    f"--reference {args.reference} (shape "
+                                    f"{reference_grid.shape}, or its affine differs)")
+        reference = grid.affine if image is None else image
+    labels = volume.dtype.kind in "biu"
+    interpolation = args.interp or ("nearest" if labels else "linear")
+    moved = transforms.apply_warp(warp, grid, volume, moving_grid, interpolation)
+    volumes.save_volume(args.output, moved, reference)
+    return (f"warped {args.moving} with {args.warp} ({interpolation} interpolation) onto its "
+            f"{'x'.join(map(str, grid.shape))} grid, wrote {args.output}")
 
 
 def evaluation_set(data: str | None, atlas: str | None, pairs: str | None,
@@ -291,7 +383,7 @@ def evaluate(args) -> str:
           f"{len(labels)} labels")
     results, _ = registration.evaluate_pairs(model, pairs, labels or None, spacing=data.spacing,
                                              finetune_steps=args.finetune_steps,
-                                             finetune_lr=args.finetune_lr)
+                                             finetune_lr=args.finetune_lr, inverse=True)
     summary = scores.summarize(results)
     os.makedirs(output, exist_ok=True)
     per_pair = [{"moving": int(moving), "static": "atlas" if static < 0 else int(static), **result}
@@ -319,7 +411,8 @@ def _print_warning(message, category, filename, lineno, file=None, line=None) ->
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    command = {"register": register, "evaluate": evaluate}.get(args.command, train)
+    command = {"register": register, "apply": apply, "evaluate": evaluate}.get(args.command,
+                                                                                train)
     with warnings.catch_warnings():
         warnings.showwarning = _print_warning
         try:

@@ -334,6 +334,14 @@ def input_shape(model: keras.Model) -> tuple[int, ...]:
     return tuple(model.inputs[0].shape[1:-1])
 
 
+def integration(network: keras.Model) -> tuple[int, int]:
+    """``(int_steps, int_downsize)`` of a network: ``(0, 1)`` without integration."""
+    integrate = [layer for layer in network.layers if isinstance(layer, IntegrateVelocity)]
+    if not integrate:
+        return 0, 1
+    return integrate[0].steps, input_shape(network)[0] // network.output["velocity"].shape[1]
+
+
 def rebuild(network: keras.Model, shape: tuple[int, ...]) -> keras.Model:
     """``network`` built anew for another spatial input ``shape``, with copies of its weights.
 
@@ -350,10 +358,7 @@ def rebuild(network: keras.Model, shape: tuple[int, ...]) -> keras.Model:
         Spatial shape, each size divisible by ``DIVISOR`` (and by ``int_downsize``).
     """
     convs = [layer for layer in network.layers if type(layer).__name__ in ("Conv2D", "Conv3D")]
-    integrate = [layer for layer in network.layers if isinstance(layer, IntegrateVelocity)]
-    int_steps = integrate[0].steps if integrate else 0
-    int_downsize = (input_shape(network)[0] // network.output["velocity"].shape[1]
-                    if int_steps else 1)
+    int_steps, int_downsize = integration(network)
     rebuilt = voxelmorph(shape, tuple(layer.filters for layer in convs[len(ENCODER):-1]),
                          network.name, int_steps, int_downsize, "moved_static" in network.output)
     rebuilt.set_weights(network.get_weights())

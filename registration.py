@@ -7,6 +7,9 @@
   training, registered, and every output cropped back to the pair's grid.
 - :func:`register_volumes`: as stored in files, any size: any real intensities, scaled to
   [0, 1] for the network; the moved image comes back in the moving image's units.
+- :func:`register_scans`: scans on any grids, in world space (``transforms.py``): the moving scan
+  is resampled into the static grid first, and the ITK/ANTs warp (and its inverse) written.
+- :func:`inverse_displacement`: the inverse of a registered pair's displacement.
 - :class:`FineTuner`: instance-specific optimisation (TMI 2019, Sec. V-E) of one network, pair
   after pair, built and compiled once.
 - :func:`evaluate_pairs`: every pair of a set registered once and scored on its own grid.
@@ -21,12 +24,15 @@ import dataloader
 import datasets
 import scores
 import models
+import transforms
 import utils
 import volumes
 
+VECTORS = ("deformation", "inverse")  # the outputs whose last axis holds vector components
+
 
 def register(model: keras.Model, moving: np.ndarray, static: np.ndarray,
-             moving_seg: np.ndarray | None = None) -> dict:
+             moving_seg: np.ndarray | None = None, inverse: bool = False) -> dict:
     """Register one pair of the model's input shape (one forward pass).
 
     Parameters
@@ -39,6 +45,8 @@ def register(model: keras.Model, moving: np.ndarray, static: np.ndarray,
     moving_seg : np.ndarray, optional
         ``(*spatial)`` integer label map of the moving image, warped with nearest-neighbour
         interpolation.
+    inverse : bool
+        Also compute the inverse displacement (:func:`inverse_displacement`).
 
     Returns
     -------
@@ -46,7 +54,8 @@ def register(model: keras.Model, moving: np.ndarray, static: np.ndarray,
         ``moved`` ``(*spatial)`` float32, the model's own output; ``deformation``
         ``(*spatial, ndim)`` displacement in voxels, 'ij' order; ``seconds`` of the forward pass
         (on a model's first call it includes building its graph: see :func:`evaluate_pairs`);
-        ``moved_seg`` ``(*spatial)``, of ``moving_seg``'s dtype, when ``moving_seg`` is given.
+        ``moved_seg`` ``(*spatial)``, of ``moving_seg``'s dtype, when ``moving_seg`` is given;
+        ``inverse`` ``(*spatial, ndim)`` in voxels with ``inverse``.
     """
     model = models.registration_model(model)
     inputs = {"moving": np.asarray(moving, np.float32)[None, ..., None],
@@ -61,7 +70,41 @@ def register(model: keras.Model, moving: np.ndarray, static: np.ndarray,
         moved_seg = utils.warp(np.asarray(moving_seg, np.int32)[None, ..., None], deformation,
                                "nearest")
         result["moved_seg"] = np.asarray(moved_seg)[0, ..., 0].astype(np.asarray(moving_seg).dtype)
+    if inverse:
+        result["inverse"] = inverse_displacement(model, outputs)
     return result
+
+
+def inverse_displacement(network: keras.Model, outputs: dict) -> np.ndarray:
+    """The inverse of the displacement a network predicted for one pair.
+
+    A diffeomorphic network's inverse is the negated velocity integrated as the network
+    integrates it (and resized to the full grid); it is then refined, and any other network's
+    displacement inverted, by fixed-point iteration (``transforms.invert``).
+
+    Parameters
+    ----------
+    network : keras.Model
+        The registration network that predicted ``outputs``.
+    outputs : dict
+        Its outputs for one pair: ``deformation`` ``(1, *spatial, ndim)`` and, with
+        integration, ``velocity``.
+
+    Returns
+    -------
+    np.ndarray
+        ``(*spatial, ndim)`` inverse displacement in voxels, 'ij' order: ``y + v(y)`` is the
+        static-grid point that the displacement takes to ``y``.
+    """
+    deformation = np.asarray(outputs["deformation"])
+    steps, _ = models.integration(network)
+    initial = None
+    if steps:
+        initial = utils.integrate_velocity(-np.asarray(outputs["velocity"]), steps)
+        if tuple(initial.shape) != deformation.shape:
+            initial = utils.resize_displacement(initial, deformation.shape[1:-1])
+        initial = np.asarray(initial)[0]
+    return transforms.invert(deformation[0], initial)
 
 
 def network_for(model: keras.Model, shape: tuple[int, ...]) -> keras.Model:
@@ -91,17 +134,17 @@ def crop_outputs(arrays: dict, padding: list[tuple[int, int]]) -> dict:
     Parameters
     ----------
     arrays : dict
-        ``(*padded)`` images and label maps, and ``deformation`` ``(*padded, ndim)``, whose
+        ``(*padded)`` images and label maps, and the ``VECTORS`` ``(*padded, ndim)``, whose
         vector axis stays whole; other values (numbers, None) are left out.
     padding : list of (int, int)
         The padding of each spatial axis, as ``datasets.padding_to_shape`` gives it.
     """
-    return {key: datasets.crop(value, padding + [(0, 0)] * (key == "deformation"))
+    return {key: datasets.crop(value, padding + [(0, 0)] * (key in VECTORS))
             for key, value in arrays.items() if isinstance(value, np.ndarray)}
 
 
 def register_padded(model: keras.Model, moving: np.ndarray, static: np.ndarray,
-                    moving_seg: np.ndarray | None = None) -> dict:
+                    moving_seg: np.ndarray | None = None, inverse: bool = False) -> dict:
     """:func:`register` for a pair no larger than the network's input shape, on the pair's grid.
 
     The pair is zero-padded (centred) to the network's input shape, as training pads its sets;
@@ -116,7 +159,7 @@ def register_padded(model: keras.Model, moving: np.ndarray, static: np.ndarray,
     padding = datasets.padding_to_shape(moving.shape, models.input_shape(model))
     padded = [None if image is None else datasets.pad(image, padding)
               for image in (moving, static, moving_seg)]
-    registered = register(model, *padded)
+    registered = register(model, *padded, inverse=inverse)
     return {**crop_outputs(registered, padding), "seconds": registered["seconds"]}
 
 
@@ -193,7 +236,7 @@ def finetuned(model: keras.Model, tuner: FineTuner | None, moving: np.ndarray,
 
 def register_volumes(model: keras.Model, moving: np.ndarray, static: np.ndarray,
                      moving_seg: np.ndarray | None = None, finetune_steps: int = 0,
-                     finetune_lr: float = 1e-3) -> dict:
+                     finetune_lr: float = 1e-3, inverse: bool = False) -> dict:
     """Register volumes of any size and intensity range with a trained model.
 
     Each image is scaled to [0, 1] (min-max, as training does) and the pair registered by
@@ -215,13 +258,16 @@ def register_volumes(model: keras.Model, moving: np.ndarray, static: np.ndarray,
         Fine-tune the network on the pair first (:class:`FineTuner`).
     finetune_lr : float
         Its learning rate.
+    inverse : bool
+        Also return the inverse displacement (:func:`inverse_displacement`).
 
     Returns
     -------
     dict
         As :func:`register`, at the input's size: ``moved`` ``(*spatial)`` float32 in the moving
         image's intensity units, ``deformation`` ``(*spatial, ndim)`` in voxels, ``seconds``,
-        ``finetune_seconds``, and ``moved_seg`` when ``moving_seg`` is given.
+        ``finetune_seconds``, ``moved_seg`` when ``moving_seg`` is given, ``inverse`` with
+        ``inverse``.
 
     Raises
     ------
@@ -231,26 +277,88 @@ def register_volumes(model: keras.Model, moving: np.ndarray, static: np.ndarray,
     if moving.shape != static.shape:
         raise volumes.DataError(f"moving and static shapes differ: {moving.shape} vs "
                                 f"{static.shape}")
-    if moving_seg is not None:
-        moving_seg = volumes.as_label_map(moving_seg, "moving label map")
-        if moving_seg.shape != moving.shape:
-            raise volumes.DataError(f"moving label map shape {moving_seg.shape} differs "
-                                    f"from the moving image's {moving.shape}")
+    moving_seg = moving_label_map(moving_seg, moving.shape)
     scaled = [datasets.normalize(image, name) for image, name in
               ((moving, "moving image"), (static, "static image"))]
     network = network_for(model, moving.shape)
     shape = models.input_shape(network)
     tuner = FineTuner(model, finetune_steps, finetune_lr, shape) if finetune_steps else None
     network, finetune_seconds = finetuned(network, tuner, *scaled)
-    registered = register_padded(network, *scaled, moving_seg)
+    registered = register_padded(network, *scaled, moving_seg, inverse)
     low, high = float(np.min(moving)), float(np.max(moving))
     registered["moved"] = (low + (high - low) * registered["moved"]).astype(np.float32)
     return {**registered, "finetune_seconds": finetune_seconds}
 
 
+def moving_label_map(moving_seg: np.ndarray | None, shape: tuple[int, ...]) -> np.ndarray | None:
+    """``moving_seg`` checked: integer labels, of the moving image's ``shape`` (None passes)."""
+    if moving_seg is not None:
+        moving_seg = volumes.as_label_map(moving_seg, "moving label map")
+        if moving_seg.shape != shape:
+            raise volumes.DataError(f"moving label map shape {moving_seg.shape} differs "
+                                    f"from the moving image's {shape}")
+    return moving_seg
+
+
+def register_scans(model: keras.Model, moving: np.ndarray, static: np.ndarray,
+                   moving_grid: transforms.Grid, static_grid: transforms.Grid,
+                   moving_seg: np.ndarray | None = None, finetune_steps: int = 0,
+                   finetune_lr: float = 1e-3, inverse: bool = False) -> dict:
+    """Register scans on any grids (shapes, voxel sizes, orientations) through world space.
+
+    A moving scan on another grid is resampled into the static grid through both affines
+    (trilinear, zero outside its field of view) and registered there (:func:`register_volumes`).
+    The moved image and label map are then sampled once from the original moving scan, at the
+    resampling composed with the displacement, so they carry a single interpolation; the warp
+    maps static-space points to the moving-space points they sample, whatever the grids.
+
+    Parameters
+    ----------
+    model : keras.Model
+        A VoxelMorph model.
+    moving, static : np.ndarray
+        ``(*moving_spatial)`` and ``(*spatial)`` images, any real dtype.
+    moving_grid, static_grid : transforms.Grid
+        Their grids.
+    moving_seg : np.ndarray, optional
+        Integer label map on the moving grid.
+    finetune_steps, finetune_lr
+        Fine-tune the network on the pair first (:class:`FineTuner`).
+    inverse : bool
+        Also compute the inverse warp and the inverse-consistency error.
+
+    Returns
+    -------
+    dict
+        As :func:`register_volumes`, on the static grid, plus ``warp`` ``(*spatial, ndim)`` in
+        LPS mm (``transforms.to_world``); with ``inverse``: ``inverse_warp``
+        ``(*moving_spatial, ndim)`` in LPS mm on the moving grid (``transforms.inverse_on``)
+        and ``inverse_error`` (``transforms.inverse_consistency``).
+    """
+    same = moving_grid.same_as(static_grid)
+    moving_seg = moving_label_map(moving_seg, moving.shape)
+    on_static = moving if same else transforms.resample(moving, moving_grid, static_grid)
+    registered = register_volumes(model, on_static, static, moving_seg if same else None,
+                                  finetune_steps, finetune_lr, inverse)
+    deformation = registered["deformation"]
+    if not same:  # one interpolation: the resampling composed with the displacement
+        points = static_grid.world(static_grid.coordinates() + deformation)
+        coords = moving_grid.voxels(points)
+        registered["moved"] = transforms.sample(moving, coords)
+        if moving_seg is not None:
+            registered["moved_seg"] = transforms.sample(moving_seg, coords, "nearest")
+    registered["warp"] = transforms.to_world(deformation, static_grid)
+    if inverse:
+        registered["inverse_error"] = transforms.inverse_consistency(
+            deformation, registered["inverse"], static_grid)
+        registered["inverse_warp"] = transforms.inverse_on(registered["inverse"], static_grid,
+                                                           moving_grid)
+    return registered
+
+
 def evaluate_pairs(model: keras.Model, pairs: datasets.Pairs, labels=None, keep: int = 0,
-                   spacing=None, finetune_steps: int = 0,
-                   finetune_lr: float = 1e-3) -> tuple[list[dict], list[dict]]:
+                   spacing=None, finetune_steps: int = 0, finetune_lr: float = 1e-3,
+                   inverse: bool = False) -> tuple[list[dict], list[dict]]:
     """Register every pair once and score it on the pairs' own grid.
 
     Parameters
@@ -269,13 +377,18 @@ def evaluate_pairs(model: keras.Model, pairs: datasets.Pairs, labels=None, keep:
         Voxel size in mm, for HD95 in mm (see ``scores.score_registration``).
     finetune_steps, finetune_lr
         Fine-tune the network on each pair first (:class:`FineTuner`).
+    inverse : bool
+        Also invert each displacement (:func:`inverse_displacement`) and score its
+        inverse consistency (``transforms.inverse_consistency``, mm with ``spacing``).
 
     Returns
     -------
     results : list of dict
         Scores of each pair (``scores.score_registration``), plus ``seconds``, the time of its
-        forward pass (the network's graph is built on the first pair beforehand, untimed), and
-        ``finetune_seconds``, that of fine-tuning.
+        forward pass (the network's graph is built on the first pair beforehand, untimed),
+        ``finetune_seconds``, that of fine-tuning, and with ``inverse``
+        ``inverse_error_mm`` and ``inverse_error_p95_mm``, the mean and 95th percentile of
+        ``|x - phi_inv(phi(x))|``.
     samples : list of dict
         For the first ``keep`` pairs: ``moving``, ``static``, ``moved``, ``deformation`` and,
         with label maps, ``moving_seg``, ``static_seg``, ``moved_seg``.
@@ -283,12 +396,13 @@ def evaluate_pairs(model: keras.Model, pairs: datasets.Pairs, labels=None, keep:
     network = network_for(model, pairs.moving.shape[1:])  # built once
     shape = models.input_shape(network)
     tuner = FineTuner(model, finetune_steps, finetune_lr, shape) if finetune_steps else None
+    grid = transforms.spacing_grid(pairs.moving.shape[1:], spacing)
     results, samples = [], []
     for moving, static, moving_seg, static_seg in pairs:
         tuned, finetune_seconds = finetuned(network, tuner, moving, static)
         if not results:  # build the graph untimed, so that every pair's seconds compare
             register_padded(tuned, moving, static)
-        registered = register_padded(tuned, moving, static, moving_seg)
+        registered = register_padded(tuned, moving, static, moving_seg, inverse)
         arrays = {"moving": moving, "static": static, "moving_seg": moving_seg,
                   "static_seg": static_seg, **registered}
         scored = scores.score_registration(
@@ -296,6 +410,11 @@ def evaluate_pairs(model: keras.Model, pairs: datasets.Pairs, labels=None, keep:
             arrays.get("moved_seg"), labels, spacing)
         results.append({**scored, "seconds": registered["seconds"],
                         "finetune_seconds": finetune_seconds})
+        if inverse:
+            error = transforms.inverse_consistency(registered["deformation"],
+                                                   registered["inverse"], grid)
+            results[-1].update(inverse_error_mm=error["mean_mm"],
+                               inverse_error_p95_mm=error["p95_mm"])
         if len(samples) < keep:
             samples.append({key: value for key, value in arrays.items()
                             if isinstance(value, np.ndarray)})

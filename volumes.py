@@ -1,8 +1,10 @@
-"""Volume files: reading and writing ``.npy``, ``.npz`` and NIfTI, atomically; the user errors.
+"""Volume files: reading and writing ``.npy``, ``.npz``, NIfTI and FreeSurfer ``.mgz``, atomically;
+the user errors.
 
 - :func:`load_volume` reads one image or label map as stored; :func:`save_volume` writes one
   (a displacement as a NIfTI vector image), through :func:`atomic_path`, which every writer of
-  the package uses: a temporary file in the same folder, then one ``os.replace``.
+  the package uses: a temporary file in the same folder, then one ``os.replace``. NIfTI and
+  MGH files keep their affine (voxel to RAS mm), which ``transforms.Grid`` reads.
 - :class:`DataError` (input data that cannot be used) and :class:`UsageError` (flags or a run
   folder that cannot be used) carry one-line messages for the user; ``main.py`` prints them and
   exits with status 2. :class:`DataWarning` is printed as one line too.
@@ -10,16 +12,16 @@
 import contextlib
 import os
 import secrets
-import warnings
 import zipfile
 from collections.abc import Iterator
 
 import numpy as np
 
 NIFTI = (".nii", ".nii.gz")
+MGH = (".mgz", ".mgh")  # FreeSurfer's format
+IMAGES = NIFTI + MGH  # files with an affine, read by nibabel
 
-
-FORMATS = ".npy, .npz, .nii or .nii.gz"
+FORMATS = ".npy, .npz, .nii, .nii.gz or .mgz"
 
 
 class DataError(ValueError):
@@ -88,28 +90,28 @@ def check_exists(path: str) -> None:
 
 
 def file_format(path: str) -> str:
-    """``"nifti"``, ``"npy"`` or ``"npz"``, from the file name.
+    """``"image"`` (NIfTI or MGH), ``"npy"`` or ``"npz"``, from the file name.
 
     Raises
     ------
     DataError
         For any other extension.
     """
-    for suffixes, name in ((NIFTI, "nifti"), ((".npy",), "npy"), ((".npz",), "npz")):
+    for suffixes, name in ((IMAGES, "image"), ((".npy",), "npy"), ((".npz",), "npz")):
         if path.endswith(suffixes):
             return name
     raise DataError(f"{path}: unsupported file type (use {FORMATS})")
 
 
-def _read_nifti(path: str):
-    """``(array, image)`` of a NIfTI file, the array as stored."""
+def read_image(path: str):
+    """``(array, image)`` of a NIfTI or MGH file, the array as stored."""
     import nibabel as nib
 
     try:
         image = nib.load(path)
         return np.asanyarray(image.dataobj), image
     except Exception as error:  # nibabel raises several types for unreadable files
-        raise DataError(f"cannot read NIfTI file {path}: {_one_line(error)}") from error
+        raise DataError(f"cannot read {path}: {_one_line(error)}") from error
 
 
 def read_npy(path: str) -> np.ndarray:
@@ -158,20 +160,20 @@ def load_volume(path: str):
     Parameters
     ----------
     path : str
-        ``.npy``, ``.npz`` (array ``vol``, or ``vols`` holding one volume, or a single array) or
-        NIfTI (``.nii``, ``.nii.gz``).
+        ``.npy``, ``.npz`` (array ``vol``, or ``vols`` holding one volume, or a single array),
+        NIfTI (``.nii``, ``.nii.gz``) or MGH (``.mgz``, ``.mgh``).
 
     Returns
     -------
     volume : np.ndarray
         ``(*spatial)``, 2D or 3D, in its stored dtype.
     image : nibabel image or None
-        The NIfTI image (affine and header) for NIfTI inputs, else None.
+        The NIfTI or MGH image (affine and header), else None.
     """
     check_exists(path)
     kind, image = file_format(path), None
-    if kind == "nifti":
-        volume, image = _read_nifti(path)
+    if kind == "image":
+        volume, image = read_image(path)
     elif kind == "npy":
         volume = read_npy(path)
     else:
@@ -184,7 +186,7 @@ def load_volume(path: str):
 
 
 def save_volume(path: str, volume: np.ndarray, reference=None, vector: bool = False) -> None:
-    """Write a volume atomically as ``.npy``, ``.npz`` (array ``vol``) or NIfTI.
+    """Write a volume atomically as ``.npy``, ``.npz`` (array ``vol``), NIfTI or MGH.
 
     Parameters
     ----------
@@ -192,62 +194,70 @@ def save_volume(path: str, volume: np.ndarray, reference=None, vector: bool = Fa
         Output file; its extension chooses the format.
     volume : np.ndarray
         ``(*spatial)``, or ``(*spatial, C)`` with ``vector``; ``.npy`` and ``.npz`` keep its
-        dtype. NIfTI takes float32 for real images and the smallest of uint8, int16 and int32
-        that holds integer or boolean label maps (types every viewer opens).
-    reference : nibabel image, optional
-        NIfTI output takes this image's affine and header (e.g. the static image's); without it,
-        an identity affine.
+        dtype. NIfTI and MGH take float32 for real images; integer label maps keep a dtype
+        every viewer opens (NIfTI: uint8, int8, int16, uint16, int32; MGH: uint8, int16, int32),
+        others take the smallest of uint8, int16 and int32 that holds them (booleans: uint8).
+    reference : nibabel image or np.ndarray, optional
+        NIfTI and MGH output takes this image's affine (and its header, when it is of the
+        output's format), e.g. the static image's; or a ``(4, 4)`` affine; without it, identity.
     vector : bool
         The last axis holds vector components (a displacement): NIfTI stores them as a vector
         image ``(x, y, z, 1, C)`` with intent 'vector' (a 2D field as ``(x, y, 1, 1, C)``).
     """
     kind = file_format(path)
     with atomic_path(path) as tmp:
-        if kind == "nifti":
-            _save_nifti(tmp, volume, reference, vector)
+        if kind == "image":
+            _save_image(tmp, volume, reference, vector)
         elif kind == "npy":
             np.save(tmp, volume)
         else:
             np.savez_compressed(tmp, vol=volume)
 
 
-def nifti_dtype(volume: np.ndarray) -> np.dtype:
-    """float32 for real values; uint8, int16 or int32 (the smallest that fits) for labels."""
+KEPT_DTYPES = {"nifti": (np.uint8, np.int8, np.int16, np.uint16, np.int32),
+               "mgh": (np.uint8, np.int16, np.int32)}
+
+
+def image_dtype(volume: np.ndarray, kind: str = "nifti") -> np.dtype:
+    """The dtype ``volume`` is stored with in a ``kind`` ("nifti" or "mgh") file.
+
+    float32 for real values; integer labels keep their dtype when the format and viewers take
+    it, else the smallest of uint8, int16 and int32 that holds them.
+    """
     if volume.dtype.kind not in "biu":
         return np.dtype(np.float32)
+    if volume.dtype in KEPT_DTYPES[kind]:
+        return volume.dtype
     low, high = (int(volume.min()), int(volume.max())) if volume.size else (0, 0)
     for dtype in (np.uint8, np.int16, np.int32):
         if np.iinfo(dtype).min <= low and high <= np.iinfo(dtype).max:
             return np.dtype(dtype)
-    raise DataError(f"labels from {low} to {high} do not fit a NIfTI int32 image")
+    raise DataError(f"labels from {low} to {high} do not fit an int32 image")
 
 
-def _save_nifti(path: str, volume: np.ndarray, reference, vector: bool) -> None:
+def _save_image(path: str, volume: np.ndarray, reference, vector: bool) -> None:
     import nibabel as nib
 
+    kind = "mgh" if path.endswith(MGH) else "nifti"
     volume = np.asarray(volume)
-    volume = volume.astype(nifti_dtype(volume))
+    volume = volume.astype(image_dtype(volume, kind))
     if vector:  # (*spatial, C) -> (x, y, z, 1, C), the NIfTI layout of a vector per voxel
         spatial = volume.shape[:-1] + (1,) * (3 - (volume.ndim - 1))
         volume = volume.reshape(*spatial, 1, volume.shape[-1])
-    header = None if reference is None else reference.header.copy()
-    affine = np.eye(4) if reference is None else reference.affine
-    image = (nib.Nifti1Image if reference is None else type(reference))(volume, affine, header)
+    image_type = nib.MGHImage if kind == "mgh" else nib.Nifti1Image
+    affine = np.eye(4) if reference is None else getattr(reference, "affine", reference)
+    header = (reference.header.copy() if kind == "nifti" and
+              isinstance(reference, (nib.Nifti1Image, nib.Nifti2Image)) else None)
+    if header is not None:
+        image_type = type(reference)
+    image = image_type(volume, np.asarray(affine, np.float64), header)
     image.header.set_data_dtype(volume.dtype)
-    image.header.set_intent("vector" if vector else "none")
+    if kind == "nifti":
+        image.header.set_intent("vector" if vector else "none")
     nib.save(image, path)
 
 
 def nifti_spacing(image) -> tuple[float, ...]:
-    """Voxel size in mm of a NIfTI image's axes that :func:`load_volume` keeps (size > 1)."""
+    """Voxel size in mm of a NIfTI or MGH image's axes that :func:`load_volume` keeps (size > 1)."""
     return tuple(float(zoom) for size, zoom in zip(image.shape, image.header.get_zooms())
                  if size != 1)
-
-
-def affine_warning(*images) -> None:
-    """Warn when NIfTI inputs have different affines: registration maps voxel grids only."""
-    affines = [image.affine for image in images if image is not None]
-    if len(affines) > 1 and not all(np.allclose(a, affines[0], atol=1e-4) for a in affines):
-        warnings.warn("the moving and static NIfTI affines differ: VoxelMorph registers voxel "
-                      "grids, so align the images first (e.g. affinely to one space)",
-                      DataWarning, stacklevel=2)
