@@ -309,8 +309,9 @@ def register_scans(model: keras.Model, moving: np.ndarray, static: np.ndarray,
     A moving scan on another grid is resampled into the static grid through both affines
     (trilinear, zero outside its field of view) and registered there (:func:`register_volumes`).
     The moved image and label map are then sampled once from the original moving scan, at the
-    resampling composed with the displacement, so they carry a single interpolation; the warp
-    maps static-space points to the moving-space points they sample, whatever the grids.
+    resampling composed with the displacement, so they carry a single interpolation, and read 0
+    where they sample outside it: what ITK or ANTs give with the warp, which maps static-space
+    points to the moving-space points they sample, whatever the grids.
 
     Parameters
     ----------
@@ -330,7 +331,8 @@ def register_scans(model: keras.Model, moving: np.ndarray, static: np.ndarray,
     Returns
     -------
     dict
-        As :func:`register_volumes`, on the static grid, plus ``warp`` ``(*spatial, ndim)`` in
+        As :func:`register_volumes`, on the static grid (``moved`` in the moving scan's units,
+        ``moved_seg`` of its dtype), plus ``warp`` ``(*spatial, ndim)`` in
         LPS mm (``transforms.to_world``); with ``inverse``: ``inverse_warp``
         ``(*moving_spatial, ndim)`` in LPS mm on the moving grid (``transforms.inverse_on``)
         and ``inverse_error`` (``transforms.inverse_consistency``).
@@ -338,15 +340,15 @@ def register_scans(model: keras.Model, moving: np.ndarray, static: np.ndarray,
     same = moving_grid.same_as(static_grid)
     moving_seg = moving_label_map(moving_seg, moving.shape)
     on_static = moving if same else transforms.resample(moving, moving_grid, static_grid)
-    registered = register_volumes(model, on_static, static, moving_seg if same else None,
-                                  finetune_steps, finetune_lr, inverse)
+    registered = register_volumes(model, on_static, static, None, finetune_steps, finetune_lr,
+                                  inverse)
     deformation = registered["deformation"]
-    if not same:  # one interpolation: the resampling composed with the displacement
-        points = static_grid.world(static_grid.coordinates() + deformation)
-        coords = moving_grid.voxels(points)
-        registered["moved"] = transforms.sample(moving, coords)
-        if moving_seg is not None:
-            registered["moved_seg"] = transforms.sample(moving_seg, coords, "nearest")
+    coords = static_grid.coordinates() + deformation
+    if not same:  # the resampling composed with the displacement: one interpolation
+        coords = moving_grid.voxels(static_grid.world(coords))
+    registered["moved"] = transforms.sample(moving, coords)
+    if moving_seg is not None:
+        registered["moved_seg"] = transforms.sample(moving_seg, coords, "nearest")
     registered["warp"] = transforms.to_world(deformation, static_grid)
     if inverse:
         registered["inverse_error"] = transforms.inverse_consistency(

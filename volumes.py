@@ -166,7 +166,7 @@ def load_volume(path: str):
     Returns
     -------
     volume : np.ndarray
-        ``(*spatial)``, 2D or 3D, in its stored dtype.
+        ``(*spatial)``, 2D or 3D, in its stored dtype (in the machine's byte order).
     image : nibabel image or None
         The NIfTI or MGH image (affine and header), else None.
     """
@@ -180,6 +180,8 @@ def load_volume(path: str):
         volume = _one_volume(path, read_npz(path))
     check_numbers(volume, path)
     volume = np.squeeze(volume)
+    if not volume.dtype.isnative:  # MGH files are big-endian
+        volume = volume.astype(volume.dtype.newbyteorder("="))
     if volume.ndim not in (2, 3):
         raise DataError(f"{path}: expected a 2D or 3D volume, got shape {volume.shape}")
     return volume, image

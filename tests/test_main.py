@@ -226,6 +226,7 @@ def test_evaluate_scores_a_pair_registered_to_itself_with_dice_one(tmp_path, ide
         assert pair["dice_after"] == [1.0, 1.0] and pair["folding_fraction"] == 0.0
         assert pair["hd95"] == pair["hd95_mm"] == [0.0, 0.0] and pair["sdlogj"] == 0.0
         assert np.isfinite(pair["seconds"]) and np.isfinite(pair["ncc_after"])
+        assert pair["inverse_error_mm"] == pair["inverse_error_p95_mm"] == 0.0  # identity
     rows = (output / "dice_per_structure.csv").read_text().splitlines()
     assert rows[0] == ("label,name,dice_before_mean,dice_before_std,dice_after_mean,"
                        "dice_after_std,hd95_mean,hd95_std,hd95_mm_mean,hd95_mm_std")
@@ -330,9 +331,16 @@ def _truncated(writer, keep: float = 0.5):
     return write
 
 
-def _nifti(array):
+def _nifti(array, affine=np.eye(4), vector: bool = False):
     import nibabel as nib
-    return lambda path: nib.save(nib.Nifti1Image(array, np.eye(4)), path)
+
+    def write(path):
+        image = nib.Nifti1Image(array, None if affine is None else affine)
+        if affine is None:  # only a singular sform: no usable affine
+            image.header.set_sform(np.diag([1.0, 0.0, 1.0, 1.0]), code=1)
+        image.header.set_intent("vector" if vector else "none")
+        nib.save(image, path)
+    return write
 
 
 def _damaged_member(path):
@@ -367,9 +375,9 @@ BAD_INPUTS = [
     ("npz without vols", {"d.npz": lambda p: _save_npz(p, images=GOOD_4D)},
      ["--data", "{tmp}/d.npz"], "no array named 'vols'"),
     ("nifti random bytes", {"d.nii.gz": _write_bytes(b"\x1f\x8b" + bytes(300))},
-     ["--data", "{tmp}/d.nii.gz"], "cannot read NIfTI file"),
+     ["--data", "{tmp}/d.nii.gz"], "cannot read {tmp}/d.nii.gz"),
     ("nifti truncated", {"d.nii.gz": _truncated(_nifti(GOOD_4D[0]), 0.3)},
-     ["--data", "{tmp}/d.nii.gz"], "cannot read NIfTI file"),
+     ["--data", "{tmp}/d.nii.gz"], "cannot read {tmp}/d.nii.gz"),
     ("nifti 4D", {"d.nii": _nifti(GOOD_4D[..., None])}, ["--data", "{tmp}/d.nii"],
      "expected a 2D or 3D volume"),
     ("strings", {"d.npy": lambda p: np.save(p, np.full((2, 4, 4, 4), "a"))},
@@ -468,6 +476,7 @@ def test_flags_out_of_range_are_argparse_errors(argv, message, capsys):
 IMAGE = RNG.random((16, 16, 16)).astype(np.float32)
 PAIR = {"m.npy": lambda p: np.save(p, IMAGE), "s.npy": lambda p: np.save(p, IMAGE[::-1])}
 REGISTER = ["register", "--model", "{model}", "--moving", "{tmp}/m.npy", "--static", "{tmp}/s.npy"]
+APPLY = ["apply", "--warp", "{tmp}/w.nii.gz", "--moving", "{tmp}/m.npy", "--output", "{tmp}/o.npy"]
 
 # Bad input of ``register`` and ``evaluate``: as BAD_INPUTS, checked before the forward pass.
 BAD_COMMANDS = [
@@ -496,9 +505,27 @@ BAD_COMMANDS = [
     ("truncated model", {**PAIR, "bad.keras": _write_bytes(b"PK\x03\x04" + bytes(64))},
      ["register", "--model", "{tmp}/bad.keras", "--moving", "{tmp}/m.npy", "--static",
       "{tmp}/s.npy", "--moved", "{tmp}/o.npy"], "{tmp}/bad.keras is not a complete .keras file"),
-    ("moving and static of different shapes",
-     {"m.npy": lambda p: np.save(p, IMAGE), "s.npy": lambda p: np.save(p, IMAGE[:8])},
-     REGISTER + ["--moved", "{tmp}/o.npy"], "moving and static shapes differ"),
+    ("label map on another grid than the moving image",
+     {**PAIR, "l.npy": lambda p: np.save(p, IMAGE[:8] > 0.5)},
+     REGISTER + ["--moved", "{tmp}/o.npy", "--moving_seg", "{tmp}/l.npy", "--moved_seg",
+                 "{tmp}/ls.npy"], "{tmp}/l.npy is not on the moving image's grid"),
+    ("warp output that is not NIfTI", PAIR,
+     REGISTER + ["--moved", "{tmp}/o.npy", "--warp", "{tmp}/w.npy"],
+     "--warp {tmp}/w.npy: a warp is written as NIfTI"),
+    ("moving image without a usable affine",
+     {"m.nii.gz": _nifti(IMAGE, affine=None), "s.npy": lambda p: np.save(p, IMAGE)},
+     ["register", "--model", "{model}", "--moving", "{tmp}/m.nii.gz", "--static", "{tmp}/s.npy",
+      "--moved", "{tmp}/o.npy"], "moving {tmp}/m.nii.gz: its affine is not usable"),
+    ("apply: the warp is not a vector image", {"w.nii.gz": _nifti(IMAGE), **PAIR},
+     APPLY, "{tmp}/w.nii.gz: not a displacement field"),
+    ("apply: the reference is on another grid",
+     {"w.nii.gz": _nifti(np.zeros((16, 16, 16, 1, 3), np.float32), vector=True), **PAIR,
+      "r.nii.gz": _nifti(IMAGE, np.diag([2.0, 2.0, 2.0, 1.0]))},
+     APPLY + ["--reference", "{tmp}/r.nii.gz"], "is not the grid of --reference"),
+    ("apply: a 2D image with a 3D warp",
+     {"w.nii.gz": _nifti(np.zeros((16, 16, 16, 1, 3), np.float32), vector=True),
+      "m.npy": lambda p: np.save(p, IMAGE[0])},
+     APPLY, "{tmp}/m.npy is 2D but the warp {tmp}/w.nii.gz is 3D"),
     ("2D pair for a 3D model",
      {"m.npy": lambda p: np.save(p, IMAGE[0]), "s.npy": lambda p: np.save(p, IMAGE[1])},
      REGISTER + ["--moved", "{tmp}/o.npy"], "but the model registers 3D images"),
@@ -550,20 +577,6 @@ def test_register_writes_a_bool_label_map_as_uint8_nifti(tmp_path, identity_mode
     saved = nib.load(tmp_path / "ls.nii.gz")
     assert saved.get_data_dtype() == np.uint8
     np.testing.assert_array_equal(np.asanyarray(saved.dataobj), IMAGE > 0.5)  # zero field
-
-
-def test_register_warns_once_when_the_nifti_affines_differ(tmp_path, capsys, identity_model):
-    import nibabel as nib
-
-    nib.save(nib.Nifti1Image(IMAGE, np.eye(4)), tmp_path / "m.nii.gz")
-    nib.save(nib.Nifti1Image(IMAGE, np.diag([2.0, 2.0, 2.0, 1.0])), tmp_path / "s.nii.gz")
-    assert main.main(["register", "--model", identity_model, "--moving",
-                      str(tmp_path / "m.nii.gz"), "--static", str(tmp_path / "s.nii.gz"),
-                      "--moved", str(tmp_path / "o.nii.gz")]) == 0
-    err = capsys.readouterr().err.strip().splitlines()
-    assert err == ["main.py: warning: the moving and static NIfTI affines differ: VoxelMorph "
-                   "registers voxel grids, so align the images first (e.g. affinely to one "
-                   "space)"]
 
 
 def test_eval_json_holds_null_not_nan_for_labels_absent_from_a_pair(tmp_path, identity_model):

@@ -27,15 +27,15 @@ def test_label_maps_must_hold_integers():
         volumes.as_label_map(np.array([0.0, 0.5]))
 
 
-@pytest.mark.parametrize("suffix", [".npy", ".npz", ".nii.gz"])
+@pytest.mark.parametrize("suffix", [".npy", ".npz", ".nii.gz", ".mgz"])
 def test_save_volume_then_load_volume_round_trips(tmp_path, suffix):
     volume = np.random.default_rng(0).integers(0, 40, size=(6, 7, 8)).astype(np.int16)
     path = str(tmp_path / f"vol{suffix}")
     volumes.save_volume(path, volume)
     loaded, image = volumes.load_volume(path)
     np.testing.assert_array_equal(loaded, volume)
-    assert loaded.dtype == (np.uint8 if suffix == ".nii.gz" else np.int16)  # NIfTI: smallest fit
-    assert (image is not None) == (suffix == ".nii.gz")
+    assert loaded.dtype == np.int16  # a label map keeps its dtype
+    assert (image is not None) == (suffix in (".nii.gz", ".mgz"))
 
 
 def test_nifti_output_keeps_the_reference_affine_and_takes_its_own_dtype(tmp_path):
@@ -97,3 +97,15 @@ def test_random_arrays_in_any_format_give_only_data_errors(array, suffix, key):
             except Exception:
                 hypothesis.reject()
         _loads_or_refuses(path)
+
+
+@pytest.mark.parametrize("dtype, suffix, stored", [
+    (np.uint16, ".nii.gz", np.uint16), (np.int8, ".nii.gz", np.int8),
+    (np.int64, ".nii.gz", np.uint8), (np.bool_, ".nii.gz", np.uint8),
+    (np.uint16, ".mgz", np.uint8), (np.float64, ".mgz", np.float32)])
+def test_image_files_keep_the_label_dtypes_viewers_open(tmp_path, dtype, suffix, stored):
+    volume = (np.arange(60).reshape(3, 4, 5) % 7).astype(dtype)
+    volumes.save_volume(str(tmp_path / f"v{suffix}"), volume, np.diag([2.0, 3.0, 4.0, 1.0]))
+    loaded, image = volumes.load_volume(str(tmp_path / f"v{suffix}"))
+    assert loaded.dtype == stored and np.array_equal(loaded, volume.astype(stored))
+    np.testing.assert_allclose(image.affine, np.diag([2.0, 3.0, 4.0, 1.0]))
