@@ -217,11 +217,15 @@ def ants_register(fixed_image: np.ndarray, moving_image: np.ndarray, moving_seg:
                   iterations: list[int], path: str) -> dict:
     """ANTs SyN (CC metric, radius 4) of one pair, kept in ``path`` (.npz) and reused from there.
 
+    ANTs' own warp file is also applied to the moving label map by ``main.py apply``, and the
+    share of voxels where its labels equal ANTs' is kept (``apply_agreement``).
+
     Returns
     -------
     dict
         ``moved_seg`` (labels warped by ANTs with nearest neighbour), ``deformation``
-        ``(*spatial, 3)`` in voxels along the array axes, ``seconds`` of the registration.
+        ``(*spatial, 3)`` in voxels along the array axes, ``seconds`` of the registration,
+        ``apply_agreement``.
     """
     import ants
 
@@ -238,11 +242,32 @@ def ants_register(fixed_image: np.ndarray, moving_image: np.ndarray, moving_seg:
         # With unit spacing, zero origin and identity direction, the warp's physical vectors
         # are displacements in voxels along the array axes, as ours.
         warp = [name for name in registration["fwdtransforms"] if name.endswith(".nii.gz")][0]
-        np.savez(path + ".tmp.npz", moved_seg=np.rint(moved_seg).astype(np.int32),
-                 deformation=ants.image_read(warp).numpy().astype(np.float32), seconds=seconds)
+        moved_seg = np.rint(moved_seg).astype(np.int32)
+        np.savez(path + ".tmp.npz", moved_seg=moved_seg,
+                 deformation=ants.image_read(warp).numpy().astype(np.float32), seconds=seconds,
+                 apply_agreement=apply_agreement(warp, moving_seg, moved_seg, path))
         os.replace(path + ".tmp.npz", path)
     with np.load(path) as stored:
-        return {key: stored[key] for key in ("moved_seg", "deformation", "seconds")}
+        return {key: stored[key] for key in ("moved_seg", "deformation", "seconds",
+                                             "apply_agreement") if key in stored}
+
+
+def apply_agreement(warp: str, moving_seg: np.ndarray, ants_moved_seg: np.ndarray,
+                    path: str) -> float:
+    """Share of voxels where ``main.py apply`` of ANTs' ``warp`` file to the moving label map
+    gives ANTs' own labels (the label map written as ANTs writes images, beside ``path``)."""
+    import ants
+    import main
+
+    seg_file, output = path + ".moving_seg.nii.gz", path + ".applied.nii.gz"
+    ants.image_write(ants.from_numpy(moving_seg.astype(np.float32)), seg_file)
+    if main.main(["apply", "--warp", warp, "--moving", seg_file, "--output", output,
+                  "--interp", "nearest"]) != 0:
+        sys.exit("real_brains.py: error: main.py apply failed on ANTs' warp")
+    applied = np.asanyarray(ants.image_read(output).numpy())
+    for name in (seg_file, output):
+        os.remove(name)
+    return float(np.mean(np.rint(applied) == ants_moved_seg))
 
 
 def ants_syn(full, pairs, iterations: list[int], folder: str) -> dict:
@@ -254,8 +279,11 @@ def ants_syn(full, pairs, iterations: list[int], folder: str) -> dict:
                                    os.path.join(folder, f"ants_{m}_{s}.npz"))
         scored = score_pair(full, m, s, registered["moved_seg"], registered["deformation"])
         results.append({**scored, "seconds": float(registered["seconds"])})
+        if "apply_agreement" in registered:
+            results[-1]["apply_agreement"] = float(registered["apply_agreement"])
         print(f"  ANTs pair {m}->{s}: Dice {np.nanmean(scored['dice']):.3f} in "
-              f"{results[-1]['seconds']:.0f} s", flush=True)
+              f"{results[-1]['seconds']:.0f} s; main.py apply of its warp gives its labels at "
+              f"{100 * results[-1].get('apply_agreement', np.nan):.3f}% of voxels", flush=True)
     return {"per_pair": results}
 
 
@@ -362,7 +390,8 @@ def main() -> None:
     best_flags = [flag for name in helped for flag in options[name]]
     # With one option (or none) that helped, or without the "best" row, the best row trained.
     best = ("best" if len(helped) > 1 and "best" in args.methods else
-            max(["vm2", *helped], key=lambda name: summary(results[name])["dice"]["mean"]))
+            max(["vm2", *helped], key=lambda name: summary(results[name])["dice"]["mean"])
+            if "vm2" in results else None)
     if best == "best":
         run("best", best_flags)
     if "finetune" in args.methods and best in results:
@@ -378,7 +407,7 @@ def main() -> None:
     grid = 128 // args.downsample
     labels = {"seg_weight": args.seg_weight, "finetune_steps": args.finetune_steps,
               "best": " ".join(best_flags) or "(no option helped)"}
-    labels["tuned"] = NAMES[best].format(**labels)
+    labels["tuned"] = NAMES[best].format(**labels) if best else ""
     rows = [("affine only", summary(results["affine"]), None)]
     rows += [(NAMES[name].format(**labels) + (f", {grid}^3" if name != "ants" else ""),
               summary(result), minutes.get(name)) for name, result in results.items()
