@@ -218,12 +218,13 @@ def apply_warp(warp: np.ndarray, grid: Grid, moving: np.ndarray, moving_grid: Gr
 
 
 def invert(deformation: np.ndarray, initial: np.ndarray | None = None, iterations: int = 100,
-           tolerance: float = 1e-4) -> np.ndarray:
-    """Inverse of the map ``x -> x + u(x)`` on the same grid, by fixed-point iteration.
+           tolerance: float = 1e-3) -> np.ndarray:
+    """Inverse of the map ``x -> x + u(x)`` on the same grid, by damped fixed-point iteration.
 
-    The inverse displacement ``v`` solves ``v(y) = -u(y + v(y))``; starting from ``initial``
-    (or ``-u``), it is iterated until no voxel moves by more than ``tolerance`` voxels. It
-    converges where the map is invertible (Jacobian determinant positive, |grad u| < 1).
+    The inverse displacement ``v`` solves ``v(y) = -u(y + v(y))``. Starting from ``initial``
+    (or ``-u``), each step moves ``v`` half-way to ``-u(y + v(y))`` (the undamped iteration
+    can cycle between two values at a few voxels of real fields), until no voxel moves by more
+    than ``tolerance`` voxels. It converges where the map is invertible (no folding).
 
     Parameters
     ----------
@@ -247,10 +248,9 @@ def invert(deformation: np.ndarray, initial: np.ndarray | None = None, iteration
     grid = utils.regular_grid(deformation.shape[:-1])[None]
     v = -u if initial is None else tf.constant(initial[None], tf.float32)
     for _ in range(iterations):
-        update = -utils.interpolate(u, grid + v)
-        change = float(tf.reduce_max(tf.abs(update - v)))
-        v = update
-        if change < tolerance:
+        step = 0.5 * (-utils.interpolate(u, grid + v) - v)
+        v += step
+        if float(tf.reduce_max(tf.abs(step))) < tolerance / 2:
             break
     return np.asarray(v)[0]
 
