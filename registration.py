@@ -5,10 +5,9 @@
   convolutional: it is rebuilt for the pair's padded shape with the trained weights).
 - :func:`register_padded`: one pair zero-padded (centred) to the network's input shape as in
   training, registered, and every output cropped back to the pair's grid.
-- :func:`register_volumes`: as stored in files, any size: any real intensities, scaled to
-  [0, 1] for the network; the moved image comes back in the moving image's units.
-- :func:`register_scans`: scans on any grids, in world space (``transforms.py``): the moving scan
-  is resampled into the static grid first, and the ITK/ANTs warp (and its inverse) written.
+- :func:`register_scans`: scans as stored in files, of any size, intensities and grids, in world
+  space (``transforms.py``): the moving scan is resampled into the static grid, both are scaled
+  to [0, 1] for the network, and the moved outputs, the ITK/ANTs warp and its inverse returned.
 - :func:`inverse_displacement`: the inverse of a registered pair's displacement.
 - :class:`FineTuner`: instance-specific optimisation (TMI 2019, Sec. V-E) of one network, pair
   after pair, built and compiled once.
@@ -234,62 +233,6 @@ def finetuned(model: keras.Model, tuner: FineTuner | None, moving: np.ndarray,
     return network, time.perf_counter() - start
 
 
-def register_volumes(model: keras.Model, moving: np.ndarray, static: np.ndarray,
-                     moving_seg: np.ndarray | None = None, finetune_steps: int = 0,
-                     finetune_lr: float = 1e-3, inverse: bool = False) -> dict:
-    """Register volumes of any size and intensity range with a trained model.
-
-    Each image is scaled to [0, 1] (min-max, as training does) and the pair registered by
-    :func:`register_padded` with the network for its shape (:func:`network_for`); the moved
-    image is then mapped back to the moving image's intensities (linear interpolation commutes
-    with that affine scaling; where the field samples the zero padding, the moved image reads
-    the moving image's minimum).
-
-    Parameters
-    ----------
-    model : keras.Model
-        A VoxelMorph model.
-    moving, static : np.ndarray
-        ``(*spatial)`` images of one shape (any size, the model's number of dimensions), any
-        real dtype.
-    moving_seg : np.ndarray, optional
-        ``(*spatial)`` integer label map of the moving image.
-    finetune_steps : int
-        Fine-tune the network on the pair first (:class:`FineTuner`).
-    finetune_lr : float
-        Its learning rate.
-    inverse : bool
-        Also return the inverse displacement (:func:`inverse_displacement`).
-
-    Returns
-    -------
-    dict
-        As :func:`register`, at the input's size: ``moved`` ``(*spatial)`` float32 in the moving
-        image's intensity units, ``deformation`` ``(*spatial, ndim)`` in voxels, ``seconds``,
-        ``finetune_seconds``, ``moved_seg`` when ``moving_seg`` is given, ``inverse`` with
-        ``inverse``.
-
-    Raises
-    ------
-    volumes.DataError
-        If the shapes differ, or their dimension is not the model's.
-    """
-    if moving.shape != static.shape:
-        raise volumes.DataError(f"moving and static shapes differ: {moving.shape} vs "
-                                f"{static.shape}")
-    moving_seg = moving_label_map(moving_seg, moving.shape)
-    scaled = [datasets.normalize(image, name) for image, name in
-              ((moving, "moving image"), (static, "static image"))]
-    network = network_for(model, moving.shape)
-    shape = models.input_shape(network)
-    tuner = FineTuner(model, finetune_steps, finetune_lr, shape) if finetune_steps else None
-    network, finetune_seconds = finetuned(network, tuner, *scaled)
-    registered = register_padded(network, *scaled, moving_seg, inverse)
-    low, high = float(np.min(moving)), float(np.max(moving))
-    registered["moved"] = (low + (high - low) * registered["moved"]).astype(np.float32)
-    return {**registered, "finetune_seconds": finetune_seconds}
-
-
 def moving_label_map(moving_seg: np.ndarray | None, shape: tuple[int, ...]) -> np.ndarray | None:
     """``moving_seg`` checked: integer labels, of the moving image's ``shape`` (None passes)."""
     if moving_seg is not None:
@@ -307,7 +250,9 @@ def register_scans(model: keras.Model, moving: np.ndarray, static: np.ndarray,
     """Register scans on any grids (shapes, voxel sizes, orientations) through world space.
 
     A moving scan on another grid is resampled into the static grid through both affines
-    (trilinear, zero outside its field of view) and registered there (:func:`register_volumes`).
+    (trilinear, zero outside its field of view). Both images are scaled to [0, 1] (min-max, as
+    training does) and registered by :func:`register_padded` with the network for the static
+    shape (:func:`network_for`, fine-tuned on the pair first with ``finetune_steps``).
     The moved image and label map are then sampled once from the original moving scan, at the
     resampling composed with the displacement, so they carry a single interpolation, and read 0
     where they sample outside it: what ITK or ANTs give with the warp, which maps static-space
@@ -318,7 +263,8 @@ def register_scans(model: keras.Model, moving: np.ndarray, static: np.ndarray,
     model : keras.Model
         A VoxelMorph model.
     moving, static : np.ndarray
-        ``(*moving_spatial)`` and ``(*spatial)`` images, any real dtype.
+        ``(*moving_spatial)`` and ``(*spatial)`` images, any size of the model's dimension,
+        any real dtype.
     moving_grid, static_grid : transforms.Grid
         Their grids.
     moving_seg : np.ndarray, optional
@@ -331,17 +277,30 @@ def register_scans(model: keras.Model, moving: np.ndarray, static: np.ndarray,
     Returns
     -------
     dict
-        As :func:`register_volumes`, on the static grid (``moved`` in the moving scan's units,
-        ``moved_seg`` of its dtype), plus ``warp`` ``(*spatial, ndim)`` in
-        LPS mm (``transforms.to_world``); with ``inverse``: ``inverse_warp``
-        ``(*moving_spatial, ndim)`` in LPS mm on the moving grid (``transforms.inverse_on``)
-        and ``inverse_error`` (``transforms.inverse_consistency``).
+        On the static grid: ``moved`` ``(*spatial)`` float32 in the moving scan's units,
+        ``moved_seg`` of its dtype with ``moving_seg``, ``deformation`` ``(*spatial, ndim)`` in
+        static voxels, ``warp`` ``(*spatial, ndim)`` in LPS mm (``transforms.to_world``),
+        ``seconds`` and ``finetune_seconds``; with ``inverse``: ``inverse`` in static voxels,
+        ``inverse_warp`` ``(*moving_spatial, ndim)`` in LPS mm on the moving grid
+        (``transforms.inverse_on``) and ``inverse_error``
+        (``transforms.inverse_consistency``).
+
+    Raises
+    ------
+    volumes.DataError
+        If a dimension is not the model's, or an image is unusable (``datasets.normalize``).
     """
     same = moving_grid.same_as(static_grid)
     moving_seg = moving_label_map(moving_seg, moving.shape)
     on_static = moving if same else transforms.resample(moving, moving_grid, static_grid)
-    registered = register_volumes(model, on_static, static, None, finetune_steps, finetune_lr,
-                                  inverse)
+    scaled = [datasets.normalize(image, name) for image, name in
+              ((on_static, "moving image"), (static, "static image"))]
+    network = network_for(model, static.shape)
+    shape = models.input_shape(network)
+    tuner = FineTuner(model, finetune_steps, finetune_lr, shape) if finetune_steps else None
+    network, finetune_seconds = finetuned(network, tuner, *scaled)
+    registered = {**register_padded(network, *scaled, inverse=inverse),
+                  "finetune_seconds": finetune_seconds}
     deformation = registered["deformation"]
     coords = static_grid.coordinates() + deformation
     if not same:  # the resampling composed with the displacement: one interpolation
