@@ -119,3 +119,16 @@ def test_padding_and_splitting_keep_the_spacing():
     data = datasets.Dataset(vols=np.zeros((3, 6, 6), np.float32), spacing=(1.0, 2.0))
     assert datasets.pad_dataset(data, (16, 16)).spacing == (1.0, 2.0)
     assert all(part.spacing == (1.0, 2.0) for part in datasets.split(data, 1))
+
+
+def test_a_folder_of_freesurfer_mgz_files_is_a_dataset_with_their_voxel_size(tmp_path):
+    import nibabel as nib
+
+    rng = np.random.default_rng(0)
+    for name in ("sub1.mgz", "sub2.mgz"):
+        volume = rng.integers(0, 255, size=(8, 9, 10)).astype(np.uint8)
+        nib.save(nib.MGHImage(volume, np.diag([1.2, 1.2, 1.5, 1.0])), tmp_path / name)
+    data = datasets.load_dataset(str(tmp_path))
+    assert data.vols.shape == (2, 8, 9, 10)
+    np.testing.assert_allclose(data.spacing, (1.2, 1.2, 1.5), rtol=1e-6)
+    assert data.vols.min() == 0.0 and data.vols.max() == 1.0  # scaled per volume
