@@ -326,9 +326,10 @@ def main(argv: list[str] | None = None) -> int:
             if args.command is None and args.resume:
                 args = resumed_args(args, parser)
             print(command(args))
-        except (volumes.DataError, volumes.UsageError, rundir.Diverged) as error:
+        except (volumes.DataError, volumes.UsageError, volumes.WriteError,
+                rundir.Diverged) as error:
             print(f"main.py: error: {' '.join(str(error).split())}", file=sys.stderr)
-            return 1 if isinstance(error, rundir.Diverged) else 2
+            return 2 if isinstance(error, (volumes.DataError, volumes.UsageError)) else 1
     return 0
 
 

@@ -1,4 +1,5 @@
 """Reading and writing volume files; damaged or foreign files give one DataError."""
+import errno
 import os
 import tempfile
 
@@ -97,3 +98,18 @@ def test_random_arrays_in_any_format_give_only_data_errors(array, suffix, key):
             except Exception:
                 hypothesis.reject()
         _loads_or_refuses(path)
+
+
+def test_a_failed_write_is_a_write_error_and_keeps_the_old_file(tmp_path, monkeypatch):
+    path = str(tmp_path / "vol.npy")
+    volumes.save_volume(path, np.zeros(3))
+
+    def disk_full(file, array):
+        open(file, "wb").write(b"\x93NUMPY")  # a partial file, as a full disk leaves one
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(np, "save", disk_full)
+    with pytest.raises(volumes.WriteError, match=f"^cannot write {path}: No space left on device$"):
+        volumes.save_volume(path, np.ones(3))
+    assert os.listdir(tmp_path) == ["vol.npy"]  # no temporary file left
+    np.testing.assert_array_equal(volumes.read_npy(path), np.zeros(3))
