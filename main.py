@@ -293,7 +293,7 @@ def evaluate(args) -> str:
                                              finetune_steps=args.finetune_steps,
                                              finetune_lr=args.finetune_lr)
     summary = scores.summarize(results)
-    os.makedirs(output, exist_ok=True)
+    rundir.make_folder(output)
     per_pair = [{"moving": int(moving), "static": "atlas" if static < 0 else int(static), **result}
                 for (moving, static), result in zip(pairs.index, results)]
     evaluation = os.path.join(output, rundir.EVALUATION)

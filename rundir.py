@@ -1,9 +1,10 @@
-"""The folder of a run: the name of every file in it, its checks, checkpoints and resume.
+"""The folder of a run: the name of every file in it, its checks, checkpoints, resume and lock.
 
 Training writes ``ARGS`` (its flags, read back by ``--resume``), the checkpoint files below every
 epoch, and at the end ``MODEL``, ``SAMPLES``, ``METRICS`` and the figures of ``viz.render_run``;
 ``main.py evaluate`` writes ``EVALUATION``, ``DICE_CSV`` and ``DICE_PLOT``. Every file is written
-atomically (``volumes.atomic_path``). A training run survives interruption and divergence: at the
+atomically (``volumes.atomic_path``). One process at a time trains into a run folder: it holds the
+lock of ``LOCK`` (:func:`locked`). A training run survives interruption and divergence: at the
 end of every epoch :class:`Checkpoint` writes, so that a run killed at any moment can be resumed:
 
 - ``checkpoint.keras``: the model with its optimizer state (``keras.models.load_model`` restores
@@ -18,13 +19,17 @@ end of every epoch :class:`Checkpoint` writes, so that a run killed at any momen
 An epoch whose losses are not all finite is never written. :class:`StopOnDivergence` stops
 training at the first batch whose loss is NaN or Inf and records where.
 """
+import contextlib
 import csv
+import fcntl
 import glob
 import json
 import math
 import os
+import sys
 import time
 import zipfile
+from collections.abc import Iterator
 
 import runtime  # noqa: F401  (TensorFlow's settings: before its first import)
 import keras
@@ -38,6 +43,7 @@ CHECKPOINT = "checkpoint.keras"
 STATE = "checkpoint.json"
 HISTORY = "history.csv"
 BEST = "best.keras"
+LOCK = "train.lock"
 MODEL = "model.keras"
 SAMPLES = "samples.npz"  # the first validation pairs registered, for viz.py
 METRICS = "metrics.json"
@@ -193,6 +199,52 @@ def load_checkpoint(run_dir: str) -> tuple[keras.Model, dict]:
         raise volumes.UsageError(f"{path} and {STATE} are of different epochs: delete the "
                                  f"run folder's checkpoint files and train again")
     return model, state
+
+
+def make_folder(path: str) -> str:
+    """``os.makedirs(path, exist_ok=True)``; return ``path``.
+
+    Raises
+    ------
+    volumes.UsageError
+        If it cannot be made (no permission, a file system that takes no folder, such as /proc).
+    """
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as error:
+        raise volumes.UsageError(f"cannot create the folder {path}: "
+                                 f"{error.strerror or error}") from error
+    return path
+
+
+@contextlib.contextmanager
+def locked(run_dir: str) -> Iterator[None]:
+    """Hold the lock of a run folder (made if need be) while the block runs: ``fcntl.flock`` on
+    its ``LOCK`` file, which the kernel releases when the process ends, killed or not.
+
+    Raises
+    ------
+    volumes.UsageError
+        If another process holds it, or the folder cannot be made or written. On a file system
+        without locks (NFS without lockd, Lustre without ``-o flock``) it warns and goes on.
+    """
+    try:
+        descriptor = os.open(os.path.join(make_folder(run_dir), LOCK), os.O_RDWR | os.O_CREAT,
+                             0o644)
+    except OSError as error:
+        raise volumes.UsageError(f"cannot write into {run_dir}: {error.strerror}") from error
+    try:
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise volumes.UsageError(f"{run_dir} is in use by another training process: wait "
+                                     f"until it ends, or train into another --output") from None
+        except OSError as error:
+            print(f"main.py: warning: cannot lock {run_dir} ({error.strerror}): make sure that no "
+                  f"other process trains into it", file=sys.stderr)
+        yield
+    finally:
+        os.close(descriptor)
 
 
 def output_folder(path: str) -> str:

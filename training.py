@@ -4,8 +4,10 @@
 (or the embedded default data), pads them to sizes the network takes, builds and compiles the
 model (or reloads the checkpoint of ``--resume``) inside the distribution strategy, trains with a
 checkpoint every epoch (``rundir.Checkpoint``) and the divergence stop, then writes the model,
-the registered validation samples, their scores and the figures into the run folder.
+the registered validation samples, their scores and the figures into the run folder, which it
+holds locked (``rundir.locked``).
 """
+import contextlib
 import importlib.util
 import os
 import sys
@@ -175,14 +177,26 @@ def train(args) -> dict:
     Raises
     ------
     volumes.DataError, volumes.UsageError
-        Before any file is written, for data or flags that cannot be used.
+        Before any file is written, for data or flags that cannot be used, or a run folder in
+        use by another process (``rundir.locked``).
     rundir.Diverged
         If a loss turned NaN or Inf; the last complete epoch's checkpoint is kept.
+    volumes.WriteError
+        If a file cannot be written (disk full...).
     """
+    with contextlib.ExitStack() as lock:  # the run folder's, held until training ends
+        return locked_train(args, lock)
+
+
+def locked_train(args, lock: contextlib.ExitStack) -> dict:
+    """:func:`train`, which takes the run folder's lock into ``lock``: a resumed run's at once,
+    a new run's after every check (its folder may not exist before)."""
     if args.tensorboard and importlib.util.find_spec("tensorboard") is None:
         raise volumes.UsageError("--tensorboard needs the tensorboard package: "
                                  "pip install tensorboard")
     output = args.resume or rundir.new_run_folder(args.output)
+    if args.resume:
+        lock.enter_context(rundir.locked(output))
     train_set, val_set, mode = training_sets(args.data, args.atlas, args.pairs, args.augment,
                                              args.val_data, args.val_fraction, args.ndim)
     val_pairs = datasets.make_pairs(val_set, mode, MAX_VAL_PAIRS)  # scored on their own grid
@@ -213,7 +227,9 @@ def train(args) -> dict:
     val_loader = dataloader.RegistrationDataLoader(
         padded.moving, padded.static, args.batch_size, moving_segs=padded.moving_segs,
         static_segs=padded.static_segs, **targets)
-    os.makedirs(output, exist_ok=True)
+    if not args.resume:
+        lock.enter_context(rundir.locked(output))
+        rundir.new_run_folder(output)  # still: another process may have begun a run in it
     rundir.write_json(os.path.join(output, rundir.ARGS),
                       {key: value for key, value in vars(args).items()
                        if key not in ("resume", "command")})

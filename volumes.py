@@ -31,7 +31,7 @@ class UsageError(ValueError):
 
 
 class WriteError(OSError):
-    """A file that could not be written (disk full, no permission...), with a message for the user."""
+    """A file that could not be written (disk full, no permission...), with a message for users."""
 
 
 class DataWarning(UserWarning):

@@ -422,7 +422,8 @@ BAD_INPUTS = [
     ("resume with flags", {}, ["--resume", "{tmp}", "--lr", "1"], "drop --lr"),
     ("resume of no run", {}, ["--resume", "{tmp}"], "not a training run folder"),
     ("resume of a broken checkpoint", {"args.json": _write_bytes(b"{}"),
-                                       "checkpoint.json": _write_bytes(b"{\"epoch\": 2")},
+                                       "checkpoint.json": _write_bytes(b"{\"epoch\": 2"),
+                                       "train.lock": _write_bytes(b"")},
      ["--resume", "{tmp}"], "cannot read {tmp}/checkpoint.json"),
 ]
 

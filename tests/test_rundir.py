@@ -1,5 +1,6 @@
 """Checkpoints, --resume and the divergence stop (rundir.py through main.py)."""
 import csv
+import errno
 import importlib.util
 import json
 import os
@@ -16,6 +17,7 @@ from matplotlib.image import imread
 import rundir
 import main
 import models
+import volumes
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -139,7 +141,7 @@ def test_sigkilled_training_resumes_without_losing_an_epoch(tmp_path, tiny_set):
     rows = history_rows(run)
     assert [int(row["epoch"]) for row in rows] == list(range(epochs))
     assert rundir.read_json(state)["epoch"] == epochs
-    files = sorted(os.listdir(run))
+    files = sorted(set(os.listdir(run)) - {rundir.LOCK})
     assert not [name for name in files if name.startswith(".")]  # no temporary file left
     assert all(loadable(os.path.join(run, name)) for name in files), files
 
@@ -201,3 +203,67 @@ def test_tensorboard_writes_event_files_into_the_run(tmp_path, tiny_set):
     assert main.main(tiny_set + ["--tensorboard", "--epochs", "1", "--output", str(run)]) == 0
     events = [name for _, _, names in os.walk(run / "tensorboard") for name in names]
     assert any(name.startswith("events.out.tfevents") for name in events)
+
+
+HOLD_LOCK = ("import fcntl, os, sys; descriptor = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT); "
+             "fcntl.flock(descriptor, fcntl.LOCK_EX); print('locked', flush=True); "
+             "sys.stdin.read()")
+
+
+def hold_lock(run_dir) -> subprocess.Popen:
+    """Another process that holds the lock of ``run_dir`` until its stdin closes."""
+    os.makedirs(run_dir, exist_ok=True)
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK,
+                               os.path.join(run_dir, rundir.LOCK)],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline() == "locked\n"
+    return holder
+
+
+@pytest.mark.parametrize("resume", [False, True], ids=["new run", "resume"])
+def test_a_run_folder_in_use_is_refused_with_one_line(tmp_path, tiny_set, capsys, resume):
+    run = str(tmp_path / "run")
+    holder = hold_lock(run)
+    try:
+        if resume:
+            flags = vars(main.build_parser().parse_args(tiny_set + ["--output", run]))
+            rundir.write_json(os.path.join(run, rundir.ARGS), flags)
+        argv = ["--resume", run] if resume else tiny_set + ["--output", run]
+        assert main.main(argv) == 2
+    finally:
+        holder.stdin.close()
+        holder.wait()
+    assert capsys.readouterr().err.splitlines() == [
+        f"main.py: error: {run} is in use by another training process: wait until it ends, or "
+        f"train into another --output"]
+    assert sorted(os.listdir(run)) == sorted([rundir.LOCK] + [rundir.ARGS] * resume)
+
+
+def test_a_killed_process_leaves_no_lock_behind(tmp_path):
+    holder = hold_lock(tmp_path)
+    with pytest.raises(volumes.UsageError, match="in use"):
+        with rundir.locked(str(tmp_path)):
+            pass
+    holder.kill()
+    holder.wait()
+    with rundir.locked(str(tmp_path)):
+        pass
+
+
+def test_a_file_system_without_locks_is_a_warning(tmp_path, monkeypatch, capsys):
+    def no_locks(descriptor, operation):
+        raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
+
+    monkeypatch.setattr(rundir.fcntl, "flock", no_locks)
+    with rundir.locked(str(tmp_path)):
+        pass
+    assert capsys.readouterr().err == (f"main.py: warning: cannot lock {tmp_path} (No locks "
+                                       f"available): make sure that no other process trains "
+                                       f"into it\n")
+
+
+def test_an_output_folder_that_cannot_be_made_is_one_line_exit_2(tiny_set, capsys):
+    assert main.main(tiny_set + ["--output", "/proc/x"]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and err[0].startswith("main.py: error: ") and "/proc/x" in err[0]
+    assert not os.path.exists("/proc/x")
