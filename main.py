@@ -144,7 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "warning on a CPU")
     parser.add_argument("--keep_best", action="store_true",
                         help="model.keras and the scores are of the epoch of lowest validation "
-                             "loss (also kept as best.keras while training), not the last one")
+                             "loss, not the last one (checkpoint.json names it while training)")
     parser.add_argument("--tensorboard", action="store_true",
                         help="write TensorBoard logs into OUTPUT/tensorboard (needs the "
                              "tensorboard package)")

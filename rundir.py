@@ -1,20 +1,26 @@
 """The folder of a run: the name of every file in it, its checks, checkpoints, resume and lock.
 
-Training writes ``ARGS`` (its flags, read back by ``--resume``), the checkpoint files below every
+Training writes ``ARGS`` (its flags, read back by ``--resume``), a checkpoint at the end of every
 epoch, and at the end ``MODEL``, ``SAMPLES``, ``METRICS`` and the figures of ``viz.render_run``;
 ``main.py evaluate`` writes ``EVALUATION``, ``DICE_CSV`` and ``DICE_PLOT``. Every file is written
 atomically (``volumes.atomic_path``). One process at a time trains into a run folder: it holds the
-lock of ``LOCK`` (:func:`locked`). A training run survives interruption and divergence: at the
-end of every epoch :class:`Checkpoint` writes, so that a run killed at any moment can be resumed:
+lock of ``LOCK`` (:func:`locked`). A checkpoint (:class:`Checkpoint`) is:
 
-- ``checkpoint.keras``: the model with its optimizer state (``keras.models.load_model`` restores
-  both);
-- ``checkpoint.json``: ``epoch`` (epochs completed, which is also the training loader's epoch:
-  its batches depend on ``(seed, epoch, index)`` only), ``history`` (every logged value per
-  epoch), ``iterations`` (optimizer steps, which must match the model's) and, with
-  ``keep_best``, ``best_epoch`` and ``best_val_loss``;
-- ``history.csv``: the same history, one row per epoch (the columns of Keras' ``CSVLogger``);
-- ``best.keras``: with ``keep_best``, the model of the lowest validation loss so far.
+- ``checkpoint-epoch<E>.keras`` (after epoch E): the model with its optimizer state
+  (``keras.models.load_model`` restores both);
+- ``checkpoint.json``: ``model``, the name of that file, and ``best_model``, with ``keep_best``
+  that of the epoch of lowest validation loss (``best_epoch``, ``best_val_loss``); ``epoch``
+  (epochs completed, which is also the training loader's epoch: its batches depend on
+  ``(seed, epoch, index)`` only); ``history`` (every logged value per epoch); ``iterations``
+  (optimizer steps);
+- ``history.csv``: the same history, one row per epoch (the columns of Keras' ``CSVLogger``).
+
+``checkpoint.json`` is the commit: a checkpoint's model is written under its own name first,
+then ``checkpoint.json`` is replaced (one ``os.replace``) to name it, and only then are the model
+files it no longer names removed. A process killed at any moment thus leaves a
+``checkpoint.json`` that names a complete model file, of the new checkpoint or of the previous
+one; :func:`load_checkpoint` loads it and removes what a checkpoint that never committed left
+behind. A write that fails (disk full) leaves the previous checkpoint so, too.
 
 An epoch whose losses are not all finite is never written. :class:`StopOnDivergence` stops
 training at the first batch whose loss is NaN or Inf and records where.
@@ -39,10 +45,8 @@ import numpy as np
 import volumes
 
 ARGS = "args.json"  # the training flags, read back by --resume
-CHECKPOINT = "checkpoint.keras"
 STATE = "checkpoint.json"
 HISTORY = "history.csv"
-BEST = "best.keras"
 LOCK = "train.lock"
 MODEL = "model.keras"
 SAMPLES = "samples.npz"  # the first validation pairs registered, for viz.py
@@ -56,6 +60,13 @@ DICE_PLOT = "dice_boxplot.png"
 
 class Diverged(RuntimeError):
     """Training stopped on a non-finite loss; the message names the likely cause."""
+
+
+def kept(run_dir: str, state: dict) -> str:
+    """What a run stopped by an error keeps, in words, for its message."""
+    if not state["epoch"]:
+        return "no checkpoint was written"
+    return f"the checkpoint after epoch {state['epoch']} is kept in {run_dir}"
 
 
 def write_json(path: str, content: dict) -> None:
@@ -105,8 +116,23 @@ def save_model(model: keras.Model, path: str) -> None:
         model.save(tmp)
 
 
+def checkpoint_name(epoch: int) -> str:
+    """File name of the checkpoint's model after ``epoch`` epochs."""
+    return f"checkpoint-epoch{epoch}.keras"
+
+
+def tidy(run_dir: str, state: dict) -> None:
+    """Remove the checkpoint models that ``state`` does not name (of a checkpoint replaced since,
+    or of one that never committed) and the temporary files that a killed run left behind."""
+    named = {state["model"], state["best_model"]}
+    for path in (glob.glob(os.path.join(run_dir, "checkpoint-*.keras"))
+                 + glob.glob(os.path.join(run_dir, ".*.tmp*"))):
+        if os.path.basename(path) not in named:
+            os.remove(path)
+
+
 class Checkpoint(keras.callbacks.Callback):
-    """Write the run folder's checkpoint files at the end of every epoch (see module doc).
+    """Commit a checkpoint at the end of every epoch (see the module doc).
 
     Parameters
     ----------
@@ -115,30 +141,50 @@ class Checkpoint(keras.callbacks.Callback):
     state : dict, optional
         ``checkpoint.json`` of the run being resumed; by default a new run.
     keep_best : bool
-        Also keep ``best.keras``, the model of the lowest ``val_loss``.
+        Also keep the model of the lowest ``val_loss``.
+
+    Attributes
+    ----------
+    state : dict
+        The ``checkpoint.json`` committed last.
+
+    Raises
+    ------
+    volumes.WriteError
+        If a file of the checkpoint cannot be written; the message says which one is kept.
     """
 
     def __init__(self, run_dir: str, state: dict | None = None, keep_best: bool = False):
         super().__init__()
         self.run_dir, self.keep_best = run_dir, keep_best
-        self.state = {"epoch": 0, "history": {}, "best_epoch": None, "best_val_loss": None,
-                      **(state or {})}
+        self.state = {"epoch": 0, "model": None, "best_model": None, "best_epoch": None,
+                      "best_val_loss": None, "history": {}, **(state or {})}
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         logs = {key: float(value) for key, value in (logs or {}).items()}
         if not all(math.isfinite(value) for value in logs.values()):
             return  # a diverged epoch: keep the last good checkpoint
-        state = self.state
-        for key, value in logs.items():
-            state["history"].setdefault(key, []).append(value)
-        state["epoch"], state["iterations"] = epoch + 1, int(self.model.optimizer.iterations)
-        save_model(self.model, os.path.join(self.run_dir, CHECKPOINT))
+        history = {key: [*self.state["history"].get(key, []), value]
+                   for key, value in logs.items()}
+        state = {**self.state, "epoch": epoch + 1, "model": checkpoint_name(epoch + 1),
+                 "iterations": int(self.model.optimizer.iterations), "history": history}
         best = state["best_val_loss"]
         if self.keep_best and "val_loss" in logs and (best is None or logs["val_loss"] < best):
-            state["best_epoch"], state["best_val_loss"] = epoch + 1, logs["val_loss"]
-            save_model(self.model, os.path.join(self.run_dir, BEST))
-        write_history(os.path.join(self.run_dir, HISTORY), state["history"])
-        write_json(os.path.join(self.run_dir, STATE), state)  # last: it commits the epoch
+            state.update(best_epoch=epoch + 1, best_val_loss=logs["val_loss"],
+                         best_model=state["model"])
+        self.commit(state)
+
+    def commit(self, state: dict) -> None:
+        """Write the model as ``state["model"]``, then ``state`` as ``checkpoint.json`` (the
+        commit) and ``history.csv``; remove the model files it no longer names."""
+        try:
+            save_model(self.model, os.path.join(self.run_dir, state["model"]))
+            write_json(os.path.join(self.run_dir, STATE), state)
+            self.state = state
+            write_history(os.path.join(self.run_dir, HISTORY), state["history"])
+        except volumes.WriteError as error:
+            raise volumes.WriteError(f"{error}; {kept(self.run_dir, self.state)}") from error
+        tidy(self.run_dir, state)
 
 
 class StopOnDivergence(keras.callbacks.Callback):
@@ -179,26 +225,26 @@ def load_model(path: str) -> keras.Model:
 
 
 def load_checkpoint(run_dir: str) -> tuple[keras.Model, dict]:
-    """The model (compiled, with its optimizer state) and ``checkpoint.json`` of a run folder.
+    """The model (compiled, with its optimizer state) and ``checkpoint.json`` of a run folder, as
+    last committed; call it with the folder locked (:func:`locked`).
 
-    Temporary files that a killed run left behind (``volumes.atomic_path``) are removed.
+    The files of a checkpoint that never committed and temporary files are removed, and
+    ``history.csv`` is written again from ``checkpoint.json``: the folder is as the commit left it.
 
     Raises
     ------
-    volumes.DataError
+    volumes.UsageError
         If the folder holds no complete checkpoint.
+    volumes.DataError
+        If ``checkpoint.json`` or the model it names cannot be read.
     """
     state = read_json(os.path.join(run_dir, STATE))
-    for leftover in glob.glob(os.path.join(run_dir, ".*.tmp*")):
-        os.remove(leftover)
-    path = os.path.join(run_dir, CHECKPOINT)
-    if not isinstance(state.get("epoch"), int) or not os.path.isfile(path):
+    if not (isinstance(state.get("epoch"), int) and isinstance(state.get("model"), str)
+            and os.path.isfile(os.path.join(run_dir, state["model"]))):
         raise volumes.UsageError(f"{run_dir} holds no complete checkpoint: nothing to resume")
-    model = load_model(path)
-    if int(model.optimizer.iterations) != state.get("iterations"):  # killed between 2 renames
-        raise volumes.UsageError(f"{path} and {STATE} are of different epochs: delete the "
-                                 f"run folder's checkpoint files and train again")
-    return model, state
+    tidy(run_dir, state)
+    write_history(os.path.join(run_dir, HISTORY), state["history"])
+    return load_model(os.path.join(run_dir, state["model"])), state
 
 
 def make_folder(path: str) -> str:

@@ -153,10 +153,8 @@ def diverged_message(where: tuple, args, output: str, state: dict) -> str:
     """One line: where training diverged, the likely cause, and what was kept."""
     epoch, step, loss = where
     lamda = models.DEFAULT_LAMBDA[args.loss] if args.lamda is None else args.lamda
-    kept = (f"the checkpoint of epoch {state['epoch']} is kept in {output}" if state["epoch"]
-            else "no epoch completed")
     return (f"training diverged at epoch {epoch} step {step} (loss {loss}); lower --lr (now "
-            f"{args.lr:g}) or check --lamda (now {lamda:g}); {kept}")
+            f"{args.lr:g}) or check --lamda (now {lamda:g}); {rundir.kept(output, state)}")
 
 
 def train(args) -> dict:
@@ -182,7 +180,7 @@ def train(args) -> dict:
     rundir.Diverged
         If a loss turned NaN or Inf; the last complete epoch's checkpoint is kept.
     volumes.WriteError
-        If a file cannot be written (disk full...).
+        If a file cannot be written (disk full...); the last checkpoint written is kept.
     """
     with contextlib.ExitStack() as lock:  # the run folder's, held until training ends
         return locked_train(args, lock)
@@ -252,7 +250,7 @@ def locked_train(args, lock: contextlib.ExitStack) -> dict:
         raise rundir.Diverged(diverged_message(stop.diverged, args, output, saver.state))
 
     if args.keep_best and saver.state["best_epoch"]:
-        model = rundir.load_model(os.path.join(output, rundir.BEST))
+        model = rundir.load_model(os.path.join(output, saver.state["best_model"]))
     rundir.save_model(model, os.path.join(output, rundir.MODEL))
     results, samples = registration.evaluate_pairs(model, val_pairs, val_set.labels, NUM_SAMPLES,
                                                    val_set.spacing)

@@ -1,4 +1,5 @@
-"""Checkpoints, --resume and the divergence stop (rundir.py through main.py)."""
+"""Checkpoints, --resume, the run folder's lock, failed writes and the divergence stop (rundir.py
+through main.py)."""
 import csv
 import errno
 import importlib.util
@@ -22,13 +23,27 @@ import volumes
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def tiny_flags(folder) -> list[str]:
+    """Five 16x16 images: scan-to-scan pairs, three training and two validation images."""
+    path = os.path.join(folder, "vols.npy")
+    np.save(path, np.random.default_rng(0).random((5, 16, 16)).astype(np.float32))
+    return ["--data", path, "--ndim", "2", "--model", "vm1", "--steps_per_epoch", "3",
+            "--lr", "1e-2"]
+
+
 @pytest.fixture
 def tiny_set(tmp_path):
-    """Five 16x16 images: scan-to-scan pairs, three training and two validation images."""
-    path = tmp_path / "vols.npy"
-    np.save(path, np.random.default_rng(0).random((5, 16, 16)).astype(np.float32))
-    return ["--data", str(path), "--ndim", "2", "--model", "vm1", "--steps_per_epoch", "3",
-            "--lr", "1e-2"]
+    return tiny_flags(tmp_path)
+
+
+@pytest.fixture(scope="module")
+def unbroken(tmp_path_factory):
+    """A run of 4 epochs of the tiny set with --keep_best, never stopped: what a resumed run
+    must end as."""
+    folder = tmp_path_factory.mktemp("unbroken")
+    run = str(folder / "run")
+    assert main.main(tiny_flags(folder) + ["--keep_best", "--epochs", "4", "--output", run]) == 0
+    return run
 
 
 def history_rows(run_dir) -> list[dict]:
@@ -40,10 +55,26 @@ def weights(path) -> list[np.ndarray]:
     return keras.models.load_model(path).get_weights()
 
 
-def test_resumed_run_ends_with_the_weights_of_an_unbroken_one(tmp_path, tiny_set, monkeypatch):
-    tiny_set = tiny_set + ["--keep_best"]
-    assert main.main(tiny_set + ["--epochs", "4", "--output", str(tmp_path / "unbroken")]) == 0
+def state(run_dir) -> dict:
+    return rundir.read_json(os.path.join(run_dir, rundir.STATE))
 
+
+def assert_same_weights(path, other) -> None:
+    for mine, theirs in zip(weights(path), weights(other), strict=True):
+        np.testing.assert_array_equal(mine, theirs)
+
+
+def assert_ends_as(run, unbroken) -> None:
+    """``run`` ended with the checkpoint and the history of ``unbroken``."""
+    assert state(run)["model"] == state(unbroken)["model"]
+    assert_same_weights(os.path.join(run, state(run)["model"]),
+                        os.path.join(unbroken, state(unbroken)["model"]))
+    assert history_rows(run) == history_rows(unbroken)
+
+
+def test_resumed_run_ends_with_the_weights_of_an_unbroken_one(tmp_path, tiny_set, unbroken,
+                                                              monkeypatch):
+    tiny_set = tiny_set + ["--keep_best"]
     save_epoch = rundir.Checkpoint.on_epoch_end
 
     def interrupt_after_epoch_2(self, epoch, logs=None):
@@ -59,17 +90,14 @@ def test_resumed_run_ends_with_the_weights_of_an_unbroken_one(tmp_path, tiny_set
     monkeypatch.setattr(rundir.Checkpoint, "on_epoch_end", save_epoch)
     assert main.main(["--resume", run]) == 0
 
-    for name in (rundir.CHECKPOINT, rundir.BEST, "model.keras"):
-        for unbroken, resumed in zip(weights(tmp_path / "unbroken" / name),
-                                     weights(os.path.join(run, name))):
-            np.testing.assert_array_equal(resumed, unbroken)
-    assert history_rows(run) == history_rows(tmp_path / "unbroken")
+    assert_ends_as(run, unbroken)
+    best = state(run)["best_model"]
+    for name in (best, "model.keras"):
+        assert_same_weights(os.path.join(run, name), os.path.join(unbroken, name))
     val_loss = [float(row["val_loss"]) for row in history_rows(run)]  # --keep_best:
     assert json.loads(open(os.path.join(run, "metrics.json")).read())["best_epoch"] == \
         int(np.argmin(val_loss)) + 1
-    for best, final in zip(weights(os.path.join(run, rundir.BEST)),
-                           weights(os.path.join(run, "model.keras"))):
-        np.testing.assert_array_equal(final, best)
+    assert_same_weights(os.path.join(run, best), os.path.join(run, "model.keras"))
 
 
 def test_keep_best_saves_the_model_of_the_lowest_validation_loss(tmp_path):
@@ -81,11 +109,13 @@ def test_keep_best_saves_the_model_of_the_lowest_validation_loss(tmp_path):
     for epoch, val_loss in enumerate([3.0, 1.0, 2.0]):
         layer.set_weights([np.full_like(w, epoch) for w in layer.get_weights()])
         saver.on_epoch_end(epoch, {"loss": 0.0, "val_loss": val_loss})
-    state = rundir.read_json(str(tmp_path / rundir.STATE))
-    assert (state["epoch"], state["best_epoch"], state["best_val_loss"]) == (3, 2, 1.0)
-    best = keras.models.load_model(tmp_path / rundir.BEST).get_layer("deformation")
-    last = keras.models.load_model(tmp_path / rundir.CHECKPOINT).get_layer("deformation")
+    saved = state(tmp_path)
+    assert (saved["epoch"], saved["best_epoch"], saved["best_val_loss"]) == (3, 2, 1.0)
+    best = keras.models.load_model(tmp_path / saved["best_model"]).get_layer("deformation")
+    last = keras.models.load_model(tmp_path / saved["model"]).get_layer("deformation")
     assert np.all(best.get_weights()[0] == 1.0) and np.all(last.get_weights()[0] == 2.0)
+    assert sorted(os.listdir(tmp_path)) == sorted([saved["best_model"], saved["model"],
+                                                   rundir.STATE, rundir.HISTORY])
 
 
 def test_resume_refuses_other_flags_and_folders_without_a_run(tmp_path, capsys):
@@ -205,6 +235,38 @@ def test_tensorboard_writes_event_files_into_the_run(tmp_path, tiny_set):
     assert any(name.startswith("events.out.tfevents") for name in events)
 
 
+def committed_epochs(run_dir, count: int) -> rundir.Checkpoint:
+    """Commit ``count`` epochs of a tiny model into ``run_dir`` (no training): the weights of
+    epoch ``e`` are all ``e``."""
+    model = models.build_model((16, 16), "vm1", lr=1e-2)
+    model.optimizer.build(model.trainable_variables)
+    os.makedirs(run_dir, exist_ok=True)
+    saver = rundir.Checkpoint(str(run_dir))
+    saver.set_model(model)
+    for epoch in range(count):
+        model.set_weights([np.full_like(w, epoch + 1) for w in model.get_weights()])
+        saver.on_epoch_end(epoch, {"loss": 0.0})
+    return saver
+
+
+def test_a_half_written_checkpoint_falls_back_to_the_previous_one(tmp_path, monkeypatch):
+    saver = committed_epochs(tmp_path, 2)
+    write_json = rundir.write_json
+
+    def killed_before_the_commit(path, content):
+        if path.endswith(rundir.STATE):
+            raise KeyboardInterrupt  # as a kill between the model's file and checkpoint.json
+        write_json(path, content)
+
+    monkeypatch.setattr(rundir, "write_json", killed_before_the_commit)
+    with pytest.raises(KeyboardInterrupt):
+        saver.on_epoch_end(2, {"loss": 0.0})
+    assert os.path.isfile(tmp_path / rundir.checkpoint_name(3))  # written, never committed
+    model, saved = rundir.load_checkpoint(str(tmp_path))
+    assert saved["epoch"] == 2 and all(np.all(w == 2) for w in model.get_weights())
+    assert not os.path.exists(tmp_path / rundir.checkpoint_name(3))
+
+
 HOLD_LOCK = ("import fcntl, os, sys; descriptor = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT); "
              "fcntl.flock(descriptor, fcntl.LOCK_EX); print('locked', flush=True); "
              "sys.stdin.read()")
@@ -260,6 +322,44 @@ def test_a_file_system_without_locks_is_a_warning(tmp_path, monkeypatch, capsys)
     assert capsys.readouterr().err == (f"main.py: warning: cannot lock {tmp_path} (No locks "
                                        f"available): make sure that no other process trains "
                                        f"into it\n")
+
+
+def fail_writing(monkeypatch, code: int, name: str) -> None:
+    """Make the write of the run's file ``name`` at epoch 2 fail with ``OSError(code)``."""
+    save, dump = keras.Model.save, json.dump
+
+    def fail(path: str, content=None) -> None:
+        if name in path and (name != rundir.STATE or content["epoch"] == 2):
+            raise OSError(code, os.strerror(code))
+
+    def save_or_fail(model, path, **kwargs):
+        fail(path)
+        return save(model, path, **kwargs)
+
+    def dump_or_fail(content, file, **kwargs):
+        fail(getattr(file, "name", ""), content)
+        return dump(content, file, **kwargs)
+
+    monkeypatch.setattr(keras.Model, "save", save_or_fail)
+    monkeypatch.setattr(json, "dump", dump_or_fail)
+
+
+@pytest.mark.parametrize("code, name", [(errno.ENOSPC, rundir.checkpoint_name(2)),
+                                        (errno.EACCES, rundir.STATE)],
+                         ids=["ENOSPC writing the model", "EACCES writing checkpoint.json"])
+def test_a_failed_write_is_one_line_and_keeps_the_previous_checkpoint(
+        tmp_path, tiny_set, monkeypatch, capsys, code, name):
+    fail_writing(monkeypatch, code, name)
+    run = str(tmp_path / "run")
+    assert main.main(tiny_set + ["--epochs", "3", "--output", run]) == 1
+    assert capsys.readouterr().err.splitlines() == [
+        f"main.py: error: cannot write {os.path.join(run, name)}: {os.strerror(code)}; the "
+        f"checkpoint after epoch 1 is kept in {run}"]
+    monkeypatch.undo()
+    model, saved = rundir.load_checkpoint(run)
+    assert saved["epoch"] == 1 and int(model.optimizer.iterations) == 3
+    assert sorted(name for name in os.listdir(run) if name.endswith(".keras")) == [
+        rundir.checkpoint_name(1)]
 
 
 def test_an_output_folder_that_cannot_be_made_is_one_line_exit_2(tiny_set, capsys):
