@@ -149,8 +149,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="write TensorBoard logs into OUTPUT/tensorboard (needs the "
                              "tensorboard package)")
     parser.add_argument("--resume", default=None, metavar="RUN_DIR",
-                        help="continue the run in RUN_DIR from its last complete epoch, with the "
-                             "flags stored in RUN_DIR/args.json (give no other flag)")
+                        help="continue the run in RUN_DIR from its last checkpoint, with the "
+                             "flags stored in RUN_DIR/args.json; only --epochs (to train longer) "
+                             "and --lr may be given")
 
     commands = parser.add_subparsers(dest="command", metavar="{register,evaluate}",
                                      title="other commands (python3 main.py COMMAND --help)")
@@ -209,16 +210,22 @@ def _add_evaluate_parser(commands) -> None:
                           help="output folder (default: the model's folder)")
 
 
-def resumed_args(args, parser: argparse.ArgumentParser) -> argparse.Namespace:
-    """The flags stored in ``RUN_DIR/args.json``, every one of them, for ``--resume RUN_DIR``."""
-    given = sorted(f"--{key}" for key, value in vars(args).items()
-                   if key not in ("resume", "command") and value != parser.get_default(key))
-    if given:
-        raise volumes.UsageError(f"--resume takes every flag from {args.resume}/{rundir.ARGS}; "
-                                 f"drop {', '.join(given)}")
+def resumed_args(args, parser: argparse.ArgumentParser,
+                 argv: list[str] | None) -> argparse.Namespace:
+    """The flags stored in ``RUN_DIR/args.json`` for ``--resume RUN_DIR``, but ``--epochs`` and
+    ``--lr`` when ``argv`` gives them (``rundir.RESUMABLE``); any other flag is refused."""
+    unset = argparse.Namespace(**dict.fromkeys(vars(args)))  # argparse keeps what it finds set
+    given = {key for key, value in vars(parser.parse_args(argv, unset)).items()
+             if value is not None and key != "resume"}
+    refused = sorted(f"--{key}" for key in given - set(rundir.RESUMABLE))
+    if refused:
+        raise volumes.UsageError(f"--resume takes every flag from {args.resume}/{rundir.ARGS} "
+                                 f"but --epochs and --lr; drop {', '.join(refused)}")
     stored = rundir.read_json(os.path.join(args.resume, rundir.ARGS))
-    return argparse.Namespace(**{**vars(args), **stored, "resume": args.resume,
-                                 "output": args.resume})
+    stored.pop("resumes", None)
+    return argparse.Namespace(**{**vars(args), **stored,
+                                 **{key: getattr(args, key) for key in given},
+                                 "resume": args.resume, "output": args.resume})
 
 
 def train(args) -> str:
@@ -324,7 +331,7 @@ def main(argv: list[str] | None = None) -> int:
         warnings.showwarning = _print_warning
         try:
             if args.command is None and args.resume:
-                args = resumed_args(args, parser)
+                args = resumed_args(args, parser, argv)
             print(command(args))
         except (volumes.DataError, volumes.UsageError, volumes.WriteError,
                 rundir.Diverged) as error:

@@ -1,10 +1,11 @@
 """The folder of a run: the name of every file in it, its checks, checkpoints, resume and lock.
 
-Training writes ``ARGS`` (its flags, read back by ``--resume``), a checkpoint at the end of every
-epoch, and at the end ``MODEL``, ``SAMPLES``, ``METRICS`` and the figures of ``viz.render_run``;
-``main.py evaluate`` writes ``EVALUATION``, ``DICE_CSV`` and ``DICE_PLOT``. Every file is written
-atomically (``volumes.atomic_path``). One process at a time trains into a run folder: it holds the
-lock of ``LOCK`` (:func:`locked`). A checkpoint (:class:`Checkpoint`) is:
+Training writes ``ARGS`` (its flags, read back by ``--resume``, and what every resume changed:
+:func:`write_args`), a checkpoint at the end of every epoch, and at the end ``MODEL``,
+``SAMPLES``, ``METRICS`` and the figures of ``viz.render_run``; ``main.py evaluate`` writes
+``EVALUATION``, ``DICE_CSV`` and ``DICE_PLOT``. Every file is written atomically
+(``volumes.atomic_path``). One process at a time trains into a run folder: it holds the lock of
+``LOCK`` (:func:`locked`). A checkpoint (:class:`Checkpoint`) is:
 
 - ``checkpoint-epoch<E>.keras`` (after epoch E): the model with its optimizer state
   (``keras.models.load_model`` restores both);
@@ -45,6 +46,7 @@ import numpy as np
 import volumes
 
 ARGS = "args.json"  # the training flags, read back by --resume
+RESUMABLE = ("epochs", "lr")  # the flags that --resume may change
 STATE = "checkpoint.json"
 HISTORY = "history.csv"
 LOCK = "train.lock"
@@ -245,6 +247,30 @@ def load_checkpoint(run_dir: str) -> tuple[keras.Model, dict]:
     tidy(run_dir, state)
     write_history(os.path.join(run_dir, HISTORY), state["history"])
     return load_model(os.path.join(run_dir, state["model"])), state
+
+
+def write_args(run_dir: str, flags: dict, state: dict | None) -> None:
+    """Write ``ARGS``: the training flags and ``resumes``, a list with, for every resume, where
+    it resumed (``epoch``) and the ``RESUMABLE`` flags it ``changed``, as
+    ``[before, after]``.
+
+    Parameters
+    ----------
+    run_dir : str
+        The run folder.
+    flags : dict
+        The flags of this run (on a resume, with those it changed).
+    state : dict or None
+        ``checkpoint.json`` of the run resumed; None for a new run.
+    """
+    path = os.path.join(run_dir, ARGS)
+    stored = read_json(path) if state else {}
+    resumes = stored.get("resumes", [])
+    if state:
+        resumes.append({"epoch": state["epoch"],
+                        "changed": {key: [stored.get(key), flags[key]] for key in RESUMABLE
+                                    if stored.get(key) != flags[key]}})
+    write_json(path, {**flags, "resumes": resumes})
 
 
 def make_folder(path: str) -> str:

@@ -149,6 +149,14 @@ def training_callbacks(args, output: str, state: dict | None) -> list:
     return callbacks
 
 
+def check_resumed_epochs(epochs: int, state: dict, output: str) -> None:
+    """Refuse ``--epochs`` fewer than the epochs that a resumed run has done."""
+    if epochs < state["epoch"]:
+        raise volumes.UsageError(f"--epochs {epochs}: the run in {output} is after epoch "
+                                 f"{state['epoch']} already; give --epochs {state['epoch']} or "
+                                 f"more")
+
+
 def diverged_message(where: tuple, args, output: str, state: dict) -> str:
     """One line: where training diverged, the likely cause, and what was kept."""
     epoch, step, loss = where
@@ -218,6 +226,9 @@ def locked_train(args, lock: contextlib.ExitStack) -> dict:
             models.build_model(shape, args.model, args.loss, args.lamda, args.lr,
                                args.ncc_window, args.int_steps, args.int_downsize, args.bidir,
                                args.seg_weight, len(labels)), None)
+    if state:
+        check_resumed_epochs(args.epochs, state, output)
+        model.optimizer.learning_rate = args.lr  # --lr may change on --resume
     targets = {"targets": models.targets(model), "labels": labels}
     loader = training_loader(train_set, mode, args.data is None, args.batch_size,
                              args.steps_per_epoch, args.seed, args.augment, targets)
@@ -228,9 +239,8 @@ def locked_train(args, lock: contextlib.ExitStack) -> dict:
     if not args.resume:
         lock.enter_context(rundir.locked(output))
         rundir.new_run_folder(output)  # still: another process may have begun a run in it
-    rundir.write_json(os.path.join(output, rundir.ARGS),
-                      {key: value for key, value in vars(args).items()
-                       if key not in ("resume", "command")})
+    rundir.write_args(output, {key: value for key, value in vars(args).items()
+                               if key not in ("resume", "command")}, state)
     initial_epoch = state["epoch"] if state else 0
     print(f"{args.model} on {strategy.num_replicas_in_sync} {device}(s), {mode} pairs of shape "
           f"{shape}, {len(val_pairs)} validation pairs, output in {output}"

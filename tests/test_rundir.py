@@ -119,8 +119,10 @@ def test_keep_best_saves_the_model_of_the_lowest_validation_loss(tmp_path):
 
 
 def test_resume_refuses_other_flags_and_folders_without_a_run(tmp_path, capsys):
-    assert main.main(["--resume", str(tmp_path), "--epochs", "3"]) == 2
-    assert "drop --epochs" in capsys.readouterr().err
+    assert main.main(["--resume", str(tmp_path), "--epochs", "3", "--model", "vm2"]) == 2
+    assert capsys.readouterr().err == (f"main.py: error: --resume takes every flag from "
+                                       f"{tmp_path}/args.json but --epochs and --lr; drop "
+                                       f"--model\n")  # vm2 is the default: given all the same
     assert main.main(["--resume", str(tmp_path)]) == 2
     assert "not a training run folder" in capsys.readouterr().err
 
@@ -235,6 +237,24 @@ def test_tensorboard_writes_event_files_into_the_run(tmp_path, tiny_set):
     assert any(name.startswith("events.out.tfevents") for name in events)
 
 
+def test_resume_with_more_epochs_ends_as_one_longer_run(tmp_path, tiny_set, unbroken):
+    run = str(tmp_path / "run")
+    assert main.main(tiny_set + ["--epochs", "2", "--output", run]) == 0
+    assert main.main(["--resume", run, "--epochs", "4"]) == 0
+    assert_ends_as(run, unbroken)
+
+
+def test_resume_with_a_new_lr_records_it_and_trains_with_it(tmp_path, tiny_set):
+    run = str(tmp_path / "run")
+    assert main.main(tiny_set + ["--epochs", "1", "--output", run]) == 0
+    assert main.main(["--resume", run, "--epochs", "2", "--lr", "1e-3"]) == 0
+    args = rundir.read_json(os.path.join(run, rundir.ARGS))
+    assert (args["epochs"], args["lr"]) == (2, 1e-3)
+    assert args["resumes"] == [{"epoch": 1, "changed": {"epochs": [1, 2], "lr": [1e-2, 1e-3]}}]
+    optimizer = keras.models.load_model(os.path.join(run, state(run)["model"])).optimizer
+    assert float(optimizer.learning_rate) == np.float32(1e-3)
+
+
 def committed_epochs(run_dir, count: int) -> rundir.Checkpoint:
     """Commit ``count`` epochs of a tiny model into ``run_dir`` (no training): the weights of
     epoch ``e`` are all ``e``."""
@@ -247,6 +267,16 @@ def committed_epochs(run_dir, count: int) -> rundir.Checkpoint:
         model.set_weights([np.full_like(w, epoch + 1) for w in model.get_weights()])
         saver.on_epoch_end(epoch, {"loss": 0.0})
     return saver
+
+
+def test_resume_refuses_fewer_epochs_than_the_run_has_done(tmp_path, tiny_set, capsys):
+    run = tmp_path / "run"
+    committed_epochs(run, 3)
+    flags = vars(main.build_parser().parse_args(tiny_set + ["--output", str(run)]))
+    rundir.write_json(str(run / rundir.ARGS), flags)
+    assert main.main(["--resume", str(run), "--epochs", "2"]) == 2
+    assert capsys.readouterr().err.endswith(
+        f"--epochs 2: the run in {run} is after epoch 3 already; give --epochs 3 or more\n")
 
 
 def test_a_half_written_checkpoint_falls_back_to_the_previous_one(tmp_path, monkeypatch):
