@@ -333,6 +333,9 @@ def main(argv: list[str] | None = None) -> int:
             if args.command is None and args.resume:
                 args = resumed_args(args, parser, argv)
             print(command(args))
+        except rundir.Stopped as stop:
+            print(f"main.py: {stop}", file=sys.stderr)
+            return 128 + stop.signum
         except (volumes.DataError, volumes.UsageError, volumes.WriteError,
                 rundir.Diverged) as error:
             print(f"main.py: error: {' '.join(str(error).split())}", file=sys.stderr)

@@ -7,13 +7,15 @@ Training writes ``ARGS`` (its flags, read back by ``--resume``, and what every r
 (``volumes.atomic_path``). One process at a time trains into a run folder: it holds the lock of
 ``LOCK`` (:func:`locked`). A checkpoint (:class:`Checkpoint`) is:
 
-- ``checkpoint-epoch<E>.keras`` (after epoch E): the model with its optimizer state
-  (``keras.models.load_model`` restores both);
+- ``checkpoint-epoch<E>.keras`` (after epoch E) or ``checkpoint-epoch<E>-batch<B>.keras`` (B
+  batches into the next epoch, saved when a signal stopped training, see :func:`stop_signals`):
+  the model with its optimizer state (``keras.models.load_model`` restores both);
 - ``checkpoint.json``: ``model``, the name of that file, and ``best_model``, with ``keep_best``
   that of the epoch of lowest validation loss (``best_epoch``, ``best_val_loss``); ``epoch``
   (epochs completed, which is also the training loader's epoch: its batches depend on
-  ``(seed, epoch, index)`` only); ``history`` (every logged value per epoch); ``iterations``
-  (optimizer steps);
+  ``(seed, epoch, index)`` only) and ``batch`` (batches done in the next one); ``history``
+  (every logged value per epoch); ``iterations`` (optimizer steps); in the middle of an epoch,
+  ``metrics``, the running sums of its logged means;
 - ``history.csv``: the same history, one row per epoch (the columns of Keras' ``CSVLogger``).
 
 ``checkpoint.json`` is the commit: a checkpoint's model is written under its own name first,
@@ -33,7 +35,9 @@ import glob
 import json
 import math
 import os
+import signal
 import sys
+import threading
 import time
 import zipfile
 from collections.abc import Iterator
@@ -64,11 +68,38 @@ class Diverged(RuntimeError):
     """Training stopped on a non-finite loss; the message names the likely cause."""
 
 
+def position(state: dict) -> str:
+    """Where the checkpoint ``state`` stands, in words: "after epoch 3", "at epoch 4, batch 17"."""
+    if state["batch"]:
+        return f"at epoch {state['epoch'] + 1}, batch {state['batch']}"
+    return f"after epoch {state['epoch']}"
+
+
 def kept(run_dir: str, state: dict) -> str:
     """What a run stopped by an error keeps, in words, for its message."""
-    if not state["epoch"]:
+    if not (state["epoch"] or state["batch"]):
         return "no checkpoint was written"
-    return f"the checkpoint after epoch {state['epoch']} is kept in {run_dir}"
+    return f"the checkpoint {position(state)} is kept in {run_dir}"
+
+
+class Stopped(Exception):
+    """Training stopped by a signal once its checkpoint was written; ``main.py`` prints the
+    message and exits with status 128 + ``signum`` (143 for SIGTERM, 130 for SIGINT).
+
+    Parameters
+    ----------
+    signum : int
+        The signal.
+    state : dict
+        The checkpoint written last (``checkpoint.json``).
+    run_dir : str
+        The run folder.
+    """
+
+    def __init__(self, signum: int, state: dict, run_dir: str):
+        super().__init__(f"stopped by {signal.Signals(signum).name} {position(state)}: resume "
+                         f"with python3 main.py --resume {run_dir}")
+        self.signum = signum
 
 
 def write_json(path: str, content: dict) -> None:
@@ -118,9 +149,9 @@ def save_model(model: keras.Model, path: str) -> None:
         model.save(tmp)
 
 
-def checkpoint_name(epoch: int) -> str:
-    """File name of the checkpoint's model after ``epoch`` epochs."""
-    return f"checkpoint-epoch{epoch}.keras"
+def checkpoint_name(epoch: int, batch: int = 0) -> str:
+    """File name of the checkpoint's model after ``epoch`` epochs and ``batch`` batches."""
+    return f"checkpoint-epoch{epoch}" + (f"-batch{batch}" if batch else "") + ".keras"
 
 
 def tidy(run_dir: str, state: dict) -> None:
@@ -134,14 +165,17 @@ def tidy(run_dir: str, state: dict) -> None:
 
 
 class Checkpoint(keras.callbacks.Callback):
-    """Commit a checkpoint at the end of every epoch (see the module doc).
+    """Commit a checkpoint at the end of every epoch and, once a signal asked to stop, at the end
+    of the next batch, then stop (see the module doc and :func:`stop_signals`).
 
     Parameters
     ----------
     run_dir : str
         The run folder (it must exist).
     state : dict, optional
-        ``checkpoint.json`` of the run being resumed; by default a new run.
+        ``checkpoint.json`` of the run being resumed; by default a new run. In the middle of an
+        epoch, the first ``state["batch"]`` batches of that epoch are done: the running means
+        that Keras logs go on from ``state["metrics"]``.
     keep_best : bool
         Also keep the model of the lowest ``val_loss``.
 
@@ -149,18 +183,39 @@ class Checkpoint(keras.callbacks.Callback):
     ----------
     state : dict
         The ``checkpoint.json`` committed last.
+    signal : int or None
+        The signal that asked training to stop, set by :func:`stop_signals`.
 
     Raises
     ------
+    Stopped
+        At the end of the batch that follows a signal, once the checkpoint is written; at the
+        end of an epoch it stops training instead (``model.stop_training``).
     volumes.WriteError
         If a file of the checkpoint cannot be written; the message says which one is kept.
     """
 
     def __init__(self, run_dir: str, state: dict | None = None, keep_best: bool = False):
         super().__init__()
-        self.run_dir, self.keep_best = run_dir, keep_best
-        self.state = {"epoch": 0, "model": None, "best_model": None, "best_epoch": None,
-                      "best_val_loss": None, "history": {}, **(state or {})}
+        self.run_dir, self.keep_best, self.signal = run_dir, keep_best, None
+        self.state = {"epoch": 0, "batch": 0, "model": None, "best_model": None,
+                      "best_epoch": None, "best_val_loss": None, "history": {}, **(state or {})}
+        self.batch, self.resumed_means = self.state["batch"], self.state.get("metrics")
+
+    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        variables = self.model.metrics_variables
+        if self.resumed_means:  # the first batch after a stop: from 0, the sum of one batch
+            for variable in variables:  # a first addition from 0 is exact: as if never stopped
+                variable.assign(variable + self.resumed_means[variable.path])
+            self.resumed_means = None
+        self.batch += 1
+        if self.signal and math.isfinite(float((logs or {}).get("loss", 0.0))):
+            self.commit({**self.state, "batch": self.batch,
+                         "model": checkpoint_name(self.state["epoch"], self.batch),
+                         "iterations": int(self.model.optimizer.iterations),
+                         "metrics": {variable.path: float(variable.numpy())
+                                     for variable in variables}})
+            raise Stopped(self.signal, self.state, self.run_dir)
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         logs = {key: float(value) for key, value in (logs or {}).items()}
@@ -168,13 +223,17 @@ class Checkpoint(keras.callbacks.Callback):
             return  # a diverged epoch: keep the last good checkpoint
         history = {key: [*self.state["history"].get(key, []), value]
                    for key, value in logs.items()}
-        state = {**self.state, "epoch": epoch + 1, "model": checkpoint_name(epoch + 1),
+        state = {**self.state, "epoch": epoch + 1, "batch": 0, "model": checkpoint_name(epoch + 1),
                  "iterations": int(self.model.optimizer.iterations), "history": history}
+        state.pop("metrics", None)
         best = state["best_val_loss"]
         if self.keep_best and "val_loss" in logs and (best is None or logs["val_loss"] < best):
             state.update(best_epoch=epoch + 1, best_val_loss=logs["val_loss"],
                          best_model=state["model"])
         self.commit(state)
+        self.batch = 0
+        if self.signal:
+            self.model.stop_training = True
 
     def commit(self, state: dict) -> None:
         """Write the model as ``state["model"]``, then ``state`` as ``checkpoint.json`` (the
@@ -192,6 +251,11 @@ class Checkpoint(keras.callbacks.Callback):
 class StopOnDivergence(keras.callbacks.Callback):
     """Stop training at the first batch whose loss is NaN or Inf.
 
+    Parameters
+    ----------
+    batch : int
+        Batches of the first epoch done before this ``fit`` (a run resumed in an epoch's middle).
+
     Attributes
     ----------
     diverged : tuple or None
@@ -199,17 +263,20 @@ class StopOnDivergence(keras.callbacks.Callback):
         the losses are finite.
     """
 
-    def __init__(self):
+    def __init__(self, batch: int = 0):
         super().__init__()
-        self.epoch, self.diverged = 0, None
+        self.epoch, self.done, self.diverged = 0, batch, None
 
     def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
         self.epoch = epoch
 
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        self.done = 0
+
     def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
         loss = float((logs or {}).get("loss", 0.0))
         if not math.isfinite(loss) and self.diverged is None:
-            self.diverged = (self.epoch + 1, batch + 1, loss)
+            self.diverged = (self.epoch + 1, self.done + batch + 1, loss)
             self.model.stop_training = True
 
 
@@ -251,7 +318,7 @@ def load_checkpoint(run_dir: str) -> tuple[keras.Model, dict]:
 
 def write_args(run_dir: str, flags: dict, state: dict | None) -> None:
     """Write ``ARGS``: the training flags and ``resumes``, a list with, for every resume, where
-    it resumed (``epoch``) and the ``RESUMABLE`` flags it ``changed``, as
+    it resumed (``epoch``, ``batch``) and the ``RESUMABLE`` flags it ``changed``, as
     ``[before, after]``.
 
     Parameters
@@ -267,10 +334,31 @@ def write_args(run_dir: str, flags: dict, state: dict | None) -> None:
     stored = read_json(path) if state else {}
     resumes = stored.get("resumes", [])
     if state:
-        resumes.append({"epoch": state["epoch"],
+        resumes.append({"epoch": state["epoch"], "batch": state["batch"],
                         "changed": {key: [stored.get(key), flags[key]] for key in RESUMABLE
                                     if stored.get(key) != flags[key]}})
     write_json(path, {**flags, "resumes": resumes})
+
+
+@contextlib.contextmanager
+def stop_signals(saver: Checkpoint) -> Iterator[None]:
+    """While the block runs, SIGTERM and SIGINT ask ``saver`` to write a checkpoint at the end of
+    the next batch and stop (a second one acts as before: at once); the previous handlers come
+    back when it ends. Outside the main thread, where Python takes no signal, it does nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum: int, frame) -> None:
+        saver.signal = signum
+        signal.signal(signum, previous[signum])
+
+    previous = {signum: signal.signal(signum, stop) for signum in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def make_folder(path: str) -> str:

@@ -2,12 +2,14 @@
 
 :func:`train` does what ``python3 main.py [flags]`` asks: it loads the training and validation sets
 (or the embedded default data), pads them to sizes the network takes, builds and compiles the
-model (or reloads the checkpoint of ``--resume``) inside the distribution strategy, trains with a
-checkpoint every epoch (``rundir.Checkpoint``) and the divergence stop, then writes the model,
-the registered validation samples, their scores and the figures into the run folder, which it
-holds locked (``rundir.locked``).
+model (or reloads the checkpoint of ``--resume``, in an epoch's middle too) inside the
+distribution strategy, trains with a checkpoint every epoch (``rundir.Checkpoint``), the
+divergence stop and, on SIGTERM or SIGINT, a checkpoint at the next batch's end
+(``rundir.stop_signals``), then writes the model, the registered validation samples, their
+scores and the figures into the run folder, which it holds locked (``rundir.locked``).
 """
 import contextlib
+import functools
 import importlib.util
 import os
 import sys
@@ -142,7 +144,7 @@ def use_mixed_precision(device: str) -> None:
 
 def training_callbacks(args, output: str, state: dict | None) -> list:
     """Checkpoints, the divergence stop and, with --tensorboard, TensorBoard logs."""
-    callbacks = [rundir.StopOnDivergence(),
+    callbacks = [rundir.StopOnDivergence(state["batch"] if state else 0),
                  rundir.Checkpoint(output, state, args.keep_best)]
     if args.tensorboard:
         callbacks.append(keras.callbacks.TensorBoard(os.path.join(output, rundir.TENSORBOARD)))
@@ -150,10 +152,11 @@ def training_callbacks(args, output: str, state: dict | None) -> list:
 
 
 def check_resumed_epochs(epochs: int, state: dict, output: str) -> None:
-    """Refuse ``--epochs`` fewer than the epochs that a resumed run has done."""
-    if epochs < state["epoch"]:
-        raise volumes.UsageError(f"--epochs {epochs}: the run in {output} is after epoch "
-                                 f"{state['epoch']} already; give --epochs {state['epoch']} or "
+    """Refuse ``--epochs`` fewer than the epochs that a resumed run has begun."""
+    begun = state["epoch"] + bool(state["batch"])
+    if epochs < begun:
+        raise volumes.UsageError(f"--epochs {epochs}: the run in {output} is "
+                                 f"{rundir.position(state)} already; give --epochs {begun} or "
                                  f"more")
 
 
@@ -163,6 +166,29 @@ def diverged_message(where: tuple, args, output: str, state: dict) -> str:
     lamda = models.DEFAULT_LAMBDA[args.loss] if args.lamda is None else args.lamda
     return (f"training diverged at epoch {epoch} step {step} (loss {loss}); lower --lr (now "
             f"{args.lr:g}) or check --lamda (now {lamda:g}); {rundir.kept(output, state)}")
+
+
+def fit(model: keras.Model, loader: keras.utils.PyDataset, val_loader, args, callbacks: list,
+        state: dict | None) -> None:
+    """``model.fit`` from the checkpoint ``state`` (or the start) to ``args.epochs``: the rest
+    of an epoch stopped in its middle first (its batches from ``state["batch"]`` on), then the
+    next epochs; none once the divergence stop or a signal stopped training."""
+    epoch, batch = (state["epoch"], state["batch"]) if state else (0, 0)
+    stop, saver = callbacks[:2]
+    fit_epochs = functools.partial(model.fit, validation_data=val_loader, epochs=args.epochs,
+                                   shuffle=False,  # the loaders shuffle by (seed, epoch)
+                                   verbose=1 if sys.stdout.isatty() else 2)
+    if batch:
+        loader.epoch = epoch  # batches depend on (seed, epoch, index): the same as unbroken
+        one_epoch = keras.callbacks.LambdaCallback(
+            on_epoch_end=lambda *_: setattr(model, "stop_training", True))
+        fit_epochs(dataloader.RestOfEpoch(loader, batch, args.steps_per_epoch or len(loader)),
+                   initial_epoch=epoch, callbacks=callbacks + [one_epoch])
+        epoch += 1
+    if not (stop.diverged or saver.signal):
+        loader.epoch = epoch
+        fit_epochs(loader, initial_epoch=epoch, callbacks=callbacks,
+                   steps_per_epoch=args.steps_per_epoch if args.data else None)
 
 
 def train(args) -> dict:
@@ -187,6 +213,8 @@ def train(args) -> dict:
         use by another process (``rundir.locked``).
     rundir.Diverged
         If a loss turned NaN or Inf; the last complete epoch's checkpoint is kept.
+    rundir.Stopped
+        If SIGTERM or SIGINT stopped training, once its checkpoint was written.
     volumes.WriteError
         If a file cannot be written (disk full...); the last checkpoint written is kept.
     """
@@ -241,23 +269,20 @@ def locked_train(args, lock: contextlib.ExitStack) -> dict:
         rundir.new_run_folder(output)  # still: another process may have begun a run in it
     rundir.write_args(output, {key: value for key, value in vars(args).items()
                                if key not in ("resume", "command")}, state)
-    initial_epoch = state["epoch"] if state else 0
     print(f"{args.model} on {strategy.num_replicas_in_sync} {device}(s), {mode} pairs of shape "
           f"{shape}, {len(val_pairs)} validation pairs, output in {output}"
-          + (f", resumed after epoch {initial_epoch}" if state else ""))
+          + (f", resumed {rundir.position(state)}" if state else ""))
 
-    loader.epoch = initial_epoch  # batches depend on (seed, epoch, index): the same as unbroken
     callbacks = training_callbacks(args, output, state)
     start = time.perf_counter()
-    model.fit(loader, validation_data=val_loader, epochs=args.epochs,
-              initial_epoch=initial_epoch,
-              steps_per_epoch=args.steps_per_epoch if args.data else None,
-              shuffle=False,  # the loaders shuffle by (seed, epoch), which a resume restores
-              callbacks=callbacks, verbose=1 if sys.stdout.isatty() else 2)
+    with rundir.stop_signals(callbacks[1]):
+        fit(model, loader, val_loader, args, callbacks, state)
     train_seconds = time.perf_counter() - start
     stop, saver = callbacks[:2]
     if stop.diverged:
         raise rundir.Diverged(diverged_message(stop.diverged, args, output, saver.state))
+    if saver.signal:  # it came at the end of an epoch, or after the last one
+        raise rundir.Stopped(saver.signal, saver.state, output)
 
     if args.keep_best and saver.state["best_epoch"]:
         model = rundir.load_model(os.path.join(output, saver.state["best_model"]))

@@ -1,14 +1,16 @@
-"""Checkpoints, --resume, the run folder's lock, failed writes and the divergence stop (rundir.py
-through main.py)."""
+"""Checkpoints, --resume, stop signals, the run folder's lock, failed writes and the divergence
+stop (rundir.py through main.py)."""
 import csv
 import errno
 import importlib.util
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
+import types
 
 import keras
 import numpy as np
@@ -250,7 +252,8 @@ def test_resume_with_a_new_lr_records_it_and_trains_with_it(tmp_path, tiny_set):
     assert main.main(["--resume", run, "--epochs", "2", "--lr", "1e-3"]) == 0
     args = rundir.read_json(os.path.join(run, rundir.ARGS))
     assert (args["epochs"], args["lr"]) == (2, 1e-3)
-    assert args["resumes"] == [{"epoch": 1, "changed": {"epochs": [1, 2], "lr": [1e-2, 1e-3]}}]
+    assert args["resumes"] == [{"epoch": 1, "batch": 0,
+                                "changed": {"epochs": [1, 2], "lr": [1e-2, 1e-3]}}]
     optimizer = keras.models.load_model(os.path.join(run, state(run)["model"])).optimizer
     assert float(optimizer.learning_rate) == np.float32(1e-3)
 
@@ -295,6 +298,57 @@ def test_a_half_written_checkpoint_falls_back_to_the_previous_one(tmp_path, monk
     model, saved = rundir.load_checkpoint(str(tmp_path))
     assert saved["epoch"] == 2 and all(np.all(w == 2) for w in model.get_weights())
     assert not os.path.exists(tmp_path / rundir.checkpoint_name(3))
+
+
+def test_sigint_in_an_epoch_saves_it_and_the_resumed_run_ends_as_an_unbroken_one(
+        tmp_path, tiny_set, unbroken, monkeypatch, capsys):
+    save_batch = rundir.Checkpoint.on_train_batch_end
+
+    def interrupt_in_epoch_2(self, batch, logs=None):
+        if (self.state["epoch"], batch) == (1, 0):
+            os.kill(os.getpid(), signal.SIGINT)  # as Ctrl-C during the first batch of epoch 2
+        save_batch(self, batch, logs)
+
+    monkeypatch.setattr(rundir.Checkpoint, "on_train_batch_end", interrupt_in_epoch_2)
+    run = str(tmp_path / "run")
+    assert main.main(tiny_set + ["--epochs", "4", "--output", run]) == 130
+    assert capsys.readouterr().err.splitlines() == [
+        f"main.py: stopped by SIGINT at epoch 2, batch 1: resume with python3 main.py "
+        f"--resume {run}"]
+    assert (state(run)["epoch"], state(run)["batch"]) == (1, 1)
+    monkeypatch.setattr(rundir.Checkpoint, "on_train_batch_end", save_batch)
+    assert main.main(["--resume", run]) == 0
+    assert_ends_as(run, unbroken)
+
+
+def test_sigterm_stops_a_training_process_with_one_line_and_status_143(tmp_path, tiny_set):
+    run = str(tmp_path / "run")
+    command = [sys.executable, "main.py", *tiny_set, "--epochs", "1000", "--output", run]
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE, text=True)
+    path, deadline = os.path.join(run, rundir.STATE), time.time() + 240
+    while time.time() < deadline and process.poll() is None and not os.path.exists(path):
+        time.sleep(0.02)
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 143, err[-2000:]
+    lines = [line for line in err.splitlines() if line.startswith("main.py:")]
+    assert len(lines) == 1 and re.fullmatch(
+        rf"main.py: stopped by SIGTERM (at epoch \d+, batch \d+|after epoch \d+): resume with "
+        rf"python3 main.py --resume {re.escape(run)}", lines[0]), lines
+    model, saved = rundir.load_checkpoint(run)
+    assert rundir.position(saved) in lines[0] and saved["epoch"] >= 1
+    assert int(model.optimizer.iterations) == saved["iterations"] == 3 * saved["epoch"] + \
+        saved["batch"]
+
+
+def test_stop_signals_records_a_signal_and_puts_the_handlers_back(tmp_path):
+    before = [signal.getsignal(signum) for signum in (signal.SIGTERM, signal.SIGINT)]
+    saver = types.SimpleNamespace(signal=None)
+    with rundir.stop_signals(saver):
+        os.kill(os.getpid(), signal.SIGTERM)
+    assert saver.signal == signal.SIGTERM
+    assert [signal.getsignal(signum) for signum in (signal.SIGTERM, signal.SIGINT)] == before
 
 
 HOLD_LOCK = ("import fcntl, os, sys; descriptor = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT); "
