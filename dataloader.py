@@ -2,7 +2,8 @@
 
 - :class:`RegistrationDataLoader` pairs every moving image with one static atlas (scan-to-atlas)
   or with its own static image; :class:`ScanToScanDataLoader` draws random pairs from one set.
-  Batch ``i`` of epoch ``e`` depends only on ``(seed, e, i)``, so a run resumes exactly.
+  Batch ``i`` of epoch ``e`` depends only on ``(seed, e, i)``, so a run resumes exactly;
+  :class:`RestOfEpoch` gives the batches of an epoch from one on, to resume in its middle.
 
 Batches are ``({"moving", "static"}, {"moved", "deformation"})`` dicts matching the models'
 inputs and outputs: the target of ``moved`` is the static image, that of ``deformation`` zeros
@@ -197,3 +198,32 @@ class ScanToScanDataLoader(PairLoader):
         segs = (None, None) if self.segs is None else (self.segs[pick[:, 0]],
                                                         self.segs[pick[:, 1]])
         return batch(moving, static, self.targets, *segs, self.labels)
+
+
+class RestOfEpoch(keras.utils.PyDataset):
+    """The batches of one epoch of a :class:`PairLoader` from ``start`` on: the rest of an epoch
+    that a signal stopped in its middle, to resume it without drawing its first batches again.
+
+    Parameters
+    ----------
+    loader : PairLoader
+        The training loader, at the epoch to finish (``loader.epoch``).
+    start : int
+        Batches of the epoch already done.
+    steps : int
+        Batches of a whole epoch.
+    """
+
+    def __init__(self, loader: PairLoader, start: int, steps: int):
+        super().__init__(workers=loader.workers, use_multiprocessing=loader.use_multiprocessing,
+                         max_queue_size=loader.max_queue_size)
+        self.loader, self.start, self.steps = loader, start, steps
+
+    def __len__(self) -> int:
+        return self.steps - self.start
+
+    def __getitem__(self, index: int) -> tuple[dict, dict]:
+        return self.loader[self.start + index]
+
+    def on_epoch_end(self) -> None:
+        self.loader.on_epoch_end()

@@ -147,13 +147,14 @@ def build_parser() -> argparse.ArgumentParser:
                              "warning on a CPU")
     parser.add_argument("--keep_best", action="store_true",
                         help="model.keras and the scores are of the epoch of lowest validation "
-                             "loss (also kept as best.keras while training), not the last one")
+                             "loss, not the last one (checkpoint.json names it while training)")
     parser.add_argument("--tensorboard", action="store_true",
                         help="write TensorBoard logs into OUTPUT/tensorboard (needs the "
                              "tensorboard package)")
     parser.add_argument("--resume", default=None, metavar="RUN_DIR",
-                        help="continue the run in RUN_DIR from its last complete epoch, with the "
-                             "flags stored in RUN_DIR/args.json (give no other flag)")
+                        help="continue the run in RUN_DIR from its last checkpoint, with the "
+                             "flags stored in RUN_DIR/args.json; only --epochs (to train longer) "
+                             "and --lr may be given")
 
     commands = parser.add_subparsers(dest="command", metavar="{register,apply,evaluate}",
                                      title="other commands (python3 main.py COMMAND --help)")
@@ -250,16 +251,22 @@ def _add_evaluate_parser(commands) -> None:
                           help="output folder (default: the model's folder)")
 
 
-def resumed_args(args, parser: argparse.ArgumentParser) -> argparse.Namespace:
-    """The flags stored in ``RUN_DIR/args.json``, every one of them, for ``--resume RUN_DIR``."""
-    given = sorted(f"--{key}" for key, value in vars(args).items()
-                   if key not in ("resume", "command") and value != parser.get_default(key))
-    if given:
-        raise volumes.UsageError(f"--resume takes every flag from {args.resume}/{rundir.ARGS}; "
-                                 f"drop {', '.join(given)}")
+def resumed_args(args, parser: argparse.ArgumentParser,
+                 argv: list[str] | None) -> argparse.Namespace:
+    """The flags stored in ``RUN_DIR/args.json`` for ``--resume RUN_DIR``, but ``--epochs`` and
+    ``--lr`` when ``argv`` gives them (``rundir.RESUMABLE``); any other flag is refused."""
+    unset = argparse.Namespace(**dict.fromkeys(vars(args)))  # argparse keeps what it finds set
+    given = {key for key, value in vars(parser.parse_args(argv, unset)).items()
+             if value is not None and key != "resume"}
+    refused = sorted(f"--{key}" for key in given - set(rundir.RESUMABLE))
+    if refused:
+        raise volumes.UsageError(f"--resume takes every flag from {args.resume}/{rundir.ARGS} "
+                                 f"but --epochs and --lr; drop {', '.join(refused)}")
     stored = rundir.read_json(os.path.join(args.resume, rundir.ARGS))
-    return argparse.Namespace(**{**vars(args), **stored, "resume": args.resume,
-                                 "output": args.resume})
+    stored.pop("resumes", None)
+    return argparse.Namespace(**{**vars(args), **stored,
+                                 **{key: getattr(args, key) for key in given},
+                                 "resume": args.resume, "output": args.resume})
 
 
 def train(args) -> str:
@@ -385,7 +392,7 @@ def evaluate(args) -> str:
                                              finetune_steps=args.finetune_steps,
                                              finetune_lr=args.finetune_lr, inverse=True)
     summary = scores.summarize(results)
-    os.makedirs(output, exist_ok=True)
+    rundir.make_folder(output)
     per_pair = [{"moving": int(moving), "static": "atlas" if static < 0 else int(static), **result}
                 for (moving, static), result in zip(pairs.index, results)]
     evaluation = os.path.join(output, rundir.EVALUATION)
@@ -417,11 +424,15 @@ def main(argv: list[str] | None = None) -> int:
         warnings.showwarning = _print_warning
         try:
             if args.command is None and args.resume:
-                args = resumed_args(args, parser)
+                args = resumed_args(args, parser, argv)
             print(command(args))
-        except (volumes.DataError, volumes.UsageError, rundir.Diverged) as error:
+        except rundir.Stopped as stop:
+            print(f"main.py: {stop}", file=sys.stderr)
+            return 128 + stop.signum
+        except (volumes.DataError, volumes.UsageError, volumes.WriteError,
+                rundir.Diverged) as error:
             print(f"main.py: error: {' '.join(str(error).split())}", file=sys.stderr)
-            return 1 if isinstance(error, rundir.Diverged) else 2
+            return 2 if isinstance(error, (volumes.DataError, volumes.UsageError)) else 1
     return 0
 
 

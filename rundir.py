@@ -1,30 +1,46 @@
-"""The folder of a run: the name of every file in it, its checks, checkpoints and resume.
+"""The folder of a run: the name of every file in it, its checks, checkpoints, resume and lock.
 
-Training writes ``ARGS`` (its flags, read back by ``--resume``), the checkpoint files below every
-epoch, and at the end ``MODEL``, ``SAMPLES``, ``METRICS`` and the figures of ``viz.render_run``;
-``main.py evaluate`` writes ``EVALUATION``, ``DICE_CSV`` and ``DICE_PLOT``. Every file is written
-atomically (``volumes.atomic_path``). A training run survives interruption and divergence: at the
-end of every epoch :class:`Checkpoint` writes, so that a run killed at any moment can be resumed:
+Training writes ``ARGS`` (its flags, read back by ``--resume``, and what every resume changed:
+:func:`write_args`), a checkpoint at the end of every epoch, and at the end ``MODEL``,
+``SAMPLES``, ``METRICS`` and the figures of ``viz.render_run``; ``main.py evaluate`` writes
+``EVALUATION``, ``DICE_CSV`` and ``DICE_PLOT``. Every file is written atomically
+(``volumes.atomic_path``). One process at a time trains into a run folder: it holds the lock of
+``LOCK`` (:func:`locked`). A checkpoint (:class:`Checkpoint`) is:
 
-- ``checkpoint.keras``: the model with its optimizer state (``keras.models.load_model`` restores
-  both);
-- ``checkpoint.json``: ``epoch`` (epochs completed, which is also the training loader's epoch:
-  its batches depend on ``(seed, epoch, index)`` only), ``history`` (every logged value per
-  epoch), ``iterations`` (optimizer steps, which must match the model's) and, with
-  ``keep_best``, ``best_epoch`` and ``best_val_loss``;
-- ``history.csv``: the same history, one row per epoch (the columns of Keras' ``CSVLogger``);
-- ``best.keras``: with ``keep_best``, the model of the lowest validation loss so far.
+- ``checkpoint-epoch<E>.keras`` (after epoch E) or ``checkpoint-epoch<E>-batch<B>.keras`` (B
+  batches into the next epoch, saved when a signal stopped training, see :func:`stop_signals`):
+  the model with its optimizer state (``keras.models.load_model`` restores both);
+- ``checkpoint.json``: ``model``, the name of that file, and ``best_model``, with ``keep_best``
+  that of the epoch of lowest validation loss (``best_epoch``, ``best_val_loss``); ``epoch``
+  (epochs completed, which is also the training loader's epoch: its batches depend on
+  ``(seed, epoch, index)`` only) and ``batch`` (batches done in the next one); ``history``
+  (every logged value per epoch); ``iterations`` (optimizer steps); in the middle of an epoch,
+  ``metrics``, the running sums of its logged means;
+- ``history.csv``: the same history, one row per epoch (the columns of Keras' ``CSVLogger``).
+
+``checkpoint.json`` is the commit: a checkpoint's model is written under its own name first,
+then ``checkpoint.json`` is replaced (one ``os.replace``) to name it, and only then are the model
+files it no longer names removed. A process killed at any moment thus leaves a
+``checkpoint.json`` that names a complete model file, of the new checkpoint or of the previous
+one; :func:`load_checkpoint` loads it and removes what a checkpoint that never committed left
+behind. A write that fails (disk full) leaves the previous checkpoint so, too.
 
 An epoch whose losses are not all finite is never written. :class:`StopOnDivergence` stops
 training at the first batch whose loss is NaN or Inf and records where.
 """
+import contextlib
 import csv
+import fcntl
 import glob
 import json
 import math
 import os
+import signal
+import sys
+import threading
 import time
 import zipfile
+from collections.abc import Iterator
 
 import runtime  # noqa: F401  (TensorFlow's settings: before its first import)
 import keras
@@ -34,10 +50,10 @@ import numpy as np
 import volumes
 
 ARGS = "args.json"  # the training flags, read back by --resume
-CHECKPOINT = "checkpoint.keras"
+RESUMABLE = ("epochs", "lr")  # the flags that --resume may change
 STATE = "checkpoint.json"
 HISTORY = "history.csv"
-BEST = "best.keras"
+LOCK = "train.lock"
 MODEL = "model.keras"
 SAMPLES = "samples.npz"  # the first validation pairs registered, for viz.py
 METRICS = "metrics.json"
@@ -50,6 +66,40 @@ DICE_PLOT = "dice_boxplot.png"
 
 class Diverged(RuntimeError):
     """Training stopped on a non-finite loss; the message names the likely cause."""
+
+
+def position(state: dict) -> str:
+    """Where the checkpoint ``state`` stands, in words: "after epoch 3", "at epoch 4, batch 17"."""
+    if state["batch"]:
+        return f"at epoch {state['epoch'] + 1}, batch {state['batch']}"
+    return f"after epoch {state['epoch']}"
+
+
+def kept(run_dir: str, state: dict) -> str:
+    """What a run stopped by an error keeps, in words, for its message."""
+    if not (state["epoch"] or state["batch"]):
+        return "no checkpoint was written"
+    return f"the checkpoint {position(state)} is kept in {run_dir}"
+
+
+class Stopped(Exception):
+    """Training stopped by a signal once its checkpoint was written; ``main.py`` prints the
+    message and exits with status 128 + ``signum`` (143 for SIGTERM, 130 for SIGINT).
+
+    Parameters
+    ----------
+    signum : int
+        The signal.
+    state : dict
+        The checkpoint written last (``checkpoint.json``).
+    run_dir : str
+        The run folder.
+    """
+
+    def __init__(self, signum: int, state: dict, run_dir: str):
+        super().__init__(f"stopped by {signal.Signals(signum).name} {position(state)}: resume "
+                         f"with python3 main.py --resume {run_dir}")
+        self.signum = signum
 
 
 def write_json(path: str, content: dict) -> None:
@@ -99,44 +149,112 @@ def save_model(model: keras.Model, path: str) -> None:
         model.save(tmp)
 
 
+def checkpoint_name(epoch: int, batch: int = 0) -> str:
+    """File name of the checkpoint's model after ``epoch`` epochs and ``batch`` batches."""
+    return f"checkpoint-epoch{epoch}" + (f"-batch{batch}" if batch else "") + ".keras"
+
+
+def tidy(run_dir: str, state: dict) -> None:
+    """Remove the checkpoint models that ``state`` does not name (of a checkpoint replaced since,
+    or of one that never committed) and the temporary files that a killed run left behind."""
+    named = {state["model"], state["best_model"]}
+    for path in (glob.glob(os.path.join(run_dir, "checkpoint-*.keras"))
+                 + glob.glob(os.path.join(run_dir, ".*.tmp*"))):
+        if os.path.basename(path) not in named:
+            os.remove(path)
+
+
 class Checkpoint(keras.callbacks.Callback):
-    """Write the run folder's checkpoint files at the end of every epoch (see module doc).
+    """Commit a checkpoint at the end of every epoch and, once a signal asked to stop, at the end
+    of the next batch, then stop (see the module doc and :func:`stop_signals`).
 
     Parameters
     ----------
     run_dir : str
         The run folder (it must exist).
     state : dict, optional
-        ``checkpoint.json`` of the run being resumed; by default a new run.
+        ``checkpoint.json`` of the run being resumed; by default a new run. In the middle of an
+        epoch, the first ``state["batch"]`` batches of that epoch are done: the running means
+        that Keras logs go on from ``state["metrics"]``.
     keep_best : bool
-        Also keep ``best.keras``, the model of the lowest ``val_loss``.
+        Also keep the model of the lowest ``val_loss``.
+
+    Attributes
+    ----------
+    state : dict
+        The ``checkpoint.json`` committed last.
+    signal : int or None
+        The signal that asked training to stop, set by :func:`stop_signals`.
+
+    Raises
+    ------
+    Stopped
+        At the end of the batch that follows a signal, once the checkpoint is written; at the
+        end of an epoch it stops training instead (``model.stop_training``).
+    volumes.WriteError
+        If a file of the checkpoint cannot be written; the message says which one is kept.
     """
 
     def __init__(self, run_dir: str, state: dict | None = None, keep_best: bool = False):
         super().__init__()
-        self.run_dir, self.keep_best = run_dir, keep_best
-        self.state = {"epoch": 0, "history": {}, "best_epoch": None, "best_val_loss": None,
-                      **(state or {})}
+        self.run_dir, self.keep_best, self.signal = run_dir, keep_best, None
+        self.state = {"epoch": 0, "batch": 0, "model": None, "best_model": None,
+                      "best_epoch": None, "best_val_loss": None, "history": {}, **(state or {})}
+        self.batch, self.resumed_means = self.state["batch"], self.state.get("metrics")
+
+    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        variables = self.model.metrics_variables
+        if self.resumed_means:  # the first batch after a stop: from 0, the sum of one batch
+            for variable in variables:  # a first addition from 0 is exact: as if never stopped
+                variable.assign(variable + self.resumed_means[variable.path])
+            self.resumed_means = None
+        self.batch += 1
+        if self.signal and math.isfinite(float((logs or {}).get("loss", 0.0))):
+            self.commit({**self.state, "batch": self.batch,
+                         "model": checkpoint_name(self.state["epoch"], self.batch),
+                         "iterations": int(self.model.optimizer.iterations),
+                         "metrics": {variable.path: float(variable.numpy())
+                                     for variable in variables}})
+            raise Stopped(self.signal, self.state, self.run_dir)
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         logs = {key: float(value) for key, value in (logs or {}).items()}
         if not all(math.isfinite(value) for value in logs.values()):
             return  # a diverged epoch: keep the last good checkpoint
-        state = self.state
-        for key, value in logs.items():
-            state["history"].setdefault(key, []).append(value)
-        state["epoch"], state["iterations"] = epoch + 1, int(self.model.optimizer.iterations)
-        save_model(self.model, os.path.join(self.run_dir, CHECKPOINT))
+        history = {key: [*self.state["history"].get(key, []), value]
+                   for key, value in logs.items()}
+        state = {**self.state, "epoch": epoch + 1, "batch": 0, "model": checkpoint_name(epoch + 1),
+                 "iterations": int(self.model.optimizer.iterations), "history": history}
+        state.pop("metrics", None)
         best = state["best_val_loss"]
         if self.keep_best and "val_loss" in logs and (best is None or logs["val_loss"] < best):
-            state["best_epoch"], state["best_val_loss"] = epoch + 1, logs["val_loss"]
-            save_model(self.model, os.path.join(self.run_dir, BEST))
-        write_history(os.path.join(self.run_dir, HISTORY), state["history"])
-        write_json(os.path.join(self.run_dir, STATE), state)  # last: it commits the epoch
+            state.update(best_epoch=epoch + 1, best_val_loss=logs["val_loss"],
+                         best_model=state["model"])
+        self.commit(state)
+        self.batch = 0
+        if self.signal:
+            self.model.stop_training = True
+
+    def commit(self, state: dict) -> None:
+        """Write the model as ``state["model"]``, then ``state`` as ``checkpoint.json`` (the
+        commit) and ``history.csv``; remove the model files it no longer names."""
+        try:
+            save_model(self.model, os.path.join(self.run_dir, state["model"]))
+            write_json(os.path.join(self.run_dir, STATE), state)
+            self.state = state
+            write_history(os.path.join(self.run_dir, HISTORY), state["history"])
+        except volumes.WriteError as error:
+            raise volumes.WriteError(f"{error}; {kept(self.run_dir, self.state)}") from error
+        tidy(self.run_dir, state)
 
 
 class StopOnDivergence(keras.callbacks.Callback):
     """Stop training at the first batch whose loss is NaN or Inf.
+
+    Parameters
+    ----------
+    batch : int
+        Batches of the first epoch done before this ``fit`` (a run resumed in an epoch's middle).
 
     Attributes
     ----------
@@ -145,17 +263,20 @@ class StopOnDivergence(keras.callbacks.Callback):
         the losses are finite.
     """
 
-    def __init__(self):
+    def __init__(self, batch: int = 0):
         super().__init__()
-        self.epoch, self.diverged = 0, None
+        self.epoch, self.done, self.diverged = 0, batch, None
 
     def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
         self.epoch = epoch
 
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        self.done = 0
+
     def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
         loss = float((logs or {}).get("loss", 0.0))
         if not math.isfinite(loss) and self.diverged is None:
-            self.diverged = (self.epoch + 1, batch + 1, loss)
+            self.diverged = (self.epoch + 1, self.done + batch + 1, loss)
             self.model.stop_training = True
 
 
@@ -173,26 +294,117 @@ def load_model(path: str) -> keras.Model:
 
 
 def load_checkpoint(run_dir: str) -> tuple[keras.Model, dict]:
-    """The model (compiled, with its optimizer state) and ``checkpoint.json`` of a run folder.
+    """The model (compiled, with its optimizer state) and ``checkpoint.json`` of a run folder, as
+    last committed; call it with the folder locked (:func:`locked`).
 
-    Temporary files that a killed run left behind (``volumes.atomic_path``) are removed.
+    The files of a checkpoint that never committed and temporary files are removed, and
+    ``history.csv`` is written again from ``checkpoint.json``: the folder is as the commit left it.
 
     Raises
     ------
-    volumes.DataError
+    volumes.UsageError
         If the folder holds no complete checkpoint.
+    volumes.DataError
+        If ``checkpoint.json`` or the model it names cannot be read.
     """
     state = read_json(os.path.join(run_dir, STATE))
-    for leftover in glob.glob(os.path.join(run_dir, ".*.tmp*")):
-        os.remove(leftover)
-    path = os.path.join(run_dir, CHECKPOINT)
-    if not isinstance(state.get("epoch"), int) or not os.path.isfile(path):
+    if not (isinstance(state.get("epoch"), int) and isinstance(state.get("model"), str)
+            and os.path.isfile(os.path.join(run_dir, state["model"]))):
         raise volumes.UsageError(f"{run_dir} holds no complete checkpoint: nothing to resume")
-    model = load_model(path)
-    if int(model.optimizer.iterations) != state.get("iterations"):  # killed between 2 renames
-        raise volumes.UsageError(f"{path} and {STATE} are of different epochs: delete the "
-                                 f"run folder's checkpoint files and train again")
-    return model, state
+    tidy(run_dir, state)
+    write_history(os.path.join(run_dir, HISTORY), state["history"])
+    return load_model(os.path.join(run_dir, state["model"])), state
+
+
+def write_args(run_dir: str, flags: dict, state: dict | None) -> None:
+    """Write ``ARGS``: the training flags and ``resumes``, a list with, for every resume, where
+    it resumed (``epoch``, ``batch``) and the ``RESUMABLE`` flags it ``changed``, as
+    ``[before, after]``.
+
+    Parameters
+    ----------
+    run_dir : str
+        The run folder.
+    flags : dict
+        The flags of this run (on a resume, with those it changed).
+    state : dict or None
+        ``checkpoint.json`` of the run resumed; None for a new run.
+    """
+    path = os.path.join(run_dir, ARGS)
+    stored = read_json(path) if state else {}
+    resumes = stored.get("resumes", [])
+    if state:
+        resumes.append({"epoch": state["epoch"], "batch": state["batch"],
+                        "changed": {key: [stored.get(key), flags[key]] for key in RESUMABLE
+                                    if stored.get(key) != flags[key]}})
+    write_json(path, {**flags, "resumes": resumes})
+
+
+@contextlib.contextmanager
+def stop_signals(saver: Checkpoint) -> Iterator[None]:
+    """While the block runs, SIGTERM and SIGINT ask ``saver`` to write a checkpoint at the end of
+    the next batch and stop (a second one acts as before: at once); the previous handlers come
+    back when it ends. Outside the main thread, where Python takes no signal, it does nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum: int, frame) -> None:
+        saver.signal = signum
+        signal.signal(signum, previous[signum])
+
+    previous = {signum: signal.signal(signum, stop) for signum in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def make_folder(path: str) -> str:
+    """``os.makedirs(path, exist_ok=True)``; return ``path``.
+
+    Raises
+    ------
+    volumes.UsageError
+        If it cannot be made (no permission, a file system that takes no folder, such as /proc).
+    """
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as error:
+        raise volumes.UsageError(f"cannot create the folder {path}: "
+                                 f"{error.strerror or error}") from error
+    return path
+
+
+@contextlib.contextmanager
+def locked(run_dir: str) -> Iterator[None]:
+    """Hold the lock of a run folder (made if need be) while the block runs: ``fcntl.flock`` on
+    its ``LOCK`` file, which the kernel releases when the process ends, killed or not.
+
+    Raises
+    ------
+    volumes.UsageError
+        If another process holds it, or the folder cannot be made or written. On a file system
+        without locks (NFS without lockd, Lustre without ``-o flock``) it warns and goes on.
+    """
+    try:
+        descriptor = os.open(os.path.join(make_folder(run_dir), LOCK), os.O_RDWR | os.O_CREAT,
+                             0o644)
+    except OSError as error:
+        raise volumes.UsageError(f"cannot write into {run_dir}: {error.strerror}") from error
+    try:
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise volumes.UsageError(f"{run_dir} is in use by another training process: wait "
+                                     f"until it ends, or train into another --output") from None
+        except OSError as error:
+            print(f"main.py: warning: cannot lock {run_dir} ({error.strerror}): make sure that no "
+                  f"other process trains into it", file=sys.stderr)
+        yield
+    finally:
+        os.close(descriptor)
 
 
 def output_folder(path: str) -> str:

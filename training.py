@@ -2,10 +2,14 @@
 
 :func:`train` does what ``python3 main.py [flags]`` asks: it loads the training and validation sets
 (or the embedded default data), pads them to sizes the network takes, builds and compiles the
-model (or reloads the checkpoint of ``--resume``) inside the distribution strategy, trains with a
-checkpoint every epoch (``rundir.Checkpoint``) and the divergence stop, then writes the model,
-the registered validation samples, their scores and the figures into the run folder.
+model (or reloads the checkpoint of ``--resume``, in an epoch's middle too) inside the
+distribution strategy, trains with a checkpoint every epoch (``rundir.Checkpoint``), the
+divergence stop and, on SIGTERM or SIGINT, a checkpoint at the next batch's end
+(``rundir.stop_signals``), then writes the model, the registered validation samples, their
+scores and the figures into the run folder, which it holds locked (``rundir.locked``).
 """
+import contextlib
+import functools
 import importlib.util
 import os
 import sys
@@ -140,21 +144,51 @@ def use_mixed_precision(device: str) -> None:
 
 def training_callbacks(args, output: str, state: dict | None) -> list:
     """Checkpoints, the divergence stop and, with --tensorboard, TensorBoard logs."""
-    callbacks = [rundir.StopOnDivergence(),
+    callbacks = [rundir.StopOnDivergence(state["batch"] if state else 0),
                  rundir.Checkpoint(output, state, args.keep_best)]
     if args.tensorboard:
         callbacks.append(keras.callbacks.TensorBoard(os.path.join(output, rundir.TENSORBOARD)))
     return callbacks
 
 
+def check_resumed_epochs(epochs: int, state: dict, output: str) -> None:
+    """Refuse ``--epochs`` fewer than the epochs that a resumed run has begun."""
+    begun = state["epoch"] + bool(state["batch"])
+    if epochs < begun:
+        raise volumes.UsageError(f"--epochs {epochs}: the run in {output} is "
+                                 f"{rundir.position(state)} already; give --epochs {begun} or "
+                                 f"more")
+
+
 def diverged_message(where: tuple, args, output: str, state: dict) -> str:
     """One line: where training diverged, the likely cause, and what was kept."""
     epoch, step, loss = where
     lamda = models.DEFAULT_LAMBDA[args.loss] if args.lamda is None else args.lamda
-    kept = (f"the checkpoint of epoch {state['epoch']} is kept in {output}" if state["epoch"]
-            else "no epoch completed")
     return (f"training diverged at epoch {epoch} step {step} (loss {loss}); lower --lr (now "
-            f"{args.lr:g}) or check --lamda (now {lamda:g}); {kept}")
+            f"{args.lr:g}) or check --lamda (now {lamda:g}); {rundir.kept(output, state)}")
+
+
+def fit(model: keras.Model, loader: keras.utils.PyDataset, val_loader, args, callbacks: list,
+        state: dict | None) -> None:
+    """``model.fit`` from the checkpoint ``state`` (or the start) to ``args.epochs``: the rest
+    of an epoch stopped in its middle first (its batches from ``state["batch"]`` on), then the
+    next epochs; none once the divergence stop or a signal stopped training."""
+    epoch, batch = (state["epoch"], state["batch"]) if state else (0, 0)
+    stop, saver = callbacks[:2]
+    fit_epochs = functools.partial(model.fit, validation_data=val_loader, epochs=args.epochs,
+                                   shuffle=False,  # the loaders shuffle by (seed, epoch)
+                                   verbose=1 if sys.stdout.isatty() else 2)
+    if batch:
+        loader.epoch = epoch  # batches depend on (seed, epoch, index): the same as unbroken
+        one_epoch = keras.callbacks.LambdaCallback(
+            on_epoch_end=lambda *_: setattr(model, "stop_training", True))
+        fit_epochs(dataloader.RestOfEpoch(loader, batch, args.steps_per_epoch or len(loader)),
+                   initial_epoch=epoch, callbacks=callbacks + [one_epoch])
+        epoch += 1
+    if not (stop.diverged or saver.signal):
+        loader.epoch = epoch
+        fit_epochs(loader, initial_epoch=epoch, callbacks=callbacks,
+                   steps_per_epoch=args.steps_per_epoch if args.data else None)
 
 
 def train(args) -> dict:
@@ -175,14 +209,28 @@ def train(args) -> dict:
     Raises
     ------
     volumes.DataError, volumes.UsageError
-        Before any file is written, for data or flags that cannot be used.
+        Before any file is written, for data or flags that cannot be used, or a run folder in
+        use by another process (``rundir.locked``).
     rundir.Diverged
         If a loss turned NaN or Inf; the last complete epoch's checkpoint is kept.
+    rundir.Stopped
+        If SIGTERM or SIGINT stopped training, once its checkpoint was written.
+    volumes.WriteError
+        If a file cannot be written (disk full...); the last checkpoint written is kept.
     """
+    with contextlib.ExitStack() as lock:  # the run folder's, held until training ends
+        return locked_train(args, lock)
+
+
+def locked_train(args, lock: contextlib.ExitStack) -> dict:
+    """:func:`train`, which takes the run folder's lock into ``lock``: a resumed run's at once,
+    a new run's after every check (its folder may not exist before)."""
     if args.tensorboard and importlib.util.find_spec("tensorboard") is None:
         raise volumes.UsageError("--tensorboard needs the tensorboard package: "
                                  "pip install tensorboard")
     output = args.resume or rundir.new_run_folder(args.output)
+    if args.resume:
+        lock.enter_context(rundir.locked(output))
     train_set, val_set, mode = training_sets(args.data, args.atlas, args.pairs, args.augment,
                                              args.val_data, args.val_fraction, args.ndim)
     val_pairs = datasets.make_pairs(val_set, mode, MAX_VAL_PAIRS)  # scored on their own grid
@@ -206,6 +254,9 @@ def train(args) -> dict:
             models.build_model(shape, args.model, args.loss, args.lamda, args.lr,
                                args.ncc_window, args.int_steps, args.int_downsize, args.bidir,
                                args.seg_weight, len(labels)), None)
+    if state:
+        check_resumed_epochs(args.epochs, state, output)
+        model.optimizer.learning_rate = args.lr  # --lr may change on --resume
     targets = {"targets": models.targets(model), "labels": labels}
     loader = training_loader(train_set, mode, args.data is None, args.batch_size,
                              args.steps_per_epoch, args.seed, args.augment, targets)
@@ -213,30 +264,28 @@ def train(args) -> dict:
     val_loader = dataloader.RegistrationDataLoader(
         padded.moving, padded.static, args.batch_size, moving_segs=padded.moving_segs,
         static_segs=padded.static_segs, **targets)
-    os.makedirs(output, exist_ok=True)
-    rundir.write_json(os.path.join(output, rundir.ARGS),
-                      {key: value for key, value in vars(args).items()
-                       if key not in ("resume", "command")})
-    initial_epoch = state["epoch"] if state else 0
+    if not args.resume:
+        lock.enter_context(rundir.locked(output))
+        rundir.new_run_folder(output)  # still: another process may have begun a run in it
+    rundir.write_args(output, {key: value for key, value in vars(args).items()
+                               if key not in ("resume", "command")}, state)
     print(f"{args.model} on {strategy.num_replicas_in_sync} {device}(s), {mode} pairs of shape "
           f"{shape}, {len(val_pairs)} validation pairs, output in {output}"
-          + (f", resumed after epoch {initial_epoch}" if state else ""))
+          + (f", resumed {rundir.position(state)}" if state else ""))
 
-    loader.epoch = initial_epoch  # batches depend on (seed, epoch, index): the same as unbroken
     callbacks = training_callbacks(args, output, state)
     start = time.perf_counter()
-    model.fit(loader, validation_data=val_loader, epochs=args.epochs,
-              initial_epoch=initial_epoch,
-              steps_per_epoch=args.steps_per_epoch if args.data else None,
-              shuffle=False,  # the loaders shuffle by (seed, epoch), which a resume restores
-              callbacks=callbacks, verbose=1 if sys.stdout.isatty() else 2)
+    with rundir.stop_signals(callbacks[1]):
+        fit(model, loader, val_loader, args, callbacks, state)
     train_seconds = time.perf_counter() - start
     stop, saver = callbacks[:2]
     if stop.diverged:
         raise rundir.Diverged(diverged_message(stop.diverged, args, output, saver.state))
+    if saver.signal:  # it came at the end of an epoch, or after the last one
+        raise rundir.Stopped(saver.signal, saver.state, output)
 
     if args.keep_best and saver.state["best_epoch"]:
-        model = rundir.load_model(os.path.join(output, rundir.BEST))
+        model = rundir.load_model(os.path.join(output, saver.state["best_model"]))
     rundir.save_model(model, os.path.join(output, rundir.MODEL))
     results, samples = registration.evaluate_pairs(model, val_pairs, val_set.labels, NUM_SAMPLES,
                                                    val_set.spacing)

@@ -32,6 +32,10 @@ class UsageError(ValueError):
     """Flags, options or a run folder that cannot be used, with a message meant for the user."""
 
 
+class WriteError(OSError):
+    """A file that could not be written (disk full, no permission...), with a message for users."""
+
+
 class DataWarning(UserWarning):
     """Input data that can be used but is probably not what the user meant."""
 
@@ -58,7 +62,13 @@ def atomic_path(path: str) -> Iterator[str]:
 
     Yields a hidden name in the same folder with the same extension (``.keras``, ``.nii.gz``...,
     which the writers check); when the block ends without an error, the file replaces ``path``
-    in one step (``os.replace``); on an error it is removed.
+    in one step (``os.replace``); on an error it is removed and ``path`` is left as it was.
+
+    Raises
+    ------
+    WriteError
+        For an ``OSError`` of the block or of the rename (disk full, no permission...): one line
+        naming ``path`` and the cause.
 
     Examples
     --------
@@ -71,6 +81,8 @@ def atomic_path(path: str) -> Iterator[str]:
     try:
         yield tmp
         os.replace(tmp, path)
+    except OSError as error:
+        raise WriteError(f"cannot write {path}: {error.strerror or error}") from error
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)

@@ -427,10 +427,11 @@ BAD_INPUTS = [
      "{tmp}/out is a file"),
     ("output holds a run", {"run/args.json": _write_bytes(b"{}")},
      ["--output", "{tmp}/run"], "continue it with --resume {tmp}/run"),
-    ("resume with flags", {}, ["--resume", "{tmp}", "--lr", "1"], "drop --lr"),
+    ("resume with flags", {}, ["--resume", "{tmp}", "--lr", "1", "--seed", "1"], "drop --seed"),
     ("resume of no run", {}, ["--resume", "{tmp}"], "not a training run folder"),
     ("resume of a broken checkpoint", {"args.json": _write_bytes(b"{}"),
-                                       "checkpoint.json": _write_bytes(b"{\"epoch\": 2")},
+                                       "checkpoint.json": _write_bytes(b"{\"epoch\": 2"),
+                                       "train.lock": _write_bytes(b"")},
      ["--resume", "{tmp}"], "cannot read {tmp}/checkpoint.json"),
 ]
 

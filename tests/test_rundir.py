@@ -1,12 +1,16 @@
-"""Checkpoints, --resume and the divergence stop (rundir.py through main.py)."""
+"""Checkpoints, --resume, stop signals, the run folder's lock, failed writes and the divergence
+stop (rundir.py through main.py)."""
 import csv
+import errno
 import importlib.util
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
+import types
 
 import keras
 import numpy as np
@@ -16,17 +20,32 @@ from matplotlib.image import imread
 import rundir
 import main
 import models
+import volumes
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def tiny_flags(folder) -> list[str]:
+    """Five 16x16 images: scan-to-scan pairs, three training and two validation images."""
+    path = os.path.join(folder, "vols.npy")
+    np.save(path, np.random.default_rng(0).random((5, 16, 16)).astype(np.float32))
+    return ["--data", path, "--ndim", "2", "--model", "vm1", "--steps_per_epoch", "3",
+            "--lr", "1e-2"]
+
+
 @pytest.fixture
 def tiny_set(tmp_path):
-    """Five 16x16 images: scan-to-scan pairs, three training and two validation images."""
-    path = tmp_path / "vols.npy"
-    np.save(path, np.random.default_rng(0).random((5, 16, 16)).astype(np.float32))
-    return ["--data", str(path), "--ndim", "2", "--model", "vm1", "--steps_per_epoch", "3",
-            "--lr", "1e-2"]
+    return tiny_flags(tmp_path)
+
+
+@pytest.fixture(scope="module")
+def unbroken(tmp_path_factory):
+    """A run of 4 epochs of the tiny set with --keep_best, never stopped: what a resumed run
+    must end as."""
+    folder = tmp_path_factory.mktemp("unbroken")
+    run = str(folder / "run")
+    assert main.main(tiny_flags(folder) + ["--keep_best", "--epochs", "4", "--output", run]) == 0
+    return run
 
 
 def history_rows(run_dir) -> list[dict]:
@@ -38,10 +57,26 @@ def weights(path) -> list[np.ndarray]:
     return keras.models.load_model(path).get_weights()
 
 
-def test_resumed_run_ends_with_the_weights_of_an_unbroken_one(tmp_path, tiny_set, monkeypatch):
-    tiny_set = tiny_set + ["--keep_best"]
-    assert main.main(tiny_set + ["--epochs", "4", "--output", str(tmp_path / "unbroken")]) == 0
+def state(run_dir) -> dict:
+    return rundir.read_json(os.path.join(run_dir, rundir.STATE))
 
+
+def assert_same_weights(path, other) -> None:
+    for mine, theirs in zip(weights(path), weights(other), strict=True):
+        np.testing.assert_array_equal(mine, theirs)
+
+
+def assert_ends_as(run, unbroken) -> None:
+    """``run`` ended with the checkpoint and the history of ``unbroken``."""
+    assert state(run)["model"] == state(unbroken)["model"]
+    assert_same_weights(os.path.join(run, state(run)["model"]),
+                        os.path.join(unbroken, state(unbroken)["model"]))
+    assert history_rows(run) == history_rows(unbroken)
+
+
+def test_resumed_run_ends_with_the_weights_of_an_unbroken_one(tmp_path, tiny_set, unbroken,
+                                                              monkeypatch):
+    tiny_set = tiny_set + ["--keep_best"]
     save_epoch = rundir.Checkpoint.on_epoch_end
 
     def interrupt_after_epoch_2(self, epoch, logs=None):
@@ -57,17 +92,14 @@ def test_resumed_run_ends_with_the_weights_of_an_unbroken_one(tmp_path, tiny_set
     monkeypatch.setattr(rundir.Checkpoint, "on_epoch_end", save_epoch)
     assert main.main(["--resume", run]) == 0
 
-    for name in (rundir.CHECKPOINT, rundir.BEST, "model.keras"):
-        for unbroken, resumed in zip(weights(tmp_path / "unbroken" / name),
-                                     weights(os.path.join(run, name))):
-            np.testing.assert_array_equal(resumed, unbroken)
-    assert history_rows(run) == history_rows(tmp_path / "unbroken")
+    assert_ends_as(run, unbroken)
+    best = state(run)["best_model"]
+    for name in (best, "model.keras"):
+        assert_same_weights(os.path.join(run, name), os.path.join(unbroken, name))
     val_loss = [float(row["val_loss"]) for row in history_rows(run)]  # --keep_best:
     assert json.loads(open(os.path.join(run, "metrics.json")).read())["best_epoch"] == \
         int(np.argmin(val_loss)) + 1
-    for best, final in zip(weights(os.path.join(run, rundir.BEST)),
-                           weights(os.path.join(run, "model.keras"))):
-        np.testing.assert_array_equal(final, best)
+    assert_same_weights(os.path.join(run, best), os.path.join(run, "model.keras"))
 
 
 def test_keep_best_saves_the_model_of_the_lowest_validation_loss(tmp_path):
@@ -79,16 +111,20 @@ def test_keep_best_saves_the_model_of_the_lowest_validation_loss(tmp_path):
     for epoch, val_loss in enumerate([3.0, 1.0, 2.0]):
         layer.set_weights([np.full_like(w, epoch) for w in layer.get_weights()])
         saver.on_epoch_end(epoch, {"loss": 0.0, "val_loss": val_loss})
-    state = rundir.read_json(str(tmp_path / rundir.STATE))
-    assert (state["epoch"], state["best_epoch"], state["best_val_loss"]) == (3, 2, 1.0)
-    best = keras.models.load_model(tmp_path / rundir.BEST).get_layer("deformation")
-    last = keras.models.load_model(tmp_path / rundir.CHECKPOINT).get_layer("deformation")
+    saved = state(tmp_path)
+    assert (saved["epoch"], saved["best_epoch"], saved["best_val_loss"]) == (3, 2, 1.0)
+    best = keras.models.load_model(tmp_path / saved["best_model"]).get_layer("deformation")
+    last = keras.models.load_model(tmp_path / saved["model"]).get_layer("deformation")
     assert np.all(best.get_weights()[0] == 1.0) and np.all(last.get_weights()[0] == 2.0)
+    assert sorted(os.listdir(tmp_path)) == sorted([saved["best_model"], saved["model"],
+                                                   rundir.STATE, rundir.HISTORY])
 
 
 def test_resume_refuses_other_flags_and_folders_without_a_run(tmp_path, capsys):
-    assert main.main(["--resume", str(tmp_path), "--epochs", "3"]) == 2
-    assert "drop --epochs" in capsys.readouterr().err
+    assert main.main(["--resume", str(tmp_path), "--epochs", "3", "--model", "vm2"]) == 2
+    assert capsys.readouterr().err == (f"main.py: error: --resume takes every flag from "
+                                       f"{tmp_path}/args.json but --epochs and --lr; drop "
+                                       f"--model\n")  # vm2 is the default: given all the same
     assert main.main(["--resume", str(tmp_path)]) == 2
     assert "not a training run folder" in capsys.readouterr().err
 
@@ -139,7 +175,7 @@ def test_sigkilled_training_resumes_without_losing_an_epoch(tmp_path, tiny_set):
     rows = history_rows(run)
     assert [int(row["epoch"]) for row in rows] == list(range(epochs))
     assert rundir.read_json(state)["epoch"] == epochs
-    files = sorted(os.listdir(run))
+    files = sorted(set(os.listdir(run)) - {rundir.LOCK})
     assert not [name for name in files if name.startswith(".")]  # no temporary file left
     assert all(loadable(os.path.join(run, name)) for name in files), files
 
@@ -201,3 +237,217 @@ def test_tensorboard_writes_event_files_into_the_run(tmp_path, tiny_set):
     assert main.main(tiny_set + ["--tensorboard", "--epochs", "1", "--output", str(run)]) == 0
     events = [name for _, _, names in os.walk(run / "tensorboard") for name in names]
     assert any(name.startswith("events.out.tfevents") for name in events)
+
+
+def test_resume_with_more_epochs_ends_as_one_longer_run(tmp_path, tiny_set, unbroken):
+    run = str(tmp_path / "run")
+    assert main.main(tiny_set + ["--epochs", "2", "--output", run]) == 0
+    assert main.main(["--resume", run, "--epochs", "4"]) == 0
+    assert_ends_as(run, unbroken)
+
+
+def test_resume_with_a_new_lr_records_it_and_trains_with_it(tmp_path, tiny_set):
+    run = str(tmp_path / "run")
+    assert main.main(tiny_set + ["--epochs", "1", "--output", run]) == 0
+    assert main.main(["--resume", run, "--epochs", "2", "--lr", "1e-3"]) == 0
+    args = rundir.read_json(os.path.join(run, rundir.ARGS))
+    assert (args["epochs"], args["lr"]) == (2, 1e-3)
+    assert args["resumes"] == [{"epoch": 1, "batch": 0,
+                                "changed": {"epochs": [1, 2], "lr": [1e-2, 1e-3]}}]
+    optimizer = keras.models.load_model(os.path.join(run, state(run)["model"])).optimizer
+    assert float(optimizer.learning_rate) == np.float32(1e-3)
+
+
+def committed_epochs(run_dir, count: int) -> rundir.Checkpoint:
+    """Commit ``count`` epochs of a tiny model into ``run_dir`` (no training): the weights of
+    epoch ``e`` are all ``e``."""
+    model = models.build_model((16, 16), "vm1", lr=1e-2)
+    model.optimizer.build(model.trainable_variables)
+    os.makedirs(run_dir, exist_ok=True)
+    saver = rundir.Checkpoint(str(run_dir))
+    saver.set_model(model)
+    for epoch in range(count):
+        model.set_weights([np.full_like(w, epoch + 1) for w in model.get_weights()])
+        saver.on_epoch_end(epoch, {"loss": 0.0})
+    return saver
+
+
+def test_resume_refuses_fewer_epochs_than_the_run_has_done(tmp_path, tiny_set, capsys):
+    run = tmp_path / "run"
+    committed_epochs(run, 3)
+    flags = vars(main.build_parser().parse_args(tiny_set + ["--output", str(run)]))
+    rundir.write_json(str(run / rundir.ARGS), flags)
+    assert main.main(["--resume", str(run), "--epochs", "2"]) == 2
+    assert capsys.readouterr().err.endswith(
+        f"--epochs 2: the run in {run} is after epoch 3 already; give --epochs 3 or more\n")
+
+
+def test_a_half_written_checkpoint_falls_back_to_the_previous_one(tmp_path, monkeypatch):
+    saver = committed_epochs(tmp_path, 2)
+    write_json = rundir.write_json
+
+    def killed_before_the_commit(path, content):
+        if path.endswith(rundir.STATE):
+            raise KeyboardInterrupt  # as a kill between the model's file and checkpoint.json
+        write_json(path, content)
+
+    monkeypatch.setattr(rundir, "write_json", killed_before_the_commit)
+    with pytest.raises(KeyboardInterrupt):
+        saver.on_epoch_end(2, {"loss": 0.0})
+    assert os.path.isfile(tmp_path / rundir.checkpoint_name(3))  # written, never committed
+    model, saved = rundir.load_checkpoint(str(tmp_path))
+    assert saved["epoch"] == 2 and all(np.all(w == 2) for w in model.get_weights())
+    assert not os.path.exists(tmp_path / rundir.checkpoint_name(3))
+
+
+def test_sigint_in_an_epoch_saves_it_and_the_resumed_run_ends_as_an_unbroken_one(
+        tmp_path, tiny_set, unbroken, monkeypatch, capsys):
+    save_batch = rundir.Checkpoint.on_train_batch_end
+
+    def interrupt_in_epoch_2(self, batch, logs=None):
+        if (self.state["epoch"], batch) == (1, 0):
+            os.kill(os.getpid(), signal.SIGINT)  # as Ctrl-C during the first batch of epoch 2
+        save_batch(self, batch, logs)
+
+    monkeypatch.setattr(rundir.Checkpoint, "on_train_batch_end", interrupt_in_epoch_2)
+    run = str(tmp_path / "run")
+    assert main.main(tiny_set + ["--epochs", "4", "--output", run]) == 130
+    assert capsys.readouterr().err.splitlines() == [
+        f"main.py: stopped by SIGINT at epoch 2, batch 1: resume with python3 main.py "
+        f"--resume {run}"]
+    assert (state(run)["epoch"], state(run)["batch"]) == (1, 1)
+    monkeypatch.setattr(rundir.Checkpoint, "on_train_batch_end", save_batch)
+    assert main.main(["--resume", run]) == 0
+    assert_ends_as(run, unbroken)
+
+
+def test_sigterm_stops_a_training_process_with_one_line_and_status_143(tmp_path, tiny_set):
+    run = str(tmp_path / "run")
+    command = [sys.executable, "main.py", *tiny_set, "--epochs", "1000", "--output", run]
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE, text=True)
+    path, deadline = os.path.join(run, rundir.STATE), time.time() + 240
+    while time.time() < deadline and process.poll() is None and not os.path.exists(path):
+        time.sleep(0.02)
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 143, err[-2000:]
+    lines = [line for line in err.splitlines() if line.startswith("main.py:")]
+    assert len(lines) == 1 and re.fullmatch(
+        rf"main.py: stopped by SIGTERM (at epoch \d+, batch \d+|after epoch \d+): resume with "
+        rf"python3 main.py --resume {re.escape(run)}", lines[0]), lines
+    model, saved = rundir.load_checkpoint(run)
+    assert rundir.position(saved) in lines[0] and saved["epoch"] >= 1
+    assert int(model.optimizer.iterations) == saved["iterations"] == 3 * saved["epoch"] + \
+        saved["batch"]
+
+
+def test_stop_signals_records_a_signal_and_puts_the_handlers_back(tmp_path):
+    before = [signal.getsignal(signum) for signum in (signal.SIGTERM, signal.SIGINT)]
+    saver = types.SimpleNamespace(signal=None)
+    with rundir.stop_signals(saver):
+        os.kill(os.getpid(), signal.SIGTERM)
+    assert saver.signal == signal.SIGTERM
+    assert [signal.getsignal(signum) for signum in (signal.SIGTERM, signal.SIGINT)] == before
+
+
+HOLD_LOCK = ("import fcntl, os, sys; descriptor = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT); "
+             "fcntl.flock(descriptor, fcntl.LOCK_EX); print('locked', flush=True); "
+             "sys.stdin.read()")
+
+
+def hold_lock(run_dir) -> subprocess.Popen:
+    """Another process that holds the lock of ``run_dir`` until its stdin closes."""
+    os.makedirs(run_dir, exist_ok=True)
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK,
+                               os.path.join(run_dir, rundir.LOCK)],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline() == "locked\n"
+    return holder
+
+
+@pytest.mark.parametrize("resume", [False, True], ids=["new run", "resume"])
+def test_a_run_folder_in_use_is_refused_with_one_line(tmp_path, tiny_set, capsys, resume):
+    run = str(tmp_path / "run")
+    holder = hold_lock(run)
+    try:
+        if resume:
+            flags = vars(main.build_parser().parse_args(tiny_set + ["--output", run]))
+            rundir.write_json(os.path.join(run, rundir.ARGS), flags)
+        argv = ["--resume", run] if resume else tiny_set + ["--output", run]
+        assert main.main(argv) == 2
+    finally:
+        holder.stdin.close()
+        holder.wait()
+    assert capsys.readouterr().err.splitlines() == [
+        f"main.py: error: {run} is in use by another training process: wait until it ends, or "
+        f"train into another --output"]
+    assert sorted(os.listdir(run)) == sorted([rundir.LOCK] + [rundir.ARGS] * resume)
+
+
+def test_a_killed_process_leaves_no_lock_behind(tmp_path):
+    holder = hold_lock(tmp_path)
+    with pytest.raises(volumes.UsageError, match="in use"):
+        with rundir.locked(str(tmp_path)):
+            pass
+    holder.kill()
+    holder.wait()
+    with rundir.locked(str(tmp_path)):
+        pass
+
+
+def test_a_file_system_without_locks_is_a_warning(tmp_path, monkeypatch, capsys):
+    def no_locks(descriptor, operation):
+        raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
+
+    monkeypatch.setattr(rundir.fcntl, "flock", no_locks)
+    with rundir.locked(str(tmp_path)):
+        pass
+    assert capsys.readouterr().err == (f"main.py: warning: cannot lock {tmp_path} (No locks "
+                                       f"available): make sure that no other process trains "
+                                       f"into it\n")
+
+
+def fail_writing(monkeypatch, code: int, name: str) -> None:
+    """Make the write of the run's file ``name`` at epoch 2 fail with ``OSError(code)``."""
+    save, dump = keras.Model.save, json.dump
+
+    def fail(path: str, content=None) -> None:
+        if name in path and (name != rundir.STATE or content["epoch"] == 2):
+            raise OSError(code, os.strerror(code))
+
+    def save_or_fail(model, path, **kwargs):
+        fail(path)
+        return save(model, path, **kwargs)
+
+    def dump_or_fail(content, file, **kwargs):
+        fail(getattr(file, "name", ""), content)
+        return dump(content, file, **kwargs)
+
+    monkeypatch.setattr(keras.Model, "save", save_or_fail)
+    monkeypatch.setattr(json, "dump", dump_or_fail)
+
+
+@pytest.mark.parametrize("code, name", [(errno.ENOSPC, rundir.checkpoint_name(2)),
+                                        (errno.EACCES, rundir.STATE)],
+                         ids=["ENOSPC writing the model", "EACCES writing checkpoint.json"])
+def test_a_failed_write_is_one_line_and_keeps_the_previous_checkpoint(
+        tmp_path, tiny_set, monkeypatch, capsys, code, name):
+    fail_writing(monkeypatch, code, name)
+    run = str(tmp_path / "run")
+    assert main.main(tiny_set + ["--epochs", "3", "--output", run]) == 1
+    assert capsys.readouterr().err.splitlines() == [
+        f"main.py: error: cannot write {os.path.join(run, name)}: {os.strerror(code)}; the "
+        f"checkpoint after epoch 1 is kept in {run}"]
+    monkeypatch.undo()
+    model, saved = rundir.load_checkpoint(run)
+    assert saved["epoch"] == 1 and int(model.optimizer.iterations) == 3
+    assert sorted(name for name in os.listdir(run) if name.endswith(".keras")) == [
+        rundir.checkpoint_name(1)]
+
+
+def test_an_output_folder_that_cannot_be_made_is_one_line_exit_2(tiny_set, capsys):
+    assert main.main(tiny_set + ["--output", "/proc/x"]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and err[0].startswith("main.py: error: ") and "/proc/x" in err[0]
+    assert not os.path.exists("/proc/x")

@@ -1,4 +1,5 @@
 """Reading and writing volume files; damaged or foreign files give one DataError."""
+import errno
 import os
 import tempfile
 
@@ -109,3 +110,18 @@ def test_image_files_keep_the_label_dtypes_viewers_open(tmp_path, dtype, suffix,
     loaded, image = volumes.load_volume(str(tmp_path / f"v{suffix}"))
     assert loaded.dtype == stored and np.array_equal(loaded, volume.astype(stored))
     np.testing.assert_allclose(image.affine, np.diag([2.0, 3.0, 4.0, 1.0]))
+
+
+def test_a_failed_write_is_a_write_error_and_keeps_the_old_file(tmp_path, monkeypatch):
+    path = str(tmp_path / "vol.npy")
+    volumes.save_volume(path, np.zeros(3))
+
+    def disk_full(file, array):
+        open(file, "wb").write(b"\x93NUMPY")  # a partial file, as a full disk leaves one
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(np, "save", disk_full)
+    with pytest.raises(volumes.WriteError, match=f"^cannot write {path}: No space left on device$"):
+        volumes.save_volume(path, np.ones(3))
+    assert os.listdir(tmp_path) == ["vol.npy"]  # no temporary file left
+    np.testing.assert_array_equal(volumes.read_npy(path), np.zeros(3))
