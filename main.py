@@ -283,8 +283,13 @@ def report(summary: dict) -> str:
                  f"{summary['dice_after']['mean']:.3f}, HD95 {summary['hd95']['mean']:.2f} voxels")
         if "hd95_mm" in summary:
             line += f" ({summary['hd95_mm']['mean']:.2f} mm)"
-    return line + (f", SDlogJ {summary['sdlogj']['mean']:.3f}, "
-                   f"folding voxels {100 * summary['folding_fraction']['mean']:.3f}%")
+    line += (f", SDlogJ {summary['sdlogj']['mean']:.3f}, "
+             f"folding voxels {100 * summary['folding_fraction']['mean']:.3f}%")
+    if "inverse_error" in summary:
+        line += f", inverse consistency {summary['inverse_error']['mean']:.3f} voxels"
+        if "inverse_error_mm" in summary:
+            line += f" ({summary['inverse_error_mm']['mean']:.3f} mm)"
+    return line
 
 
 def register(args) -> str:

@@ -348,8 +348,9 @@ def evaluate_pairs(model: keras.Model, pairs: datasets.Pairs, labels=None, keep:
         Scores of each pair (``scores.score_registration``), plus ``seconds``, the time of its
         forward pass (the network's graph is built on the first pair beforehand, untimed),
         ``finetune_seconds``, that of fine-tuning, and with ``inverse``
-        ``inverse_error_mm`` and ``inverse_error_p95_mm``, the mean and 95th percentile of
-        ``|x - phi_inv(phi(x))|``.
+        ``inverse_error`` and ``inverse_error_p95``, the mean and 95th percentile of
+        ``|x - phi_inv(phi(x))|`` in voxels, and with ``spacing`` the same in mm
+        (``inverse_error_mm``, ``inverse_error_p95_mm``).
     samples : list of dict
         For the first ``keep`` pairs: ``moving``, ``static``, ``moved``, ``deformation`` and,
         with label maps, ``moving_seg``, ``static_seg``, ``moved_seg``.
@@ -357,7 +358,7 @@ def evaluate_pairs(model: keras.Model, pairs: datasets.Pairs, labels=None, keep:
     network = network_for(model, pairs.moving.shape[1:])  # built once
     shape = models.input_shape(network)
     tuner = FineTuner(model, finetune_steps, finetune_lr, shape) if finetune_steps else None
-    grid = transforms.spacing_grid(pairs.moving.shape[1:], spacing)
+    grid = transforms.spacing_grid(pairs.moving.shape[1:], spacing)  # voxels when spacing is None
     results, samples = [], []
     for moving, static, moving_seg, static_seg in pairs:
         tuned, finetune_seconds = finetuned(network, tuner, moving, static)
@@ -374,8 +375,10 @@ def evaluate_pairs(model: keras.Model, pairs: datasets.Pairs, labels=None, keep:
         if inverse:
             error = transforms.inverse_consistency(registered["deformation"],
                                                    registered["inverse"], grid)
-            results[-1].update(inverse_error_mm=error["mean_mm"],
-                               inverse_error_p95_mm=error["p95_mm"])
+            results[-1].update({f"inverse_error{stat}{unit}": error[f"{name}_{key}"]
+                                for name, stat in (("mean", ""), ("p95", "_p95"))
+                                for key, unit in (("voxels", ""), ("mm", "_mm"))
+                                if unit == "" or spacing is not None})
         if len(samples) < keep:
             samples.append({key: value for key, value in arrays.items()
                             if isinstance(value, np.ndarray)})

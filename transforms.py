@@ -269,14 +269,17 @@ def inverse_consistency(deformation: np.ndarray, inverse: np.ndarray, grid: Grid
     Returns
     -------
     dict
-        ``mean_mm`` and ``p95_mm`` of ``|x - phi_inv(phi(x))|``, and ``mean_voxels``.
+        ``mean_mm`` and ``p95_mm``, the mean and 95th percentile of ``|x - phi_inv(phi(x))|``,
+        and ``mean_voxels`` and ``p95_voxels``, the same in voxels.
     """
     coords = grid.coordinates() + deformation
     inside = np.all((coords >= 0) & (coords <= np.array(grid.shape) - 1), axis=-1)
     error = deformation + sample(inverse, coords)  # (x + u) + v(x + u) - x
-    error_mm = np.linalg.norm(error @ grid.matrix[:-1, :-1].T, axis=-1)[inside]
-    return {"mean_mm": float(np.mean(error_mm)), "p95_mm": float(np.percentile(error_mm, 95)),
-            "mean_voxels": float(np.mean(np.linalg.norm(error, axis=-1)[inside]))}
+    lengths = {"mm": np.linalg.norm(error @ grid.matrix[:-1, :-1].T, axis=-1)[inside],
+               "voxels": np.linalg.norm(error, axis=-1)[inside]}
+    return {f"{stat}_{unit}": float(np.mean(values) if stat == "mean" else
+                                    np.percentile(values, 95))
+            for unit, values in lengths.items() for stat in ("mean", "p95")}
 
 
 def inverse_on(inverse: np.ndarray, grid: Grid, moving_grid: Grid) -> np.ndarray:

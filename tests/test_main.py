@@ -226,7 +226,7 @@ def test_evaluate_scores_a_pair_registered_to_itself_with_dice_one(tmp_path, ide
         assert pair["dice_after"] == [1.0, 1.0] and pair["folding_fraction"] == 0.0
         assert pair["hd95"] == pair["hd95_mm"] == [0.0, 0.0] and pair["sdlogj"] == 0.0
         assert np.isfinite(pair["seconds"]) and np.isfinite(pair["ncc_after"])
-        assert pair["inverse_error_mm"] == pair["inverse_error_p95_mm"] == 0.0  # identity
+        assert pair["inverse_error"] == pair["inverse_error_p95_mm"] == 0.0  # identity
     rows = (output / "dice_per_structure.csv").read_text().splitlines()
     assert rows[0] == ("label,name,dice_before_mean,dice_before_std,dice_after_mean,"
                        "dice_after_std,hd95_mean,hd95_std,hd95_mm_mean,hd95_mm_std")
