@@ -216,7 +216,7 @@ def _add_apply_parser(commands) -> None:
     apply.add_argument("--warp", required=True, help="ITK/ANTs displacement field (NIfTI)")
     apply.add_argument("--moving", required=True,
                        help="image or label map in the moving space (.npy, .npz, NIfTI, .mgz; "
-                            ".npy/.npz on the moving grid of 1 mm RAS voxels)")
+                            ".npy/.npz are taken as 1 mm voxels on RAS axes)")
     apply.add_argument("--output", required=True,
                        help="output on the warp's grid, with its affine (.npy, .npz, NIfTI, .mgz)")
     apply.add_argument("--interp", choices=("linear", "nearest"), default=None,
