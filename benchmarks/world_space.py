@@ -4,9 +4,10 @@
 
 Data: the test subjects of ``../shared/data/fstrain9_128.npz`` (see ``real_brains.py``), with a
 model trained there on the 64^3 grid at 3 mm (``real_brains.py --downsample 2``). For every
-ordered test pair, the static scan is written on that 3 mm grid, and the moving subject twice:
+ordered test pair, the static scan is written on a 3 mm grid (the data's 1.5 mm voxels 1, 3, 5,
+..., so that labels and image sit where the affine says), and the moving subject twice:
 
-- *same grid*: on the static's 3 mm grid, as the model was trained;
+- *same grid*: on the static's 3 mm grid;
 - *rotated grid*: resampled from its 1.5 mm original into a grid rotated by ``--degrees``
   about an oblique axis, with ``--voxel`` mm voxels (finer than 3 mm, as 1.2 mm is to 1.5 mm)
   and another shape; ``main.py register`` resamples it back into the static grid.
@@ -25,6 +26,7 @@ import sys
 import time
 
 import numpy as np
+from scipy.ndimage import convolve1d
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -41,10 +43,19 @@ FACTOR = 2  # the network grid: 64^3 at 3 mm
 
 
 def grid_affine(spacing: float, shape: int) -> np.ndarray:
-    """The benchmark grid's affine: ``shape`` voxels of ``spacing`` mm centred as the data's."""
+    """The data's grid: ``shape`` voxels of ``spacing`` mm per axis, centred on the origin."""
     affine = np.diag([spacing] * 3 + [1.0])
     affine[:3, 3] = -(shape - 1) * spacing / 2
     return affine
+
+
+def coarse(volume: np.ndarray) -> np.ndarray:
+    """A 1.5 mm volume on the 3 mm grid of its voxels 1, 3, 5, ...: smoothed by [1/4, 1/2, 1/4]
+    along each axis, then every other voxel taken, so that each value stays where its grid
+    places it (a 2x2x2 block mean would move it by 0.75 mm)."""
+    for axis in range(volume.ndim):
+        volume = convolve1d(volume, [0.25, 0.5, 0.25], axis=axis, mode="constant")
+    return volume[(slice(1, None, FACTOR),) * volume.ndim]
 
 
 def rotated_affine(degrees: float, spacing: float, shape: int) -> np.ndarray:
@@ -67,16 +78,17 @@ def write_scans(data: str, folder: str, degrees: float, voxel: float) -> dict:
         vols = stored["vols"][real_brains.NUM_TRAIN:].astype(np.float32) / 255.0
         segs = stored["segs"][real_brains.NUM_TRAIN:]
         labels = [int(label) for label in stored["labels"]]
-    small, small_segs = real_brains.downsample(vols, segs, FACTOR)
     full = transforms.Grid(vols.shape[1:], grid_affine(1.5, vols.shape[1]))
     shape = int(np.ceil(vols.shape[1] * 1.5 / voxel * 1.15))  # the rotated grid's field of view
     rotated = transforms.Grid((shape,) * 3, rotated_affine(degrees, voxel, shape))
-    # The 3 mm grid's voxel centres are those of 2x2x2 blocks of the 1.5 mm grid.
-    coarse = grid_affine(1.5 * FACTOR, small.shape[1])
+    every_other = np.diag([FACTOR] * 3 + [1.0])
+    every_other[:3, 3] = 1  # 3 mm voxel j is the data's voxel 2j + 1
+    three_mm = full.affine @ every_other
     files = {}
     for index in range(len(vols)):
         name = os.path.join(folder, f"subject{index}")
-        arrays = {"": (small[index], coarse), "_seg": (small_segs[index], coarse),
+        labels_3mm = segs[index][(slice(1, None, FACTOR),) * 3]
+        arrays = {"": (coarse(vols[index]), three_mm), "_seg": (labels_3mm, three_mm),
                   "_rotated": (transforms.resample(vols[index], full, rotated), rotated.affine),
                   "_seg_1.5mm": (segs[index], full.affine)}
         for suffix, (array, affine) in arrays.items():
