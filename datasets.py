@@ -202,14 +202,16 @@ def image_header(path: str, where: str) -> tuple[tuple[int, ...], tuple[float, .
 
 
 def read_columns(path: str, required: tuple[str, ...], optional: tuple[str, ...] = ()
-                 ) -> dict[str, list[str] | None]:
+                 ) -> tuple[dict[str, list[str] | None], list[str]]:
     """The columns of paths of a CSV file, made relative to its folder.
 
     Returns
     -------
-    dict
+    columns : dict
         Each column by name: a path per row, or None for an optional column absent or empty on
         every row.
+    places : list of str
+        ``path line N`` of each row, for messages (blank lines are skipped).
 
     Raises
     ------
@@ -220,7 +222,8 @@ def read_columns(path: str, required: tuple[str, ...], optional: tuple[str, ...]
     try:
         with open(path, newline="") as file:
             reader = csv.DictReader(file)
-            rows, header = list(reader), reader.fieldnames or []
+            rows = [(reader.line_num, row) for row in reader]
+            header = reader.fieldnames or []
     except (OSError, UnicodeDecodeError, csv.Error) as error:
         raise DataError(f"cannot read {path}: {volumes._one_line(error)}") from error
     header = [name.strip() for name in header]
@@ -232,40 +235,40 @@ def read_columns(path: str, required: tuple[str, ...], optional: tuple[str, ...]
         raise DataError(f"{path} lists nothing")
     folder, columns = os.path.dirname(os.path.abspath(path)), {}
     for name in required + optional:
-        values = [(row.get(name) or "").strip() for row in rows] if name in header else []
-        empty = [line for line, value in enumerate(values, start=2) if not value]
+        values = [(row.get(name) or "").strip() for _, row in rows] if name in header else []
+        empty = [line for (line, _), value in zip(rows, values) if not value]
         if empty and (name in required or len(empty) < len(values)):
             raise DataError(f"{path} line {empty[0]}: no {name}"
                             + ("" if name in required else
                                " (a column of label maps is given on every row or none)"))
         columns[name] = [os.path.join(folder, value) for value in values] if values and \
             not empty else None
-    return columns
+    return columns, [f"{path} line {line}" for line, _ in rows]
 
 
-def _list_files(path: str) -> tuple[list[str], list[str] | None]:
-    """Images and label maps (or None) of a folder, a text file (one path a line) or a CSV
-    file (columns ``image``, optional ``seg``)."""
+def _list_files(path: str) -> tuple[list[str], list[str] | None, list[str]]:
+    """Images, label maps (or None) and the place of each image for messages, of a folder, a
+    text file (one path a line) or a CSV file (columns ``image``, optional ``seg``)."""
     if os.path.isdir(path):
         files = sorted(f for f in glob.glob(os.path.join(path, "*"))
                        if f.endswith(volumes.IMAGES))
         if not files:
             raise DataError(f"{path}: folder holds no .nii, .nii.gz or .mgz files")
-        return files, None
+        return files, None, [path] * len(files)
     if path.endswith(".csv"):
-        columns = read_columns(path, ("image",), ("seg",))
-        return columns["image"], columns["seg"]
+        columns, places = read_columns(path, ("image",), ("seg",))
+        return columns["image"], columns["seg"], places
     volumes.check_exists(path)
     try:
         with open(path) as file:
-            lines = [line.strip() for line in file]
+            lines = [(number, line.strip()) for number, line in enumerate(file, start=1)]
     except (OSError, UnicodeDecodeError) as error:
         raise DataError(f"cannot read {path}: {volumes._one_line(error)}") from error
     folder = os.path.dirname(os.path.abspath(path))
-    files = [os.path.join(folder, line) for line in lines if line]
-    if not files:
+    listed = [(number, os.path.join(folder, line)) for number, line in lines if line]
+    if not listed:
         raise DataError(f"{path} lists nothing")
-    return files, None
+    return [file for _, file in listed], None, [f"{path} line {number}" for number, _ in listed]
 
 
 def _lazy_stacks(images: list[str], segs: list[str] | None, places: list[str]) -> dict:
@@ -289,11 +292,6 @@ def _lazy_stacks(images: list[str], segs: list[str] | None, places: list[str]) -
     return {**arrays, **({"spacing": spacings.pop()} if len(spacings) == 1 else {})}
 
 
-def _places(path: str, count: int, first_line: int) -> list[str]:
-    """``path line N`` for the ``count`` entries of a list from ``first_line`` on."""
-    return [f"{path} line {line}" for line in range(first_line, first_line + count)]
-
-
 def _load_image(path: str) -> dict:
     """One NIfTI or MGH volume as a stack: ``vols`` ``(1, *spatial)``, and ``spacing`` in mm."""
     volume, image = volumes.load_volume(path)
@@ -303,10 +301,7 @@ def _load_image(path: str) -> dict:
 def _read_arrays(path: str) -> dict:
     """The arrays stored at ``path`` by name: ``vols`` and whichever optional ones exist."""
     if os.path.isdir(path) or path.endswith(LISTS):
-        images, segs = _list_files(path)
-        places = [path] * len(images) if os.path.isdir(path) else \
-            _places(path, len(images), 2 if path.endswith(".csv") else 1)
-        return _lazy_stacks(images, segs, places)
+        return _lazy_stacks(*_list_files(path))
     volumes.check_exists(path)
     kind = volumes.file_format(path)
     if kind == "image":
@@ -583,19 +578,18 @@ def load_pairs_file(path: str, ndim: int | None = None) -> Dataset:
         For a missing column or file, a label-map column given on some rows only, or shapes
         that differ (between moving and static, or from the first row), all from the headers.
     """
-    columns = read_columns(path, PAIR_COLUMNS, PAIR_SEG_COLUMNS)
+    columns, places = read_columns(path, PAIR_COLUMNS, PAIR_SEG_COLUMNS)
     if (columns["moving_seg"] is None) != (columns["static_seg"] is None):
         raise DataError(f"{path}: moving_seg and static_seg go together (one is given)")
     count = len(columns["moving"])
-    for line, (moving, static) in enumerate(zip(columns["moving"], columns["static"]), start=2):
-        shapes = [image_header(file, f"{path} line {line}")[0] for file in (moving, static)]
+    for where, moving, static in zip(places, columns["moving"], columns["static"]):
+        shapes = [image_header(file, where)[0] for file in (moving, static)]
         if shapes[0] != shapes[1]:
-            raise DataError(f"{path} line {line}: moving and static shapes differ: "
-                            f"{shapes[0]} vs {shapes[1]}")
+            raise DataError(f"{where}: moving and static shapes differ: {shapes[0]} vs "
+                            f"{shapes[1]}")
     segs = None if columns["moving_seg"] is None else \
         columns["moving_seg"] + columns["static_seg"]
-    arrays = _lazy_stacks(columns["moving"] + columns["static"], segs,
-                          2 * _places(path, count, 2))
+    arrays = _lazy_stacks(columns["moving"] + columns["static"], segs, 2 * places)
     if ndim not in (None, arrays["vols"].ndim - 1):
         raise DataError(f"{path} lists {arrays['vols'].ndim - 1}D volumes, not {ndim}D ones")
     return Dataset(vols=arrays["vols"], segs=arrays.get("segs"), spacing=arrays.get("spacing"),
