@@ -52,6 +52,7 @@ def train_steps(path: str, steps: int) -> dict:
     """In this process: load ``path``, train ``steps`` scan-to-scan steps after one warm-up
     step; seconds per step (median) and the peak RSS."""
     sys.path.insert(0, ROOT)
+    import runtime  # noqa: F401  (TensorFlow's settings: before its first import)
     import keras
     import datasets
     import models
