@@ -68,13 +68,19 @@ def _add_data_flags(parser: argparse.ArgumentParser, default: str) -> None:
     """``--data``, ``--atlas`` and ``--pairs``, shared by training and evaluation."""
     parser.add_argument("--data", default=None,
                         help=".npy (N, *spatial), .npz (vols; optional segs, atlas, atlas_seg, "
-                             "labels, label_names), a NIfTI file or a folder of NIfTI files "
+                             "labels, label_names), a NIfTI file; or, read when a batch needs "
+                             "them, a folder of NIfTI/.mgz files, a .txt list of them (one a "
+                             "line) or a .csv list (columns image, optional seg) "
                              f"(default: {default})")
     parser.add_argument("--atlas", default=None,
                         help="static atlas (.npy, .npz or NIfTI); overrides one in --data")
     parser.add_argument("--pairs", choices=("atlas", "scan_to_scan"), default=None,
                         help="register every subject to the atlas, or pairs of distinct subjects "
                              "(default: atlas when there is one)")
+    parser.add_argument("--pairs_file", default=None,
+                        help="CSV of the pairs to use instead of --data: header moving,static "
+                             "and optionally moving_seg,static_seg; NIfTI/.mgz paths relative "
+                             "to the CSV's folder")
 
 
 def _add_finetune_flags(parser: argparse.ArgumentParser) -> None:
@@ -368,9 +374,16 @@ def apply(args) -> str:
 
 
 def evaluation_set(data: str | None, atlas: str | None, pairs: str | None,
-                   shape: tuple[int, ...]) -> datasets.Dataset:
+                   shape: tuple[int, ...], pairs_file: str | None = None) -> datasets.Dataset:
     """The test set of ``evaluate``, for a model of input ``shape`` (volumes of any size, of
-    the model's dimension)."""
+    the model's dimension): ``--data``, the pairs of ``--pairs_file``, or the default data."""
+    if pairs_file is not None:
+        given = [flag for flag, value in (("--data", data), ("--atlas", atlas),
+                                          ("--pairs", pairs)) if value]
+        if given:
+            raise volumes.UsageError(f"--pairs_file lists the pairs to evaluate: drop "
+                                     f"{', '.join(given)}")
+        return datasets.load_pairs_file(pairs_file, len(shape))
     if data is None:
         if atlas is not None or pairs == "scan_to_scan":
             raise volumes.UsageError("the default data has its own atlas and atlas pairs only")
@@ -387,7 +400,7 @@ def evaluate(args) -> str:
     output = rundir.output_folder(args.output or os.path.dirname(os.path.abspath(args.model)))
     model = rundir.load_model(args.model)
     shape = models.input_shape(model)
-    data = evaluation_set(args.data, args.atlas, args.pairs, shape)
+    data = evaluation_set(args.data, args.atlas, args.pairs, shape, args.pairs_file)
     mode = datasets.pairing(data, args.pairs)
     pairs = datasets.make_pairs(data, mode, args.max_pairs)
     labels, names = datasets.scored_labels(data, args.labels)
@@ -398,10 +411,11 @@ def evaluate(args) -> str:
                                              finetune_lr=args.finetune_lr, inverse=True)
     summary = scores.summarize(results)
     rundir.make_folder(output)
-    per_pair = [{"moving": int(moving), "static": "atlas" if static < 0 else int(static), **result}
-                for (moving, static), result in zip(pairs.index, results)]
+    per_pair = [{"moving": volume_name(data, moving), "static": volume_name(data, static),
+                 **result} for (moving, static), result in zip(pairs.index, results)]
     evaluation = os.path.join(output, rundir.EVALUATION)
-    rundir.write_json(evaluation, {"model": args.model, "data": args.data or "default",
+    rundir.write_json(evaluation, {"model": args.model,
+                                   "data": args.pairs_file or args.data or "default",
                                    "pairs": mode, "labels": labels, "label_names": names,
                                    "spacing": data.spacing, "summary": summary,
                                    "per_pair": per_pair})
@@ -410,6 +424,14 @@ def evaluate(args) -> str:
         viz.plot_dice(evaluation, os.path.join(output, rundir.DICE_PLOT))
     return report(summary) + (f", {summary['seconds']['mean']:.3f} s per pair; "
                               f"wrote {evaluation}")
+
+
+def volume_name(data: datasets.Dataset, index: int) -> int | str:
+    """How ``eval.json`` names volume ``index`` of a pair: its file for a pair list, else its
+    index in the set, or ``"atlas"`` (-1)."""
+    if data.pairs is not None:
+        return data.vols.paths[index]
+    return "atlas" if index < 0 else int(index)
 
 
 def _print_warning(message, category, filename, lineno, file=None, line=None) -> None:

@@ -36,9 +36,13 @@ VAL_FRACTION = 0.1  # share of --data held out for validation by default
 
 
 def training_sets(data: str | None, atlas: str | None, pairs: str | None, augment: bool,
-                  val_data: str | None, val_fraction: float | None, ndim: int | None
+                  val_data: str | None, val_fraction: float | None, ndim: int | None,
+                  pairs_file: str | None = None
                   ) -> tuple[datasets.Dataset, datasets.Dataset, str]:
     """Training set, validation set and pairing mode of the training flags."""
+    if pairs_file is not None:
+        return pair_list_sets(pairs_file, data, atlas, pairs, augment, val_data, val_fraction,
+                              ndim)
     if data is None:
         given = [flag for flag, value in (("--atlas", atlas), ("--augment", augment),
                                           ("--val_data", val_data),
@@ -61,6 +65,23 @@ def training_sets(data: str | None, atlas: str | None, pairs: str | None, augmen
     return train_set, val_set, mode
 
 
+def pair_list_sets(pairs_file: str, data: str | None, atlas: str | None, pairs: str | None,
+                   augment: bool, val_data: str | None, val_fraction: float | None,
+                   ndim: int | None) -> tuple[datasets.Dataset, datasets.Dataset, str]:
+    """Training and validation pairs of ``--pairs_file``: the last ``--val_fraction`` of its
+    pairs (at least one) validate."""
+    given = [flag for flag, value in (("--data", data), ("--atlas", atlas), ("--pairs", pairs),
+                                      ("--augment", augment), ("--val_data", val_data))
+             if value]
+    if given:
+        raise volumes.UsageError(f"--pairs_file lists the pairs to train on: drop "
+                                 f"{', '.join(given)}")
+    listed = datasets.load_pairs_file(pairs_file, ndim)
+    train_set, val_set = datasets.split_pairs(
+        listed, VAL_FRACTION if val_fraction is None else val_fraction, pairs_file)
+    return train_set, val_set, "listed"
+
+
 def training_labels(train_set: datasets.Dataset, seg_weight: float) -> list[int]:
     """Labels of the segmentation loss: the data's ``labels``, else every non-zero one."""
     if not seg_weight:
@@ -77,25 +98,35 @@ def training_labels(train_set: datasets.Dataset, seg_weight: float) -> list[int]
 def training_loader(train_set: datasets.Dataset, mode: str, default_data: bool,
                     batch_size: int, steps: int | None, seed: int,
                     augment: bool, targets: dict) -> keras.utils.PyDataset:
-    """Generated pairs for the default data and scan-to-scan; subjects to atlas otherwise.
+    """Generated pairs for the default data and scan-to-scan, the pairs of a pair list in an
+    order shuffled every epoch, subjects to atlas otherwise.
 
-    ``targets`` holds the model's ``targets`` and the ``labels`` of its one-hot maps.
+    ``targets`` holds the model's ``targets`` and the ``labels`` of its one-hot maps. Volumes
+    read from files (``datasets.LazyVolumes``) are read by two worker threads, batch by batch.
     """
     if default_data:  # subjects are made on the fly: a second thread overlaps it with training
         return synthetic.SyntheticDataLoader(train_set.atlas, batch_size, steps or DEFAULT_STEPS,
                                              seed, train_set.atlas_seg, workers=2, **targets)
+    lazy = isinstance(train_set.vols, datasets.LazyVolumes)
     if mode == "scan_to_scan":
         return dataloader.ScanToScanDataLoader(
             train_set.vols, batch_size, (steps or DEFAULT_STEPS) * batch_size, seed,
             synthetic.augment if augment else None, train_set.segs,
-            workers=2 if augment else 1, **targets)
-    loader = dataloader.RegistrationDataLoader(train_set.vols, train_set.atlas, batch_size,
-                                               shuffle=True, seed=seed,
-                                               moving_segs=train_set.segs,
-                                               static_segs=train_set.atlas_seg, **targets)
+            workers=2 if augment or lazy else 1, **targets)
+    if mode == "listed":
+        pairs = datasets.make_pairs(train_set, mode)
+        loader = dataloader.RegistrationDataLoader(
+            pairs.moving, pairs.static, batch_size, shuffle=True, seed=seed,
+            moving_segs=pairs.moving_segs, static_segs=pairs.static_segs, workers=2, **targets)
+    else:
+        loader = dataloader.RegistrationDataLoader(
+            train_set.vols, train_set.atlas, batch_size, shuffle=True, seed=seed,
+            moving_segs=train_set.segs, static_segs=train_set.atlas_seg,
+            workers=2 if lazy else 1, **targets)
     if steps is not None and steps > len(loader):
+        what = "pairs" if mode == "listed" else "subjects"
         raise volumes.UsageError(f"--steps_per_epoch {steps} is more than one pass over the "
-                                 f"{len(train_set.vols)} training subjects ({len(loader)} "
+                                 f"{len(loader.moving)} training {what} ({len(loader)} "
                                  f"batches of --batch_size {batch_size}): ask for at most "
                                  f"{len(loader)}, or more --epochs")
     return loader
@@ -188,7 +219,8 @@ def fit(model: keras.Model, loader: keras.utils.PyDataset, val_loader, args, cal
     if not (stop.diverged or saver.signal):
         loader.epoch = epoch
         fit_epochs(loader, initial_epoch=epoch, callbacks=callbacks,
-                   steps_per_epoch=args.steps_per_epoch if args.data else None)
+                   steps_per_epoch=args.steps_per_epoch if args.data or args.pairs_file
+                   else None)
 
 
 def train(args) -> dict:
@@ -232,7 +264,8 @@ def locked_train(args, lock: contextlib.ExitStack) -> dict:
     if args.resume:
         lock.enter_context(rundir.locked(output))
     train_set, val_set, mode = training_sets(args.data, args.atlas, args.pairs, args.augment,
-                                             args.val_data, args.val_fraction, args.ndim)
+                                             args.val_data, args.val_fraction, args.ndim,
+                                             args.pairs_file)
     val_pairs = datasets.make_pairs(val_set, mode, MAX_VAL_PAIRS)  # scored on their own grid
     shape = datasets.padded_shape(train_set.shape, models.DIVISOR)
     if shape != train_set.shape:
@@ -258,7 +291,8 @@ def locked_train(args, lock: contextlib.ExitStack) -> dict:
         check_resumed_epochs(args.epochs, state, output)
         model.optimizer.learning_rate = args.lr  # --lr may change on --resume
     targets = {"targets": models.targets(model), "labels": labels}
-    loader = training_loader(train_set, mode, args.data is None, args.batch_size,
+    loader = training_loader(train_set, mode, args.data is None and args.pairs_file is None,
+                             args.batch_size,
                              args.steps_per_epoch, args.seed, args.augment, targets)
     padded = datasets.make_pairs(val_set, mode, MAX_VAL_PAIRS)
     val_loader = dataloader.RegistrationDataLoader(

@@ -45,10 +45,11 @@ def test_npy_npz_and_nifti_load_alike(tmp_path):
     from_npz = datasets.load_dataset(str(tmp_path / "set.npz"))
     from_nifti = datasets.load_dataset(str(tmp_path / "nifti"))
     for data in (from_npy, from_npz, from_nifti):
-        assert data.vols.shape == (2, 8, 12, 16)
-        assert data.vols.dtype == np.float32
-        assert data.vols.min() == 0.0 and data.vols.max() == 1.0
-        np.testing.assert_allclose(data.vols, from_npy.vols)
+        vols = np.asarray(data.vols)  # the folder's are read now
+        assert data.vols.shape == vols.shape == (2, 8, 12, 16)
+        assert vols.dtype == np.float32
+        assert vols.min() == 0.0 and vols.max() == 1.0
+        np.testing.assert_allclose(vols, from_npy.vols)
     assert from_npz.segs.dtype == np.int32 and from_npz.atlas.shape == (8, 12, 16)
 
 
@@ -131,4 +132,79 @@ def test_a_folder_of_freesurfer_mgz_files_is_a_dataset_with_their_voxel_size(tmp
     data = datasets.load_dataset(str(tmp_path))
     assert data.vols.shape == (2, 8, 9, 10)
     np.testing.assert_allclose(data.spacing, (1.2, 1.2, 1.5), rtol=1e-6)
-    assert data.vols.min() == 0.0 and data.vols.max() == 1.0  # scaled per volume
+    for volume in data.vols:
+        assert volume.min() == 0.0 and volume.max() == 1.0  # scaled per volume
+
+
+def save_slices(folder, count, shape=(6, 7), seed=0):
+    """``count`` 2D NIfTI images (uint8) and their label maps in ``folder``: the file names."""
+    folder.mkdir(exist_ok=True)
+    rng = np.random.default_rng(seed)
+    names = []
+    for i in range(count):
+        image = rng.integers(0, 255, size=shape).astype(np.uint8)
+        nib.save(nib.Nifti1Image(image, np.eye(4)), folder / f"img{i:02d}.nii.gz")
+        nib.save(nib.Nifti1Image((image > 127).astype(np.uint8), np.eye(4)),
+                 folder / f"seg{i:02d}.nii.gz")
+        names.append((f"img{i:02d}.nii.gz", f"seg{i:02d}.nii.gz"))
+    return names
+
+
+def test_a_folder_is_read_when_indexed_through_a_bounded_cache(tmp_path, monkeypatch):
+    save_slices(tmp_path / "set", 12)
+    for name in (tmp_path / "set").glob("seg*"):
+        name.unlink()
+    reads = []
+    load_volume = volumes.load_volume
+    monkeypatch.setattr(volumes, "load_volume", lambda path: reads.append(path) or
+                        load_volume(path))
+    data = datasets.load_dataset(str(tmp_path / "set"))
+    assert isinstance(data.vols, datasets.LazyVolumes) and data.shape == (6, 7)
+    assert len(data.vols) == 12 and reads == []  # shapes from the headers only
+    view = data.vols[[11, 11, 5]]
+    assert reads == [] and view.shape == (3, 6, 7)
+    for _ in range(2):
+        for i in range(12):
+            volume = data.vols[i]
+            assert volume.dtype == np.float32 and volume.min() == 0 and volume.max() == 1
+    assert len(reads) == 24  # 12 > CACHE_SIZE: each pass reads every file again
+    assert data.vols.read.cache_info().currsize == datasets.CACHE_SIZE
+    np.testing.assert_array_equal(view[1], data.vols[11])  # views share the cache
+    assert len(reads) == 24
+
+
+def test_text_and_csv_lists_give_paths_relative_to_the_list(tmp_path):
+    names = save_slices(tmp_path / "images", 3)
+    (tmp_path / "lists").mkdir()
+    (tmp_path / "lists" / "set.txt").write_text("".join(f"../images/{image}\n"
+                                                        for image, _ in names))
+    (tmp_path / "lists" / "set.csv").write_text("image,seg\n" + "".join(
+        f"../images/{image},{tmp_path / 'images' / seg}\n" for image, seg in names))
+    listed = datasets.load_dataset(str(tmp_path / "lists" / "set.txt"))
+    labelled = datasets.load_dataset(str(tmp_path / "lists" / "set.csv"))
+    assert listed.segs is None and labelled.segs.shape == labelled.vols.shape == (3, 6, 7)
+    for i, (image, seg) in enumerate(names):
+        stored = np.asarray(nib.load(tmp_path / "images" / image).dataobj)
+        np.testing.assert_array_equal(listed.vols[i], datasets.normalize(stored))
+        np.testing.assert_array_equal(labelled.vols[i], listed.vols[i])
+        assert labelled.segs[i].dtype == np.int32
+        np.testing.assert_array_equal(labelled.segs[i], stored > 127)
+
+
+def test_a_pairs_file_gives_its_pairs_in_order_with_their_label_maps(tmp_path):
+    names = save_slices(tmp_path, 3)
+    rows = [(2, 0), (0, 1), (2, 1)]  # a longitudinal list need not pair distinct subjects
+    (tmp_path / "pairs.csv").write_text("moving,static,moving_seg,static_seg\n" + "".join(
+        f"{names[m][0]},{names[s][0]},{names[m][1]},{names[s][1]}\n" for m, s in rows))
+    data = datasets.load_pairs_file(str(tmp_path / "pairs.csv"))
+    assert datasets.pairing(data) == "listed"
+    pairs = datasets.make_pairs(data, "listed")
+    assert len(pairs) == 3
+    for (moving, static, moving_seg, static_seg), (m, s) in zip(pairs, rows):
+        for volume, seg, subject in ((moving, moving_seg, m), (static, static_seg, s)):
+            stored = np.asarray(nib.load(tmp_path / names[subject][0]).dataobj)
+            np.testing.assert_array_equal(volume, datasets.normalize(stored))
+            np.testing.assert_array_equal(seg, stored > 127)
+    train, val = datasets.split_pairs(data, 0.3, "pairs.csv")
+    assert len(train.pairs) == 2 and len(val.pairs) == 1
+    np.testing.assert_array_equal(val.pairs, data.pairs[2:])

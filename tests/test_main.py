@@ -71,6 +71,54 @@ def test_scan_to_scan_run_on_a_set_without_atlas(tmp_path):
     assert "dice_after" not in scores  # no label maps
 
 
+def save_slice_files(folder, count=5, shape=(16, 20)):
+    """``count`` 2D NIfTI images with label maps in ``folder``: their names."""
+    import nibabel as nib
+
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    names = []
+    for i in range(count):
+        image = rng.random(shape).astype(np.float32)
+        nib.save(nib.Nifti1Image(image, np.eye(4)), folder / f"img{i}.nii.gz")
+        nib.save(nib.Nifti1Image((image > 0.5).astype(np.uint8), np.eye(4)),
+                 folder / f"seg{i}.nii.gz")
+        names.append((f"{folder.name}/img{i}.nii.gz", f"{folder.name}/seg{i}.nii.gz"))
+    return names
+
+
+def test_a_csv_list_of_images_and_label_maps_trains_with_the_segmentation_loss(tmp_path):
+    names = save_slice_files(tmp_path / "subjects")
+    (tmp_path / "set.csv").write_text("image,seg\n" + "".join(f"{image},{seg}\n"
+                                                              for image, seg in names))
+    output = tmp_path / "run"
+    assert main.main(["--data", str(tmp_path / "set.csv"), "--model", "vm1", "--epochs", "1",
+                      "--steps_per_epoch", "2", "--seg_weight", "0.1", "--val_fraction", "0.4",
+                      "--output", str(output)]) == 0
+    scores = json.loads((output / "metrics.json").read_text())
+    assert scores["pairs"] == "scan_to_scan" and scores["shape"] == [16, 32]
+    assert scores["validation_pairs"] == 2 and "dice_after" in scores
+
+
+def test_a_pairs_file_trains_and_evaluate_scores_exactly_its_pairs_in_order(tmp_path):
+    names = save_slice_files(tmp_path / "scans")
+    rows = [(3, 1), (0, 4), (2, 2), (4, 0)]
+    (tmp_path / "pairs.csv").write_text("moving,static,moving_seg,static_seg\n" + "".join(
+        f"{names[m][0]},{names[s][0]},{names[m][1]},{names[s][1]}\n" for m, s in rows))
+    output = tmp_path / "run"
+    assert main.main(["--pairs_file", str(tmp_path / "pairs.csv"), "--model", "vm1",
+                      "--epochs", "1", "--output", str(output)]) == 0
+    scores = json.loads((output / "metrics.json").read_text())
+    assert scores["pairs"] == "listed" and scores["validation_pairs"] == 1  # the last pair
+    assert main.main(["evaluate", "--model", str(output / "model.keras"), "--pairs_file",
+                      str(tmp_path / "pairs.csv"), "--output", str(tmp_path / "eval")]) == 0
+    evaluation = json.loads((tmp_path / "eval" / "eval.json").read_text())
+    assert evaluation["pairs"] == "listed"
+    assert [(pair["moving"], pair["static"]) for pair in evaluation["per_pair"]] == [
+        (str(tmp_path / names[m][0]), str(tmp_path / names[s][0])) for m, s in rows]
+    assert evaluation["per_pair"][2]["dice_before"] == [1.0]  # a scan paired with itself
+
+
 def run_error(tmp_path, capsys, argv):
     code = main.main(argv + ["--epochs", "1", "--output", str(tmp_path / "run")])
     return code, capsys.readouterr().err
@@ -350,6 +398,14 @@ def _damaged_member(path):
         archive.writestr("vols.npy", b"\x93NUMPY\x01\x00" + bytes(40))
 
 
+def _text(text: str):
+    return lambda path: open(path, "w").write(text)
+
+
+SLICE = np.random.default_rng(1).random((16, 16)).astype(np.float32)
+PAIR_FILES = {"a.nii": _nifti(SLICE), "b.nii": _nifti(SLICE), "c.nii": _nifti(SLICE)}
+PAIRS_CSV = "moving,static\na.nii,b.nii\nb.nii,c.nii\n"
+
 RNG = np.random.default_rng(0)
 GOOD_4D = RNG.random((4, 16, 16, 16)).astype(np.float32)
 GOOD_NPZ = dict(vols=GOOD_4D, segs=(GOOD_4D > 0.5).astype(np.uint8), atlas=GOOD_4D[0],
@@ -427,6 +483,37 @@ BAD_INPUTS = [
      "{tmp}/out is a file"),
     ("output holds a run", {"run/args.json": _write_bytes(b"{}")},
      ["--output", "{tmp}/run"], "continue it with --resume {tmp}/run"),
+    ("image list naming a missing file", {**PAIR_FILES, "l.txt": _text("a.nii\n\nno.nii\n")},
+     ["--data", "{tmp}/l.txt"], "{tmp}/l.txt line 3: no such file: {tmp}/no.nii"),
+    ("folder of two shapes", {"f/a.nii": _nifti(SLICE), "f/b.nii": _nifti(SLICE[:8])},
+     ["--data", "{tmp}/f"], "shape (8, 16) of {tmp}/f/b.nii differs from (16, 16)"),
+    ("image CSV without an image column", {**PAIR_FILES, "l.csv": _text("path\na.nii\n")},
+     ["--data", "{tmp}/l.csv"], "{tmp}/l.csv: no column image"),
+    ("pairs file without a static column", {**PAIR_FILES, "p.csv": _text("moving\na.nii\n")},
+     ["--pairs_file", "{tmp}/p.csv"], "{tmp}/p.csv: no column static in the header 'moving'"),
+    ("pairs file naming a missing file",
+     {**PAIR_FILES, "p.csv": _text(PAIRS_CSV + "\nc.nii,no.nii\n")},
+     ["--pairs_file", "{tmp}/p.csv"], "{tmp}/p.csv line 5: no such file: {tmp}/no.nii"),
+    ("pairs file: moving and static of two shapes",
+     {**PAIR_FILES, "d.nii": _nifti(SLICE[:, :8]), "p.csv": _text(PAIRS_CSV + "a.nii,d.nii\n")},
+     ["--pairs_file", "{tmp}/p.csv"],
+     "{tmp}/p.csv line 4: moving and static shapes differ: (16, 16) vs (16, 8)"),
+    ("pairs file: a pair of another shape",
+     {**PAIR_FILES, "d.nii": _nifti(SLICE[:8]), "p.csv": _text(PAIRS_CSV + "d.nii,d.nii\n")},
+     ["--pairs_file", "{tmp}/p.csv"], "shape (8, 16) of {tmp}/d.nii differs from (16, 16)"),
+    ("pairs file: label maps on some rows only",
+     {**PAIR_FILES, "p.csv": _text("moving,static,moving_seg,static_seg\n"
+                                   "a.nii,b.nii,a.nii,b.nii\nb.nii,c.nii,,\n")},
+     ["--pairs_file", "{tmp}/p.csv"], "{tmp}/p.csv line 3: no moving_seg (a column of label maps "
+                                      "is given on every row or none)"),
+    ("pairs file and --pairs", {**PAIR_FILES, "p.csv": _text(PAIRS_CSV)},
+     ["--pairs_file", "{tmp}/p.csv", "--pairs", "scan_to_scan"],
+     "--pairs_file lists the pairs to train on: drop --pairs"),
+    ("pairs file and --atlas", {**PAIR_FILES, "p.csv": _text(PAIRS_CSV)},
+     ["--pairs_file", "{tmp}/p.csv", "--atlas", "{tmp}/a.nii"],
+     "--pairs_file lists the pairs to train on: drop --atlas"),
+    ("pairs file of one pair", {**PAIR_FILES, "p.csv": _text("moving,static\na.nii,b.nii\n")},
+     ["--pairs_file", "{tmp}/p.csv"], "{tmp}/p.csv lists 1 pair: too few to hold out 1"),
     ("resume with flags", {}, ["--resume", "{tmp}", "--lr", "1", "--seed", "1"], "drop --seed"),
     ("resume of no run", {}, ["--resume", "{tmp}"], "not a training run folder"),
     ("resume of a broken checkpoint", {"args.json": _write_bytes(b"{}"),
@@ -541,6 +628,12 @@ BAD_COMMANDS = [
                                     "e": _write_bytes(b"")},
      ["evaluate", "--model", "{model}", "--data", "{tmp}/t.npz", "--output", "{tmp}/e"],
      "--output {tmp}/e is a file"),
+    ("evaluate: pairs file and --data", {**PAIR_FILES, "p.csv": _text(PAIRS_CSV)},
+     ["evaluate", "--model", "{model}", "--pairs_file", "{tmp}/p.csv", "--data", "{tmp}/a.nii",
+      "--output", "{tmp}/e"], "--pairs_file lists the pairs to evaluate: drop --data"),
+    ("evaluate: 2D pairs for a 3D model", {**PAIR_FILES, "p.csv": _text(PAIRS_CSV)},
+     ["evaluate", "--model", "{model}", "--pairs_file", "{tmp}/p.csv", "--output", "{tmp}/e"],
+     "{tmp}/p.csv lists 2D volumes, not 3D ones"),
     ("evaluate: one 3D volume (3 axes)", {"t.npy": lambda p: np.save(p, GOOD_4D[0])},
      ["evaluate", "--model", "{model}", "--data", "{tmp}/t.npy", "--output", "{tmp}/e"],
      "scan-to-scan pairs need at least 2 volumes, got 1"),

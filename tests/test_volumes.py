@@ -17,9 +17,9 @@ import volumes
 def test_missing_files_and_unknown_types_are_refused(tmp_path):
     with pytest.raises(volumes.DataError, match="no such file"):
         datasets.load_dataset(str(tmp_path / "missing.npz"))
-    (tmp_path / "data.txt").write_text("1 2 3")
+    (tmp_path / "data.png").write_bytes(b"\x89PNG")
     with pytest.raises(volumes.DataError, match="unsupported file type"):
-        datasets.load_dataset(str(tmp_path / "data.txt"))
+        datasets.load_dataset(str(tmp_path / "data.png"))
 
 
 def test_label_maps_must_hold_integers():
