@@ -4,11 +4,10 @@ import types
 import nibabel as nib
 import numpy as np
 import pytest
+import SimpleITK as sitk  # a test requirement (requirements.txt): these tests never skip
 from scipy.ndimage import gaussian_filter
 
 import transforms
-
-sitk = pytest.importorskip("SimpleITK")
 
 
 def rotation_affine(ndim: int, degrees: float, spacing: float, origin) -> np.ndarray:

@@ -2,12 +2,11 @@
 import nibabel as nib
 import numpy as np
 import pytest
+import SimpleITK as sitk  # a test requirement (requirements.txt): these tests never skip
 
 import main
 import models
 from test_transforms import blob_scan, rotation_affine, sitk_resample, sitk_warp_transform, write
-
-sitk = pytest.importorskip("SimpleITK")
 
 SHAPE = (16, 18, 14)
 
