@@ -192,7 +192,7 @@ def image_header(path: str, where: str) -> tuple[tuple[int, ...], tuple[float, .
         image = nib.load(path)
         dtype = image.get_data_dtype()
     except Exception as error:  # nibabel raises several types for unreadable files
-        raise DataError(f"{where}: cannot read {path}: {volumes._one_line(error)}") from error
+        raise DataError(f"{where}: cannot read {path}: {volumes.one_line(error)}") from error
     shape = tuple(n for n in image.shape if n != 1)
     if len(shape) not in (2, 3):
         raise DataError(f"{where}: {path}: expected a 2D or 3D volume, got shape {image.shape}")
@@ -225,7 +225,7 @@ def read_columns(path: str, required: tuple[str, ...], optional: tuple[str, ...]
             rows = [(reader.line_num, row) for row in reader]
             header = reader.fieldnames or []
     except (OSError, UnicodeDecodeError, csv.Error) as error:
-        raise DataError(f"cannot read {path}: {volumes._one_line(error)}") from error
+        raise DataError(f"cannot read {path}: {volumes.one_line(error)}") from error
     header = [name.strip() for name in header]
     missing = [name for name in required if name not in header]
     if missing:
@@ -263,7 +263,7 @@ def _list_files(path: str) -> tuple[list[str], list[str] | None, list[str]]:
         with open(path) as file:
             lines = [(number, line.strip()) for number, line in enumerate(file, start=1)]
     except (OSError, UnicodeDecodeError) as error:
-        raise DataError(f"cannot read {path}: {volumes._one_line(error)}") from error
+        raise DataError(f"cannot read {path}: {volumes.one_line(error)}") from error
     folder = os.path.dirname(os.path.abspath(path))
     listed = [(number, os.path.join(folder, line)) for number, line in lines if line]
     if not listed:

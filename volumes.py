@@ -123,7 +123,7 @@ def read_image(path: str):
         image = nib.load(path)
         return np.asanyarray(image.dataobj), image
     except Exception as error:  # nibabel raises several types for unreadable files
-        raise DataError(f"cannot read {path}: {_one_line(error)}") from error
+        raise DataError(f"cannot read {path}: {one_line(error)}") from error
 
 
 def read_npy(path: str) -> np.ndarray:
@@ -135,7 +135,7 @@ def read_npy(path: str) -> np.ndarray:
     try:
         return np.load(path, allow_pickle=False)
     except Exception as error:  # numpy raises several types for truncated or foreign files
-        raise DataError(f"cannot read {path} as .npy: {_one_line(error)}") from error
+        raise DataError(f"cannot read {path} as .npy: {one_line(error)}") from error
 
 
 def read_npz(path: str) -> dict[str, np.ndarray]:
@@ -147,10 +147,11 @@ def read_npz(path: str) -> dict[str, np.ndarray]:
         with np.load(path, allow_pickle=False) as stored:
             return {key: stored[key] for key in stored.keys()}
     except Exception as error:  # zipfile and numpy raise several types for damaged files
-        raise DataError(f"cannot read {path} as .npz: {_one_line(error)}") from error
+        raise DataError(f"cannot read {path} as .npz: {one_line(error)}") from error
 
 
-def _one_line(error: Exception) -> str:
+def one_line(error: Exception) -> str:
+    """An exception's message on one line (its type's name when it has none), for users."""
     return " ".join(str(error).split()) or type(error).__name__
 
 
