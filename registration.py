@@ -288,8 +288,12 @@ def register_scans(model: keras.Model, moving: np.ndarray, static: np.ndarray,
     Raises
     ------
     volumes.DataError
-        If a dimension is not the model's, or an image is unusable (``datasets.normalize``).
+        If the images' dimensions differ or are not the model's, or an image is unusable
+        (``datasets.normalize``).
     """
+    if moving.ndim != static.ndim:
+        raise volumes.DataError(f"the moving image is {moving.ndim}D and the static image "
+                                f"{static.ndim}D")
     same = moving_grid.same_as(static_grid)
     moving_seg = moving_label_map(moving_seg, moving.shape)
     on_static = moving if same else transforms.resample(moving, moving_grid, static_grid)
