@@ -16,6 +16,7 @@ import keras
 import numpy as np
 
 import datasets
+import filelists
 from volumes import DataError
 
 TARGETS = ("moved", "deformation")  # the CVPR model's: similarity and smoothness
@@ -104,9 +105,9 @@ class RegistrationDataLoader(PairLoader):
 
     Parameters
     ----------
-    moving : np.ndarray or datasets.LazyVolumes
+    moving : np.ndarray or filelists.LazyVolumes
         ``(N, *spatial)`` moving images in [0, 1]; lazy ones are read batch by batch.
-    static : np.ndarray or datasets.LazyVolumes
+    static : np.ndarray or filelists.LazyVolumes
         ``(*spatial)``: one atlas for every moving image (scan-to-atlas); or ``(N, *spatial)``:
         the static image of each moving image.
     batch_size : int
@@ -124,7 +125,7 @@ class RegistrationDataLoader(PairLoader):
     def __init__(self, moving, static, batch_size: int = 1, shuffle: bool = False,
                  seed: int | None = None, moving_segs=None, static_segs=None, **kwargs):
         super().__init__(batch_size, seed, **kwargs)
-        self.moving, self.static = datasets.as_volumes(moving), datasets.as_volumes(static)
+        self.moving, self.static = filelists.as_volumes(moving), filelists.as_volumes(static)
         self.moving_segs, self.static_segs = moving_segs, static_segs
         if self.static.shape not in (self.moving.shape, self.moving.shape[1:]):
             raise DataError(f"moving and static shapes differ: {self.moving.shape[1:]} vs "
@@ -140,11 +141,11 @@ class RegistrationDataLoader(PairLoader):
             order = np.random.default_rng(self.seed_of()).permutation(order)
         pick = order[index * self.batch_size:(index + 1) * self.batch_size]
         one_static = self.static.shape != self.moving.shape
-        static = self.static if one_static else datasets.take(self.static, pick)
+        static = self.static if one_static else filelists.take(self.static, pick)
         static_seg = (self.static_segs if one_static or self.static_segs is None
-                      else datasets.take(self.static_segs, pick))
-        moving_seg = None if self.moving_segs is None else datasets.take(self.moving_segs, pick)
-        return batch(datasets.take(self.moving, pick), static, self.targets, moving_seg,
+                      else filelists.take(self.static_segs, pick))
+        moving_seg = None if self.moving_segs is None else filelists.take(self.moving_segs, pick)
+        return batch(filelists.take(self.moving, pick), static, self.targets, moving_seg,
                      static_seg, self.labels)
 
 
@@ -153,7 +154,7 @@ class ScanToScanDataLoader(PairLoader):
 
     Parameters
     ----------
-    vols : np.ndarray or datasets.LazyVolumes
+    vols : np.ndarray or filelists.LazyVolumes
         ``(N, *spatial)`` images in [0, 1], N >= 2; lazy ones are read batch by batch.
     batch_size : int
         Pairs per batch.
@@ -176,7 +177,7 @@ class ScanToScanDataLoader(PairLoader):
                  augment: Callable[[np.ndarray, np.random.Generator], np.ndarray] | None = None,
                  segs=None, **kwargs):
         super().__init__(batch_size, seed, **kwargs)
-        self.vols, self.pairs_per_epoch = datasets.as_volumes(vols), pairs_per_epoch
+        self.vols, self.pairs_per_epoch = filelists.as_volumes(vols), pairs_per_epoch
         self.augment = augment
         self.segs = segs
         if augment is not None and "moved_seg" in self.targets:
@@ -192,13 +193,13 @@ class ScanToScanDataLoader(PairLoader):
     def __getitem__(self, index: int) -> tuple[dict, dict]:
         pairs = datasets.scan_to_scan_pairs(len(self.vols), self.pairs_per_epoch, self.seed_of())
         pick = pairs[index * self.batch_size:(index + 1) * self.batch_size]
-        moving, static = datasets.take(self.vols, pick[:, 0]), datasets.take(self.vols, pick[:, 1])
+        moving, static = filelists.take(self.vols, pick[:, 0]), filelists.take(self.vols, pick[:, 1])
         if self.augment is not None:
             rng = np.random.default_rng(self.seed_of(index))
             moving, static = (np.stack([self.augment(image, rng) for image in images])
                               for images in (moving, static))
-        segs = (None, None) if self.segs is None else (datasets.take(self.segs, pick[:, 0]),
-                                                        datasets.take(self.segs, pick[:, 1]))
+        segs = (None, None) if self.segs is None else (filelists.take(self.segs, pick[:, 0]),
+                                                        filelists.take(self.segs, pick[:, 1]))
         return batch(moving, static, self.targets, *segs, self.labels)
 
 

@@ -5,8 +5,9 @@
   or FreeSurfer ``.mgz`` volumes (one file, or a folder or list of them) into a
   :class:`Dataset`. Intensities are scaled to [0, 1] per volume (:func:`normalize`).
   :func:`load_training_sets` splits a set into training and validation subjects.
-- A folder or list of files is a :class:`LazyVolumes` stack: its headers are checked up front,
-  each volume is read when indexed, through a cache of the last ``CACHE_SIZE``.
+- A folder or list of files (``filelists.py``) is a :class:`filelists.LazyVolumes` stack: its
+  headers are checked up front, each volume is read when indexed (:func:`read_volume`), through
+  a cache of the last ``CACHE_SIZE``.
 - :func:`load_pairs_file` reads a CSV list of moving/static pairs (``moving,static`` and
   optional ``moving_seg,static_seg``), also lazily.
 - :func:`pad_dataset`, :func:`pad` and :func:`crop`: zero padding (centred) to the network's
@@ -14,15 +15,14 @@
 - :func:`make_pairs` lists the evaluation pairs of a set (scan-to-atlas or scan-to-scan);
   :func:`scored_labels` the labels to score.
 """
-import csv
 import dataclasses
 import functools
-import glob
 import os
 import warnings
 
 import numpy as np
 
+import filelists
 import scores
 import volumes
 from volumes import DataError, DataWarning
@@ -33,10 +33,10 @@ class Dataset:
 
     Attributes
     ----------
-    vols : np.ndarray or LazyVolumes
+    vols : np.ndarray or filelists.LazyVolumes
         ``(N, *spatial)`` float32 intensities in [0, 1]; read from files when indexed for a
         folder or list of files.
-    segs : np.ndarray or LazyVolumes or None
+    segs : np.ndarray or filelists.LazyVolumes or None
         ``(N, *spatial)`` int32 label maps.
     atlas : np.ndarray or None
         ``(*spatial)`` float32 static image for scan-to-atlas registration.
@@ -53,8 +53,8 @@ class Dataset:
         (:func:`load_pairs_file`); None for a set of subjects.
     """
 
-    vols: "np.ndarray | LazyVolumes"
-    segs: "np.ndarray | LazyVolumes | None" = None
+    vols: "np.ndarray | filelists.LazyVolumes"
+    segs: "np.ndarray | filelists.LazyVolumes | None" = None
     atlas: np.ndarray | None = None
     atlas_seg: np.ndarray | None = None
     labels: np.ndarray | None = None
@@ -93,12 +93,11 @@ def normalize(volume: np.ndarray, name: str = "volume") -> np.ndarray:
     return (volume - low) / (high - low) if high > low else np.zeros_like(volume)
 
 
-CACHE_SIZE = 8  # volumes a LazyVolumes stack (and its views) keeps after reading them
-LISTS = (".txt", ".csv")  # lists of image files
+CACHE_SIZE = 8  # volumes a lazy stack (and its views) keeps after reading them
 
 
 def read_volume(path: str, labels: bool, padding: tuple = ()) -> np.ndarray:
-    """One volume file as a :class:`LazyVolumes` stack gives it.
+    """One volume file as a :class:`filelists.LazyVolumes` stack gives it.
 
     Parameters
     ----------
@@ -114,182 +113,31 @@ def read_volume(path: str, labels: bool, padding: tuple = ()) -> np.ndarray:
     return pad(volume, list(padding)) if padding else volume
 
 
-class LazyVolumes:
-    """A stack ``(N, *spatial)`` of volume files, each read only when indexed.
-
-    ``stack[i]`` reads file ``i`` (:func:`read_volume`) through a cache of the last
-    ``CACHE_SIZE`` volumes read, which every view of the stack shares; ``stack[index]`` with a
-    slice or an array of ints is such a view, and reads nothing. ``np.asarray(stack)`` reads
-    every file.
-
-    Parameters
-    ----------
-    paths : sequence of str
-        NIfTI or MGH files whose headers give the spatial ``shape``.
-    shape : tuple of int
-        Spatial shape of every volume, padding included.
-    labels : bool
-        The files are label maps (int32), not images (float32 in [0, 1]).
-    padding : tuple of (int, int)
-        Zero padding per axis added to every volume read.
-    read : callable, optional
-        The cached reader of the stack a view comes from.
-    """
-
-    def __init__(self, paths, shape: tuple[int, ...], labels: bool = False,
-                 padding: tuple = (), read=None):
-        self.paths, self.spatial, self.labels = tuple(paths), tuple(shape), labels
-        self.padding = tuple(tuple(int(n) for n in axis) for axis in padding)
-        self.read = read or functools.lru_cache(CACHE_SIZE)(read_volume)
-
-    @property
-    def shape(self) -> tuple[int, ...]:
-        """``(N, *spatial)``."""
-        return (len(self.paths), *self.spatial)
-
-    @property
-    def ndim(self) -> int:
-        return 1 + len(self.spatial)
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, index):
-        if isinstance(index, (int, np.integer)):
-            return self.read(self.paths[index], self.labels, self.padding)
-        paths = np.asarray(self.paths, dtype=object)[index]
-        return LazyVolumes(paths.tolist(), self.spatial, self.labels, self.padding, self.read)
-
-    def padded(self, padding: list[tuple[int, int]]) -> "LazyVolumes":
-        """The stack zero-padded by ``padding`` (see :func:`pad`), a view."""
-        shape = tuple(n + before + after for n, (before, after) in zip(self.spatial, padding))
-        return LazyVolumes(self.paths, shape, self.labels, padding, self.read)
-
-
-def as_volumes(stack):
-    """``stack`` as a loader keeps it: a :class:`LazyVolumes` as it is, else an array."""
-    return stack if isinstance(stack, LazyVolumes) else np.asarray(stack)
-
-
-def take(stack, index) -> np.ndarray:
-    """Volumes ``index`` of ``stack`` (an array or :class:`LazyVolumes`) as one array."""
-    return np.stack([stack[i] for i in index])
-
-
-def image_header(path: str, where: str) -> tuple[tuple[int, ...], tuple[float, ...]]:
-    """Spatial shape and voxel size in mm of a NIfTI or MGH file, from its header alone.
-
-    Size-1 axes are dropped, as :func:`volumes.load_volume` does. ``where`` names the file's
-    place (a list and its line) in the error messages.
-    """
-    import nibabel as nib
-
-    if not os.path.isfile(path):
-        raise DataError(f"{where}: no such file: {path}")
-    if not path.endswith(volumes.IMAGES):
-        raise DataError(f"{where}: {path}: a list holds NIfTI (.nii, .nii.gz) or .mgz files")
-    try:
-        image = nib.load(path)
-        dtype = image.get_data_dtype()
-    except Exception as error:  # nibabel raises several types for unreadable files
-        raise DataError(f"{where}: cannot read {path}: {volumes.one_line(error)}") from error
-    shape = tuple(n for n in image.shape if n != 1)
-    if len(shape) not in (2, 3):
-        raise DataError(f"{where}: {path}: expected a 2D or 3D volume, got shape {image.shape}")
-    if dtype.kind not in "biuf":
-        raise DataError(f"{where}: {path} must hold real numbers, not {dtype}")
-    return shape, volumes.nifti_spacing(image)
-
-
-def read_columns(path: str, required: tuple[str, ...], optional: tuple[str, ...] = ()
-                 ) -> tuple[dict[str, list[str] | None], list[str]]:
-    """The columns of paths of a CSV file, made relative to its folder.
-
-    Returns
-    -------
-    columns : dict
-        Each column by name: a path per row, or None for an optional column absent or empty on
-        every row.
-    places : list of str
-        ``path line N`` of each row, for messages (blank lines are skipped).
-
-    Raises
-    ------
-    DataError
-        For a missing file or required column, no rows, or a value missing on some rows only.
-    """
-    volumes.check_exists(path)
-    try:
-        with open(path, newline="") as file:
-            reader = csv.DictReader(file)
-            rows = [(reader.line_num, row) for row in reader]
-            header = reader.fieldnames or []
-    except (OSError, UnicodeDecodeError, csv.Error) as error:
-        raise DataError(f"cannot read {path}: {volumes.one_line(error)}") from error
-    header = [name.strip() for name in header]
-    missing = [name for name in required if name not in header]
-    if missing:
-        raise DataError(f"{path}: no column {', '.join(missing)} in the header "
-                        f"'{','.join(header)}' (columns: {', '.join(required + optional)})")
-    if not rows:
-        raise DataError(f"{path} lists nothing")
-    folder, columns = os.path.dirname(os.path.abspath(path)), {}
-    for name in required + optional:
-        values = [(row.get(name) or "").strip() for _, row in rows] if name in header else []
-        empty = [line for (line, _), value in zip(rows, values) if not value]
-        if empty and (name in required or len(empty) < len(values)):
-            raise DataError(f"{path} line {empty[0]}: no {name}"
-                            + ("" if name in required else
-                               " (a column of label maps is given on every row or none)"))
-        columns[name] = [os.path.join(folder, value) for value in values] if values and \
-            not empty else None
-    return columns, [f"{path} line {line}" for line, _ in rows]
-
-
-def _list_files(path: str) -> tuple[list[str], list[str] | None, list[str]]:
-    """Images, label maps (or None) and the place of each image for messages, of a folder, a
-    text file (one path a line) or a CSV file (columns ``image``, optional ``seg``)."""
-    if os.path.isdir(path):
-        files = sorted(f for f in glob.glob(os.path.join(path, "*"))
-                       if f.endswith(volumes.IMAGES))
-        if not files:
-            raise DataError(f"{path}: folder holds no .nii, .nii.gz or .mgz files")
-        return files, None, [path] * len(files)
-    if path.endswith(".csv"):
-        columns, places = read_columns(path, ("image",), ("seg",))
-        return columns["image"], columns["seg"], places
-    volumes.check_exists(path)
-    try:
-        with open(path) as file:
-            lines = [(number, line.strip()) for number, line in enumerate(file, start=1)]
-    except (OSError, UnicodeDecodeError) as error:
-        raise DataError(f"cannot read {path}: {volumes.one_line(error)}") from error
-    folder = os.path.dirname(os.path.abspath(path))
-    listed = [(number, os.path.join(folder, line)) for number, line in lines if line]
-    if not listed:
-        raise DataError(f"{path} lists nothing")
-    return [file for _, file in listed], None, [f"{path} line {number}" for number, _ in listed]
-
-
 def _lazy_stacks(images: list[str], segs: list[str] | None, places: list[str]) -> dict:
-    """``vols`` (and ``segs``) as :class:`LazyVolumes` of files of one shape, checked by their
-    headers; ``spacing`` when every image gives the same one. ``places`` name each image's
-    place (a list's line) in the messages."""
+    """``vols`` (and ``segs``) as :class:`filelists.LazyVolumes` of files of one shape, checked
+    by their headers, each read by :func:`read_volume` through a cache of the last
+    ``CACHE_SIZE``; ``spacing`` when every image gives the same one. ``places`` name each
+    image's place (a list's line) in the messages."""
     shapes, spacings = [], set()
     for i, (image, where) in enumerate(zip(images, places)):
-        shape, spacing = image_header(image, where)
+        shape, spacing = filelists.image_header(image, where)
         spacings.add(spacing)
         if shapes and shape != shapes[0]:
             raise DataError(f"{where}: shape {shape} of {image} differs from {shapes[0]} of "
                             f"{images[0]}: every volume must have one shape")
-        seg_shape = None if segs is None else image_header(segs[i], where)[0]
+        seg_shape = None if segs is None else filelists.image_header(segs[i], where)[0]
         if seg_shape not in (None, shape):
             raise DataError(f"{where}: label map {segs[i]} is {seg_shape}, its image {shape}")
         shapes.append(shape)
-    arrays = {"vols": LazyVolumes(images, shapes[0])}
+    arrays = {"vols": filelists.LazyVolumes(images, shapes[0], _cached_reader())}
     if segs is not None:
-        arrays["segs"] = LazyVolumes(segs, shapes[0], labels=True)
+        arrays["segs"] = filelists.LazyVolumes(segs, shapes[0], _cached_reader(), labels=True)
     return {**arrays, **({"spacing": spacings.pop()} if len(spacings) == 1 else {})}
+
+
+def _cached_reader():
+    """:func:`read_volume` behind its own cache of the last ``CACHE_SIZE`` volumes read."""
+    return functools.lru_cache(CACHE_SIZE)(read_volume)
 
 
 def _load_image(path: str) -> dict:
@@ -300,8 +148,8 @@ def _load_image(path: str) -> dict:
 
 def _read_arrays(path: str) -> dict:
     """The arrays stored at ``path`` by name: ``vols`` and whichever optional ones exist."""
-    if os.path.isdir(path) or path.endswith(LISTS):
-        return _lazy_stacks(*_list_files(path))
+    if os.path.isdir(path) or path.endswith(filelists.LISTS):
+        return _lazy_stacks(*filelists.list_files(path))
     volumes.check_exists(path)
     kind = volumes.file_format(path)
     if kind == "image":
@@ -346,7 +194,7 @@ def load_dataset(path: str, atlas: str | None = None, ndim: int | None = None) -
         ``.npy`` array ``(N, *spatial)``; ``.npz`` with ``vols`` ``(N, *spatial)`` and optional
         ``segs``, ``atlas``, ``atlas_seg``, ``labels``, ``label_names``, ``spacing`` (voxel size
         in mm, one value or one per axis); a NIfTI or ``.mgz`` file holding one volume; or,
-        read lazily (:class:`LazyVolumes`), NIfTI or ``.mgz`` volumes of one shape: a folder of
+        read lazily (:class:`filelists.LazyVolumes`), NIfTI or ``.mgz`` volumes of one shape: a folder of
         them, a text file listing them one a line, or a CSV file with a column ``image`` and
         an optional ``seg`` (paths relative to the list's folder). Shapes follow ``SHAPE_RULE``.
     atlas : str, optional
@@ -366,7 +214,7 @@ def load_dataset(path: str, atlas: str | None = None, ndim: int | None = None) -
         arrays["atlas"], _ = volumes.load_volume(atlas)
     if ndim is None and "atlas" in arrays:
         ndim = np.ndim(arrays["atlas"])
-    lazy = isinstance(arrays["vols"], LazyVolumes)
+    lazy = isinstance(arrays["vols"], filelists.LazyVolumes)
     if lazy and ndim not in (None, arrays["vols"].ndim - 1):
         raise DataError(f"{path} holds {arrays['vols'].ndim - 1}D volumes, not {ndim}D ones")
     if not lazy:
@@ -472,7 +320,7 @@ def pad_dataset(data: Dataset, target: tuple[int, ...]) -> Dataset:
     """Zero-pad every array of ``data`` to the spatial shape ``target`` (centred)."""
     padding = padding_to_shape(data.shape, target)
     padded = {name: None if value is None else
-              value.padded(padding) if isinstance(value, LazyVolumes) else pad(value, padding)
+              value.padded(padding) if isinstance(value, filelists.LazyVolumes) else pad(value, padding)
               for name, value in (("vols", data.vols), ("segs", data.segs),
                                   ("atlas", data.atlas), ("atlas_seg", data.atlas_seg))}
     return dataclasses.replace(data, **padded)
@@ -569,7 +417,7 @@ def load_pairs_file(path: str, ndim: int | None = None) -> Dataset:
     Returns
     -------
     Dataset
-        ``vols`` (and ``segs``): :class:`LazyVolumes` of the moving files then the static
+        ``vols`` (and ``segs``): :class:`filelists.LazyVolumes` of the moving files then the static
         ones, ``pairs`` ``(P, 2)`` their indices, in the file's order.
 
     Raises
@@ -578,12 +426,12 @@ def load_pairs_file(path: str, ndim: int | None = None) -> Dataset:
         For a missing column or file, a label-map column given on some rows only, or shapes
         that differ (between moving and static, or from the first row), all from the headers.
     """
-    columns, places = read_columns(path, PAIR_COLUMNS, PAIR_SEG_COLUMNS)
+    columns, places = filelists.read_columns(path, PAIR_COLUMNS, PAIR_SEG_COLUMNS)
     if (columns["moving_seg"] is None) != (columns["static_seg"] is None):
         raise DataError(f"{path}: moving_seg and static_seg go together (one is given)")
     count = len(columns["moving"])
     for where, moving, static in zip(places, columns["moving"], columns["static"]):
-        shapes = [image_header(file, where)[0] for file in (moving, static)]
+        shapes = [filelists.image_header(file, where)[0] for file in (moving, static)]
         if shapes[0] != shapes[1]:
             raise DataError(f"{where}: moving and static shapes differ: {shapes[0]} vs "
                             f"{shapes[1]}")
@@ -660,7 +508,7 @@ class Pairs:
 
     Attributes
     ----------
-    moving, static : np.ndarray or LazyVolumes
+    moving, static : np.ndarray or filelists.LazyVolumes
         ``(P, *spatial)`` images in [0, 1].
     index : np.ndarray
         ``(P, 2)`` int: the moving and static volume of each pair in the set; -1 for the atlas.

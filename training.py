@@ -21,6 +21,7 @@ import tensorflow as tf
 
 import dataloader
 import datasets
+import filelists
 import scores
 import models
 import registration
@@ -102,12 +103,12 @@ def training_loader(train_set: datasets.Dataset, mode: str, default_data: bool,
     order shuffled every epoch, subjects to atlas otherwise.
 
     ``targets`` holds the model's ``targets`` and the ``labels`` of its one-hot maps. Volumes
-    read from files (``datasets.LazyVolumes``) are read by two worker threads, batch by batch.
+    read from files (``filelists.LazyVolumes``) are read by two worker threads, batch by batch.
     """
     if default_data:  # subjects are made on the fly: a second thread overlaps it with training
         return synthetic.SyntheticDataLoader(train_set.atlas, batch_size, steps or DEFAULT_STEPS,
                                              seed, train_set.atlas_seg, workers=2, **targets)
-    lazy = isinstance(train_set.vols, datasets.LazyVolumes)
+    lazy = isinstance(train_set.vols, filelists.LazyVolumes)
     if mode == "scan_to_scan":
         return dataloader.ScanToScanDataLoader(
             train_set.vols, batch_size, (steps or DEFAULT_STEPS) * batch_size, seed,

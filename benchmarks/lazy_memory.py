@@ -1,5 +1,5 @@
 """Peak memory and seconds per training step: a set held in memory (``.npz``) or read lazily
-(a folder of NIfTI files, ``datasets.LazyVolumes``).
+(a folder of NIfTI files, ``filelists.LazyVolumes``).
 
     python3 benchmarks/lazy_memory.py                        # 64^3, 10 and 200 subjects
     python3 benchmarks/lazy_memory.py --size 128 --subjects 10 200 --steps 5

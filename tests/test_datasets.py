@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 import datasets
+import filelists
 import volumes
 
 
@@ -159,7 +160,7 @@ def test_a_folder_is_read_when_indexed_through_a_bounded_cache(tmp_path, monkeyp
     monkeypatch.setattr(volumes, "load_volume", lambda path: reads.append(path) or
                         load_volume(path))
     data = datasets.load_dataset(str(tmp_path / "set"))
-    assert isinstance(data.vols, datasets.LazyVolumes) and data.shape == (6, 7)
+    assert isinstance(data.vols, filelists.LazyVolumes) and data.shape == (6, 7)
     assert len(data.vols) == 12 and reads == []  # shapes from the headers only
     view = data.vols[[11, 11, 5]]
     assert reads == [] and view.shape == (3, 6, 7)

@@ -11,6 +11,7 @@ import pytest
 
 import dataloader
 import datasets
+import filelists
 import training
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -85,7 +86,7 @@ def test_lazy_and_in_memory_sets_give_the_same_padded_batches(tmp_path, mode):
         data = datasets.pad_dataset(datasets.load_dataset(str(path), atlas, ndim=2), (16, 16))
         loaders.append(training.training_loader(data, mode, False, 2, 2, 0, False, TARGETS))
     assert isinstance(loaders[1].moving if mode == "atlas" else loaders[1].vols,
-                      datasets.LazyVolumes)
+                      filelists.LazyVolumes)
     for _ in range(2):  # epochs
         for index in range(2):
             (memory, _), (lazy, _) = loaders[0][index], loaders[1][index]
