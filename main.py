@@ -286,9 +286,13 @@ def report(summary: dict) -> str:
     line = (f"NCC {summary['ncc_before']['mean']:.3f} -> {summary['ncc_after']['mean']:.3f}")
     if "dice_after" in summary:
         line += (f", Dice {summary['dice_before']['mean']:.3f} -> "
-                 f"{summary['dice_after']['mean']:.3f}, HD95 {summary['hd95']['mean']:.2f} voxels")
+                 f"{summary['dice_after']['mean']:.3f}, HD95 {summary['hd95_mean']['mean']:.2f} "
+                 f"voxels")
         if "hd95_mm" in summary:
-            line += f" ({summary['hd95_mm']['mean']:.2f} mm)"
+            line += f" ({summary['hd95_mm_mean']['mean']:.2f} mm)"
+        if summary["hd95_left_out"]["mean"]:
+            line += (f" over the structures both maps hold ({summary['hd95_left_out']['mean']:g} "
+                     f"per pair left out)")
     line += (f", SDlogJ {summary['sdlogj']['mean']:.3f}, "
              f"folding voxels {100 * summary['folding_fraction']['mean']:.3f}%")
     if "inverse_error" in summary:

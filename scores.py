@@ -261,7 +261,12 @@ def score_registration(moving: np.ndarray, static: np.ndarray, moved: np.ndarray
         ``folding_fraction``; ``sdlogj`` (:func:`sdlogj`); and, with label maps,
         ``dice_before``, ``dice_after``: lists of Dice per label, ``hd95``: list of HD95 per
         label after registration in voxels (:func:`hd95`), and ``hd95_mm`` in mm when
-        ``spacing`` is given (NaN for a label absent from both maps).
+        ``spacing`` is given (NaN for a label absent from both maps). ``hd95_mean`` (and
+        ``hd95_mm_mean``) average them over the labels that the static and the moving map
+        both hold, as Learn2Reg's evaluation does (a label missing from either is NaN there,
+        left out of its mean), so a structure labelled in one subject only does not put the
+        grid's diagonal into the mean; ``hd95_left_out`` counts those labels (per-label values
+        keep the diagonal).
     """
     def ncc(image: np.ndarray) -> float:
         return -float(metrics.LocalNCC()(static[None, ..., None], image[None, ..., None]))
@@ -273,11 +278,19 @@ def score_registration(moving: np.ndarray, static: np.ndarray, moved: np.ndarray
         scores["dice_before"] = dice(moving_seg, static_seg, labels).tolist()
         scores["dice_after"] = dice(moved_seg, static_seg, labels).tolist()
         spacings = [1.0] if spacing is None else [1.0, spacing]  # voxels, and mm
-        distances = _hd95(moved_seg, static_seg, labels, spacings).tolist()  # in one pass
-        scores["hd95"] = distances[0]
-        if spacing is not None:
-            scores["hd95_mm"] = distances[1]
+        distances = _hd95(moved_seg, static_seg, labels, spacings)  # in one pass
+        in_both = _in_both(moving_seg, static_seg, _label_maps(moved_seg, static_seg, labels)[2])
+        for key, values in zip(("hd95", "hd95_mm"), distances):
+            scores[key] = values.tolist()
+            scores[f"{key}_mean"] = float(np.mean(values[in_both])) if in_both.any() else np.nan
+        scores["hd95_left_out"] = int(np.sum(~in_both & ~np.isnan(distances[0])))
     return scores
+
+
+def _in_both(moving_seg: np.ndarray, static_seg: np.ndarray, labels: list) -> np.ndarray:
+    """``(L,)`` bool: which ``labels`` the static and the (unregistered) moving map both hold."""
+    held = [set(np.unique(moving_seg).tolist()), set(np.unique(static_seg).tolist())]
+    return np.array([all(label in found for found in held) for label in labels], dtype=bool)
 
 
 def summarize(results: list[dict]) -> dict:

@@ -448,8 +448,10 @@ def plot_dice(evaluation, fname: str | None = None) -> Figure:
         unit = "mm" if hd95_key == "hd95_mm" else "voxels"
         axes[1].set_ylim(bottom=0.0)
         axes[1].set_ylabel(f"HD95 ({unit})")
-        axes[1].set_title(f"HD95 after registration (mean {summary[hd95_key]['mean']:.2f} "
-                          f"{unit}; lower is better)")
+        mean = summary.get(f"{hd95_key}_mean", summary[hd95_key])["mean"]  # older evaluations
+        mean = "none" if mean is None else f"{mean:.2f} {unit}"  # no structure in both maps
+        axes[1].set_title(f"HD95 after registration (mean {mean} over the structures both "
+                          f"maps hold; lower is better)")
     for ax in axes:
         ax.grid(axis="y", alpha=0.3)
     axes[-1].set_xticks(np.arange(len(names)), names, rotation=45 if rotate else 0,

@@ -128,8 +128,10 @@ def score_pair(full, m: int, s: int, moved_seg: np.ndarray, deformation: np.ndar
     vols, segs, labels, spacing = full
     scored = scores.score_registration(vols[m], vols[s], warped(vols[m], deformation),
                                         deformation, segs[m], segs[s], moved_seg, labels, spacing)
-    return {"dice": scored["dice_after"], "hd95_mm": scored["hd95_mm"],
-            "folding_fraction": scored["folding_fraction"], "sdlogj": scored["sdlogj"]}
+    return {key: scored[name] for key, name in (
+        ("dice", "dice_after"), ("hd95_mm", "hd95_mm"), ("hd95_mm_mean", "hd95_mm_mean"),
+        ("hd95_left_out", "hd95_left_out"), ("folding_fraction", "folding_fraction"),
+        ("sdlogj", "sdlogj"))}
 
 
 def affine_only(full, pairs) -> dict:
@@ -318,7 +320,8 @@ def table(rows: list[tuple[str, dict, float | None]]) -> str:
     for name, stats, minutes in rows:
         seconds = stats["seconds"]["mean"] + stats.get("finetune_seconds", {"mean": 0})["mean"]
         lines.append(f"| {name} | {stats['dice']['mean']:.3f} ± {stats['dice']['std']:.3f} | "
-                     f"{stats['hd95_mm']['mean']:.2f} | {stats['sdlogj']['mean']:.3f} | "
+                     f"{stats.get('hd95_mm_mean', stats['hd95_mm'])['mean']:.2f} | "
+                     f"{stats['sdlogj']['mean']:.3f} | "
                      f"{100 * stats['folding_fraction']['mean']:.4f} | "
                      + (f"{seconds:.3f} | " if seconds else "- | ")
                      + (f"{minutes:.0f} |" if minutes is not None else "- |"))

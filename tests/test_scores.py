@@ -157,3 +157,16 @@ def test_sdlogj_clips_a_zero_determinant_to_1e_minus_9():
     # det 0 on one half (clipped to 1e-9, log = -9 log 10) and 1 on the other
     np.testing.assert_allclose(scores.sdlogj(scaling_by_halves(-1.0, 0.0, (6, 8))),
                                9 * np.log(10.0) / 2)
+
+
+def test_mean_hd95_leaves_out_a_structure_one_subject_lacks_as_learn2reg_does():
+    moving, static = np.zeros((2, 12, 12, 12), int)
+    moving[2:6, 2:6, 2:6], static[3:7, 2:6, 2:6] = 1, 1  # label 1: one voxel apart
+    static[8:10, 8:10, 8:10] = 2  # label 2 (e.g. choroid plexus) labelled in the static only
+    scored = scores.score_registration(moving * 1.0, static * 1.0, moving * 1.0,
+                                       np.zeros((12, 12, 12, 3)), moving, static, moving,
+                                       spacing=2.0)
+    diagonal = 2.0 * np.sqrt(3 * 11**2)
+    np.testing.assert_allclose(scored["hd95_mm"], [2.0, diagonal])  # per label: as before
+    assert scored["hd95_mm_mean"] == 2.0 and scored["hd95_mean"] == 1.0
+    assert scored["hd95_left_out"] == 1
