@@ -17,6 +17,7 @@ import numpy as np
 
 import datasets
 import filelists
+import transforms
 from volumes import DataError
 
 TARGETS = ("moved", "deformation")  # the CVPR model's: similarity and smoothness
@@ -41,8 +42,9 @@ def batch(moving: np.ndarray, static: np.ndarray, targets=TARGETS, moving_seg=No
         The model's trained outputs, ``{name: shape of one sample}`` as ``models.targets``
         gives them (or their names, for a full-resolution field): ``moved`` (the static image),
         ``deformation`` or ``velocity`` (zeros of the field's shape: the smoothness loss has no
-        target), ``moved_static`` (the moving image) and ``moved_seg`` (the static label map,
-        one-hot).
+        target; ``residual``, the deformable stage's of a joint model, too), ``moved_affine``
+        (the static image), ``moved_static`` (the moving image) and ``moved_seg`` (the static
+        label map, one-hot).
     moving_seg, static_seg : np.ndarray, optional
         Label maps shaped like ``moving`` and ``static``; needed for ``moved_seg``, which also
         adds the input ``moving_seg`` (one-hot).
@@ -52,8 +54,8 @@ def batch(moving: np.ndarray, static: np.ndarray, targets=TARGETS, moving_seg=No
     moving = moving[..., None].astype(np.float32)
     static = np.broadcast_to(static, moving.shape[:-1])[..., None].astype(np.float32)
     inputs = {"moving": moving, "static": static}
-    available = {"moved": static, "moved_static": moving}
-    for field in ("deformation", "velocity"):
+    available = {"moved": static, "moved_affine": static, "moved_static": moving}
+    for field in ("deformation", "velocity", "residual"):
         shape = targets[field] if isinstance(targets, dict) and field in targets else \
             static.shape[1:-1] + (static.ndim - 2,)
         available[field] = np.zeros((len(moving), *shape), np.float32)
@@ -81,16 +83,38 @@ class PairLoader(keras.utils.PyDataset):
         The model's trained outputs, see :func:`batch`.
     labels : sequence of int, optional
         Labels of the one-hot maps of the segmentation loss.
+    random_affine : bool
+        Move every moving image (and label map) by its own random affine map
+        (``transforms.random_affine``: rotation, scaling, shear, translation), so that an
+        affine stage learns to undo misalignment.
+    spacing : float or sequence of float, optional
+        Voxel size in mm, for the translations of ``random_affine`` (default 1).
     **kwargs
         Passed to ``keras.utils.PyDataset`` (``workers``, ``use_multiprocessing``...).
     """
 
     def __init__(self, batch_size: int = 1, seed: int | None = None, targets=TARGETS,
-                 labels=None, **kwargs):
+                 labels=None, random_affine: bool = False, spacing=None, **kwargs):
         super().__init__(**kwargs)
         self.batch_size, self.epoch = batch_size, 0
         self.seed = np.random.SeedSequence().entropy if seed is None else seed
         self.targets, self.labels = targets, labels
+        self.random_affine, self.spacing = random_affine, spacing
+
+    def misaligned(self, index: int, moving: np.ndarray, moving_seg: np.ndarray | None = None
+                   ) -> tuple[np.ndarray, np.ndarray | None]:
+        """With ``random_affine``, the ``(B, *spatial)`` moving images and label maps of batch
+        ``index``, each pair moved by its own random affine map (drawn from the batch's seed);
+        else as they are."""
+        if not self.random_affine:
+            return moving, moving_seg
+        rng = np.random.default_rng((*self.seed_of(index), 1))
+        maps = [transforms.random_affine(rng, moving.shape[1:], self.spacing) for _ in moving]
+        moving = np.stack([transforms.affine_moved(image, m) for image, m in zip(moving, maps)])
+        if moving_seg is not None:
+            moving_seg = np.stack([transforms.affine_moved(seg, m, "nearest")
+                                   for seg, m in zip(moving_seg, maps)])
+        return moving, moving_seg
 
     def seed_of(self, *index: int) -> tuple[int, ...]:
         """Seed of a draw in the current epoch: ``(seed, epoch, *index)``."""
@@ -145,8 +169,8 @@ class RegistrationDataLoader(PairLoader):
         static_seg = (self.static_segs if one_static or self.static_segs is None
                       else filelists.take(self.static_segs, pick))
         moving_seg = None if self.moving_segs is None else filelists.take(self.moving_segs, pick)
-        return batch(filelists.take(self.moving, pick), static, self.targets, moving_seg,
-                     static_seg, self.labels)
+        moving, moving_seg = self.misaligned(index, filelists.take(self.moving, pick), moving_seg)
+        return batch(moving, static, self.targets, moving_seg, static_seg, self.labels)
 
 
 class ScanToScanDataLoader(PairLoader):
@@ -200,7 +224,8 @@ class ScanToScanDataLoader(PairLoader):
                               for images in (moving, static))
         segs = (None, None) if self.segs is None else (filelists.take(self.segs, pick[:, 0]),
                                                         filelists.take(self.segs, pick[:, 1]))
-        return batch(moving, static, self.targets, *segs, self.labels)
+        moving, moving_seg = self.misaligned(index, moving, segs[0])
+        return batch(moving, static, self.targets, moving_seg, segs[1], self.labels)
 
 
 class RestOfEpoch(keras.utils.PyDataset):

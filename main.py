@@ -120,6 +120,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seg_weight", type=_positive(float, zero=True), default=0.0,
                         help="weight of the auxiliary soft-Dice loss of the warped label maps "
                              "(needs label maps for the training data)")
+    parser.add_argument("--transform", choices=models.TRANSFORMS, default="deformable",
+                        help="what the network predicts: VoxelMorph's dense displacement; an "
+                             "affine or rigid map (for scans that are not aligned); or joint: "
+                             "an affine stage, then VoxelMorph on its moved image, end to end")
+    parser.add_argument("--random_affine", action="store_true",
+                        help="move every training moving image by a random affine map (rotation "
+                             "up to 20 degrees, scaling 0.85-1.15, shear 0.1, translation up to "
+                             "15 mm), so that an affine stage learns to undo misalignment")
+    parser.add_argument("--init_from", nargs="+", default=None, metavar="MODEL",
+                        help="start from trained weights: a model of the same --transform, or "
+                             "for joint an affine/rigid model (its affine stage) and/or a "
+                             "deformable one (its deformable stage)")
     _add_data_flags(parser, "the embedded MNI152 data")
     parser.add_argument("--ndim", type=int, choices=(2, 3), default=None,
                         help="dimension of the images: the default data as 3D volumes "
@@ -201,6 +213,11 @@ def _add_register_parser(commands) -> None:
                                "moving image's grid (the negated velocity integrated for "
                                "--int_steps models, refined by fixed-point iteration; a "
                                "fixed-point inverse otherwise); prints its inverse consistency")
+    register.add_argument("--affine", default=None,
+                          help="output: the affine stage's map (models of --transform affine, "
+                               "rigid, joint) as an ITK text transform (.txt, .tfm) in LPS mm, "
+                               "static-space point -> moving-space point, for "
+                               "antsApplyTransforms, SimpleITK and 3D Slicer")
     register.add_argument("--deformation", default=None,
                           help="output: this project's own format: (*spatial, ndim) float32 "
                                "displacement in voxels of the static grid, 'ij' order: "
@@ -309,11 +326,19 @@ def register(args) -> str:
     for flag, path in (("--warp", args.warp), ("--inverse_warp", args.inverse_warp)):
         if path and not path.endswith(volumes.NIFTI):
             raise volumes.UsageError(f"{flag} {path}: a warp is written as NIfTI (.nii, .nii.gz)")
+    if args.affine and not args.affine.endswith(transforms.ITK_TRANSFORM):
+        raise volumes.UsageError(f"--affine {args.affine}: an affine map is written as an ITK "
+                                 f"text transform (.txt, .tfm)")
     outputs = {"--moved": args.moved, "--deformation": args.deformation, "--warp": args.warp,
-               "--inverse_warp": args.inverse_warp, "--moved_seg": args.moved_seg}
+               "--inverse_warp": args.inverse_warp, "--moved_seg": args.moved_seg,
+               "--affine": args.affine}
     rundir.check_output_files(outputs, [args.model, args.moving, args.static,
-                                        args.moving_seg or ""])
+                                        args.moving_seg or ""], other_formats=("--affine",))
     model = rundir.load_model(args.model)
+    if args.affine and models.transform(models.registration_model(model)) == "deformable":
+        raise volumes.UsageError(f"--affine: {args.model} is a deformable model, without an "
+                                 f"affine stage (train one with --transform affine, rigid or "
+                                 f"joint)")
     moving, _, moving_grid = scan(args.moving, "moving")
     static, static_image, static_grid = scan(args.static, "static")
     moving_seg = None
@@ -334,6 +359,8 @@ def register(args) -> str:
         transforms.save_warp(args.warp, registered["warp"], static_grid)
     if args.inverse_warp:
         transforms.save_warp(args.inverse_warp, registered["inverse_warp"], moving_grid)
+    if args.affine:
+        transforms.save_affine(args.affine, registered["affine_world"])
     tuned = (f" after {args.finetune_steps} fine-tuning steps "
              f"({registered['finetune_seconds']:.1f} s)" if args.finetune_steps else "")
     grids = "" if moving_grid.same_as(static_grid) else " (moving scan resampled to its grid)"

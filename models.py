@@ -17,6 +17,8 @@ and scoring pairs with a trained model is ``registration.py``'s job.
 """
 import runtime  # noqa: F401  (TensorFlow's settings: before its first import)
 import keras
+import numpy as np
+import tensorflow as tf
 
 import metrics  # also registers the losses, so that saved models load compiled
 import utils
@@ -24,6 +26,8 @@ import utils
 ENCODER = (16, 32, 32, 32)
 DECODER_VM1 = (32, 32, 32, 32, 8, 8)
 DECODER_VM2 = (32, 32, 32, 32, 32, 16, 16)
+AFFINE_FEATURES = (32, 32)  # the affine network's convolutions at 1/16 resolution
+TRANSFORMS = ("deformable", "affine", "rigid", "joint")
 DIVISOR = 2 ** len(ENCODER)  # spatial sizes must divide by this (four stride-2 levels)
 DEFAULT_LAMBDA = {"ncc": 1.0, "mse": 0.01}  # smoothness weights of the papers
 F32 = "float32"  # the field's layers, even under a mixed-precision policy
@@ -115,6 +119,89 @@ class Negate(keras.layers.Layer):
 
     def call(self, x):
         return -x
+
+
+@keras.saving.register_keras_serializable(package="voxelmorph")
+class FitAffine(keras.layers.Layer):
+    """A coarse displacement field -> the affine map that fits it best (least squares).
+
+    The affine network predicts a displacement at every voxel of its coarsest level; this layer
+    fits ``u(x) = L (x - c) + t`` to it, ``c`` the grid's centre, and returns the map of voxel
+    coordinates ``y = (I + L)(x - c) + c + t``. Zero weights give zero fields and the identity.
+    The rigid map keeps the rotation ``R = expm((L - L^T) / 2)`` (exactly orthonormal, det 1)
+    and the translation ``t``.
+
+    Parameters
+    ----------
+    shape : tuple of int
+        Spatial shape of the full-resolution grid, whose voxels the field and the map are in.
+    rigid : bool
+        Rotation and translation only.
+    """
+
+    def __init__(self, shape: tuple[int, ...], rigid: bool = False, **kwargs):
+        super().__init__(**kwargs)
+        self.shape, self.rigid = tuple(shape), rigid
+
+    def call(self, coarse):
+        """``(B, *coarse, ndim)`` displacement in full-resolution voxels -> ``(B, ndim, ndim +
+        1)`` map ``[A | b]`` from static voxels ``x`` to moving voxels ``A x + b``, 'ij' order."""
+        ndim, coarse_shape = len(self.shape), coarse.shape[1:-1]
+        ratio = np.array(self.shape) / np.array(coarse_shape)
+        centre = (np.array(self.shape) - 1) / 2
+        axes = np.meshgrid(*[(np.arange(size) + 0.5) * r - 0.5 for size, r in
+                             zip(coarse_shape, ratio)], indexing="ij")
+        points = np.stack(axes, -1).reshape(-1, ndim) - centre  # coarse voxel centres
+        solve = np.linalg.pinv(np.concatenate([points, np.ones((len(points), 1))], 1))
+        field = tf.reshape(coarse, [-1, len(points), ndim])
+        fitted = tf.einsum("kn,bnd->bdk", tf.constant(solve, tf.float32), field)
+        linear, shift = fitted[:, :, :ndim], fitted[:, :, ndim]
+        if self.rigid:
+            matrix = tf.linalg.expm(0.5 * (linear - tf.transpose(linear, [0, 2, 1])))
+        else:
+            matrix = tf.eye(ndim) + linear
+        centre = tf.constant(centre, tf.float32)
+        offset = centre + shift - tf.einsum("bij,j->bi", matrix, centre)
+        return tf.concat([matrix, offset[..., None]], axis=-1)
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], len(self.shape), len(self.shape) + 1)
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "shape": self.shape, "rigid": self.rigid}
+
+
+@keras.saving.register_keras_serializable(package="voxelmorph")
+class AffineDisplacement(keras.layers.Layer):
+    """Keras layer around :func:`utils.affine_displacement`: an affine map as a displacement.
+
+    ``matrix -> M(x) - x`` on a grid of ``shape``, or, given ``[matrix, deformation]``, the
+    composition ``M(x + u(x)) - x`` (the deformation first, then the affine map).
+
+    Parameters
+    ----------
+    shape : tuple of int
+        Spatial shape of the grid.
+    """
+
+    def __init__(self, shape: tuple[int, ...], **kwargs):
+        super().__init__(**kwargs)
+        self.shape = tuple(shape)
+
+    def call(self, inputs):
+        """``(B, ndim, ndim + 1)`` map, or it and ``(B, *shape, ndim)`` displacement in voxels
+        -> ``(B, *shape, ndim)`` displacement in voxels."""
+        if isinstance(inputs, (list, tuple)):
+            return utils.affine_displacement(*inputs)
+        zeros = tf.zeros([tf.shape(inputs)[0], *self.shape, len(self.shape)])
+        return utils.affine_displacement(inputs, zeros)
+
+    def compute_output_shape(self, input_shape):
+        batch = input_shape[0][0] if isinstance(input_shape, list) else input_shape[0]
+        return (batch, *self.shape, len(self.shape))
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "shape": self.shape}
 
 
 def _conv(x, filters: int, strides: int = 1):
@@ -232,12 +319,13 @@ def _unet(moving, static, decoder: tuple[int, ...]):
     return x
 
 
-def _field(x, int_steps: int):
+def _field(x, int_steps: int, name: str | None = None):
     """The last convolution: ``ndim`` channels, weights from N(0, 1e-5), no activation."""
     ndim = len(x.shape) - 2
     conv = getattr(keras.layers, f"Conv{ndim}D")
     # float32 even under a mixed-precision policy: the field, the sampler and the losses.
-    return conv(ndim, 3, padding="same", name="velocity_field" if int_steps else "deformation",
+    return conv(ndim, 3, padding="same",
+                name=name or ("velocity_field" if int_steps else "deformation"),
                 dtype="float32", kernel_initializer=keras.initializers.RandomNormal(0.0, 1e-5))(x)
 
 
@@ -251,11 +339,95 @@ def VoxelMorph2(input_shape: tuple[int, ...], **options) -> keras.Model:
     return voxelmorph(input_shape, DECODER_VM2, name="voxelmorph2", **options)
 
 
+def affine_network(input_shape: tuple[int, ...], rigid: bool = False,
+                   name: str | None = None) -> keras.Model:
+    """An affine (or rigid) registration network in the VoxelMorph family.
+
+    The paper's encoder runs over the concatenated pair (3x3(x3) convolutions with stride 2,
+    widths ``ENCODER``), ``AFFINE_FEATURES`` convolutions at 1/16 resolution widen its receptive
+    field, and a last convolution (weights from N(0, 1e-5)) predicts a coarse displacement, to
+    which :class:`FitAffine` fits the affine map. At zero weights the map is the identity; the
+    same code serves 2D and 3D and any input size the deformable network takes (the map's
+    linear part along an axis needs two coarse voxels, 32 voxels, along it; below that the least
+    squares take the smallest one, as for a shift).
+
+    Parameters
+    ----------
+    input_shape : tuple of int
+        Spatial shape, each size divisible by ``DIVISOR``.
+    rigid : bool
+        Rotation and translation only.
+    name : str, optional
+        Model name (default ``"rigid"`` or ``"affine"``).
+
+    Returns
+    -------
+    keras.Model
+        Inputs ``{"moving", "static"}`` ``(B, *input_shape, 1)``; outputs ``"moved"``,
+        ``"deformation"`` ``(B, *input_shape, ndim)`` (the affine map as a displacement in
+        voxels, 'ij' order) and ``"affine"`` ``(B, ndim, ndim + 1)``, the map ``[A | b]`` of
+        static voxels ``x`` to moving voxels ``A x + b``.
+    """
+    check_input_shape(input_shape)
+    inputs = {"moving": keras.Input((*input_shape, 1), name="moving"),
+              "static": keras.Input((*input_shape, 1), name="static")}
+    x = keras.layers.Concatenate(name="pair")([inputs["moving"], inputs["static"]])
+    for filters in ENCODER:
+        x = _conv(x, filters, strides=2)
+    for filters in AFFINE_FEATURES:
+        x = _conv(x, filters)
+    coarse = _field(x, 0, "coarse_displacement")
+    matrix = FitAffine(input_shape, rigid, name="affine", dtype=F32)(coarse)
+    deformation = AffineDisplacement(input_shape, name="deformation", dtype=F32)(matrix)
+    moved = SpatialTransformer(name="moved", dtype=F32)([inputs["moving"], deformation])
+    return keras.Model(inputs, {"moved": moved, "deformation": deformation, "affine": matrix},
+                       name=name or ("rigid" if rigid else "affine"))
+
+
+def joint_network(affine: keras.Model, deformable: keras.Model, name: str = "joint"
+                  ) -> keras.Model:
+    """The affine stage, then the deformable network on the affinely moved image.
+
+    Parameters
+    ----------
+    affine : keras.Model
+        An :func:`affine_network` (its own stage of the joint model).
+    deformable : keras.Model
+        A :func:`voxelmorph` network of the same input shape, without labels.
+    name : str
+        Model name.
+
+    Returns
+    -------
+    keras.Model
+        Inputs ``{"moving", "static"}``. Outputs ``"deformation"``, the composition ``M(x +
+        u(x)) - x`` of the deformable stage's displacement ``u`` and the affine map ``M``, in
+        voxels; ``"moved"``, the moving image warped once with it; ``"affine"`` and
+        ``"moved_affine"``, the affine stage's map and moved image; ``"residual"``, ``u``; with
+        integration ``"velocity"``.
+    """
+    shape = input_shape(deformable)
+    inputs = {"moving": keras.Input((*shape, 1), name="moving"),
+              "static": keras.Input((*shape, 1), name="static")}
+    aligned = affine(inputs)
+    refined = deformable({"moving": aligned["moved"], "static": inputs["static"]})
+    deformation = AffineDisplacement(shape, name="deformation", dtype=F32)(
+        [aligned["affine"], refined["deformation"]])
+    outputs = {"moved": SpatialTransformer(name="moved", dtype=F32)([inputs["moving"],
+                                                                      deformation]),
+               "deformation": deformation, "affine": aligned["affine"],
+               "moved_affine": aligned["moved"], "residual": refined["deformation"]}
+    if "velocity" in refined:
+        outputs["velocity"] = refined["velocity"]
+    return keras.Model(inputs, outputs, name=name)
+
+
 def build_model(input_shape: tuple[int, ...], model: str = "vm2", loss: str = "ncc",
                 lamda: float | None = None, lr: float = 1e-3, ncc_window: int = 9,
                 int_steps: int = 0, int_downsize: int = 1, bidir: bool = False,
-                seg_weight: float = 0.0, num_labels: int = 0) -> keras.Model:
-    """A VoxelMorph network compiled with Eq. (2): similarity + lambda * smoothness, and Adam.
+                seg_weight: float = 0.0, num_labels: int = 0,
+                transform: str = "deformable") -> keras.Model:
+    """A registration network compiled with Eq. (2): similarity + lambda * smoothness, and Adam.
 
     Parameters
     ----------
@@ -282,6 +454,11 @@ def build_model(input_shape: tuple[int, ...], model: str = "vm2", loss: str = "n
         the moving image and the static one's; needs ``num_labels``.
     num_labels : int
         Number of labels of the one-hot maps (with ``seg_weight``).
+    transform : {"deformable", "affine", "rigid", "joint"}
+        The VoxelMorph network; an :func:`affine_network` (trained on the similarity alone: an
+        affine field needs no smoothness term); or both, :func:`joint_network`, trained end to
+        end on the similarity of its affine stage's moved image, that of the final moved image
+        and the smoothness of the deformable stage's field (not of the affine part).
 
     Returns
     -------
@@ -291,15 +468,27 @@ def build_model(input_shape: tuple[int, ...], model: str = "vm2", loss: str = "n
     """
     if seg_weight and not num_labels:
         raise ValueError("seg_weight needs num_labels > 0")
-    network = {"vm1": VoxelMorph1, "vm2": VoxelMorph2}[model](
-        input_shape, int_steps=int_steps, int_downsize=int_downsize, bidir=bidir,
-        num_labels=num_labels if seg_weight else 0)
+    if transform != "deformable" and (bidir or seg_weight):
+        raise ValueError(f"the {transform} transform takes neither bidir nor seg_weight")
+    if transform in ("affine", "rigid") and int_steps:
+        raise ValueError(f"the {transform} transform is not integrated: int_steps must be 0")
+    if transform in ("affine", "rigid"):
+        network = affine_network(input_shape, transform == "rigid")
+    else:
+        network = {"vm1": VoxelMorph1, "vm2": VoxelMorph2}[model](
+            input_shape, int_steps=int_steps, int_downsize=int_downsize, bidir=bidir,
+            num_labels=num_labels if seg_weight else 0)
+    if transform == "joint":
+        network = joint_network(affine_network(input_shape), network)
     similarity = (metrics.local_normalized_cross_correlation_loss(ncc_window)
                   if loss == "ncc" else metrics.mse_loss())
-    smooth = "velocity" if int_steps else "deformation"
-    losses = {"moved": similarity, smooth: metrics.gradient_loss()}
-    weights = {"moved": 0.5 if bidir else 1.0,
-               smooth: DEFAULT_LAMBDA[loss] if lamda is None else lamda}
+    losses, weights = {"moved": similarity}, {"moved": 0.5 if bidir else 1.0}
+    if transform in ("deformable", "joint"):
+        smooth = "velocity" if int_steps else {"joint": "residual"}.get(transform, "deformation")
+        losses[smooth] = metrics.gradient_loss()
+        weights[smooth] = DEFAULT_LAMBDA[loss] if lamda is None else lamda
+    if transform == "joint":
+        losses["moved_affine"], weights["moved_affine"] = similarity, 1.0
     if bidir:
         losses["moved_static"], weights["moved_static"] = similarity, 0.5
     if seg_weight:
@@ -334,8 +523,22 @@ def input_shape(model: keras.Model) -> tuple[int, ...]:
     return tuple(model.inputs[0].shape[1:-1])
 
 
+def stages(network: keras.Model) -> list[keras.Model]:
+    """The affine and deformable stages of a :func:`joint_network` (none for other networks)."""
+    return [layer for layer in network.layers if isinstance(layer, keras.Model)]
+
+
+def transform(network: keras.Model) -> str:
+    """The transform a registration network predicts: one of ``TRANSFORMS``."""
+    if stages(network):
+        return "joint"
+    fit = [layer for layer in network.layers if isinstance(layer, FitAffine)]
+    return ("rigid" if fit[0].rigid else "affine") if fit else "deformable"
+
+
 def integration(network: keras.Model) -> tuple[int, int]:
-    """``(int_steps, int_downsize)`` of a network: ``(0, 1)`` without integration."""
+    """``(int_steps, int_downsize)`` of a network: ``(0, 1)`` without integration (and for a
+    joint network, whose velocity is that of its deformable stage only)."""
     integrate = [layer for layer in network.layers if isinstance(layer, IntegrateVelocity)]
     if not integrate:
         return 0, 1
@@ -345,9 +548,9 @@ def integration(network: keras.Model) -> tuple[int, int]:
 def rebuild(network: keras.Model, shape: tuple[int, ...]) -> keras.Model:
     """``network`` built anew for another spatial input ``shape``, with copies of its weights.
 
-    The U-Net is fully convolutional, so a network trained on one shape registers any other:
-    its decoder widths, integration and symmetric outputs are read from its layers, the same
-    :func:`voxelmorph` builds them for ``shape``, and the weights (in the same order) are copied.
+    Every network is fully convolutional, so a network trained on one shape registers any
+    other: its kind, decoder widths, integration and symmetric outputs are read from its layers,
+    the same builder builds it for ``shape``, and the weights (in the same order) are copied.
 
     Parameters
     ----------
@@ -357,9 +560,41 @@ def rebuild(network: keras.Model, shape: tuple[int, ...]) -> keras.Model:
     shape : tuple of int
         Spatial shape, each size divisible by ``DIVISOR`` (and by ``int_downsize``).
     """
-    convs = [layer for layer in network.layers if type(layer).__name__ in ("Conv2D", "Conv3D")]
-    int_steps, int_downsize = integration(network)
-    rebuilt = voxelmorph(shape, tuple(layer.filters for layer in convs[len(ENCODER):-1]),
-                         network.name, int_steps, int_downsize, "moved_static" in network.output)
+    kind = transform(network)
+    if kind == "joint":
+        return joint_network(*(rebuild(stage, shape) for stage in stages(network)),
+                             name=network.name)
+    if kind != "deformable":
+        rebuilt = affine_network(shape, kind == "rigid", network.name)
+    else:
+        convs = [layer for layer in network.layers
+                 if type(layer).__name__ in ("Conv2D", "Conv3D")]
+        int_steps, int_downsize = integration(network)
+        rebuilt = voxelmorph(shape, tuple(layer.filters for layer in convs[len(ENCODER):-1]),
+                             network.name, int_steps, int_downsize,
+                             "moved_static" in network.output)
     rebuilt.set_weights(network.get_weights())
     return rebuilt
+
+
+def initialise(network: keras.Model, trained: keras.Model) -> None:
+    """Copy a trained model's weights into ``network`` (``main.py --init_from``).
+
+    The whole network takes them when both predict the same transform (rigid and affine
+    networks have the same weights); a joint network's affine or deformable stage takes those of
+    a model of that kind.
+
+    Raises
+    ------
+    ValueError
+        If no part of ``network`` is of ``trained``'s kind, or its weights do not fit (other
+        decoder widths).
+    """
+    source = registration_model(trained)
+    family = {"rigid": "affine"}
+    kind = family.get(transform(source), transform(source))
+    match = [part for part in [network, *stages(network)]
+             if family.get(transform(part), transform(part)) == kind]
+    if not match:
+        raise ValueError(f"a {kind} model cannot initialise a {transform(network)} network")
+    match[0].set_weights(source.get_weights())

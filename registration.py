@@ -54,7 +54,8 @@ def register(model: keras.Model, moving: np.ndarray, static: np.ndarray,
         ``(*spatial, ndim)`` displacement in voxels, 'ij' order; ``seconds`` of the forward pass
         (on a model's first call it includes building its graph: see :func:`evaluate_pairs`);
         ``moved_seg`` ``(*spatial)``, of ``moving_seg``'s dtype, when ``moving_seg`` is given;
-        ``inverse`` ``(*spatial, ndim)`` in voxels with ``inverse``.
+        ``inverse`` ``(*spatial, ndim)`` in voxels with ``inverse``; ``affine`` ``(ndim, ndim +
+        1)``, the affine stage's map of static voxels to moving voxels, when the model has one.
     """
     model = models.registration_model(model)
     inputs = {"moving": np.asarray(moving, np.float32)[None, ..., None],
@@ -69,6 +70,8 @@ def register(model: keras.Model, moving: np.ndarray, static: np.ndarray,
         moved_seg = utils.warp(np.asarray(moving_seg, np.int32)[None, ..., None], deformation,
                                "nearest")
         result["moved_seg"] = np.asarray(moved_seg)[0, ..., 0].astype(np.asarray(moving_seg).dtype)
+    if "affine" in outputs:
+        result["affine"] = np.asarray(outputs["affine"])[0]
     if inverse:
         result["inverse"] = inverse_displacement(model, outputs)
     return result
@@ -159,7 +162,13 @@ def register_padded(model: keras.Model, moving: np.ndarray, static: np.ndarray,
     padded = [None if image is None else datasets.pad(image, padding)
               for image in (moving, static, moving_seg)]
     registered = register(model, *padded, inverse=inverse)
-    return {**crop_outputs(registered, padding), "seconds": registered["seconds"]}
+    cropped = crop_outputs({key: value for key, value in registered.items() if key != "affine"},
+                           padding)
+    if "affine" in registered:  # x + p on the padded grid is x on the pair's
+        matrix, before = registered["affine"].copy(), np.array([low for low, _ in padding])
+        matrix[:, -1] += matrix[:, :-1] @ before - before
+        cropped["affine"] = matrix
+    return {**cropped, "seconds": registered["seconds"]}
 
 
 class FineTuner:
@@ -246,7 +255,8 @@ def moving_label_map(moving_seg: np.ndarray | None, shape: tuple[int, ...]) -> n
 def register_scans(model: keras.Model, moving: np.ndarray, static: np.ndarray,
                    moving_grid: transforms.Grid, static_grid: transforms.Grid,
                    moving_seg: np.ndarray | None = None, finetune_steps: int = 0,
-                   finetune_lr: float = 1e-3, inverse: bool = False) -> dict:
+                   finetune_lr: float = 1e-3, inverse: bool = False,
+                   tuner: FineTuner | None = None) -> dict:
     """Register scans on any grids (shapes, voxel sizes, orientations) through world space.
 
     A moving scan on another grid is resampled into the static grid through both affines
@@ -273,6 +283,9 @@ def register_scans(model: keras.Model, moving: np.ndarray, static: np.ndarray,
         Fine-tune the network on the pair first (:class:`FineTuner`).
     inverse : bool
         Also compute the inverse warp and the inverse-consistency error.
+    tuner : FineTuner, optional
+        The fine-tuner to use instead of one built for this pair (build it once, for the static
+        shape padded to ``models.DIVISOR``, to register many pairs).
 
     Returns
     -------
@@ -283,7 +296,9 @@ def register_scans(model: keras.Model, moving: np.ndarray, static: np.ndarray,
         ``seconds`` and ``finetune_seconds``; with ``inverse``: ``inverse`` in static voxels,
         ``inverse_warp`` ``(*moving_spatial, ndim)`` in LPS mm on the moving grid
         (``transforms.inverse_on``) and ``inverse_error``
-        (``transforms.inverse_consistency``).
+        (``transforms.inverse_consistency``); for models with an affine stage, ``affine`` (static
+        voxels) and ``affine_world`` ``(ndim + 1, ndim + 1)``, its map of LPS points in mm
+        (``transforms.world_matrix``).
 
     Raises
     ------
@@ -301,7 +316,8 @@ def register_scans(model: keras.Model, moving: np.ndarray, static: np.ndarray,
               ((on_static, "moving image"), (static, "static image"))]
     network = network_for(model, static.shape)
     shape = models.input_shape(network)
-    tuner = FineTuner(model, finetune_steps, finetune_lr, shape) if finetune_steps else None
+    if tuner is None and finetune_steps:
+        tuner = FineTuner(model, finetune_steps, finetune_lr, shape)
     network, finetune_seconds = finetuned(network, tuner, *scaled)
     registered = {**register_padded(network, *scaled, inverse=inverse),
                   "finetune_seconds": finetune_seconds}
@@ -313,6 +329,8 @@ def register_scans(model: keras.Model, moving: np.ndarray, static: np.ndarray,
     if moving_seg is not None:
         registered["moved_seg"] = transforms.sample(moving_seg, coords, "nearest")
     registered["warp"] = transforms.to_world(deformation, static_grid)
+    if "affine" in registered:  # moving-image voxels are the static grid's, resampled or not
+        registered["affine_world"] = transforms.world_matrix(registered["affine"], static_grid)
     if inverse:
         registered["inverse_error"] = transforms.inverse_consistency(
             deformation, registered["inverse"], static_grid)

@@ -437,7 +437,8 @@ def new_run_folder(output: str | None) -> str:
     return output
 
 
-def check_output_files(paths: dict[str, str | None], inputs: list[str]) -> None:
+def check_output_files(paths: dict[str, str | None], inputs: list[str],
+                       other_formats: tuple[str, ...] = ()) -> None:
     """Refuse output files that could not all be written: checked before any work is done.
 
     Parameters
@@ -446,10 +447,14 @@ def check_output_files(paths: dict[str, str | None], inputs: list[str]) -> None:
         ``{flag: path}`` of the outputs asked for (None: not asked for).
     inputs : list of str
         Input files, which no output may overwrite.
+    other_formats : tuple of str
+        Flags of outputs that are not volumes (e.g. a transform file), whose format the caller
+        checks.
     """
     given = {flag: path for flag, path in paths.items() if path}
     for flag, path in given.items():
-        volumes.file_format(path)
+        if flag not in other_formats:
+            volumes.file_format(path)
         folder = os.path.dirname(os.path.abspath(path))
         if not os.path.isdir(folder):
             raise volumes.UsageError(f"{flag} {path}: no such folder {folder}")

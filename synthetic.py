@@ -216,4 +216,5 @@ class SyntheticDataLoader(dataloader.PairLoader):
         atlas_seg = self.atlas_seg if "moved_seg" in self.targets else None
         vols, segs = synthetic_subjects(self.atlas, self.batch_size, self.seed_of(index),
                                         atlas_seg)
+        vols, segs = self.misaligned(index, vols, segs)
         return dataloader.batch(vols, self.atlas, self.targets, segs, atlas_seg, self.labels)

@@ -96,6 +96,27 @@ def training_labels(train_set: datasets.Dataset, seg_weight: float) -> list[int]
     return labels
 
 
+def check_transform(args) -> None:
+    """Refuse flags that ``--transform`` does not take, in one line."""
+    refused = []
+    if args.transform != "deformable":
+        refused += [flag for flag, value in (("--bidir", args.bidir),
+                                             ("--seg_weight", args.seg_weight)) if value]
+    if args.transform in ("affine", "rigid"):
+        refused += ["--int_steps"] * bool(args.int_steps)
+    if refused:
+        raise volumes.UsageError(f"--transform {args.transform} does not take "
+                                 f"{', '.join(refused)}")
+
+
+def initialise(model: keras.Model, path: str) -> None:
+    """``model``'s weights, or those of its matching stage, from the model file ``path``."""
+    try:
+        models.initialise(model, rundir.load_model(path))
+    except ValueError as error:
+        raise volumes.UsageError(f"--init_from {path}: {volumes.one_line(error)}") from error
+
+
 def training_loader(train_set: datasets.Dataset, mode: str, default_data: bool,
                     batch_size: int, steps: int | None, seed: int,
                     augment: bool, targets: dict) -> keras.utils.PyDataset:
@@ -277,6 +298,7 @@ def locked_train(args, lock: contextlib.ExitStack) -> dict:
                                                             for size in shape)):
         raise volumes.UsageError(f"--int_downsize {args.int_downsize} needs --int_steps and "
                                  f"must divide the padded shape {shape}")
+    check_transform(args)
     labels = training_labels(train_set, args.seg_weight)
     device = "GPU" if tf.config.list_physical_devices("GPU") else "CPU"
     strategy = distribution_strategy(args.gpus, args.batch_size)
@@ -287,14 +309,18 @@ def locked_train(args, lock: contextlib.ExitStack) -> dict:
         model, state = rundir.load_checkpoint(output) if args.resume else (
             models.build_model(shape, args.model, args.loss, args.lamda, args.lr,
                                args.ncc_window, args.int_steps, args.int_downsize, args.bidir,
-                               args.seg_weight, len(labels)), None)
+                               args.seg_weight, len(labels), args.transform), None)
+        if not args.resume:
+            for path in args.init_from or ():
+                initialise(model, path)
     if state:
         check_resumed_epochs(args.epochs, state, output)
         model.optimizer.learning_rate = args.lr  # --lr may change on --resume
     targets = {"targets": models.targets(model), "labels": labels}
     loader = training_loader(train_set, mode, args.data is None and args.pairs_file is None,
-                             args.batch_size,
-                             args.steps_per_epoch, args.seed, args.augment, targets)
+                             args.batch_size, args.steps_per_epoch, args.seed, args.augment,
+                             {**targets, "random_affine": args.random_affine,
+                              "spacing": train_set.spacing})
     padded = datasets.make_pairs(val_set, mode, MAX_VAL_PAIRS)
     val_loader = dataloader.RegistrationDataLoader(
         padded.moving, padded.static, args.batch_size, moving_segs=padded.moving_segs,
@@ -304,7 +330,10 @@ def locked_train(args, lock: contextlib.ExitStack) -> dict:
         rundir.new_run_folder(output)  # still: another process may have begun a run in it
     rundir.write_args(output, {key: value for key, value in vars(args).items()
                                if key not in ("resume", "command")}, state)
-    print(f"{args.model} on {strategy.num_replicas_in_sync} {device}(s), {mode} pairs of shape "
+    kind = args.model if args.transform == "deformable" else f"{args.transform} ({args.model})"
+    if args.transform in ("affine", "rigid"):
+        kind = args.transform
+    print(f"{kind} on {strategy.num_replicas_in_sync} {device}(s), {mode} pairs of shape "
           f"{shape}, {len(val_pairs)} validation pairs, output in {output}"
           + (f", resumed {rundir.position(state)}" if state else ""))
 

@@ -14,6 +14,7 @@ Conventions:
 - 2D: ITK reads a 2D NIfTI image as 2D, with the upper-left 2x2 block of its affine, so a 2D
   grid's world is the plane of its first two axes, and its vectors have two components.
 """
+import itertools
 from typing import NamedTuple
 
 import runtime  # noqa: F401  (TensorFlow's settings: before its first import)
@@ -25,6 +26,10 @@ import volumes
 
 RAS_TO_LPS = np.array([-1.0, -1.0, 1.0])
 GRID_TOLERANCE_MM = 1e-3  # affines closer than this describe one grid
+# Random affine maps of training (--random_affine) and of the affine benchmark: rotation about
+# each axis pair (degrees), scaling per axis, shear, translation (mm).
+RANDOM_AFFINE = {"rotation": 20.0, "scaling": (0.85, 1.15), "shear": 0.1, "translation": 15.0}
+ITK_TRANSFORM = (".txt", ".tfm")  # ITK's text transform files (antsApplyTransforms reads them)
 
 
 class Grid(NamedTuple):
@@ -361,3 +366,100 @@ def load_warp(path: str) -> tuple[np.ndarray, Grid]:
     if not np.all(np.isfinite(warp)):
         raise volumes.DataError(f"{path}: the displacement field holds NaN or Inf")
     return warp, Grid.of(image, shape[:ndim], path)
+
+
+def rotation_matrix(angles) -> np.ndarray:
+    """``(ndim, ndim)`` rotation: a planar rotation by each angle (radians), in the axis pairs
+    ``(0, 1)`` in 2D, ``(0, 1), (0, 2), (1, 2)`` in 3D, composed in that order."""
+    angles = np.atleast_1d(angles)
+    ndim = {1: 2, 3: 3}[len(angles)]
+    rotation = np.eye(ndim)
+    for angle, (i, j) in zip(angles, itertools.combinations(range(ndim), 2)):
+        plane = np.eye(ndim)
+        plane[[i, i, j, j], [i, j, i, j]] = np.cos(angle), -np.sin(angle), np.sin(angle), \
+            np.cos(angle)
+        rotation = rotation @ plane
+    return rotation
+
+
+def random_affine(rng: np.random.Generator, shape: tuple[int, ...], spacing=None,
+                  rotation: float = RANDOM_AFFINE["rotation"],
+                  scaling: tuple[float, float] = RANDOM_AFFINE["scaling"],
+                  shear: float = RANDOM_AFFINE["shear"],
+                  translation: float = RANDOM_AFFINE["translation"]) -> np.ndarray:
+    """A random affine map of a grid's voxels about its centre, drawn in millimetres.
+
+    ``A = R S H``: rotation by uniform angles in ``[-rotation, rotation]`` degrees per axis
+    pair, scaling uniform in ``scaling`` per axis, shear ``H`` with off-diagonal (upper)
+    entries uniform in ``[-shear, shear]``; a translation uniform in ``[-translation,
+    translation]`` mm per axis.
+
+    Parameters
+    ----------
+    rng : np.random.Generator
+        The draws' generator.
+    shape : tuple of int
+        Spatial shape of the grid.
+    spacing : float or sequence of float, optional
+        Voxel size in mm (default 1).
+
+    Returns
+    -------
+    np.ndarray
+        ``(ndim, ndim + 1)`` map ``[A | b]`` of voxel coordinates: ``y = A (x - c) + c + t``,
+        ``c`` the grid's centre, in voxels, 'ij' order.
+    """
+    ndim = len(shape)
+    voxel = np.broadcast_to(np.asarray(1.0 if spacing is None else spacing, float), (ndim,))
+    angles = np.radians(rng.uniform(-rotation, rotation, ndim * (ndim - 1) // 2))
+    sheared = np.eye(ndim)
+    sheared[np.triu_indices(ndim, 1)] = rng.uniform(-shear, shear, ndim * (ndim - 1) // 2)
+    in_mm = rotation_matrix(angles) @ np.diag(rng.uniform(*scaling, ndim)) @ sheared
+    matrix = in_mm * voxel[None, :] / voxel[:, None]  # the same map in voxel coordinates
+    shift = rng.uniform(-translation, translation, ndim) / voxel
+    centre = (np.asarray(shape) - 1) / 2
+    return np.concatenate([matrix, (centre + shift - matrix @ centre)[:, None]], axis=1)
+
+
+def affine_moved(volume: np.ndarray, matrix: np.ndarray, interpolation: str = "linear"
+                 ) -> np.ndarray:
+    """``volume`` resampled by an affine map of its voxels: ``moved[x] = volume[A x + b]``
+    (zero outside), e.g. to misalign a moving image by :func:`random_affine`."""
+    coords = spacing_grid(volume.shape).coordinates()
+    return sample(volume, coords @ matrix[:, :-1].T + matrix[:, -1], interpolation)
+
+
+def world_matrix(matrix: np.ndarray, grid: Grid) -> np.ndarray:
+    """An affine map of ``grid``'s voxels, ``(ndim, ndim + 1)``, as the ``(ndim + 1, ndim +
+    1)`` map of LPS points in mm that ITK and ANTs apply (static point -> moving point)."""
+    voxel_map = np.eye(grid.ndim + 1)
+    voxel_map[:-1] = matrix
+    return grid.matrix @ voxel_map @ np.linalg.inv(grid.matrix)
+
+
+def save_affine(path: str, matrix: np.ndarray) -> None:
+    """Write an affine map of LPS points as an ITK transform file (text), atomically.
+
+    ITK (SimpleITK ``ReadTransform``), ``antsApplyTransforms`` and 3D Slicer read it: an
+    ``AffineTransform_double_3_3`` (or ``_2_2``) whose parameters are the matrix row by row,
+    then the translation, about the centre (0, 0, 0). It maps each static-space point to the
+    moving-space point it samples, as ANTs' own affine files do.
+
+    Parameters
+    ----------
+    path : str
+        ``.txt`` or ``.tfm``.
+    matrix : np.ndarray
+        ``(ndim + 1, ndim + 1)`` homogeneous map of LPS mm (:func:`world_matrix`).
+    """
+    if not path.endswith(ITK_TRANSFORM):
+        raise volumes.DataError(f"{path}: an affine transform is written as an ITK text "
+                                f"transform file (.txt or .tfm)")
+    ndim = len(matrix) - 1
+    numbers = [*np.asarray(matrix)[:ndim, :ndim].ravel(), *np.asarray(matrix)[:ndim, ndim]]
+    text = ("#Insight Transform File V1.0\n#Transform 0\n"
+            f"Transform: AffineTransform_double_{ndim}_{ndim}\n"
+            f"Parameters: {' '.join(repr(float(n)) for n in numbers)}\n"
+            f"FixedParameters: {' '.join(['0'] * ndim)}\n")
+    with volumes.atomic_path(path) as tmp, open(tmp, "w") as file:
+        file.write(text)

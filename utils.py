@@ -185,3 +185,47 @@ def resize_displacement(deformation: tf.Tensor, shape: tuple[int, ...]) -> tf.Te
     coords = (regular_grid(shape) + 0.5) / tf.constant(ratio, tf.float32) - 0.5
     coords = tf.repeat(coords[None], tf.shape(deformation)[0], axis=0)
     return interpolate(deformation, coords) * tf.constant(ratio, tf.float32)
+
+
+def affine_points(matrix: tf.Tensor, coords: tf.Tensor) -> tf.Tensor:
+    """Map voxel coordinates through affine maps: ``y = A x + b``, ``matrix = [A | b]``.
+
+    Parameters
+    ----------
+    matrix : tf.Tensor
+        ``(B, ndim, ndim + 1)`` affine maps of voxel coordinates, 'ij' order.
+    coords : tf.Tensor
+        ``(B, *spatial, ndim)`` voxel coordinates.
+
+    Returns
+    -------
+    tf.Tensor
+        ``(B, *spatial, ndim)`` mapped coordinates, in voxels.
+    """
+    coords = tf.convert_to_tensor(coords, tf.float32)
+    ndim = coords.shape[-1]
+    flat = tf.reshape(coords, [tf.shape(coords)[0], -1, ndim])
+    mapped = tf.einsum("bij,bnj->bni", matrix[:, :, :ndim], flat) + matrix[:, None, :, ndim]
+    return tf.reshape(mapped, tf.shape(coords))
+
+
+def affine_displacement(matrix: tf.Tensor, deformation: tf.Tensor) -> tf.Tensor:
+    """Displacement of an affine map composed after a displacement field.
+
+    ``moving[M(x + u(x))]`` is ``moving[x + v(x)]`` with ``v(x) = M(x + u(x)) - x``: the
+    deformation ``u`` on the static grid, then the affine map ``M`` into the moving image.
+
+    Parameters
+    ----------
+    matrix : tf.Tensor
+        ``(B, ndim, ndim + 1)`` affine map of voxel coordinates (static grid to moving image).
+    deformation : tf.Tensor
+        ``(B, *spatial, ndim)`` displacement ``u`` in voxels (zeros: the affine map alone).
+
+    Returns
+    -------
+    tf.Tensor
+        ``(B, *spatial, ndim)`` displacement ``v`` in voxels, 'ij' order.
+    """
+    grid = regular_grid(deformation.shape[1:-1])
+    return affine_points(matrix, grid + deformation) - grid

@@ -80,7 +80,8 @@ def write_sets(path: str, factor: int, folder: str) -> tuple[str, str]:
     files = []
     for name, part in (("train", slice(None, NUM_TRAIN)), ("test", slice(NUM_TRAIN, None))):
         files.append(os.path.join(folder, f"{name}.npz"))
-        np.savez(files[-1], vols=vols[part], segs=segs[part], labels=labels, label_names=names)
+        np.savez(files[-1], vols=vols[part], segs=segs[part], labels=labels, label_names=names,
+                 spacing=1.5 * factor)
     return files[0], files[1]
 
 
