@@ -26,7 +26,8 @@ import utils
 ENCODER = (16, 32, 32, 32)
 DECODER_VM1 = (32, 32, 32, 32, 8, 8)
 DECODER_VM2 = (32, 32, 32, 32, 32, 16, 16)
-AFFINE_FEATURES = (32, 32)  # the affine network's convolutions at 1/16 resolution
+KEYPOINTS = 32  # feature maps of the affine network, whose centroids are matched
+FIT_EPS = 1e-5  # pull of the affine least squares towards the identity (voxels^2)
 TRANSFORMS = ("deformable", "affine", "rigid", "joint")
 DIVISOR = 2 ** len(ENCODER)  # spatial sizes must divide by this (four stride-2 levels)
 DEFAULT_LAMBDA = {"ncc": 1.0, "mse": 0.01}  # smoothness weights of the papers
@@ -122,19 +123,55 @@ class Negate(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="voxelmorph")
-class FitAffine(keras.layers.Layer):
-    """A coarse displacement field -> the affine map that fits it best (least squares).
+class Centroids(keras.layers.Layer):
+    """Feature maps -> the centroid of each map (its barycentre) and its mass.
 
-    The affine network predicts a displacement at every voxel of its coarsest level; this layer
-    fits ``u(x) = L (x - c) + t`` to it, ``c`` the grid's centre, and returns the map of voxel
-    coordinates ``y = (I + L)(x - c) + c + t``. Zero weights give zero fields and the identity.
-    The rigid map keeps the rotation ``R = expm((L - L^T) / 2)`` (exactly orthonormal, det 1)
+    Parameters
+    ----------
+    shape : tuple of int
+        Spatial shape of the full-resolution grid, whose voxels the centroids are in.
+    """
+
+    def __init__(self, shape: tuple[int, ...], **kwargs):
+        super().__init__(**kwargs)
+        self.shape = tuple(shape)
+
+    def call(self, features):
+        """``(B, *coarse, K)`` non-negative maps -> ``(B, K, ndim)`` centroids in voxels of the
+        full grid, 'ij' order, and ``(B, K)`` masses (the maps' means)."""
+        ndim, coarse = len(self.shape), features.shape[1:-1]
+        ratio = np.array(self.shape) / np.array(coarse)
+        axes = np.meshgrid(*[(np.arange(size) + 0.5) * r - 0.5 for size, r in
+                             zip(coarse, ratio)], indexing="ij")
+        points = tf.constant(np.stack(axes, -1).reshape(-1, ndim), tf.float32)
+        maps = tf.reshape(features, [-1, points.shape[0], features.shape[-1]])
+        mass = tf.reduce_mean(maps, axis=1)
+        centroids = tf.einsum("bnk,nd->bkd", maps, points) / points.shape[0]
+        return centroids / (mass[..., None] + 1e-6), mass
+
+    def compute_output_shape(self, input_shape):
+        return ((input_shape[0], input_shape[-1], len(self.shape)),
+                (input_shape[0], input_shape[-1]))
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "shape": self.shape}
+
+
+@keras.saving.register_keras_serializable(package="voxelmorph")
+class FitAffine(keras.layers.Layer):
+    """Matching centroids of two images -> the affine map that takes one set onto the other.
+
+    Weighted least squares: ``y = A (x - c) + c + t`` minimising ``sum_k w_k |y(s_k) - m_k|^2
+    + eps |[A - I | t]|^2`` over the static centroids ``s_k`` and moving centroids ``m_k``,
+    ``w_k`` the product of their masses (normalised), ``c`` the grid's centre. The small ``eps``
+    term makes the identity the answer when the maps are empty (zero weights). The rigid map
+    keeps the rotation ``R = expm((L - L^T) / 2)`` of ``A = I + L`` (exactly orthonormal, det 1)
     and the translation ``t``.
 
     Parameters
     ----------
     shape : tuple of int
-        Spatial shape of the full-resolution grid, whose voxels the field and the map are in.
+        Spatial shape of the grid, whose voxels the centroids and the map are in.
     rigid : bool
         Rotation and translation only.
     """
@@ -143,29 +180,30 @@ class FitAffine(keras.layers.Layer):
         super().__init__(**kwargs)
         self.shape, self.rigid = tuple(shape), rigid
 
-    def call(self, coarse):
-        """``(B, *coarse, ndim)`` displacement in full-resolution voxels -> ``(B, ndim, ndim +
-        1)`` map ``[A | b]`` from static voxels ``x`` to moving voxels ``A x + b``, 'ij' order."""
-        ndim, coarse_shape = len(self.shape), coarse.shape[1:-1]
-        ratio = np.array(self.shape) / np.array(coarse_shape)
-        centre = (np.array(self.shape) - 1) / 2
-        axes = np.meshgrid(*[(np.arange(size) + 0.5) * r - 0.5 for size, r in
-                             zip(coarse_shape, ratio)], indexing="ij")
-        points = np.stack(axes, -1).reshape(-1, ndim) - centre  # coarse voxel centres
-        solve = np.linalg.pinv(np.concatenate([points, np.ones((len(points), 1))], 1))
-        field = tf.reshape(coarse, [-1, len(points), ndim])
-        fitted = tf.einsum("kn,bnd->bdk", tf.constant(solve, tf.float32), field)
-        linear, shift = fitted[:, :, :ndim], fitted[:, :, ndim]
+    def call(self, inputs):
+        """``[static centroids, static masses, moving centroids, moving masses]`` (``(B, K,
+        ndim)`` in voxels and ``(B, K)``) -> ``(B, ndim, ndim + 1)`` map ``[A | b]`` from
+        static voxels ``x`` to moving voxels ``A x + b``, 'ij' order."""
+        static, static_mass, moving, moving_mass = inputs
+        ndim = len(self.shape)
+        centre = tf.constant((np.array(self.shape) - 1) / 2, tf.float32)
+        weights = static_mass * moving_mass
+        weights = weights / (tf.reduce_sum(weights, axis=1, keepdims=True) + 1e-12)
+        points = tf.concat([static - centre, tf.ones_like(static[..., :1])], axis=-1)
+        weighted = points * weights[..., None]
+        identity = tf.eye(ndim + 1, ndim)  # the identity's [A | t]^T
+        normal = tf.einsum("bki,bkj->bij", weighted, points) + FIT_EPS * tf.eye(ndim + 1)
+        right = tf.einsum("bki,bkj->bij", weighted, moving - centre) + FIT_EPS * identity
+        fitted = tf.transpose(tf.linalg.solve(normal, right), [0, 2, 1])  # (B, ndim, ndim + 1)
+        matrix, shift = fitted[:, :, :ndim], fitted[:, :, ndim]
         if self.rigid:
+            linear = matrix - tf.eye(ndim)
             matrix = tf.linalg.expm(0.5 * (linear - tf.transpose(linear, [0, 2, 1])))
-        else:
-            matrix = tf.eye(ndim) + linear
-        centre = tf.constant(centre, tf.float32)
         offset = centre + shift - tf.einsum("bij,j->bi", matrix, centre)
         return tf.concat([matrix, offset[..., None]], axis=-1)
 
     def compute_output_shape(self, input_shape):
-        return (input_shape[0], len(self.shape), len(self.shape) + 1)
+        return (input_shape[0][0], len(self.shape), len(self.shape) + 1)
 
     def get_config(self) -> dict:
         return {**super().get_config(), "shape": self.shape, "rigid": self.rigid}
@@ -343,13 +381,15 @@ def affine_network(input_shape: tuple[int, ...], rigid: bool = False,
                    name: str | None = None) -> keras.Model:
     """An affine (or rigid) registration network in the VoxelMorph family.
 
-    The paper's encoder runs over the concatenated pair (3x3(x3) convolutions with stride 2,
-    widths ``ENCODER``), ``AFFINE_FEATURES`` convolutions at 1/16 resolution widen its receptive
-    field, and a last convolution (weights from N(0, 1e-5)) predicts a coarse displacement, to
-    which :class:`FitAffine` fits the affine map. At zero weights the map is the identity; the
-    same code serves 2D and 3D and any input size the deformable network takes (the map's
-    linear part along an axis needs two coarse voxels, 32 voxels, along it; below that the least
-    squares take the smallest one, as for a shift).
+    One feature network runs on each image of the pair (shared weights): the paper's encoder
+    (3x3(x3) convolutions with stride 2, widths ``ENCODER``) and a decoder with skips back to
+    1/4 resolution, whose last convolution gives ``KEYPOINTS`` non-negative maps (ReLU). The
+    centroid of each map is a point the network finds in both images (:class:`Centroids`), and
+    :class:`FitAffine` fits the affine map that takes the static image's points onto the moving
+    image's, weighted by the maps' masses (as SynthMorph's affine model and KeyMorph do). A
+    point found in both images gives the map exactly, however far apart they are; zero
+    weights give empty maps and the identity. The same code serves 2D and 3D and any input
+    size the deformable network takes.
 
     Parameters
     ----------
@@ -371,17 +411,30 @@ def affine_network(input_shape: tuple[int, ...], rigid: bool = False,
     check_input_shape(input_shape)
     inputs = {"moving": keras.Input((*input_shape, 1), name="moving"),
               "static": keras.Input((*input_shape, 1), name="static")}
-    x = keras.layers.Concatenate(name="pair")([inputs["moving"], inputs["static"]])
-    for filters in ENCODER:
-        x = _conv(x, filters, strides=2)
-    for filters in AFFINE_FEATURES:
-        x = _conv(x, filters)
-    coarse = _field(x, 0, "coarse_displacement")
-    matrix = FitAffine(input_shape, rigid, name="affine", dtype=F32)(coarse)
+    features = _keypoint_features(input_shape)
+    centroids = Centroids(input_shape, name="centroids", dtype=F32)
+    points = [*centroids(features(inputs["static"])), *centroids(features(inputs["moving"]))]
+    matrix = FitAffine(input_shape, rigid, name="affine", dtype=F32)(points)
     deformation = AffineDisplacement(input_shape, name="deformation", dtype=F32)(matrix)
     moved = SpatialTransformer(name="moved", dtype=F32)([inputs["moving"], deformation])
     return keras.Model(inputs, {"moved": moved, "deformation": deformation, "affine": matrix},
                        name=name or ("rigid" if rigid else "affine"))
+
+
+def _keypoint_features(input_shape: tuple[int, ...]) -> keras.Model:
+    """The affine network's feature network: one image -> ``KEYPOINTS`` maps at 1/4 size."""
+    image = keras.Input((*input_shape, 1), name="image")
+    x, skips = image, []
+    for filters in ENCODER:
+        x = _conv(x, filters, strides=2)
+        skips.append(x)
+    skips.pop()
+    for filters in (32, 32):  # back up to 1/4 resolution
+        x = _up_and_skip(_conv(x, filters), skips.pop())
+    conv = getattr(keras.layers, f"Conv{len(input_shape)}D")
+    maps = conv(KEYPOINTS, 3, padding="same", activation="relu", name="keypoint_maps")(
+        _conv(x, ENCODER[-1]))
+    return keras.Model(image, maps, name="keypoint_features")
 
 
 def joint_network(affine: keras.Model, deformable: keras.Model, name: str = "joint"
@@ -524,8 +577,10 @@ def input_shape(model: keras.Model) -> tuple[int, ...]:
 
 
 def stages(network: keras.Model) -> list[keras.Model]:
-    """The affine and deformable stages of a :func:`joint_network` (none for other networks)."""
-    return [layer for layer in network.layers if isinstance(layer, keras.Model)]
+    """The affine and deformable stages of a :func:`joint_network` (none for other networks):
+    the registration networks it holds (inputs ``moving`` and ``static``)."""
+    return [layer for layer in network.layers
+            if isinstance(layer, keras.Model) and isinstance(layer.input, dict)]
 
 
 def transform(network: keras.Model) -> str:
