@@ -217,13 +217,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--data", default=real_brains.DATA, help="the fstrain9_128.npz file")
-    parser.add_argument("--affine_epochs", type=int, default=20,
+    parser.add_argument("--affine_epochs", type=int, default=40,
                         help="epochs of 100 steps of the affine network")
     parser.add_argument("--deformable_epochs", type=int, default=10,
                         help="epochs of 100 steps of the deformable network")
     parser.add_argument("--joint_epochs", type=int, default=10,
                         help="epochs of 100 steps of the joint network, from the other two")
-    parser.add_argument("--finetune_steps", type=int, nargs="+", default=[0, 25],
+    parser.add_argument("--finetune_steps", type=int, nargs="+", default=[0, 10, 50],
                         help="instance optimisation steps of the affine and joint rows")
     parser.add_argument("--finetune_lr", type=float, default=1e-3)
     parser.add_argument("--seed", type=int, default=0, help="training seed")
