@@ -316,10 +316,17 @@ def _loss_panels(history: dict) -> list[tuple[str, str, list[tuple[str, str]]]]:
         Total loss, image similarity, smoothness and, with a segmentation loss, soft Dice;
         ``series`` holds the ``(key, label)`` of each curve, ``key`` without ``val_``.
     """
+    if "moved_loss" not in history:  # one term (affine, rigid): the loss is the similarity
+        return [("image similarity", "-NCC or MSE of moved vs static", [("loss", "")])]
     key, field, symbol = (("velocity_loss", "velocity", "v") if "velocity_loss" in history
+                          else ("residual_loss", "deformable stage's displacement", "u")
+                          if "residual_loss" in history
                           else ("deformation_loss", "displacement", "u"))
     terms, measure = ["similarity"], "-NCC or MSE of moved vs static"
     similarity = [("moved_loss", "")]
+    if "moved_affine_loss" in history:  # joint: the affine stage's own similarity too
+        terms.append("affine stage's similarity")
+        similarity = [("moved_loss", "final, "), ("moved_affine_loss", "affine stage, ")]
     if "moved_static_loss" in history:
         terms = ["$\\frac{1}{2}$ similarity", "$\\frac{1}{2}$ symmetric similarity"]
         measure, similarity = "-NCC or MSE", [("moved_loss", "moved vs static, "),
@@ -344,8 +351,10 @@ def plot_history(history, fname: str | None = None) -> Figure:
     ``--bidir`` half of it plus half the symmetric one, ``moved_static_loss``, drawn on the same
     panel), lambda times the smoothness of the displacement ``u`` (``deformation_loss``) or, for
     diffeomorphic runs, of the velocity ``v`` (``velocity_loss``), and with ``--seg_weight``
-    gamma times the soft-Dice loss (``moved_seg_loss``, a fourth panel). The smoothness axis is
-    logarithmic.
+    gamma times the soft-Dice loss (``moved_seg_loss``, a fourth panel). A joint model adds its
+    affine stage's similarity (``moved_affine_loss``) and smooths its deformable stage's field
+    (``residual_loss``); an affine or rigid model's loss is its similarity alone (one panel).
+    The smoothness axis is logarithmic.
 
     Parameters
     ----------
@@ -363,7 +372,7 @@ def plot_history(history, fname: str | None = None) -> Figure:
         history = read_history(history)
     panels = _loss_panels(history)
     fig = Figure(figsize=(13 / 3 * len(panels), 3.8), layout="constrained")
-    axes = fig.subplots(1, len(panels))
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
     for ax, (title, ylabel, series) in zip(axes, panels):
         for key, label in series:
             for prefix, style in (("", "-"), ("val_", "--")):
@@ -379,7 +388,8 @@ def plot_history(history, fname: str | None = None) -> Figure:
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=9)
-    smoothness = [value for line in axes[2].lines for value in line.get_ydata()]
+    smoothness = [value for ax in axes[2:3] for line in ax.lines
+                  for value in line.get_ydata()]
     if smoothness and min(smoothness) > 0:
         axes[2].set_yscale("log")
     fig.suptitle("Training history")

@@ -169,6 +169,22 @@ def test_history_of_a_bidirectional_segmentation_run_draws_and_names_every_term(
     np.testing.assert_allclose(segmentation.lines[1].get_ydata(), [5.0, 2.75, 0.5])
 
 
+def test_history_of_a_joint_run_draws_both_similarities_and_the_residual_smoothness():
+    fig = viz.plot_history(history_rows(keys=("loss", "moved_loss", "residual_loss",
+                                              "moved_affine_loss")))
+    total, similarity, smoothness = fig.axes
+    assert [line.get_label() for line in similarity.lines] == [
+        "final, train", "final, validation", "affine stage, train", "affine stage, validation"]
+    assert smoothness.get_title() == "smoothness of the deformable stage's displacement $u$"
+    assert "affine stage's similarity" in total.get_ylabel()
+
+
+def test_history_of_an_affine_run_is_one_panel_of_its_similarity():
+    fig = viz.plot_history(history_rows(keys=("loss",)))
+    assert [ax.get_title() for ax in fig.axes] == ["image similarity"]
+    assert [line.get_label() for line in fig.axes[0].lines] == ["train", "validation"]
+
+
 def evaluation(labels, names=None, pairs=4, seed=0):
     """An ``eval.json``-like dict with random Dice, one NaN among the scores."""
     rng = np.random.default_rng(seed)
