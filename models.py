@@ -11,6 +11,11 @@ encoder and differ only in the decoder's widths:
 - every convolution but the last is followed by LeakyReLU(0.2); the last one outputs ``ndim``
   channels, the displacement in voxels, with weights drawn from N(0, 1e-5).
 
+Beyond the papers, for scans that are not affinely aligned: :func:`affine_network` (affine or
+rigid: points found in both images by one feature network, matched by least squares) and
+:func:`joint_network` (the affine stage, then VoxelMorph on its moved image, composed into one
+displacement).
+
 The same code builds 2D and 3D networks: layers are chosen by ``ndim = len(input_shape)``.
 Beside the networks, :func:`build_model` compiles the training objective of Eq. (2). Registering
 and scoring pairs with a trained model is ``registration.py``'s job.
