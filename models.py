@@ -656,5 +656,6 @@ def initialise(network: keras.Model, trained: keras.Model) -> None:
     match = [part for part in [network, *stages(network)]
              if family.get(transform(part), transform(part)) == kind]
     if not match:
-        raise ValueError(f"a {kind} model cannot initialise a {transform(network)} network")
+        raise ValueError(f"a model of kind {kind!r} cannot initialise a network of kind "
+                         f"{transform(network)!r}")
     match[0].set_weights(source.get_weights())
