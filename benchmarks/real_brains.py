@@ -9,9 +9,10 @@ copied into the project). VoxelMorph-2 is trained scan-to-scan on the first 6 su
 ``main.py`` in several variants (the CVPR model, diffeomorphic, bidirectional, segmentation-aided,
 and the combination of the options that helped), and ordered pairs of the other 3 subjects are
 registered (all 6 by default; ``--max_pairs`` keeps the first ones, the cycle ``a->b, b->c, c->a``
-first). Next to them: the affine-only starting point and, when the ``antspyx`` package is
+first). Next to them: the affine-only starting point; when the ``antspyx`` package is
 installed (a benchmark-only dependency), ANTs SyN with the CC metric on the same pairs at the full
-128^3 resolution.
+128^3 resolution; and, when its own environment exists (``--official_python``), the official
+VoxelMorph 0.2 trained on the VM-2 row's budget by ``official_vxm.py``.
 
 Every method is scored on the full-resolution grid by ``scores.score_registration``: a
 displacement predicted on a coarser grid is resized to 128^3 (``utils.resize_displacement``), the
@@ -51,7 +52,9 @@ NAMES = {"vm2": "VM-2 (CVPR)", "int_steps": "VM-2 + --int_steps 7 --int_downsize
          "bidir": "VM-2 + --bidir",
          "seg": "VM-2 + --seg_weight {seg_weight:g}", "best": "best: VM-2 + {best}",
          "finetune": "{tuned} + --finetune_steps {finetune_steps}",
-         "ants": "ANTs SyN (CC), 128^3"}
+         "ants": "ANTs SyN (CC), 128^3",
+         "official": "official VoxelMorph 0.2 (VxmDense, VM-2 channels, same budget)"}
+OFFICIAL_PYTHON = os.path.join(ROOT, "..", "vxm-official", "bin", "python")
 
 
 def downsample(volumes: np.ndarray, labels: np.ndarray, factor: int):
@@ -290,6 +293,36 @@ def ants_syn(full, pairs, iterations: list[int], folder: str) -> dict:
     return {"per_pair": results}
 
 
+def official(full, pairs, args) -> dict:
+    """The official VoxelMorph trained by ``official_vxm.py`` in its own environment on the VM-2
+    row's budget, its displacements scored here as every other row."""
+    import subprocess
+
+    import utils
+
+    folder = os.path.join(args.output, "official")
+    flows = os.path.join(folder, "flows.npz")
+    if not os.path.exists(flows):
+        command = [args.official_python, os.path.join(ROOT, "benchmarks", "official_vxm.py"),
+                   "--data", args.data, "--downsample", str(args.downsample),
+                   "--steps", str(args.epochs * args.steps_per_epoch), "--lr", str(args.lr),
+                   "--seed", str(args.seed), "--output", folder]
+        if subprocess.run(command, env={**os.environ, "TF_USE_LEGACY_KERAS": "1"}).returncode:
+            sys.exit("real_brains.py: error: official_vxm.py failed")
+    with np.load(flows) as stored:
+        order = [tuple(pair) for pair in stored["pairs"].tolist()]
+        results = []
+        for m, s in pairs:
+            index = order.index((m, s))
+            deformation = np.asarray(utils.resize_displacement(
+                stored["flows"][index][None], (128,) * 3))[0]
+            scored = score_pair(full, m, s, warped(full[1][m].astype(np.int32), deformation,
+                                                   "nearest"), deformation)
+            results.append({**scored, "seconds": float(stored["seconds"][index])})
+            print(f"  official pair {m}->{s}: Dice {np.nanmean(scored['dice']):.3f}", flush=True)
+        return {"per_pair": results, "train_seconds": float(stored["train_seconds"])}
+
+
 def cached(path: str, pairs: list[tuple[int, int]], compute) -> dict:
     """The JSON result at ``path`` if it holds these ``pairs``, else computed and written."""
     if os.path.exists(path):
@@ -345,13 +378,16 @@ def build_parser() -> argparse.ArgumentParser:
                         help="instance optimisation steps of the last VoxelMorph row")
     parser.add_argument("--finetune_lr", type=float, default=1e-3)
     parser.add_argument("--methods", nargs="+", default=["vm2", *OPTIONS, "best", "finetune",
-                                                         "ants"],
-                        choices=["vm2", *OPTIONS, "best", "finetune", "ants"],
+                                                         "ants", "official"],
+                        choices=["vm2", *OPTIONS, "best", "finetune", "ants", "official"],
                         help="rows to compute (affine only is always shown)")
     parser.add_argument("--max_pairs", type=int, default=None,
                         help="register only the first test pairs (default: all 6)")
     parser.add_argument("--ants_iterations", type=int, nargs="+", default=[100, 70, 50, 20],
                         help="SyN iterations per level, coarse to fine")
+    parser.add_argument("--official_python", default=OFFICIAL_PYTHON,
+                        help="python of the official VoxelMorph's own environment (see "
+                             "official_vxm.py), for the official row")
     parser.add_argument("--output", default=os.path.join(ROOT, "runs", "real_brains"))
     return parser
 
@@ -407,6 +443,15 @@ def main() -> None:
                                                       args.output))
         except ImportError:
             print("antspyx is not installed: skipping ANTs SyN (pip install antspyx)")
+
+    if "official" in args.methods:
+        if os.path.exists(args.official_python):
+            results["official"] = cached(os.path.join(args.output, "official.json"), pairs,
+                                         lambda: official(full, pairs, args))
+            minutes["official"] = results["official"]["train_seconds"] / 60
+        else:
+            print(f"{args.official_python} not found: skipping the official VoxelMorph row "
+                  f"(set up its environment as official_vxm.py says)")
 
     grid = 128 // args.downsample
     labels = {"seg_weight": args.seg_weight, "finetune_steps": args.finetune_steps,
