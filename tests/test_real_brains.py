@@ -35,3 +35,21 @@ def test_benchmark_trains_on_a_32_cube_and_scores_at_128(tmp_path):
     # A second run reuses the stored results instead of training again.
     again = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0 and "Epoch 1/1" not in again.stdout
+
+
+OFFICIAL_PYTHON = os.path.join(ROOT, "..", "vxm-official", "bin", "python")
+
+
+@pytest.mark.skipif(not os.path.exists(OFFICIAL_PYTHON),
+                    reason="the official VoxelMorph's environment ../vxm-official is absent")
+def test_official_row_trains_in_its_own_environment_and_is_scored_here(tmp_path):
+    command = [sys.executable, "benchmarks/real_brains.py", "--downsample", "4", "--methods",
+               "official", "--epochs", "1", "--steps_per_epoch", "2", "--max_pairs", "2",
+               "--output", str(tmp_path)]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    official = json.loads((tmp_path / "results.json").read_text())["summary"]["official"]
+    assert 0.4 < official["dice"]["mean"] < 0.9 and official["seconds"]["mean"] > 0
+    with np.load(tmp_path / "official" / "flows.npz") as stored:
+        assert stored["flows"].shape == (6, 32, 32, 32, 3)  # every ordered test pair
+    assert "| official VoxelMorph 0.2" in result.stdout
