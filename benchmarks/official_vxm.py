@@ -25,7 +25,11 @@ import os
 import sys
 import time
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path[:0] = [ROOT, os.path.join(ROOT, "benchmarks")]
+import runtime  # noqa: E402, F401  (oneDNN on and quiet logs, as for this project's rows)
+import real_brains  # noqa: E402  (numpy only: the sets and the pairs)
+
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
 # neurite 0.2 calls inspect.getargspec, which Python 3.11 removed.
@@ -36,9 +40,6 @@ if not hasattr(inspect, "getargspec"):
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 import voxelmorph as vxm  # noqa: E402
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import real_brains  # noqa: E402  (numpy only: the sets and the pairs)
 
 VM2 = [[16, 32, 32, 32], [32, 32, 32, 32, 32, 16, 16]]
 
