@@ -16,235 +16,25 @@ rigid: points found in both images by one feature network, matched by least squa
 :func:`joint_network` (the affine stage, then VoxelMorph on its moved image, composed into one
 displacement).
 
-The same code builds 2D and 3D networks: layers are chosen by ``ndim = len(input_shape)``.
+The same code builds 2D and 3D networks: layers are chosen by ``ndim = len(input_shape)``; the
+project's own layers are in ``layers.py``.
 Beside the networks, :func:`build_model` compiles the training objective of Eq. (2). Registering
 and scoring pairs with a trained model is ``registration.py``'s job.
 """
 import runtime  # noqa: F401  (TensorFlow's settings: before its first import)
 import keras
-import numpy as np
-import tensorflow as tf
 
+import layers  # also registers the layers, so that saved models load
 import metrics  # also registers the losses, so that saved models load compiled
-import utils
 
 ENCODER = (16, 32, 32, 32)
 DECODER_VM1 = (32, 32, 32, 32, 8, 8)
 DECODER_VM2 = (32, 32, 32, 32, 32, 16, 16)
 KEYPOINTS = 32  # feature maps of the affine network, whose centroids are matched
-FIT_EPS = 1e-5  # pull of the affine least squares towards the identity (voxels^2)
 TRANSFORMS = ("deformable", "affine", "rigid", "joint")
 DIVISOR = 2 ** len(ENCODER)  # spatial sizes must divide by this (four stride-2 levels)
 DEFAULT_LAMBDA = {"ncc": 1.0, "mse": 0.01}  # smoothness weights of the papers
 F32 = "float32"  # the field's layers, even under a mixed-precision policy
-
-
-@keras.saving.register_keras_serializable(package="voxelmorph")
-class SpatialTransformer(keras.layers.Layer):
-    """Keras layer around :func:`utils.warp`: ``[moving, deformation] -> moved``.
-
-    Parameters
-    ----------
-    interpolation : {"linear", "nearest"}
-        N-linear for images, nearest-neighbour for label maps.
-    """
-
-    def __init__(self, interpolation: str = "linear", **kwargs):
-        super().__init__(**kwargs)
-        self.interpolation = interpolation
-
-    def call(self, inputs):
-        """``[(B, *spatial, C) image, (B, *spatial, ndim) displacement]`` -> ``(B, *spatial, C)``.
-        """
-        moving, deformation = inputs
-        return utils.warp(moving, deformation, self.interpolation)
-
-    def compute_output_shape(self, input_shape):
-        return input_shape[0]
-
-    def get_config(self) -> dict:
-        return {**super().get_config(), "interpolation": self.interpolation}
-
-
-@keras.saving.register_keras_serializable(package="voxelmorph")
-class IntegrateVelocity(keras.layers.Layer):
-    """Keras layer around :func:`utils.integrate_velocity`: velocity -> displacement, same grid.
-
-    Parameters
-    ----------
-    steps : int
-        Scaling and squaring steps.
-    """
-
-    def __init__(self, steps: int, **kwargs):
-        super().__init__(**kwargs)
-        self.steps = steps
-
-    def call(self, velocity):
-        """``(B, *spatial, ndim)`` velocity in voxels -> ``(B, *spatial, ndim)`` displacement."""
-        return utils.integrate_velocity(velocity, self.steps)
-
-    def compute_output_shape(self, input_shape):
-        return input_shape
-
-    def get_config(self) -> dict:
-        return {**super().get_config(), "steps": self.steps}
-
-
-@keras.saving.register_keras_serializable(package="voxelmorph")
-class ResizeField(keras.layers.Layer):
-    """Keras layer around :func:`utils.resize_displacement`: a field onto a ``shape`` grid.
-
-    Both sides of a coarse integration use it: the velocity down to the integration grid, the
-    displacement back up; the vectors are rescaled so that they stay in voxels of the new grid.
-
-    Parameters
-    ----------
-    shape : tuple of int
-        Spatial shape of the output grid (same extent as the input's).
-    """
-
-    def __init__(self, shape: tuple[int, ...], **kwargs):
-        super().__init__(**kwargs)
-        self.shape = tuple(shape)
-
-    def call(self, field):
-        """``(B, *in_spatial, ndim)`` in input voxels -> ``(B, *shape, ndim)`` in output voxels."""
-        return utils.resize_displacement(field, self.shape)
-
-    def compute_output_shape(self, input_shape):
-        return (input_shape[0], *self.shape, input_shape[-1])
-
-    def get_config(self) -> dict:
-        return {**super().get_config(), "shape": self.shape}
-
-
-@keras.saving.register_keras_serializable(package="voxelmorph")
-class Negate(keras.layers.Layer):
-    """``x -> -x``: the inverse of a velocity field (or, to first order, of a displacement)."""
-
-    def call(self, x):
-        return -x
-
-
-@keras.saving.register_keras_serializable(package="voxelmorph")
-class Centroids(keras.layers.Layer):
-    """Feature maps -> the centroid of each map (its barycentre) and its mass.
-
-    Parameters
-    ----------
-    shape : tuple of int
-        Spatial shape of the full-resolution grid, whose voxels the centroids are in.
-    """
-
-    def __init__(self, shape: tuple[int, ...], **kwargs):
-        super().__init__(**kwargs)
-        self.shape = tuple(shape)
-
-    def call(self, features):
-        """``(B, *coarse, K)`` non-negative maps -> ``(B, K, ndim)`` centroids in voxels of the
-        full grid, 'ij' order, and ``(B, K)`` masses (the maps' means)."""
-        ndim, coarse = len(self.shape), features.shape[1:-1]
-        ratio = np.array(self.shape) / np.array(coarse)
-        axes = np.meshgrid(*[(np.arange(size) + 0.5) * r - 0.5 for size, r in
-                             zip(coarse, ratio)], indexing="ij")
-        points = tf.constant(np.stack(axes, -1).reshape(-1, ndim), tf.float32)
-        maps = tf.reshape(features, [-1, points.shape[0], features.shape[-1]])
-        mass = tf.reduce_mean(maps, axis=1)
-        centroids = tf.einsum("bnk,nd->bkd", maps, points) / points.shape[0]
-        return centroids / (mass[..., None] + 1e-6), mass
-
-    def compute_output_shape(self, input_shape):
-        return ((input_shape[0], input_shape[-1], len(self.shape)),
-                (input_shape[0], input_shape[-1]))
-
-    def get_config(self) -> dict:
-        return {**super().get_config(), "shape": self.shape}
-
-
-@keras.saving.register_keras_serializable(package="voxelmorph")
-class FitAffine(keras.layers.Layer):
-    """Matching centroids of two images -> the affine map that takes one set onto the other.
-
-    Weighted least squares: ``y = A (x - c) + c + t`` minimising ``sum_k w_k |y(s_k) - m_k|^2
-    + eps |[A - I | t]|^2`` over the static centroids ``s_k`` and moving centroids ``m_k``,
-    ``w_k`` the product of their masses (normalised), ``c`` the grid's centre. The small ``eps``
-    term makes the identity the answer when the maps are empty (zero weights). The rigid map
-    keeps the rotation ``R = expm((L - L^T) / 2)`` of ``A = I + L`` (exactly orthonormal, det 1)
-    and the translation ``t``.
-
-    Parameters
-    ----------
-    shape : tuple of int
-        Spatial shape of the grid, whose voxels the centroids and the map are in.
-    rigid : bool
-        Rotation and translation only.
-    """
-
-    def __init__(self, shape: tuple[int, ...], rigid: bool = False, **kwargs):
-        super().__init__(**kwargs)
-        self.shape, self.rigid = tuple(shape), rigid
-
-    def call(self, inputs):
-        """``[static centroids, static masses, moving centroids, moving masses]`` (``(B, K,
-        ndim)`` in voxels and ``(B, K)``) -> ``(B, ndim, ndim + 1)`` map ``[A | b]`` from
-        static voxels ``x`` to moving voxels ``A x + b``, 'ij' order."""
-        static, static_mass, moving, moving_mass = inputs
-        ndim = len(self.shape)
-        centre = tf.constant((np.array(self.shape) - 1) / 2, tf.float32)
-        weights = static_mass * moving_mass
-        weights = weights / (tf.reduce_sum(weights, axis=1, keepdims=True) + 1e-12)
-        points = tf.concat([static - centre, tf.ones_like(static[..., :1])], axis=-1)
-        weighted = points * weights[..., None]
-        identity = tf.eye(ndim + 1, ndim)  # the identity's [A | t]^T
-        normal = tf.einsum("bki,bkj->bij", weighted, points) + FIT_EPS * tf.eye(ndim + 1)
-        right = tf.einsum("bki,bkj->bij", weighted, moving - centre) + FIT_EPS * identity
-        fitted = tf.transpose(tf.linalg.solve(normal, right), [0, 2, 1])  # (B, ndim, ndim + 1)
-        matrix, shift = fitted[:, :, :ndim], fitted[:, :, ndim]
-        if self.rigid:
-            linear = matrix - tf.eye(ndim)
-            matrix = tf.linalg.expm(0.5 * (linear - tf.transpose(linear, [0, 2, 1])))
-        offset = centre + shift - tf.einsum("bij,j->bi", matrix, centre)
-        return tf.concat([matrix, offset[..., None]], axis=-1)
-
-    def compute_output_shape(self, input_shape):
-        return (input_shape[0][0], len(self.shape), len(self.shape) + 1)
-
-    def get_config(self) -> dict:
-        return {**super().get_config(), "shape": self.shape, "rigid": self.rigid}
-
-
-@keras.saving.register_keras_serializable(package="voxelmorph")
-class AffineDisplacement(keras.layers.Layer):
-    """Keras layer around :func:`utils.affine_displacement`: an affine map as a displacement.
-
-    ``matrix -> M(x) - x`` on a grid of ``shape``, or, given ``[matrix, deformation]``, the
-    composition ``M(x + u(x)) - x`` (the deformation first, then the affine map).
-
-    Parameters
-    ----------
-    shape : tuple of int
-        Spatial shape of the grid.
-    """
-
-    def __init__(self, shape: tuple[int, ...], **kwargs):
-        super().__init__(**kwargs)
-        self.shape = tuple(shape)
-
-    def call(self, inputs):
-        """``(B, ndim, ndim + 1)`` map, or it and ``(B, *shape, ndim)`` displacement in voxels
-        -> ``(B, *shape, ndim)`` displacement in voxels."""
-        if isinstance(inputs, (list, tuple)):
-            return utils.affine_displacement(*inputs)
-        zeros = tf.zeros([tf.shape(inputs)[0], *self.shape, len(self.shape)])
-        return utils.affine_displacement(inputs, zeros)
-
-    def compute_output_shape(self, input_shape):
-        batch = input_shape[0][0] if isinstance(input_shape, list) else input_shape[0]
-        return (batch, *self.shape, len(self.shape))
-
-    def get_config(self) -> dict:
-        return {**super().get_config(), "shape": self.shape}
 
 
 def _conv(x, filters: int, strides: int = 1):
@@ -288,7 +78,8 @@ def voxelmorph(input_shape: tuple[int, ...], decoder: tuple[int, ...],
         velocity field, integrated by scaling and squaring in ``int_steps`` steps into a
         diffeomorphic displacement (Dalca et al., MICCAI 2018).
     int_downsize : int
-        Integrate the velocity at ``1 / int_downsize`` resolution: :class:`ResizeField` takes it
+        Integrate the velocity at ``1 / int_downsize`` resolution: :class:`layers.ResizeField`
+        takes it
         down to that grid and the integrated displacement back (only with ``int_steps``).
     bidir : bool
         Also warp the static image with the inverse field (the negated velocity, or the negated
@@ -317,27 +108,29 @@ def voxelmorph(input_shape: tuple[int, ...], decoder: tuple[int, ...],
     if int_steps:
         if int_downsize > 1:
             small = tuple(size // int_downsize for size in input_shape)
-            field = ResizeField(small, name="velocity", dtype=F32)(field)
+            field = layers.ResizeField(small, name="velocity", dtype=F32)(field)
         outputs["velocity"] = field
-        deformation = IntegrateVelocity(int_steps, name="integrate", dtype=F32)(field)
+        deformation = layers.IntegrateVelocity(int_steps, name="integrate", dtype=F32)(field)
         if bidir:
-            negated = Negate(name="negated_velocity", dtype=F32)(field)
-            inverse = IntegrateVelocity(int_steps, name="integrate_inverse", dtype=F32)(negated)
+            negated = layers.Negate(name="negated_velocity", dtype=F32)(field)
+            inverse = layers.IntegrateVelocity(int_steps, name="integrate_inverse",
+                                               dtype=F32)(negated)
         if int_downsize > 1:
-            deformation = ResizeField(input_shape, name="resize", dtype=F32)(deformation)
+            deformation = layers.ResizeField(input_shape, name="resize", dtype=F32)(deformation)
             if bidir:
-                inverse = ResizeField(input_shape, name="resize_inverse", dtype=F32)(inverse)
+                inverse = layers.ResizeField(input_shape, name="resize_inverse", dtype=F32)(inverse)
     else:
         deformation = field
         if bidir:
-            inverse = Negate(name="inverse", dtype=F32)(deformation)
-    outputs["moved"] = SpatialTransformer(name="moved", dtype=F32)([inputs["moving"], deformation])
+            inverse = layers.Negate(name="inverse", dtype=F32)(deformation)
+    outputs["moved"] = layers.SpatialTransformer(name="moved", dtype=F32)(
+        [inputs["moving"], deformation])
     outputs["deformation"] = deformation
     if bidir:
-        outputs["moved_static"] = SpatialTransformer(name="moved_static", dtype=F32)(
+        outputs["moved_static"] = layers.SpatialTransformer(name="moved_static", dtype=F32)(
             [inputs["static"], inverse])
     if num_labels:
-        outputs["moved_seg"] = SpatialTransformer(name="moved_seg", dtype=F32)(
+        outputs["moved_seg"] = layers.SpatialTransformer(name="moved_seg", dtype=F32)(
             [inputs["moving_seg"], deformation])
     return keras.Model(inputs, outputs, name=name)
 
@@ -389,12 +182,12 @@ def affine_network(input_shape: tuple[int, ...], rigid: bool = False,
     One feature network runs on each image of the pair (shared weights): the paper's encoder
     (3x3(x3) convolutions with stride 2, widths ``ENCODER``) and a decoder with skips back to
     1/4 resolution, whose last convolution gives ``KEYPOINTS`` non-negative maps (ReLU). The
-    centroid of each map is a point the network finds in both images (:class:`Centroids`), and
-    :class:`FitAffine` fits the affine map that takes the static image's points onto the moving
-    image's, weighted by the maps' masses (as SynthMorph's affine model and KeyMorph do). A
-    point found in both images gives the map exactly, however far apart they are; zero
-    weights give empty maps and the identity. The same code serves 2D and 3D and any input
-    size the deformable network takes.
+    centroid of each map is a point the network finds in both images
+    (:class:`layers.Centroids`), and :class:`layers.FitAffine` fits the affine map that takes
+    the static image's points onto the moving image's, weighted by the maps' masses (as
+    SynthMorph's affine model and KeyMorph do). A point found in both images gives the map
+    exactly, however far apart they are; zero weights give empty maps and the identity. The
+    same code serves 2D and 3D and any input size the deformable network takes.
 
     Parameters
     ----------
@@ -417,11 +210,11 @@ def affine_network(input_shape: tuple[int, ...], rigid: bool = False,
     inputs = {"moving": keras.Input((*input_shape, 1), name="moving"),
               "static": keras.Input((*input_shape, 1), name="static")}
     features = _keypoint_features(input_shape)
-    centroids = Centroids(input_shape, name="centroids", dtype=F32)
+    centroids = layers.Centroids(input_shape, name="centroids", dtype=F32)
     points = [*centroids(features(inputs["static"])), *centroids(features(inputs["moving"]))]
-    matrix = FitAffine(input_shape, rigid, name="affine", dtype=F32)(points)
-    deformation = AffineDisplacement(input_shape, name="deformation", dtype=F32)(matrix)
-    moved = SpatialTransformer(name="moved", dtype=F32)([inputs["moving"], deformation])
+    matrix = layers.FitAffine(input_shape, rigid, name="affine", dtype=F32)(points)
+    deformation = layers.AffineDisplacement(input_shape, name="deformation", dtype=F32)(matrix)
+    moved = layers.SpatialTransformer(name="moved", dtype=F32)([inputs["moving"], deformation])
     return keras.Model(inputs, {"moved": moved, "deformation": deformation, "affine": matrix},
                        name=name or ("rigid" if rigid else "affine"))
 
@@ -469,9 +262,9 @@ def joint_network(affine: keras.Model, deformable: keras.Model, name: str = "joi
               "static": keras.Input((*shape, 1), name="static")}
     aligned = affine(inputs)
     refined = deformable({"moving": aligned["moved"], "static": inputs["static"]})
-    deformation = AffineDisplacement(shape, name="deformation", dtype=F32)(
+    deformation = layers.AffineDisplacement(shape, name="deformation", dtype=F32)(
         [aligned["affine"], refined["deformation"]])
-    outputs = {"moved": SpatialTransformer(name="moved", dtype=F32)([inputs["moving"],
+    outputs = {"moved": layers.SpatialTransformer(name="moved", dtype=F32)([inputs["moving"],
                                                                       deformation]),
                "deformation": deformation, "affine": aligned["affine"],
                "moved_affine": aligned["moved"], "residual": refined["deformation"]}
@@ -592,14 +385,15 @@ def transform(network: keras.Model) -> str:
     """The transform a registration network predicts: one of ``TRANSFORMS``."""
     if stages(network):
         return "joint"
-    fit = [layer for layer in network.layers if isinstance(layer, FitAffine)]
+    fit = [layer for layer in network.layers if isinstance(layer, layers.FitAffine)]
     return ("rigid" if fit[0].rigid else "affine") if fit else "deformable"
 
 
 def integration(network: keras.Model) -> tuple[int, int]:
     """``(int_steps, int_downsize)`` of a network: ``(0, 1)`` without integration (and for a
     joint network, whose velocity is that of its deformable stage only)."""
-    integrate = [layer for layer in network.layers if isinstance(layer, IntegrateVelocity)]
+    integrate = [layer for layer in network.layers
+                 if isinstance(layer, layers.IntegrateVelocity)]
     if not integrate:
         return 0, 1
     return integrate[0].steps, input_shape(network)[0] // network.output["velocity"].shape[1]

@@ -330,9 +330,8 @@ def locked_train(args, lock: contextlib.ExitStack) -> dict:
         rundir.new_run_folder(output)  # still: another process may have begun a run in it
     rundir.write_args(output, {key: value for key, value in vars(args).items()
                                if key not in ("resume", "command")}, state)
-    kind = args.model if args.transform == "deformable" else f"{args.transform} ({args.model})"
-    if args.transform in ("affine", "rigid"):
-        kind = args.transform
+    kind = {"deformable": args.model, "joint": f"joint ({args.model})"}.get(args.transform,
+                                                                          args.transform)
     print(f"{kind} on {strategy.num_replicas_in_sync} {device}(s), {mode} pairs of shape "
           f"{shape}, {len(val_pairs)} validation pairs, output in {output}"
           + (f", resumed {rundir.position(state)}" if state else ""))

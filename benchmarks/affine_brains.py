@@ -235,13 +235,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main() -> None:
     args = build_parser().parse_args()
-    if not os.path.exists(args.data):
-        sys.exit(f"affine_brains.py: error: {args.data} not found (internal benchmark data, "
-                 f"expected in ../shared/data beside the repository)")
-    os.makedirs(args.output, exist_ok=True)
     started = time.perf_counter()
-    train_set, test_set = real_brains.write_sets(args.data, 2, args.output)
-    full_set = real_brains.full_resolution_test_set(args.data)
+    train_set, test_set, full_set = real_brains.prepare("affine_brains.py", args.data, 2,
+                                                        args.output)
     pairs = real_brains.test_pairs(len(full_set[0]), None)
     grids_ = grids(args.data)
     cases = misaligned(full_set, pairs, grids_[0], grids_[2], args.pair_seed)

@@ -392,15 +392,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def prepare(script: str, data: str, factor: int, output: str):
+    """The sets of a benchmark on the real brains: ``train.npz`` and ``test.npz`` on the
+    network's grid in ``output``, and :func:`full_resolution_test_set`; exits with one line when
+    the data is absent."""
+    if not os.path.exists(data):
+        sys.exit(f"{script}: error: {data} not found (internal benchmark data, expected in "
+                 f"../shared/data beside the repository)")
+    os.makedirs(output, exist_ok=True)
+    return (*write_sets(data, factor, output), full_resolution_test_set(data))
+
+
 def main() -> None:
     args = build_parser().parse_args()
-    if not os.path.exists(args.data):
-        sys.exit(f"real_brains.py: error: {args.data} not found (internal benchmark data, "
-                 f"expected in ../shared/data beside the repository)")
-    os.makedirs(args.output, exist_ok=True)
     started = time.perf_counter()
-    train_set, test_set = write_sets(args.data, args.downsample, args.output)
-    full = full_resolution_test_set(args.data)
+    train_set, test_set, full = prepare("real_brains.py", args.data, args.downsample,
+                                        args.output)
     pairs = test_pairs(len(full[0]), args.max_pairs)
     results = {"affine": affine_only(full, pairs)}
     minutes = {}

@@ -8,6 +8,7 @@ import pytest
 import SimpleITK as sitk
 
 import dataloader
+import layers
 import main
 import models
 import registration
@@ -79,7 +80,7 @@ def test_fit_affine_takes_the_static_points_onto_the_moving_points(ndim):
     static = rng.uniform(0, 32, (1, 10, ndim))
     moving = static @ true[:, :ndim].T + true[:, ndim]
     masses = rng.uniform(0.5, 1.0, (2, 1, 10))
-    fitted = models.FitAffine(shape)([static.astype(np.float32), masses[0].astype(np.float32),
+    fitted = layers.FitAffine(shape)([static.astype(np.float32), masses[0].astype(np.float32),
                                       moving.astype(np.float32), masses[1].astype(np.float32)])
     np.testing.assert_allclose(np.asarray(fitted)[0], true, atol=1e-2)
 
@@ -88,7 +89,7 @@ def test_centroids_are_the_maps_barycentres_on_the_full_grid():
     maps = np.zeros((1, 4, 4, 2), np.float32)
     maps[0, 1, 2, 0] = 1.0  # one voxel of the 1/4 grid: voxels 4-7, 8-11 of the full grid
     maps[0, 0, 0, 1], maps[0, 3, 3, 1] = 1.0, 1.0
-    centroids, mass = models.Centroids((16, 16))(maps)
+    centroids, mass = layers.Centroids((16, 16))(maps)
     np.testing.assert_allclose(np.asarray(centroids)[0], [[5.5, 9.5], [7.5, 7.5]], atol=1e-3)
     np.testing.assert_allclose(np.asarray(mass)[0], [1 / 16, 2 / 16])
 
