@@ -55,6 +55,12 @@ NAMES = {"vm2": "VM-2 (CVPR)", "int_steps": "VM-2 + --int_steps 7 --int_downsize
          "ants": "ANTs SyN (CC), 128^3",
          "official": "official VoxelMorph 0.2 (VxmDense, VM-2 channels, same budget)"}
 OFFICIAL_PYTHON = os.path.join(ROOT, "..", "vxm-official", "bin", "python")
+# ANTs SyN's per-pair scores, committed so that its hours of CPU are spent once (no image data).
+ANTS_SCORES = os.path.join(ROOT, "benchmarks", "ants_syn_scores.json")
+ANTS_ABOUT = ("ANTs SyN (antspyx registration 'SyNOnly', CC metric of radius 4) of the real-brain "
+              "test pairs 'moving->static' at 128^3, scored by benchmarks/real_brains.py "
+              "(score_pair); written by it, pair by pair, with the date, machine and threads of "
+              "each registration")
 
 
 def downsample(volumes: np.ndarray, labels: np.ndarray, factor: int):
@@ -276,20 +282,65 @@ def apply_agreement(warp: str, moving_seg: np.ndarray, ants_moved_seg: np.ndarra
     return float(np.mean(np.rint(applied) == ants_moved_seg))
 
 
-def ants_syn(full, pairs, iterations: list[int], folder: str) -> dict:
-    """ANTs SyN on every test pair at 128^3, scored as the other methods."""
+def ants_machine() -> dict:
+    """Where and how an ANTs registration runs now: date, antspyx version, CPU and threads."""
+    import ants
+
+    from benchmarks import bench
+
+    with open("/proc/cpuinfo") as file:
+        isa = bench.cpu_isa(file.read())["isa"]
+    return {"date": time.strftime("%Y-%m-%d", time.gmtime()), "antspyx": ants.__version__,
+            "cpu": f"{bench.cpu_name()} ({isa}), {os.cpu_count()} cores",
+            "threads": int(os.environ.get("ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS",
+                                          os.cpu_count()))}
+
+
+def stored_scores(path: str, iterations: list[int]) -> dict:
+    """The per-pair scores kept in ``path`` (JSON, keys ``"m->s"``) for these SyN iterations."""
+    if not os.path.exists(path):
+        return {}
+    with open(path) as file:
+        stored = json.load(file)
+    return stored["pairs"] if stored["iterations"] == list(iterations) else {}
+
+
+def store_score(path: str, iterations: list[int], key: str, scores: dict) -> None:
+    """Add one pair's scores to ``path`` (written atomically), replacing other iterations'."""
+    pairs = {**stored_scores(path, iterations), key: scores}
+    text = json.dumps({"about": ANTS_ABOUT, "iterations": list(iterations),
+                       "pairs": dict(sorted(pairs.items()))}, indent=1)
+    with open(path + ".tmp", "w") as file:
+        file.write(text + "\n")
+    os.replace(path + ".tmp", path)
+
+
+def ants_syn(full, pairs, iterations: list[int], folder: str, scores: str = ANTS_SCORES) -> dict:
+    """ANTs SyN on every test pair at 128^3, scored as the other methods.
+
+    A pair's scores come from ``scores`` (committed with the repository: scores only, each
+    with the date, machine and threads it was made on) when it holds the pair for these
+    ``iterations``; otherwise the pair is registered (its warp kept in ``folder``) and its
+    scores are added there.
+    """
     vols, segs = full[:2]
     results = []
     for m, s in pairs:
-        registered = ants_register(vols[s], vols[m], segs[m], iterations,
-                                   os.path.join(folder, f"ants_{m}_{s}.npz"))
-        scored = score_pair(full, m, s, registered["moved_seg"], registered["deformation"])
-        results.append({**scored, "seconds": float(registered["seconds"])})
-        if "apply_agreement" in registered:
-            results[-1]["apply_agreement"] = float(registered["apply_agreement"])
-        print(f"  ANTs pair {m}->{s}: Dice {np.nanmean(scored['dice']):.3f} in "
-              f"{results[-1]['seconds']:.0f} s; main.py apply of its warp gives its labels at "
-              f"{100 * results[-1].get('apply_agreement', np.nan):.3f}% of voxels", flush=True)
+        key = f"{m}->{s}"
+        if key not in stored_scores(scores, iterations):
+            made = ants_machine()
+            registered = ants_register(vols[s], vols[m], segs[m], iterations,
+                                       os.path.join(folder, f"ants_{m}_{s}.npz"))
+            scored = score_pair(full, m, s, registered["moved_seg"], registered["deformation"])
+            store_score(scores, iterations, key, {
+                **scored, "seconds": float(registered["seconds"]),
+                "apply_agreement": float(registered["apply_agreement"]), "made": made})
+        result = {name: value for name, value in stored_scores(scores, iterations)[key].items()
+                  if name != "made"}
+        results.append(result)
+        print(f"  ANTs pair {key}: Dice {np.nanmean(result['dice']):.3f} in "
+              f"{result['seconds']:.0f} s; main.py apply of its warp gives its labels at "
+              f"{100 * result['apply_agreement']:.3f}% of voxels", flush=True)
     return {"per_pair": results}
 
 

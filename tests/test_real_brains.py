@@ -10,10 +10,26 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DATA = os.path.join(ROOT, "..", "shared", "data", "fstrain9_128.npz")
 
-pytestmark = pytest.mark.skipif(not os.path.exists(DATA),
+needs_data = pytest.mark.skipif(not os.path.exists(DATA),
                                 reason="internal benchmark data ../shared/data is absent")
 
 
+def test_ants_scores_are_kept_per_pair_and_dropped_for_other_iterations(tmp_path):
+    from benchmarks import real_brains
+
+    path = str(tmp_path / "ants.json")
+    assert real_brains.stored_scores(path, [4, 2]) == {}
+    real_brains.store_score(path, [4, 2], "0->1", {"dice": [0.5], "made": {"threads": 2}})
+    real_brains.store_score(path, [4, 2], "1->2", {"dice": [0.7]})
+    assert list(real_brains.stored_scores(path, [4, 2])) == ["0->1", "1->2"]
+    assert real_brains.stored_scores(path, [4, 2])["0->1"]["made"] == {"threads": 2}
+    assert real_brains.stored_scores(path, [100, 70]) == {}
+    real_brains.store_score(path, [100, 70], "2->0", {"dice": [0.8]})  # other settings: anew
+    assert list(real_brains.stored_scores(path, [100, 70])) == ["2->0"]
+    assert not os.path.exists(path + ".tmp")
+
+
+@needs_data
 def test_benchmark_trains_on_a_32_cube_and_scores_at_128(tmp_path):
     command = [sys.executable, "benchmarks/real_brains.py", "--downsample", "4", "--methods",
                "vm2", "finetune", "--finetune_steps", "1", "--epochs", "1",
@@ -40,6 +56,7 @@ def test_benchmark_trains_on_a_32_cube_and_scores_at_128(tmp_path):
 OFFICIAL_PYTHON = os.path.join(ROOT, "..", "vxm-official", "bin", "python")
 
 
+@needs_data
 @pytest.mark.skipif(not os.path.exists(OFFICIAL_PYTHON),
                     reason="the official VoxelMorph's environment ../vxm-official is absent")
 def test_official_row_trains_in_its_own_environment_and_is_scored_here(tmp_path):
