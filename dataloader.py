@@ -187,9 +187,9 @@ class ScanToScanDataLoader(PairLoader):
     seed : int, optional
         Seed of the draws.
     augment : callable, optional
-        ``augment(image, rng) -> image`` applied to both images of every pair, e.g.
-        ``synthetic.augment`` (a random smooth deformation and intensity change), which helps
-        when the set is small. Not with label maps.
+        ``augment(image, rng, seg) -> (image, seg)`` applied to both images of every pair
+        (with their label maps, if any), e.g. ``synthetic.random_subject`` (a random smooth
+        deformation and intensity change), which helps when the set is small.
     segs : np.ndarray, optional
         ``(N, *spatial)`` label maps, for the segmentation loss.
     **kwargs
@@ -198,15 +198,11 @@ class ScanToScanDataLoader(PairLoader):
 
     def __init__(self, vols, batch_size: int = 1, pairs_per_epoch: int = 100,
                  seed: int | None = None,
-                 augment: Callable[[np.ndarray, np.random.Generator], np.ndarray] | None = None,
+                 augment: Callable[..., tuple[np.ndarray, np.ndarray | None]] | None = None,
                  segs=None, **kwargs):
         super().__init__(batch_size, seed, **kwargs)
         self.vols, self.pairs_per_epoch = filelists.as_volumes(vols), pairs_per_epoch
-        self.augment = augment
-        self.segs = segs
-        if augment is not None and "moved_seg" in self.targets:
-            raise DataError("augmentation deforms the images only: it cannot be combined with "
-                            "the segmentation loss")
+        self.augment, self.segs = augment, segs
         if len(self.vols) < 2:
             raise DataError(f"scan-to-scan pairs need at least 2 training volumes, "
                             f"got {len(self.vols)}")
@@ -217,15 +213,23 @@ class ScanToScanDataLoader(PairLoader):
     def __getitem__(self, index: int) -> tuple[dict, dict]:
         pairs = datasets.scan_to_scan_pairs(len(self.vols), self.pairs_per_epoch, self.seed_of())
         pick = pairs[index * self.batch_size:(index + 1) * self.batch_size]
-        moving, static = filelists.take(self.vols, pick[:, 0]), filelists.take(self.vols, pick[:, 1])
+        sides = [(filelists.take(self.vols, pick[:, side]),
+                  None if self.segs is None else filelists.take(self.segs, pick[:, side]))
+                 for side in (0, 1)]
         if self.augment is not None:
             rng = np.random.default_rng(self.seed_of(index))
-            moving, static = (np.stack([self.augment(image, rng) for image in images])
-                              for images in (moving, static))
-        segs = (None, None) if self.segs is None else (filelists.take(self.segs, pick[:, 0]),
-                                                        filelists.take(self.segs, pick[:, 1]))
-        moving, moving_seg = self.misaligned(index, moving, segs[0])
-        return batch(moving, static, self.targets, moving_seg, segs[1], self.labels)
+            sides = [self.augmented(images, segs, rng) for images, segs in sides]
+        (moving, moving_seg), (static, static_seg) = sides
+        moving, moving_seg = self.misaligned(index, moving, moving_seg)
+        return batch(moving, static, self.targets, moving_seg, static_seg, self.labels)
+
+    def augmented(self, images: np.ndarray, segs: np.ndarray | None, rng: np.random.Generator
+                  ) -> tuple[np.ndarray, np.ndarray | None]:
+        """``(B, *spatial)`` images, and their label maps if any, each changed by ``augment``."""
+        changed = [self.augment(image, rng, None if segs is None else segs[i])
+                   for i, image in enumerate(images)]
+        return (np.stack([image for image, _ in changed]),
+                None if segs is None else np.stack([seg for _, seg in changed]))
 
 
 class RestOfEpoch(keras.utils.PyDataset):

@@ -142,9 +142,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"training steps per epoch (default: {training.DEFAULT_STEPS} for "
                              "generated pairs, one pass over the subjects for atlas pairs from "
                              "--data)")
-    parser.add_argument("--augment", action="store_true",
-                        help="--data with scan_to_scan pairs: random smooth deformations and "
-                             "intensity changes of every training image (for small sets)")
+    parser.add_argument("--augment", nargs="*", choices=synthetic.AUGMENTATIONS, default=None,
+                        help="--data with scan_to_scan pairs: change every training image (and "
+                             "its label map) on the fly, by a random smooth deformation "
+                             "('elastic') and a random bias field, gamma and noise "
+                             "('intensity'); both when none is named (for small sets)")
     parser.add_argument("--val_data", default=None,
                         help="--data only: validation set, in a format of --data (default: hold "
                              "out the last --val_fraction of --data)")

@@ -29,6 +29,7 @@ BIAS_SPACING = 24  # control-point spacing of the log bias field, voxels
 BIAS_STD = 0.1  # std of the log bias field
 GAMMA_STD = 0.2  # std of log(gamma)
 NOISE_STD = 0.02  # std of additive Gaussian noise, intensity units
+AUGMENTATIONS = ("elastic", "intensity")  # the kinds of --augment
 
 
 def load_default_data(ndim: int = 3) -> datasets.Dataset:
@@ -124,8 +125,9 @@ def random_intensity(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return np.clip(noisy, 0.0, 1.0).astype(np.float32)
 
 
-def random_subject(image: np.ndarray, rng: np.random.Generator,
-                   seg: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+def random_subject(image: np.ndarray, rng: np.random.Generator, seg: np.ndarray | None = None,
+                   kinds: tuple[str, ...] = AUGMENTATIONS
+                   ) -> tuple[np.ndarray, np.ndarray | None]:
     """``image`` under a random smooth deformation (its label map alike) and intensity change.
 
     Parameters
@@ -136,6 +138,9 @@ def random_subject(image: np.ndarray, rng: np.random.Generator,
         Source of the randomness.
     seg : np.ndarray, optional
         ``(*spatial)`` integer label map of ``image``, warped with nearest neighbour.
+    kinds : tuple of str
+        Changes of :data:`AUGMENTATIONS` to make: "elastic" (:func:`random_deformation`),
+        "intensity" (:func:`random_intensity`); both by default.
 
     Returns
     -------
@@ -144,17 +149,24 @@ def random_subject(image: np.ndarray, rng: np.random.Generator,
     seg : np.ndarray or None
         ``(*spatial)`` int32, when ``seg`` is given.
     """
-    deformation = random_deformation(image.shape, rng)
-    moved = utils.warp(image[None, ..., None], deformation).numpy()[0, ..., 0]
-    if seg is not None:
-        seg = utils.warp(np.asarray(seg, np.int32)[None, ..., None], deformation,
-                         "nearest").numpy()[0, ..., 0]
-    return random_intensity(moved, rng), seg
+    image = np.asarray(image, np.float32)
+    if "elastic" in kinds:
+        deformation = random_deformation(image.shape, rng)
+        image = utils.warp(image[None, ..., None], deformation).numpy()[0, ..., 0]
+        if seg is not None:
+            seg = utils.warp(np.asarray(seg, np.int32)[None, ..., None], deformation,
+                             "nearest").numpy()[0, ..., 0]
+    if "intensity" in kinds:
+        image = random_intensity(image, rng)
+    return image, seg
 
 
-def augment(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """:func:`random_subject` of an image without labels, for ``ScanToScanDataLoader``."""
-    return random_subject(image, rng)[0]
+def augmentations(augment) -> tuple[str, ...]:
+    """The kinds of ``--augment``: a list of :data:`AUGMENTATIONS` (empty: all of them), or a
+    bool as runs recorded it before kinds existed; ``()`` for none."""
+    if augment is True or augment == []:
+        return AUGMENTATIONS
+    return tuple(augment or ())
 
 
 def synthetic_subjects(atlas: np.ndarray, count: int, seed=None,

@@ -36,7 +36,8 @@ NUM_SAMPLES = 3  # validation pairs kept in rundir.SAMPLES for figures
 VAL_FRACTION = 0.1  # share of --data held out for validation by default
 
 
-def training_sets(data: str | None, atlas: str | None, pairs: str | None, augment: bool,
+def training_sets(data: str | None, atlas: str | None, pairs: str | None,
+                  augment: tuple[str, ...],
                   val_data: str | None, val_fraction: float | None, ndim: int | None,
                   pairs_file: str | None = None
                   ) -> tuple[datasets.Dataset, datasets.Dataset, str]:
@@ -67,7 +68,7 @@ def training_sets(data: str | None, atlas: str | None, pairs: str | None, augmen
 
 
 def pair_list_sets(pairs_file: str, data: str | None, atlas: str | None, pairs: str | None,
-                   augment: bool, val_data: str | None, val_fraction: float | None,
+                   augment: tuple[str, ...], val_data: str | None, val_fraction: float | None,
                    ndim: int | None) -> tuple[datasets.Dataset, datasets.Dataset, str]:
     """Training and validation pairs of ``--pairs_file``: the last ``--val_fraction`` of its
     pairs (at least one) validate."""
@@ -119,11 +120,13 @@ def initialise(model: keras.Model, path: str) -> None:
 
 def training_loader(train_set: datasets.Dataset, mode: str, default_data: bool,
                     batch_size: int, steps: int | None, seed: int,
-                    augment: bool, targets: dict) -> keras.utils.PyDataset:
+                    augment: tuple[str, ...], targets: dict) -> keras.utils.PyDataset:
     """Generated pairs for the default data and scan-to-scan, the pairs of a pair list in an
     order shuffled every epoch, subjects to atlas otherwise.
 
-    ``targets`` holds the model's ``targets`` and the ``labels`` of its one-hot maps. Volumes
+    ``augment`` holds the kinds of ``synthetic.random_subject`` to apply to every image of
+    scan-to-scan pairs (none: ``()``). ``targets`` holds the model's ``targets`` and the
+    ``labels`` of its one-hot maps. Volumes
     read from files (``filelists.LazyVolumes``) are read by two worker threads, batch by batch.
     """
     if default_data:  # subjects are made on the fly: a second thread overlaps it with training
@@ -133,8 +136,8 @@ def training_loader(train_set: datasets.Dataset, mode: str, default_data: bool,
     if mode == "scan_to_scan":
         return dataloader.ScanToScanDataLoader(
             train_set.vols, batch_size, (steps or DEFAULT_STEPS) * batch_size, seed,
-            synthetic.augment if augment else None, train_set.segs,
-            workers=2 if augment or lazy else 1, **targets)
+            functools.partial(synthetic.random_subject, kinds=augment) if augment else None,
+            train_set.segs, workers=2 if augment or lazy else 1, **targets)
     if mode == "listed":
         pairs = datasets.make_pairs(train_set, mode)
         loader = dataloader.RegistrationDataLoader(
@@ -285,7 +288,8 @@ def locked_train(args, lock: contextlib.ExitStack) -> dict:
     output = args.resume or rundir.new_run_folder(args.output)
     if args.resume:
         lock.enter_context(rundir.locked(output))
-    train_set, val_set, mode = training_sets(args.data, args.atlas, args.pairs, args.augment,
+    augment = synthetic.augmentations(args.augment)
+    train_set, val_set, mode = training_sets(args.data, args.atlas, args.pairs, augment,
                                              args.val_data, args.val_fraction, args.ndim,
                                              args.pairs_file)
     val_pairs = datasets.make_pairs(val_set, mode, MAX_VAL_PAIRS)  # scored on their own grid
@@ -318,7 +322,7 @@ def locked_train(args, lock: contextlib.ExitStack) -> dict:
         model.optimizer.learning_rate = args.lr  # --lr may change on --resume
     targets = {"targets": models.targets(model), "labels": labels}
     loader = training_loader(train_set, mode, args.data is None and args.pairs_file is None,
-                             args.batch_size, args.steps_per_epoch, args.seed, args.augment,
+                             args.batch_size, args.steps_per_epoch, args.seed, augment,
                              {**targets, "random_affine": args.random_affine,
                               "spacing": train_set.spacing})
     padded = datasets.make_pairs(val_set, mode, MAX_VAL_PAIRS)

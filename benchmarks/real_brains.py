@@ -47,10 +47,13 @@ FREESURFER_NAMES = {
 }
 # The single options compared with the CVPR model; "best" combines those that raise its Dice.
 OPTIONS = {"int_steps": ["--int_steps", "7", "--int_downsize", "2"], "bidir": ["--bidir"],
-           "seg": ["--seg_weight"]}
+           "seg": ["--seg_weight"], "elastic": ["--augment", "elastic"],
+           "intensity": ["--augment", "intensity"], "random_affine": ["--random_affine"]}
 NAMES = {"vm2": "VM-2 (CVPR)", "int_steps": "VM-2 + --int_steps 7 --int_downsize 2",
          "bidir": "VM-2 + --bidir",
-         "seg": "VM-2 + --seg_weight {seg_weight:g}", "best": "best: VM-2 + {best}",
+         "seg": "VM-2 + --seg_weight {seg_weight:g}", "elastic": "VM-2 + --augment elastic",
+         "intensity": "VM-2 + --augment intensity", "random_affine": "VM-2 + --random_affine",
+         "best": "best: VM-2 + {best}",
          "finetune": "{tuned} + --finetune_steps {finetune_steps}",
          "ants": "ANTs SyN (CC), 128^3",
          "official": "official VoxelMorph 0.2 (VxmDense, VM-2 channels, same budget)"}
@@ -374,6 +377,14 @@ def official(full, pairs, args) -> dict:
         return {"per_pair": results, "train_seconds": float(stored["train_seconds"])}
 
 
+def combined(options: list[list[str]]) -> list[str]:
+    """The flags of several options of :data:`OPTIONS`, their ``--augment`` kinds under one
+    ``--augment``."""
+    flags = [flag for option in options if option[0] != "--augment" for flag in option]
+    kinds = [kind for option in options if option[0] == "--augment" for kind in option[1:]]
+    return flags + (["--augment", *kinds] if kinds else [])
+
+
 def cached(path: str, pairs: list[tuple[int, int]], compute) -> dict:
     """The JSON result at ``path`` if it holds these ``pairs``, else computed and written."""
     if os.path.exists(path):
@@ -485,7 +496,7 @@ def main() -> None:
             run(name, [] if name == "vm2" else options[name])
     helped = [name for name in OPTIONS if name in results and "vm2" in results
               and summary(results[name])["dice"]["mean"] > summary(results["vm2"])["dice"]["mean"]]
-    best_flags = [flag for name in helped for flag in options[name]]
+    best_flags = combined([options[name] for name in helped])
     # With one option (or none) that helped, or without the "best" row, the best row trained.
     best = ("best" if len(helped) > 1 and "best" in args.methods else
             max(["vm2", *helped], key=lambda name: summary(results[name])["dice"]["mean"])

@@ -29,6 +29,16 @@ def test_ants_scores_are_kept_per_pair_and_dropped_for_other_iterations(tmp_path
     assert not os.path.exists(path + ".tmp")
 
 
+def test_options_that_helped_combine_into_one_command_line():
+    from benchmarks import real_brains
+
+    options = [real_brains.OPTIONS["elastic"], ["--seg_weight", "0.1"],
+               real_brains.OPTIONS["intensity"]]
+    # Two --augment flags would keep the last kind only: both go under one.
+    assert real_brains.combined(options) == ["--seg_weight", "0.1", "--augment", "elastic",
+                                             "intensity"]
+
+
 @needs_data
 def test_benchmark_trains_on_a_32_cube_and_scores_at_128(tmp_path):
     command = [sys.executable, "benchmarks/real_brains.py", "--downsample", "4", "--methods",

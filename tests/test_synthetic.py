@@ -1,4 +1,6 @@
 """The synthetic default data: the template, random subjects, and their loader."""
+import functools
+
 import numpy as np
 
 import dataloader
@@ -53,7 +55,7 @@ def test_augmented_scan_to_scan_pairs_are_new_reproducible_images():
     vols = np.stack([data.atlas, data.atlas[::-1]])
     plain = dataloader.ScanToScanDataLoader(vols, pairs_per_epoch=2, seed=3)
     augmented, again = (dataloader.ScanToScanDataLoader(vols, pairs_per_epoch=2, seed=3,
-                                                        augment=synthetic.augment)
+                                                        augment=synthetic.random_subject)
                         for _ in range(2))
     (raw, _), (new, _) = plain[0], augmented[0]
     assert raw["moving"][0, ..., 0].tolist() in (vols[0].tolist(), vols[1].tolist())
@@ -62,3 +64,46 @@ def test_augmented_scan_to_scan_pairs_are_new_reproducible_images():
     np.testing.assert_array_equal(new["static"], again[0][0]["static"])
     # Still the same brain: a random smooth deformation and an intensity change of it.
     assert np.corrcoef(new["moving"].ravel(), raw["moving"].ravel())[0, 1] > 0.6
+
+
+def test_intensity_augmentation_keeps_the_geometry_and_elastic_keeps_the_intensities():
+    data = synthetic.load_default_data(2)
+    image = data.atlas
+    intensity, _ = synthetic.random_subject(image, np.random.default_rng(0), kinds=("intensity",))
+    elastic, _ = synthetic.random_subject(image, np.random.default_rng(0), kinds=("elastic",))
+    assert not np.allclose(intensity, image) and not np.allclose(elastic, image)
+    # A bias field, gamma and noise leave the background dark and the brain where it was.
+    assert np.corrcoef(intensity.ravel(), image.ravel())[0, 1] > 0.9
+    assert np.mean(intensity[image == 0]) < 0.05
+    # A deformation only resamples: no value leaves the image's range, the histogram stays.
+    assert elastic.min() >= image.min() and elastic.max() <= image.max() + 1e-6
+    assert abs(elastic.mean() - image.mean()) < 0.02
+    unchanged, _ = synthetic.random_subject(image, np.random.default_rng(0), kinds=())
+    np.testing.assert_array_equal(unchanged, image)
+
+
+def test_elastic_augmentation_deforms_each_label_map_with_its_image():
+    data = synthetic.load_default_data(2)
+    vols, segs = np.stack([data.atlas] * 2), np.stack([data.atlas_seg] * 2)
+    loader = dataloader.ScanToScanDataLoader(
+        vols, pairs_per_epoch=1, seed=5, segs=segs, labels=[1, 2, 3],
+        augment=functools.partial(synthetic.random_subject, kinds=("elastic",)),
+        targets=("moved", "deformation", "moved_seg"))
+    inputs, targets = loader[0]
+    moving, moving_seg = inputs["moving"][0, ..., 0], inputs["moving_seg"][0]
+    assert not np.array_equal(moving, data.atlas)
+    # The warped labels still pick out the warped tissues: white matter (3) is the brightest.
+    labels = np.argmax(moving_seg, axis=-1) + 1
+    inside = moving_seg.sum(axis=-1) > 0
+    means = [moving[inside & (labels == label)].mean() for label in (1, 2, 3)]
+    assert means[0] < means[1] < means[2]
+    # Moving and static sides are deformed independently.
+    static_seg = np.argmax(targets["moved_seg"][0], axis=-1) + 1
+    assert np.mean(static_seg[inside] != labels[inside]) > 0.01
+
+
+def test_augmentation_kinds_of_the_flag_and_of_runs_recorded_before_kinds():
+    assert synthetic.augmentations([]) == synthetic.AUGMENTATIONS  # --augment alone
+    assert synthetic.augmentations(True) == synthetic.AUGMENTATIONS
+    assert synthetic.augmentations(["intensity"]) == ("intensity",)
+    assert synthetic.augmentations(None) == () and synthetic.augmentations(False) == ()
