@@ -30,6 +30,7 @@ import rundir
 import synthetic
 import training
 import transforms
+import tuning
 import viz
 import volumes
 
@@ -89,6 +90,18 @@ def _add_finetune_flags(parser: argparse.ArgumentParser) -> None:
                              "before registering it (its label maps are never used)")
     parser.add_argument("--finetune_lr", type=_positive(float), default=1e-3,
                         help="learning rate of --finetune_steps")
+    parser.add_argument("--refine_steps", type=_positive(int, zero=True), default=0,
+                        help="instance optimisation of the displacement itself on the static "
+                             "grid, after the network (and --finetune_steps): Adam steps on the "
+                             "pair's image loss")
+    parser.add_argument("--refine_lr", type=_positive(float), default=tuning.REFINE_LR,
+                        help="initial learning rate of --refine_steps, in voxels (decayed to 0 "
+                             "along a cosine)")
+
+
+def refiner(model, args: argparse.Namespace) -> tuning.Refiner | None:
+    """The ``--refine_steps`` refiner of ``model``, or None."""
+    return tuning.Refiner(model, args.refine_steps, args.refine_lr) if args.refine_steps else None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -351,7 +364,7 @@ def register(args) -> str:
                                     f"(shape {seg_grid.shape} vs {moving_grid.shape}, or affine)")
     registered = registration.register_scans(
         model, moving, static, moving_grid, static_grid, moving_seg, args.finetune_steps,
-        args.finetune_lr, inverse=args.inverse_warp is not None)
+        args.finetune_lr, inverse=args.inverse_warp is not None, refiner=refiner(model, args))
     reference = static_grid.affine if static_image is None else static_image
     for path, key in ((args.moved, "moved"), (args.deformation, "deformation"),
                       (args.moved_seg, "moved_seg")):
@@ -365,6 +378,8 @@ def register(args) -> str:
         transforms.save_affine(args.affine, registered["affine_world"])
     tuned = (f" after {args.finetune_steps} fine-tuning steps "
              f"({registered['finetune_seconds']:.1f} s)" if args.finetune_steps else "")
+    tuned += (f", refined in {args.refine_steps} steps ({registered['refine_seconds']:.1f} s)"
+              if args.refine_steps else "")
     grids = "" if moving_grid.same_as(static_grid) else " (moving scan resampled to its grid)"
     line = (f"registered {args.moving} to {args.static}{grids} in {registered['seconds']:.3f} s "
             f"(one forward pass){tuned}, wrote {args.moved}")
@@ -441,7 +456,8 @@ def evaluate(args) -> str:
           f"{len(labels)} labels")
     results, _ = registration.evaluate_pairs(model, pairs, labels or None, spacing=data.spacing,
                                              finetune_steps=args.finetune_steps,
-                                             finetune_lr=args.finetune_lr, inverse=True)
+                                             finetune_lr=args.finetune_lr, inverse=True,
+                                             refiner=refiner(model, args))
     summary = scores.summarize(results)
     rundir.make_folder(output)
     per_pair = [{"moving": volume_name(data, moving), "static": volume_name(data, static),

@@ -9,8 +9,8 @@
   space (``transforms.py``): the moving scan is resampled into the static grid, both are scaled
   to [0, 1] for the network, and the moved outputs, the ITK/ANTs warp and its inverse returned.
 - :func:`inverse_displacement`: the inverse of a registered pair's displacement.
-- :class:`FineTuner`: instance-specific optimisation (TMI 2019, Sec. V-E) of one network, pair
-  after pair, built and compiled once.
+- :func:`refine_registered`: a registered pair's displacement refined on its own grid
+  (``tuning.Refiner``); fine-tuning the network first is ``tuning.FineTuner``.
 - :func:`evaluate_pairs`: every pair of a set registered once and scored on its own grid.
 """
 import time
@@ -19,11 +19,11 @@ import runtime  # noqa: F401  (TensorFlow's settings: before its first import)
 import keras
 import numpy as np
 
-import dataloader
 import datasets
 import scores
 import models
 import transforms
+import tuning
 import utils
 import volumes
 
@@ -67,13 +67,43 @@ def register(model: keras.Model, moving: np.ndarray, static: np.ndarray,
     result = {"moved": np.asarray(outputs["moved"])[0, ..., 0],
               "deformation": deformation[0], "seconds": seconds}
     if moving_seg is not None:
-        moved_seg = utils.warp(np.asarray(moving_seg, np.int32)[None, ..., None], deformation,
-                               "nearest")
-        result["moved_seg"] = np.asarray(moved_seg)[0, ..., 0].astype(np.asarray(moving_seg).dtype)
+        result["moved_seg"] = warped(moving_seg, deformation[0], "nearest")
     if "affine" in outputs:
         result["affine"] = np.asarray(outputs["affine"])[0]
     if inverse:
         result["inverse"] = inverse_displacement(model, outputs)
+    return result
+
+
+def warped(image: np.ndarray, deformation: np.ndarray, interpolation: str = "linear"
+           ) -> np.ndarray:
+    """``(*spatial)`` image (or label map, with "nearest") warped by a ``(*spatial, ndim)``
+    displacement in voxels; of the image's dtype."""
+    image = np.asarray(image)
+    moved = utils.warp(image.astype(np.float32 if interpolation == "linear" else np.int32)
+                       [None, ..., None], np.asarray(deformation, np.float32)[None],
+                       interpolation)
+    return np.asarray(moved)[0, ..., 0].astype(image.dtype)
+
+
+def refine_registered(refiner: tuning.Refiner | None, registered: dict, moving: np.ndarray,
+                      static: np.ndarray, moving_seg: np.ndarray | None = None) -> dict:
+    """A pair registered on its grid, its displacement refined there by ``refiner``.
+
+    ``moved``, ``moved_seg`` (with ``moving_seg``) and ``inverse`` (when ``registered`` has
+    one: inverted anew, from the network's inverse) follow the refined displacement;
+    ``refine_seconds`` is the time of the refinement (0 without ``refiner``, and the rest as
+    it was).
+    """
+    if refiner is None:
+        return {**registered, "refine_seconds": 0.0}
+    deformation, seconds = tuning.refined(refiner, moving, static, registered["deformation"])
+    result = {**registered, "deformation": deformation, "refine_seconds": seconds,
+              "moved": warped(moving, deformation)}
+    if moving_seg is not None:
+        result["moved_seg"] = warped(moving_seg, deformation, "nearest")
+    if "inverse" in registered:
+        result["inverse"] = transforms.invert(deformation, registered["inverse"])
     return result
 
 
@@ -171,77 +201,6 @@ def register_padded(model: keras.Model, moving: np.ndarray, static: np.ndarray,
     return {**cropped, "seconds": registered["seconds"]}
 
 
-class FineTuner:
-    """Instance-specific optimisation (TMI 2019, Sec. V-E): the network trained on each pair.
-
-    The registration network is copied and compiled once, with the model's own training loss
-    of the image terms (similarity, symmetric similarity, smoothness; the pair's label maps are
-    never used) and Adam; for every pair, :meth:`tune` restores the trained weights and a fresh
-    optimizer state, then takes ``steps`` Adam steps on that pair alone. The compiled training
-    step is traced on the first pair only.
-
-    Parameters
-    ----------
-    model : keras.Model
-        A compiled VoxelMorph model (as ``models.build_model`` or ``keras.models.load_model``
-        give); it is left as it is.
-    steps : int
-        Optimisation steps per pair.
-    lr : float
-        Adam learning rate.
-    shape : tuple of int, optional
-        Input shape of the tuned network (multiples of ``models.DIVISOR``); default the model's.
-    """
-
-    def __init__(self, model: keras.Model, steps: int, lr: float = 1e-3,
-                 shape: tuple[int, ...] | None = None):
-        config = model.get_compile_config()
-        if not config:
-            raise volumes.DataError("fine-tuning needs the model's training loss: a model "
-                                    "saved after training (compiled)")
-        network = models.registration_model(model)
-        self.network = models.rebuild(network, shape or models.input_shape(network))
-        self.trained = network.get_weights()
-        losses = {name: keras.saving.deserialize_keras_object(loss)
-                  for name, loss in config["loss"].items() if name != "moved_seg"}
-        self.network.compile(optimizer=keras.optimizers.Adam(lr), loss=losses,
-                             loss_weights={name: config["loss_weights"][name] for name in losses})
-        self.network.optimizer.build(self.network.trainable_variables)
-        self.fresh = [variable.numpy() for variable in self.network.optimizer.variables]
-        self.steps, self.targets = steps, models.targets(self.network)
-
-    def tune(self, moving: np.ndarray, static: np.ndarray) -> keras.Model:
-        """The network fine-tuned on one pair no larger than its input shape, images in [0, 1]
-        (zero-padded to it, centred, as :func:`register_padded` pads).
-
-        Returns
-        -------
-        keras.Model
-            The tuned registration network (inputs ``moving`` and ``static``); it is tuned
-            again, from the trained weights, by the next call.
-        """
-        self.network.set_weights(self.trained)
-        for variable, value in zip(self.network.optimizer.variables, self.fresh):
-            variable.assign(value)  # step count 0, zero moments: Adam as new
-        padding = datasets.padding_to_shape(moving.shape, models.input_shape(self.network))
-        inputs, targets = dataloader.batch(datasets.pad(np.asarray(moving)[None], padding),
-                                           datasets.pad(np.asarray(static)[None], padding),
-                                           self.targets)
-        for _ in range(self.steps):
-            self.network.train_on_batch(inputs, targets)
-        return self.network
-
-
-def finetuned(model: keras.Model, tuner: FineTuner | None, moving: np.ndarray,
-              static: np.ndarray) -> tuple[keras.Model, float]:
-    """``tuner``'s network tuned on the pair, and the seconds it took; without one, ``model``."""
-    if tuner is None:
-        return model, 0.0
-    start = time.perf_counter()
-    network = tuner.tune(moving, static)
-    return network, time.perf_counter() - start
-
-
 def moving_label_map(moving_seg: np.ndarray | None, shape: tuple[int, ...]) -> np.ndarray | None:
     """``moving_seg`` checked: integer labels, of the moving image's ``shape`` (None passes)."""
     if moving_seg is not None:
@@ -256,7 +215,8 @@ def register_scans(model: keras.Model, moving: np.ndarray, static: np.ndarray,
                    moving_grid: transforms.Grid, static_grid: transforms.Grid,
                    moving_seg: np.ndarray | None = None, finetune_steps: int = 0,
                    finetune_lr: float = 1e-3, inverse: bool = False,
-                   tuner: FineTuner | None = None) -> dict:
+                   tuner: tuning.FineTuner | None = None,
+                   refiner: tuning.Refiner | None = None) -> dict:
     """Register scans on any grids (shapes, voxel sizes, orientations) through world space.
 
     A moving scan on another grid is resampled into the static grid through both affines
@@ -280,12 +240,15 @@ def register_scans(model: keras.Model, moving: np.ndarray, static: np.ndarray,
     moving_seg : np.ndarray, optional
         Integer label map on the moving grid.
     finetune_steps, finetune_lr
-        Fine-tune the network on the pair first (:class:`FineTuner`).
+        Fine-tune the network on the pair first (``tuning.FineTuner``).
     inverse : bool
         Also compute the inverse warp and the inverse-consistency error.
-    tuner : FineTuner, optional
+    tuner : tuning.FineTuner, optional
         The fine-tuner to use instead of one built for this pair (build it once, for the static
         shape padded to ``models.DIVISOR``, to register many pairs).
+    refiner : tuning.Refiner, optional
+        Refine the displacement on the static grid after the network
+        (:func:`refine_registered`).
 
     Returns
     -------
@@ -293,7 +256,7 @@ def register_scans(model: keras.Model, moving: np.ndarray, static: np.ndarray,
         On the static grid: ``moved`` ``(*spatial)`` float32 in the moving scan's units,
         ``moved_seg`` of its dtype with ``moving_seg``, ``deformation`` ``(*spatial, ndim)`` in
         static voxels, ``warp`` ``(*spatial, ndim)`` in LPS mm (``transforms.to_world``),
-        ``seconds`` and ``finetune_seconds``; with ``inverse``: ``inverse`` in static voxels,
+        ``seconds``, ``finetune_seconds`` and ``refine_seconds``; with ``inverse``: ``inverse`` in static voxels,
         ``inverse_warp`` ``(*moving_spatial, ndim)`` in LPS mm on the moving grid
         (``transforms.inverse_on``) and ``inverse_error``
         (``transforms.inverse_consistency``); for models with an affine stage, ``affine`` (static
@@ -317,10 +280,11 @@ def register_scans(model: keras.Model, moving: np.ndarray, static: np.ndarray,
     network = network_for(model, static.shape)
     shape = models.input_shape(network)
     if tuner is None and finetune_steps:
-        tuner = FineTuner(model, finetune_steps, finetune_lr, shape)
-    network, finetune_seconds = finetuned(network, tuner, *scaled)
-    registered = {**register_padded(network, *scaled, inverse=inverse),
-                  "finetune_seconds": finetune_seconds}
+        tuner = tuning.FineTuner(model, finetune_steps, finetune_lr, shape)
+    network, finetune_seconds = tuning.finetuned(network, tuner, *scaled)
+    registered = refine_registered(refiner, register_padded(network, *scaled, inverse=inverse),
+                                   *scaled)
+    registered["finetune_seconds"] = finetune_seconds
     deformation = registered["deformation"]
     coords = static_grid.coordinates() + deformation
     if not same:  # the resampling composed with the displacement: one interpolation
@@ -341,7 +305,8 @@ def register_scans(model: keras.Model, moving: np.ndarray, static: np.ndarray,
 
 def evaluate_pairs(model: keras.Model, pairs: datasets.Pairs, labels=None, keep: int = 0,
                    spacing=None, finetune_steps: int = 0, finetune_lr: float = 1e-3,
-                   inverse: bool = False) -> tuple[list[dict], list[dict]]:
+                   inverse: bool = False, refiner: tuning.Refiner | None = None
+                   ) -> tuple[list[dict], list[dict]]:
     """Register every pair once and score it on the pairs' own grid.
 
     Parameters
@@ -359,17 +324,20 @@ def evaluate_pairs(model: keras.Model, pairs: datasets.Pairs, labels=None, keep:
     spacing : float or sequence of float, optional
         Voxel size in mm, for HD95 in mm (see ``scores.score_registration``).
     finetune_steps, finetune_lr
-        Fine-tune the network on each pair first (:class:`FineTuner`).
+        Fine-tune the network on each pair first (``tuning.FineTuner``).
     inverse : bool
         Also invert each displacement (:func:`inverse_displacement`) and score its
         inverse consistency (``transforms.inverse_consistency``, mm with ``spacing``).
+    refiner : tuning.Refiner, optional
+        Refine each displacement on the pair's grid after the network
+        (:func:`refine_registered`).
 
     Returns
     -------
     results : list of dict
         Scores of each pair (``scores.score_registration``), plus ``seconds``, the time of its
         forward pass (the network's graph is built on the first pair beforehand, untimed),
-        ``finetune_seconds``, that of fine-tuning, and with ``inverse``
+        ``finetune_seconds`` and ``refine_seconds``, those of fine-tuning and refining, and with ``inverse``
         ``inverse_error`` and ``inverse_error_p95``, the mean and 95th percentile of
         ``|x - phi_inv(phi(x))|`` in voxels, and with ``spacing`` the same in mm
         (``inverse_error_mm``, ``inverse_error_p95_mm``).
@@ -379,21 +347,24 @@ def evaluate_pairs(model: keras.Model, pairs: datasets.Pairs, labels=None, keep:
     """
     network = network_for(model, pairs.moving.shape[1:])  # built once
     shape = models.input_shape(network)
-    tuner = FineTuner(model, finetune_steps, finetune_lr, shape) if finetune_steps else None
+    tuner = tuning.FineTuner(model, finetune_steps, finetune_lr, shape) if finetune_steps else None
     grid = transforms.spacing_grid(pairs.moving.shape[1:], spacing)  # voxels when spacing is None
     results, samples = [], []
     for moving, static, moving_seg, static_seg in pairs:
-        tuned, finetune_seconds = finetuned(network, tuner, moving, static)
+        tuned, finetune_seconds = tuning.finetuned(network, tuner, moving, static)
         if not results:  # build the graph untimed, so that every pair's seconds compare
             register_padded(tuned, moving, static)
-        registered = register_padded(tuned, moving, static, moving_seg, inverse)
+        registered = refine_registered(
+            refiner, register_padded(tuned, moving, static, moving_seg, inverse), moving, static,
+            moving_seg)
         arrays = {"moving": moving, "static": static, "moving_seg": moving_seg,
                   "static_seg": static_seg, **registered}
         scored = scores.score_registration(
             moving, static, arrays["moved"], arrays["deformation"], moving_seg, static_seg,
             arrays.get("moved_seg"), labels, spacing)
         results.append({**scored, "seconds": registered["seconds"],
-                        "finetune_seconds": finetune_seconds})
+                        "finetune_seconds": finetune_seconds,
+                        "refine_seconds": registered["refine_seconds"]})
         if inverse:
             error = transforms.inverse_consistency(registered["deformation"],
                                                    registered["inverse"], grid)

@@ -107,11 +107,12 @@ def network(model_path: str, full_set, small, pairs, cases, grids_, finetune_ste
     import runtime  # noqa: F401  (before TensorFlow: oneDNN on)
     import registration
     import rundir
+    import tuning
     import utils
 
     grid, half, other = grids_
     model = rundir.load_model(model_path)
-    tuner = (registration.FineTuner(model, finetune_steps, finetune_lr) if finetune_steps
+    tuner = (tuning.FineTuner(model, finetune_steps, finetune_lr) if finetune_steps
              else None)
     brain = [grid.world(np.argwhere(full_set[1][s] > 0).astype(np.float64)) for _, s in pairs]
     results = []

@@ -55,10 +55,13 @@ NAMES = {"vm2": "VM-2 (CVPR)", "int_steps": "VM-2 + --int_steps 7 --int_downsize
          "intensity": "VM-2 + --augment intensity", "random_affine": "VM-2 + --random_affine",
          "best": "best: VM-2 + {best}",
          "finetune": "{tuned} + --finetune_steps {finetune_steps}",
+         "refined": "{tuned} + --finetune_steps {finetune_steps} --refine_steps {refine_steps} "
+                    "(refined at 128^3)",
          "ants": "ANTs SyN (CC), 128^3",
          "official": "official VoxelMorph 0.2 (VxmDense, VM-2 channels, same budget)"}
 OFFICIAL_PYTHON = os.path.join(ROOT, "..", "vxm-official", "bin", "python")
 # ANTs SyN's per-pair scores, committed so that its hours of CPU are spent once (no image data).
+SECONDS = ("seconds", "finetune_seconds", "refine_seconds")  # the parts of a pair's time
 ANTS_SCORES = os.path.join(ROOT, "benchmarks", "ants_syn_scores.json")
 ANTS_ABOUT = ("ANTs SyN (antspyx registration 'SyNOnly', CC metric of radius 4) of the real-brain "
               "test pairs 'moving->static' at 128^3, scored by benchmarks/real_brains.py "
@@ -179,9 +182,8 @@ def train(name: str, flags: list[str], train_set: str, test_set: str, folder: st
         return json.load(file)["train_seconds"]
 
 
-def register_full_resolution(model, moving, static, tuner=None) -> tuple[np.ndarray, float, float]:
-    """Register one pair on the network's grid (after fine-tuning on it with ``tuner``, a
-    ``registration.FineTuner``) and resize the displacement to 128^3.
+def register_full_resolution(model, moving, static) -> tuple[np.ndarray, float]:
+    """Register one pair on the network's grid and resize the displacement to 128^3.
 
     Returns
     -------
@@ -189,43 +191,129 @@ def register_full_resolution(model, moving, static, tuner=None) -> tuple[np.ndar
         ``(128, 128, 128, 3)`` displacement in 128^3 voxels.
     seconds : float
         Forward pass and resize.
-    finetune_seconds : float
-        Instance optimisation before it (0 without).
     """
     import registration
     import utils
 
-    model, finetune_seconds = registration.finetuned(model, tuner, moving, static)
     registered = registration.register(model, moving, static)
     start = time.perf_counter()
     full = np.asarray(utils.resize_displacement(registered["deformation"][None], (128,) * 3))[0]
-    return full, registered["seconds"] + time.perf_counter() - start, finetune_seconds
+    return full, registered["seconds"] + time.perf_counter() - start
 
 
-def voxelmorph(model_path: str, test_set: str, full, pairs, finetune_steps: int = 0,
-               finetune_lr: float = 1e-3) -> dict:
+def voxelmorph(model_path: str, test_set: str, full, pairs) -> dict:
     """Register the test pairs with a trained model and score them at full resolution."""
     import runtime  # noqa: F401  (before TensorFlow: oneDNN on)
     import keras
 
     import datasets
     import models
-    import registration
 
-    model = keras.models.load_model(model_path)
-    tuner = registration.FineTuner(model, finetune_steps, finetune_lr) if finetune_steps else None
-    model = models.registration_model(model)  # built once for every pair
+    model = models.registration_model(keras.models.load_model(model_path))  # built once
     small = datasets.load_dataset(test_set).vols
-    segs = full[1]
+    register_full_resolution(model, small[0], small[1])  # its graph, untimed
     results = []
     for m, s in pairs:
-        deformation, seconds, finetune_seconds = register_full_resolution(
-            model, small[m], small[s], tuner)
-        scored = score_pair(full, m, s, warped(segs[m].astype(np.int32), deformation, "nearest"),
-                            deformation)
-        results.append({**scored, "seconds": seconds, "finetune_seconds": finetune_seconds})
+        deformation, seconds = register_full_resolution(model, small[m], small[s])
+        scored = score_pair(full, m, s, warped(full[1][m].astype(np.int32), deformation,
+                                               "nearest"), deformation)
+        results.append({**scored, "seconds": seconds})
         print(f"  pair {m}->{s}: Dice {np.nanmean(scored['dice']):.3f}", flush=True)
     return {"per_pair": results}
+
+
+def instance_optimisation(model_path: str, test_set: str, full, pairs, args) -> dict:
+    """A trained network made better on each test pair, scored along the way.
+
+    Per pair, the network is fine-tuned once (``tuning.FineTuner``, on the network's grid) and
+    scored after every count of ``--curve_steps`` and ``--finetune_steps`` (cumulative), each
+    time as it is and with its displacement refined at 128^3 (``tuning.Refiner``,
+    ``--refine_steps``, on the 128^3 images). Seconds: fine-tuning so far, the forward pass
+    and resize, the refinement.
+
+    Returns
+    -------
+    dict
+        ``curve``: per pair, ``{"F+R": scores}`` for F fine-tuning and R refinement steps.
+    """
+    import runtime  # noqa: F401  (before TensorFlow: oneDNN on)
+    import keras
+
+    import datasets
+    import tuning
+
+    model = keras.models.load_model(model_path)
+    counts = sorted({*args.curve_steps, args.finetune_steps})
+    tuner = tuning.FineTuner(model, counts[-1], args.finetune_lr)
+    refiner = tuning.Refiner(model, args.refine_steps, args.refine_lr)
+    small = datasets.load_dataset(test_set).vols
+    vols, segs = full[:2]
+    register_full_resolution(tuner.network, small[0], small[1])  # its graph, untimed
+    curve = []
+    for m, s in pairs:
+        tuner.start(small[m], small[s])
+        rows, done, finetune_seconds = {}, 0, 0.0
+        for count in counts:
+            start = time.perf_counter()
+            network = tuner.train(count - done)
+            finetune_seconds, done = finetune_seconds + time.perf_counter() - start, count
+            deformation, seconds = register_full_resolution(network, small[m], small[s])
+            for refine in sorted({0, args.refine_steps}):
+                field, refine_seconds = tuning.refined(refiner if refine else None, vols[m],
+                                                       vols[s], deformation)
+                scored = score_pair(full, m, s, warped(segs[m].astype(np.int32), field,
+                                                       "nearest"), field)
+                rows[f"{count}+{refine}"] = {**scored, "seconds": seconds,
+                                             "finetune_seconds": finetune_seconds,
+                                             "refine_seconds": refine_seconds}
+                print(f"  pair {m}->{s}, {count} fine-tuning + {refine} refinement steps: Dice "
+                      f"{np.nanmean(scored['dice']):.3f}", flush=True)
+        curve.append(rows)
+    return {"curve": curve}
+
+
+def curve_rows(result: dict, key: str) -> dict:
+    """The per-pair scores at one point ``"F+R"`` of :func:`instance_optimisation`'s curve."""
+    return {"per_pair": [rows[key] for rows in result["curve"]]}
+
+
+def plot_curve(result: dict, ants: dict | None, path: str) -> None:
+    """Mean Dice against seconds per pair along the instance-optimisation curve (one line per
+    refinement count), beside ANTs SyN, to ``path`` (PNG)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    points = {}
+    for key in result["curve"][0]:
+        count, refine = (int(part) for part in key.split("+"))
+        stats = summary(curve_rows(result, key))
+        seconds = sum(stats.get(name, {"mean": 0.0})["mean"] for name in SECONDS)
+        points.setdefault(refine, []).append((seconds, stats["dice"]["mean"], count))
+    figure, axes = plt.subplots(figsize=(6.4, 4.2))
+    for refine, line in sorted(points.items()):
+        seconds, dice, counts = zip(*sorted(line))
+        label = f"+ {refine} refinement steps at 128^3" if refine else "network fine-tuning only"
+        axes.plot(seconds, dice, "o-", label=label)
+        for x, y, count in line:
+            axes.annotate(str(count), (x, y), textcoords="offset points", xytext=(4, -10),
+                          fontsize=8)
+    if ants is not None:
+        stats = summary(ants)
+        axes.axhline(stats["dice"]["mean"], color="k", ls="--", lw=1,
+                     label=f"ANTs SyN (CC), {stats['seconds']['mean']:.0f} s per pair")
+        axes.axvline(stats["seconds"]["mean"] / 40, color="grey", ls=":", lw=1,
+                     label="1/40 of ANTs' time")
+    axes.set_xscale("log")
+    axes.set_xlabel("seconds per pair (CPU; numbers: network fine-tuning steps)")
+    axes.set_ylabel(f"mean Dice, {len(result['curve'])} test pairs, 30 structures")
+    axes.legend(fontsize=8, loc="lower right")
+    axes.grid(alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(path + ".tmp.png", dpi=120)
+    plt.close(figure)
+    os.replace(path + ".tmp.png", path)
 
 
 def ants_register(fixed_image: np.ndarray, moving_image: np.ndarray, moving_seg: np.ndarray,
@@ -385,12 +473,15 @@ def combined(options: list[list[str]]) -> list[str]:
     return flags + (["--augment", *kinds] if kinds else [])
 
 
-def cached(path: str, pairs: list[tuple[int, int]], compute) -> dict:
-    """The JSON result at ``path`` if it holds these ``pairs``, else computed and written."""
+def cached(path: str, pairs: list[tuple[int, int]], compute, settings: dict | None = None
+           ) -> dict:
+    """The JSON result at ``path`` if it holds these ``pairs`` (and ``settings``), else
+    computed and written."""
     if os.path.exists(path):
         with open(path) as file:
             result = json.load(file)
-        if result["pairs"] == [list(pair) for pair in pairs]:
+        if (result["pairs"] == [list(pair) for pair in pairs]
+                and result.get("settings") == settings):
             return result
     result = {**compute(), "pairs": pairs}
     with open(path + ".tmp", "w") as file:
@@ -414,7 +505,7 @@ def table(rows: list[tuple[str, dict, float | None]]) -> str:
     lines = ["| method | mean Dice (30 structures) | HD95 (mm) | SDlogJ | % det(J) <= 0 "
              "| s per pair (CPU) | training (min) |", "|---|---|---|---|---|---|---|"]
     for name, stats, minutes in rows:
-        seconds = stats["seconds"]["mean"] + stats.get("finetune_seconds", {"mean": 0})["mean"]
+        seconds = sum(stats.get(name, {"mean": 0.0})["mean"] for name in SECONDS)
         lines.append(f"| {name} | {stats['dice']['mean']:.3f} ± {stats['dice']['std']:.3f} | "
                      f"{stats.get('hd95_mm_mean', stats['hd95_mm'])['mean']:.2f} | "
                      f"{stats['sdlogj']['mean']:.3f} | "
@@ -437,8 +528,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seg_weight", type=float, default=0.1,
                         help="gamma of the segmentation-aided row")
     parser.add_argument("--finetune_steps", type=int, default=50,
-                        help="instance optimisation steps of the last VoxelMorph row")
+                        help="network fine-tuning steps of the instance-optimisation rows")
+    parser.add_argument("--curve_steps", type=int, nargs="+", default=[0, 25, 50, 100],
+                        help="network fine-tuning steps scored along the instance-optimisation "
+                             "curve, with and without refinement")
     parser.add_argument("--finetune_lr", type=float, default=1e-3)
+    parser.add_argument("--refine_steps", type=int, default=20,
+                        help="refinement steps of the displacement at 128^3 after fine-tuning")
+    parser.add_argument("--refine_lr", type=float, default=None,
+                        help="initial learning rate of the refinement (default: main.py's)")
     parser.add_argument("--methods", nargs="+", default=["vm2", *OPTIONS, "best", "finetune",
                                                          "ants", "official"],
                         choices=["vm2", *OPTIONS, "best", "finetune", "ants", "official"],
@@ -474,21 +572,20 @@ def main() -> None:
     results = {"affine": affine_only(full, pairs)}
     minutes = {}
 
-    def run(name: str, flags: list[str], finetune_steps: int = 0, model: str | None = None):
-        """Train (unless reusing the network of row ``model``) and score one VoxelMorph row."""
-        model_name = model or name
-        path = os.path.join(args.output, f"{name}.json")
-
+    def run(name: str, flags: list[str]):
+        """Train and score one VoxelMorph row."""
         def compute():
-            import rundir
+            seconds = train(name, flags, train_set, test_set, args.output, args)
+            return {"flags": flags, "train_seconds": seconds,
+                    **voxelmorph(model_path(name), test_set, full, pairs)}
 
-            seconds = 0.0 if model else train(name, flags, train_set, test_set, args.output, args)
-            scored = voxelmorph(os.path.join(args.output, model_name, rundir.MODEL), test_set,
-                                full, pairs, finetune_steps, args.finetune_lr)
-            return {"flags": flags, "train_seconds": seconds, **scored}
+        results[name] = cached(os.path.join(args.output, f"{name}.json"), pairs, compute)
+        minutes[name] = results[name]["train_seconds"] / 60
 
-        results[name] = cached(path, pairs, compute)
-        minutes[name] = results[name]["train_seconds"] / 60 if not model else None
+    def model_path(name: str) -> str:
+        import rundir
+
+        return os.path.join(args.output, name, rundir.MODEL)
 
     options = {**OPTIONS, "seg": OPTIONS["seg"] + [str(args.seg_weight)]}
     for name in ["vm2", *OPTIONS]:
@@ -503,8 +600,6 @@ def main() -> None:
             if "vm2" in results else None)
     if best == "best":
         run("best", best_flags)
-    if "finetune" in args.methods and best in results:
-        run("finetune", results[best]["flags"], args.finetune_steps, model=best)
     if "ants" in args.methods:
         try:
             results["ants"] = cached(os.path.join(args.output, "ants.json"), pairs,
@@ -512,7 +607,19 @@ def main() -> None:
                                                       args.output))
         except ImportError:
             print("antspyx is not installed: skipping ANTs SyN (pip install antspyx)")
+    if "finetune" in args.methods and best in results:
+        if args.refine_lr is None:
+            import tuning
 
+            args.refine_lr = tuning.REFINE_LR
+        settings = {"model": best, **{key: getattr(args, key) for key in (
+            "finetune_steps", "curve_steps", "finetune_lr", "refine_steps", "refine_lr")}}
+        tuned = cached(os.path.join(args.output, "finetune.json"), pairs, lambda: {
+            **instance_optimisation(model_path(best), test_set, full, pairs, args),
+            "settings": settings}, settings)
+        results["finetune"] = curve_rows(tuned, f"{args.finetune_steps}+0")
+        results["refined"] = curve_rows(tuned, f"{args.finetune_steps}+{args.refine_steps}")
+        plot_curve(tuned, results.get("ants"), os.path.join(args.output, "finetune_curve.png"))
     if "official" in args.methods:
         if os.path.exists(args.official_python):
             results["official"] = cached(os.path.join(args.output, "official.json"), pairs,
@@ -524,6 +631,7 @@ def main() -> None:
 
     grid = 128 // args.downsample
     labels = {"seg_weight": args.seg_weight, "finetune_steps": args.finetune_steps,
+              "refine_steps": args.refine_steps,
               "best": " ".join(best_flags) or "(no option helped)"}
     labels["tuned"] = NAMES[best].format(**labels) if best else ""
     rows = [("affine only", summary(results["affine"]), None)]

@@ -13,6 +13,7 @@ import main
 import models
 import registration
 import transforms
+import tuning
 import utils
 from test_transforms import blob_scan, rotation_affine, sitk_resample, write
 
@@ -131,7 +132,7 @@ def test_instance_optimisation_recovers_a_known_affine_map(ndim):
     moving, static, true = known_pair(shape, np.random.default_rng(ndim))
     model = models.build_model(shape, transform="affine", loss="mse")
     assert voxel_error(np.eye(ndim, ndim + 1), true, shape) > 1.5  # the pair is misaligned
-    network = registration.FineTuner(model, 100, 3e-3).tune(moving, static)
+    network = tuning.FineTuner(model, 100, 3e-3).tune(moving, static)
     found = registration.register_padded(network, moving, static)["affine"]
     assert voxel_error(found, true, shape) < 0.3
 

@@ -42,7 +42,8 @@ def test_options_that_helped_combine_into_one_command_line():
 @needs_data
 def test_benchmark_trains_on_a_32_cube_and_scores_at_128(tmp_path):
     command = [sys.executable, "benchmarks/real_brains.py", "--downsample", "4", "--methods",
-               "vm2", "finetune", "--finetune_steps", "1", "--epochs", "1",
+               "vm2", "finetune", "--finetune_steps", "1", "--curve_steps", "0", "--refine_steps",
+               "1", "--epochs", "1",
                "--steps_per_epoch", "2", "--max_pairs", "2", "--output", str(tmp_path)]
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
@@ -55,6 +56,10 @@ def test_benchmark_trains_on_a_32_cube_and_scores_at_128(tmp_path):
     assert np.isfinite(vm2["dice"]["mean"]) and vm2["hd95_mm"]["mean"] > 0
     assert np.isfinite(vm2["sdlogj"]["mean"]) and vm2["seconds"]["mean"] > 0
     assert results["summary"]["finetune"]["finetune_seconds"]["mean"] > 0
+    assert results["summary"]["refined"]["refine_seconds"]["mean"] > 0
+    curve = json.loads((tmp_path / "finetune.json").read_text())["curve"]
+    assert sorted(curve[0]) == ["0+0", "0+1", "1+0", "1+1"]
+    assert (tmp_path / "finetune_curve.png").stat().st_size > 10_000
     assert "| affine only |" in result.stdout and "| VM-2 (CVPR), 32^3 |" in result.stdout
     with np.load(tmp_path / "test.npz") as test:
         assert test["vols"].shape == (3, 32, 32, 32)

@@ -1,0 +1,132 @@
+"""Instance optimisation: the network fine-tuned on a pair, the displacement refined on it."""
+import keras
+import numpy as np
+import pytest
+from scipy import ndimage
+
+import dataloader
+import main
+import models
+import registration
+import tuning
+from test_registration import trained_like
+
+
+def test_finetuning_lowers_the_pairs_loss_and_leaves_the_model_as_it_was(labelled_pair):
+    keras.utils.set_random_seed(0)
+    moving, static, _, _ = labelled_pair()
+    model = models.build_model(moving.shape, "vm1", "mse", lr=1e-3)
+    weights = [w.numpy().copy() for w in model.weights]
+    inputs, targets = dataloader.batch(moving[None], static[None], models.targets(model))
+    tuned = tuning.FineTuner(model, steps=15, lr=1e-3).tune(moving, static)
+    assert (tuned.evaluate(inputs, targets, verbose=0)[0]
+            < 0.8 * model.evaluate(inputs, targets, verbose=0)[0])
+    for weight, before in zip(model.weights, weights):
+        np.testing.assert_array_equal(weight.numpy(), before)
+
+
+def test_each_pair_is_tuned_from_the_trained_weights_and_a_fresh_adam(labelled_pair):
+    moving, static, _, _ = labelled_pair()
+    model = trained_like(moving.shape)
+    tuner = tuning.FineTuner(model, steps=3)
+    tuner.tune(static, moving)  # another pair first: its weights and moments must not carry over
+    after_other = [w.copy() for w in tuner.tune(moving, static).get_weights()]
+    alone = tuning.FineTuner(model, steps=3).tune(moving, static).get_weights()
+    for a, b in zip(after_other, alone):
+        np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+def test_tuning_in_parts_continues_as_tuning_at_once(labelled_pair):
+    moving, static, _, _ = labelled_pair()
+    model = trained_like(moving.shape)
+    whole = [w.copy() for w in tuning.FineTuner(model, steps=4).tune(moving, static).get_weights()]
+    tuner = tuning.FineTuner(model, steps=4)
+    tuner.start(moving, static)
+    first = [w.copy() for w in tuner.train(1).get_weights()]
+    parts = tuner.train(3).get_weights()
+    for a, b, c in zip(whole, parts, first):
+        np.testing.assert_allclose(a, b, atol=1e-6)
+    assert any(not np.allclose(a, c) for a, c in zip(whole, first))
+
+
+def shifted_pair(shift=(1.5, -1.0), shape=(32, 32)):
+    """A smooth 2D image and the same image shifted by ``shift`` voxels (scipy), in [0, 1]."""
+    rng = np.random.default_rng(0)
+    static = ndimage.gaussian_filter(rng.random(shape), 3)
+    static = (static - static.min()) / np.ptp(static)
+    return ndimage.shift(static, shift, order=3, mode="nearest").astype(np.float32), static
+
+
+def test_refining_from_zero_recovers_a_known_shift_checked_with_scipy_sampling():
+    moving, static = shifted_pair()
+    model = models.build_model(moving.shape, "vm1", "mse", lr=1e-3)
+    refined = tuning.Refiner(model, steps=150, lr=0.1).refine(moving, static,
+                                                              np.zeros((32, 32, 2)))
+    # moved(x) = moving(x + u(x)) = static(x + u - shift): u is the shift, inside the border.
+    inner = refined[6:-6, 6:-6].reshape(-1, 2)
+    np.testing.assert_allclose(np.median(inner, axis=0), [1.5, -1.0], atol=0.25)
+    grid = np.stack(np.meshgrid(np.arange(32), np.arange(32), indexing="ij"))
+    moved = ndimage.map_coordinates(moving, grid + np.moveaxis(refined, -1, 0), order=1,
+                                    mode="nearest")
+    before, after = (np.mean((image - static)[6:-6, 6:-6] ** 2) for image in (moving, moved))
+    assert after < 0.1 * before
+
+
+def test_refining_pair_after_pair_starts_anew_and_traces_once():
+    moving, static = shifted_pair()
+    other, _ = shifted_pair((-1.0, 0.5))
+    model = models.build_model(moving.shape, "vm1", "ncc", lr=1e-3)
+    start = np.full((32, 32, 2), 0.3, np.float32)
+    refiner = tuning.Refiner(model, steps=5)
+    refiner.refine(other, static, np.zeros_like(start))
+    after_other = refiner.refine(moving, static, start)
+    alone = tuning.Refiner(model, steps=5).refine(moving, static, start)
+    np.testing.assert_allclose(after_other, alone, atol=1e-6)
+    assert refiner.compiled.experimental_get_tracing_count() == 1
+    assert not np.allclose(alone, start)  # it moved
+    np.testing.assert_array_equal(tuning.Refiner(model, steps=0).refine(moving, static, start),
+                                  start)
+
+
+def test_the_refined_terms_are_the_models_similarity_and_smoothness_weight():
+    mse = models.build_model((16, 16), "vm1", "mse", lamda=0.02, lr=1e-3)
+    refiner = tuning.Refiner(mse, steps=1)
+    assert type(refiner.similarity).__name__ == "MSE" and refiner.lamda == pytest.approx(0.02)
+    diffeomorphic = models.build_model((16, 16), "vm2", "ncc", lr=1e-3, int_steps=5)
+    refiner = tuning.Refiner(diffeomorphic, steps=1)
+    assert type(refiner.similarity).__name__ == "LocalNCC" and refiner.lamda == 1.0
+
+
+def test_refined_pairs_are_rescored_with_their_new_displacement(labelled_pair):
+    moving, static, moving_seg, static_seg = labelled_pair((32, 32))
+    model = trained_like((32, 32))
+    plain = registration.register_padded(model, moving, static, moving_seg, inverse=True)
+    refined = registration.refine_registered(tuning.Refiner(model, steps=10), plain, moving,
+                                             static, moving_seg)
+    assert refined["refine_seconds"] > 0
+    assert not np.allclose(refined["deformation"], plain["deformation"])
+    np.testing.assert_allclose(refined["moved"], registration.warped(
+        moving, refined["deformation"]), atol=1e-6)
+    assert refined["moved_seg"].dtype == moving_seg.dtype
+    error = registration.transforms.inverse_consistency(
+        refined["deformation"], refined["inverse"], registration.transforms.spacing_grid((32, 32)))
+    assert error["mean_voxels"] < 0.02  # the inverse follows the refined field
+
+
+def test_register_refines_from_the_command_line_and_refuses_an_uncompiled_model(tmp_path, capsys):
+    moving, static = shifted_pair()
+    model = models.build_model((32, 32), "vm1", "mse", lr=1e-3)
+    model.save(tmp_path / "m.keras")
+    np.save(tmp_path / "moving.npy", moving)
+    np.save(tmp_path / "static.npy", static)
+    code = main.main(["register", "--model", str(tmp_path / "m.keras"), "--moving",
+                      str(tmp_path / "moving.npy"), "--static", str(tmp_path / "static.npy"),
+                      "--moved", str(tmp_path / "moved.npy"), "--refine_steps", "3"])
+    assert code == 0 and "refined in 3 steps" in capsys.readouterr().out
+    uncompiled = models.build_model((32, 32), "vm1", "mse", lr=1e-3)
+    keras.Model(uncompiled.inputs, uncompiled.outputs).save(tmp_path / "plain.keras")
+    code = main.main(["register", "--model", str(tmp_path / "plain.keras"), "--moving",
+                      str(tmp_path / "moving.npy"), "--static", str(tmp_path / "static.npy"),
+                      "--moved", str(tmp_path / "moved2.npy"), "--refine_steps", "3"])
+    error = capsys.readouterr().err
+    assert code == 2 and "training loss" in error and len(error.strip().splitlines()) == 1

@@ -1,0 +1,198 @@
+"""Instance optimisation: a trained registration improved on the pair it registers.
+
+- :class:`FineTuner`: the network's weights trained on the pair itself (TMI 2019, Sec. V-E),
+  one compiled network for every pair, its trained weights restored before each.
+- :class:`Refiner`: the displacement itself optimised on the pair's full-resolution grid,
+  starting from the network's (resized to that grid when the network ran on a coarser one),
+  as Learn2Reg's instance optimisation does.
+
+Both minimise the model's own training loss of the image terms; the pair's label maps are never
+used.
+"""
+import time
+
+import runtime  # noqa: F401  (TensorFlow's settings: before its first import)
+import keras
+import numpy as np
+import tensorflow as tf
+
+import dataloader
+import datasets
+import models
+import utils
+import volumes
+
+REFINE_LR = 0.1  # Adam's rate of --refine_steps, voxels per step at the start of its schedule
+FIELD_LOSSES = ("deformation", "velocity", "residual")  # outputs whose loss is the smoothness
+
+
+def training_losses(model: keras.Model) -> tuple[dict, dict]:
+    """The image terms of a compiled model's training loss: ``{output: loss}`` and weights.
+
+    Raises
+    ------
+    volumes.DataError
+        If the model was saved without its training loss (not compiled).
+    """
+    config = model.get_compile_config()
+    if not config:
+        raise volumes.DataError("instance optimisation needs the model's training loss: a "
+                                "model saved after training (compiled)")
+    losses = {name: keras.saving.deserialize_keras_object(loss)
+              for name, loss in config["loss"].items() if name != "moved_seg"}
+    return losses, {name: config["loss_weights"][name] for name in losses}
+
+
+class FineTuner:
+    """Instance-specific optimisation (TMI 2019, Sec. V-E): the network trained on each pair.
+
+    The registration network is copied and compiled once, with the model's own training loss
+    of the image terms (similarity, symmetric similarity, smoothness; the pair's label maps are
+    never used) and Adam; for every pair, :meth:`tune` restores the trained weights and a fresh
+    optimizer state, then takes ``steps`` Adam steps on that pair alone. The compiled training
+    step is traced on the first pair only.
+
+    Parameters
+    ----------
+    model : keras.Model
+        A compiled VoxelMorph model (as ``models.build_model`` or ``keras.models.load_model``
+        give); it is left as it is.
+    steps : int
+        Optimisation steps per pair.
+    lr : float
+        Adam learning rate.
+    shape : tuple of int, optional
+        Input shape of the tuned network (multiples of ``models.DIVISOR``); default the model's.
+    """
+
+    def __init__(self, model: keras.Model, steps: int, lr: float = 1e-3,
+                 shape: tuple[int, ...] | None = None):
+        losses, weights = training_losses(model)
+        network = models.registration_model(model)
+        self.network = models.rebuild(network, shape or models.input_shape(network))
+        self.trained = network.get_weights()
+        self.network.compile(optimizer=keras.optimizers.Adam(lr), loss=losses,
+                             loss_weights=weights)
+        self.network.optimizer.build(self.network.trainable_variables)
+        self.fresh = [variable.numpy() for variable in self.network.optimizer.variables]
+        self.steps, self.targets = steps, models.targets(self.network)
+
+    def tune(self, moving: np.ndarray, static: np.ndarray) -> keras.Model:
+        """The network fine-tuned on one pair no larger than its input shape, images in [0, 1]
+        (zero-padded to it, centred, as ``registration.register_padded`` pads).
+
+        Returns
+        -------
+        keras.Model
+            The tuned registration network (inputs ``moving`` and ``static``); it is tuned
+            again, from the trained weights, by the next call.
+        """
+        self.start(moving, static)
+        return self.train(self.steps)
+
+    def start(self, moving: np.ndarray, static: np.ndarray) -> None:
+        """Restore the trained weights and a fresh Adam, and take the pair as the batch of
+        :meth:`train`."""
+        self.network.set_weights(self.trained)
+        for variable, value in zip(self.network.optimizer.variables, self.fresh):
+            variable.assign(value)  # step count 0, zero moments: Adam as new
+        padding = datasets.padding_to_shape(moving.shape, models.input_shape(self.network))
+        self.batch = dataloader.batch(datasets.pad(np.asarray(moving)[None], padding),
+                                      datasets.pad(np.asarray(static)[None], padding),
+                                      self.targets)
+
+    def train(self, steps: int) -> keras.Model:
+        """``steps`` more Adam steps on the pair of :meth:`start`; the tuned network."""
+        for _ in range(steps):
+            self.network.train_on_batch(*self.batch)
+        return self.network
+
+
+def finetuned(model: keras.Model, tuner: FineTuner | None, moving: np.ndarray,
+              static: np.ndarray) -> tuple[keras.Model, float]:
+    """``tuner``'s network tuned on the pair, and the seconds it took; without one, ``model``."""
+    if tuner is None:
+        return model, 0.0
+    start = time.perf_counter()
+    network = tuner.tune(moving, static)
+    return network, time.perf_counter() - start
+
+
+class Refiner:
+    """Instance optimisation of a displacement on the pair's own (full-resolution) grid.
+
+    ``steps`` Adam steps on the field's voxels minimise the model's image similarity of the
+    moving image warped by the field, plus the smoothness of the field with the weight the
+    model was trained with (on the displacement itself, also for models whose loss was on a
+    velocity: the refined field is then no longer diffeomorphic by construction, and its
+    folding is what scores report). The learning rate decays from ``lr`` to 0 along a cosine.
+    The step is compiled once per grid shape, and the optimizer starts anew for every pair.
+
+    Parameters
+    ----------
+    model : keras.Model
+        A compiled VoxelMorph model: its training loss gives the terms.
+    steps : int
+        Optimisation steps per pair.
+    lr : float
+        Adam's initial learning rate, in voxels.
+    """
+
+    def __init__(self, model: keras.Model, steps: int, lr: float = REFINE_LR):
+        losses, weights = training_losses(model)
+        field = next(name for name in FIELD_LOSSES if name in losses)
+        self.similarity, self.smoothness = losses["moved"], losses[field]
+        self.lamda = weights[field] / weights["moved"]
+        self.steps, self.lr, self.field = steps, lr, None
+
+    def refine(self, moving: np.ndarray, static: np.ndarray,
+               deformation: np.ndarray) -> np.ndarray:
+        """The displacement refined on one pair.
+
+        Parameters
+        ----------
+        moving, static : np.ndarray
+            ``(*spatial)`` images in [0, 1] on one grid.
+        deformation : np.ndarray
+            ``(*spatial, ndim)`` starting displacement in voxels of that grid, 'ij' order.
+
+        Returns
+        -------
+        np.ndarray
+            ``(*spatial, ndim)`` float32 refined displacement in voxels.
+        """
+        start = np.asarray(deformation, np.float32)[None]
+        if self.field is None or tuple(self.field.shape) != start.shape:
+            self.field = tf.Variable(start)
+            self.optimizer = keras.optimizers.Adam(self.lr)
+            self.optimizer.build([self.field])
+            self.fresh = [variable.numpy() for variable in self.optimizer.variables]
+            self.compiled = tf.function(self._step)  # traced once for this shape
+        self.field.assign(start)
+        for variable, value in zip(self.optimizer.variables, self.fresh):
+            variable.assign(value)
+        pair = [tf.constant(np.asarray(image, np.float32)[None, ..., None])
+                for image in (moving, static)]
+        for step in range(self.steps):
+            self.optimizer.learning_rate.assign(
+                self.lr * 0.5 * (1 + np.cos(np.pi * step / self.steps)))
+            self.compiled(*pair)
+        return self.field.numpy()[0]
+
+    def _step(self, moving: tf.Tensor, static: tf.Tensor) -> tf.Tensor:
+        """One Adam step of the field; the loss before it."""
+        with tf.GradientTape() as tape:
+            loss = (self.similarity(static, utils.warp(moving, self.field))
+                    + self.lamda * self.smoothness(tf.zeros_like(self.field), self.field))
+        self.optimizer.apply_gradients([(tape.gradient(loss, self.field), self.field)])
+        return loss
+
+
+def refined(refiner: Refiner | None, moving: np.ndarray, static: np.ndarray,
+            deformation: np.ndarray) -> tuple[np.ndarray, float]:
+    """``refiner``'s refinement of ``deformation`` and its seconds; without one, as it is."""
+    if refiner is None:
+        return deformation, 0.0
+    start = time.perf_counter()
+    deformation = refiner.refine(moving, static, deformation)
+    return deformation, time.perf_counter() - start
