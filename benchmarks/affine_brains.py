@@ -36,8 +36,8 @@ import time
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import real_brains  # noqa: E402  (beside this script; it puts the repository on the path)
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from benchmarks import brains  # noqa: E402  (numpy only)
 
 LIA = np.array([[-1.0, 0, 0], [0, 0, 1], [0, -1, 0]])  # FreeSurfer's conformed axes (RAS columns)
 MISALIGNED_GRID = (176, 1.25)  # voxels per axis, mm
@@ -98,7 +98,7 @@ def score(full_set, m: int, s: int, grid, other, case: dict, deformation: np.nda
 
     points = grid.world(grid.coordinates() + deformation)
     moved_seg = transforms.sample(case["seg"], other.voxels(points), "nearest")
-    return real_brains.score_pair(full_set, m, s, moved_seg, deformation)
+    return brains.score_pair(full_set, m, s, moved_seg, deformation)
 
 
 def network(model_path: str, full_set, small, pairs, cases, grids_, finetune_steps: int,
@@ -125,7 +125,7 @@ def network(model_path: str, full_set, small, pairs, cases, grids_, finetune_ste
         deformation = np.asarray(utils.resize_displacement(registered["deformation"][None],
                                                            grid.shape))[0]
         if aligned:
-            scored = real_brains.score_pair(full_set, m, s, real_brains.warped(
+            scored = brains.score_pair(full_set, m, s, brains.warped(
                 full_set[1][m].astype(np.int32), deformation, "nearest"), deformation)
         else:
             scored = score(full_set, m, s, grid, other, case, deformation)
@@ -202,7 +202,7 @@ def table(rows: list[tuple[str, dict]]) -> str:
              "mean / p95 (mm) | % det(J) <= 0 | s per pair (median, CPU) |",
              "|---|---|---|---|---|---|---|"]
     for name, result in rows:
-        stats = real_brains.summary(result)
+        stats = brains.summary(result)
         per_pair = result["per_pair"]
         seconds = np.median([row["seconds"] for row in per_pair])
         error = (f"{stats['recovery_mm']['mean']:.2f} / {stats['recovery_p95_mm']['mean']:.2f}"
@@ -217,7 +217,7 @@ def table(rows: list[tuple[str, dict]]) -> str:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--data", default=real_brains.DATA, help="the fstrain9_128.npz file")
+    parser.add_argument("--data", default=brains.DATA, help="the fstrain9_128.npz file")
     parser.add_argument("--affine_epochs", type=int, default=40,
                         help="epochs of 100 steps of the affine network")
     parser.add_argument("--deformable_epochs", type=int, default=10,
@@ -229,7 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--finetune_lr", type=float, default=1e-3)
     parser.add_argument("--seed", type=int, default=0, help="training seed")
     parser.add_argument("--pair_seed", type=int, default=16, help="seed of the known maps")
-    parser.add_argument("--output", default=os.path.join(real_brains.ROOT, "runs",
+    parser.add_argument("--output", default=os.path.join(brains.ROOT, "runs",
                                                          "affine_brains"))
     return parser
 
@@ -237,15 +237,15 @@ def build_parser() -> argparse.ArgumentParser:
 def main() -> None:
     args = build_parser().parse_args()
     started = time.perf_counter()
-    train_set, test_set, full_set = real_brains.prepare("affine_brains.py", args.data, 2,
+    train_set, test_set, full_set = brains.prepare("affine_brains.py", args.data, 2,
                                                         args.output)
-    pairs = real_brains.test_pairs(len(full_set[0]), None)
+    pairs = brains.test_pairs(len(full_set[0]), None)
     grids_ = grids(args.data)
     cases = misaligned(full_set, pairs, grids_[0], grids_[2], args.pair_seed)
 
     def trained(name: str, epochs: int, flags: list[str]) -> str:
         training = argparse.Namespace(epochs=epochs, steps_per_epoch=100, lr=1e-3, seed=args.seed)
-        real_brains.train(name, flags, train_set, test_set, args.output, training)
+        brains.train(name, flags, train_set, test_set, args.output, training)
         return os.path.join(args.output, name, "model.keras")
 
     affine = trained("affine", args.affine_epochs, ["--transform", "affine", "--random_affine"])
@@ -257,7 +257,7 @@ def main() -> None:
     import datasets
 
     small = datasets.load_dataset(test_set).vols
-    rows = [("pre-aligned pairs, not registered", real_brains.affine_only(full_set, pairs)),
+    rows = [("pre-aligned pairs, not registered", brains.affine_only(full_set, pairs)),
             ("misaligned pairs, not registered", unregistered(full_set, pairs, cases, grids_))]
     try:
         rows.append(("ANTs Affine (antspyx defaults, MI), 128^3",
@@ -269,7 +269,7 @@ def main() -> None:
         """Score one network row, kept as ``key``.json."""
         if steps:
             key, label = f"{key}_ft{steps}", f"{label} + --finetune_steps {steps}"
-        rows.append((label, real_brains.cached(
+        rows.append((label, brains.cached(
             os.path.join(args.output, f"{key}.json"), pairs, lambda: network(
                 model, full_set, small, pairs, cases, grids_, steps, args.finetune_lr,
                 aligned))))
@@ -283,7 +283,7 @@ def main() -> None:
         run("joint", "joint network (affine + VM-2 diffeomorphic), 64^3", joint, steps)
     with open(os.path.join(args.output, "results.json"), "w") as file:
         json.dump({"pairs": pairs, "rows": {name: result for name, result in rows},
-                   "summary": {name: real_brains.summary(result) for name, result in rows}},
+                   "summary": {name: brains.summary(result) for name, result in rows}},
                   file, indent=2)
     print(f"\nNetworks on 64^3 at 3 mm; scores at 128^3 over {len(full_set[2])} structures and "
           f"{len(pairs)} test pairs; misaligned scans on a {MISALIGNED_GRID[0]}^3 LIA grid at "

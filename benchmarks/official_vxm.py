@@ -14,7 +14,7 @@ the l2 gradient loss of the displacement, Adam, batch 1, the same training subje
 grid (block means of the 128^3 volumes, each scaled to [0, 1] by its minimum and maximum as the
 project's ``datasets.normalize`` does), scan-to-scan pairs of distinct subjects drawn at random,
 the same number of steps and learning rate. Writes ``flows.npz``: the displacement of every
-ordered test pair (``real_brains.test_pairs`` order) on the network's grid, in voxels, 'ij'
+ordered test pair (``brains.test_pairs`` order) on the network's grid, in voxels, 'ij'
 order (the official convention is the project's: ``moved(x) = moving(x + u(x))``), with the
 training and inference seconds.
 """
@@ -28,7 +28,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path[:0] = [ROOT, os.path.join(ROOT, "benchmarks")]
 import runtime  # noqa: E402, F401  (oneDNN on and quiet logs, as for this project's rows)
-import real_brains  # noqa: E402  (numpy only: the sets and the pairs)
+from benchmarks import brains  # noqa: E402  (numpy only: the sets and the pairs)
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
@@ -53,7 +53,7 @@ def scaled(volumes: np.ndarray) -> np.ndarray:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", default=real_brains.DATA)
+    parser.add_argument("--data", default=brains.DATA)
     parser.add_argument("--downsample", type=int, default=2)
     parser.add_argument("--steps", type=int, default=1000)
     parser.add_argument("--lr", type=float, default=1e-3)
@@ -62,9 +62,9 @@ def main() -> None:
     args = parser.parse_args()
 
     with np.load(args.data) as stored:
-        vols, _ = real_brains.downsample(stored["vols"], stored["segs"], args.downsample)
+        vols, _ = brains.downsample(stored["vols"], stored["segs"], args.downsample)
     vols = scaled(vols)
-    train, test = vols[:real_brains.NUM_TRAIN], vols[real_brains.NUM_TRAIN:]
+    train, test = vols[:brains.NUM_TRAIN], vols[brains.NUM_TRAIN:]
     tf.keras.utils.set_random_seed(args.seed)
     model = vxm.networks.VxmDense(train.shape[1:-1], VM2, int_steps=0)
     ncc, grad = vxm.losses.NCC(win=[9] * 3).loss, vxm.losses.Grad("l2").loss
@@ -89,14 +89,14 @@ def main() -> None:
     train_seconds = time.perf_counter() - start
 
     flows, seconds = [], []
-    for m, s in real_brains.test_pairs(len(test), None):
+    for m, s in brains.test_pairs(len(test), None):
         start = time.perf_counter()
         flows.append(model.predict([test[m:m + 1], test[s:s + 1]], verbose=0)[1][0])
         seconds.append(time.perf_counter() - start)
     os.makedirs(args.output, exist_ok=True)
     np.savez(os.path.join(args.output, "flows.tmp.npz"), flows=np.stack(flows),
              seconds=np.array(seconds), train_seconds=train_seconds,
-             pairs=np.array(real_brains.test_pairs(len(test), None)))
+             pairs=np.array(brains.test_pairs(len(test), None)))
     os.replace(os.path.join(args.output, "flows.tmp.npz"), os.path.join(args.output, "flows.npz"))
     print(f"trained {args.steps} steps in {train_seconds:.0f} s; wrote {args.output}/flows.npz")
 

@@ -30,11 +30,10 @@ from scipy.ndimage import convolve1d
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import runtime  # noqa: E402, F401  (TensorFlow's settings: before its first import)
 import main  # noqa: E402
-import real_brains  # noqa: E402
+from benchmarks import brains  # noqa: E402
 import scores  # noqa: E402
 import transforms  # noqa: E402
 import volumes  # noqa: E402
@@ -75,8 +74,8 @@ def write_scans(data: str, folder: str, degrees: float, voxel: float) -> dict:
     """NIfTI files of the test subjects: 3 mm images and labels, the rotated images, and the
     1.5 mm originals' label maps."""
     with np.load(data) as stored:
-        vols = stored["vols"][real_brains.NUM_TRAIN:].astype(np.float32) / 255.0
-        segs = stored["segs"][real_brains.NUM_TRAIN:]
+        vols = stored["vols"][brains.NUM_TRAIN:].astype(np.float32) / 255.0
+        segs = stored["segs"][brains.NUM_TRAIN:]
         labels = [int(label) for label in stored["labels"]]
     full = transforms.Grid(vols.shape[1:], grid_affine(1.5, vols.shape[1]))
     shape = int(np.ceil(vols.shape[1] * 1.5 / voxel * 1.15))  # the rotated grid's field of view
@@ -129,7 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--model", required=True, help="a model trained on the 64^3 grid")
-    parser.add_argument("--data", default=real_brains.DATA, help="the fstrain9_128.npz file")
+    parser.add_argument("--data", default=brains.DATA, help="the fstrain9_128.npz file")
     parser.add_argument("--degrees", type=float, default=15.0)
     parser.add_argument("--voxel", type=float, default=2.4,
                         help="voxel size of the rotated grid, mm (the static's: 3)")
@@ -142,7 +141,7 @@ def run() -> None:
     args = build_parser().parse_args()
     os.makedirs(args.output, exist_ok=True)
     scans = write_scans(args.data, args.output, args.degrees, args.voxel)
-    pairs = real_brains.test_pairs(len(scans["files"]), args.max_pairs)
+    pairs = brains.test_pairs(len(scans["files"]), args.max_pairs)
     rows = []
     for m, s in pairs:
         moving, static = scans["files"][m], scans["files"][s]
@@ -172,8 +171,8 @@ def run() -> None:
         json.dump({"model": args.model, "degrees": args.degrees, "voxel_mm": args.voxel,
                    "rotated_shape": scans["rotated_shape"], "rows": rows, "summary": summary},
                   file, indent=2)
-    print(f"\n| moving scan given on | mean Dice (30 structures, 3 mm grid) | inverse consistency "
-          f"mean / p95 (mm) | s per pair |\n|---|---|---|---|")
+    print("\n| moving scan given on | mean Dice (30 structures, 3 mm grid) | inverse consistency "
+          "mean / p95 (mm) | s per pair |\n|---|---|---|---|")
     for kind, label in (("same", "the static's 3 mm grid"),
                         ("rotated", f"a grid rotated {args.degrees:g} deg, {args.voxel:g} mm")):
         row = summary[kind]

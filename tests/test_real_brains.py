@@ -15,17 +15,17 @@ needs_data = pytest.mark.skipif(not os.path.exists(DATA),
 
 
 def test_ants_scores_are_kept_per_pair_and_dropped_for_other_iterations(tmp_path):
-    from benchmarks import real_brains
+    from benchmarks import ants_syn
 
     path = str(tmp_path / "ants.json")
-    assert real_brains.stored_scores(path, [4, 2]) == {}
-    real_brains.store_score(path, [4, 2], "0->1", {"dice": [0.5], "made": {"threads": 2}})
-    real_brains.store_score(path, [4, 2], "1->2", {"dice": [0.7]})
-    assert list(real_brains.stored_scores(path, [4, 2])) == ["0->1", "1->2"]
-    assert real_brains.stored_scores(path, [4, 2])["0->1"]["made"] == {"threads": 2}
-    assert real_brains.stored_scores(path, [100, 70]) == {}
-    real_brains.store_score(path, [100, 70], "2->0", {"dice": [0.8]})  # other settings: anew
-    assert list(real_brains.stored_scores(path, [100, 70])) == ["2->0"]
+    assert ants_syn.stored_scores(path, [4, 2]) == {}
+    ants_syn.store_score(path, [4, 2], "0->1", {"dice": [0.5], "made": {"threads": 2}})
+    ants_syn.store_score(path, [4, 2], "1->2", {"dice": [0.7]})
+    assert list(ants_syn.stored_scores(path, [4, 2])) == ["0->1", "1->2"]
+    assert ants_syn.stored_scores(path, [4, 2])["0->1"]["made"] == {"threads": 2}
+    assert ants_syn.stored_scores(path, [100, 70]) == {}
+    ants_syn.store_score(path, [100, 70], "2->0", {"dice": [0.8]})  # other settings: anew
+    assert list(ants_syn.stored_scores(path, [100, 70])) == ["2->0"]
     assert not os.path.exists(path + ".tmp")
 
 
