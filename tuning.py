@@ -131,7 +131,7 @@ class Refiner:
     Parameters
     ----------
     model : keras.Model
-        A compiled VoxelMorph model: its training loss gives the terms.
+        A compiled VoxelMorph model with a deformable stage: its training loss gives the terms.
     steps : int
         Optimisation steps per pair.
     lr : float
@@ -140,7 +140,10 @@ class Refiner:
 
     def __init__(self, model: keras.Model, steps: int, lr: float = REFINE_LR):
         losses, weights = training_losses(model)
-        field = next(name for name in FIELD_LOSSES if name in losses)
+        field = next((name for name in FIELD_LOSSES if name in losses), None)
+        if field is None:
+            raise volumes.UsageError("refinement optimises a deformable field: this model has "
+                                     "an affine stage only (use --finetune_steps)")
         self.similarity, self.smoothness = losses["moved"], losses[field]
         self.lamda = weights[field] / weights["moved"]
         self.steps, self.lr, self.field = steps, lr, None

@@ -97,6 +97,8 @@ def test_the_refined_terms_are_the_models_similarity_and_smoothness_weight():
     diffeomorphic = models.build_model((16, 16), "vm2", "ncc", lr=1e-3, int_steps=5)
     refiner = tuning.Refiner(diffeomorphic, steps=1)
     assert type(refiner.similarity).__name__ == "LocalNCC" and refiner.lamda == 1.0
+    with pytest.raises(tuning.volumes.UsageError, match="affine stage only"):
+        tuning.Refiner(models.build_model((16, 16), transform="affine", lr=1e-3), steps=1)
 
 
 def test_refined_pairs_are_rescored_with_their_new_displacement(labelled_pair):
