@@ -171,15 +171,16 @@ def plot_curve(result: dict, ants: dict | None, path: str) -> None:
             axes.annotate(str(count), (x, y), textcoords="offset points", xytext=(4, -10),
                           fontsize=8)
     if ants is not None:
-        stats = brains.summary(ants)
-        axes.axhline(stats["dice"]["mean"], color="k", ls="--", lw=1,
-                     label=f"ANTs SyN (CC), {stats['seconds']['mean']:.0f} s per pair")
+        stats, count = brains.summary(ants), len(ants["per_pair"])
+        axes.plot(stats["seconds"]["mean"], stats["dice"]["mean"], "k*", markersize=10,
+                  label=f"ANTs SyN (CC) at 128^3, {count} pair{'s' * (count > 1)}")
+        axes.axhline(stats["dice"]["mean"], color="k", ls="--", lw=1)
         axes.axvline(stats["seconds"]["mean"] / 40, color="grey", ls=":", lw=1,
                      label="1/40 of ANTs' time")
     axes.set_xscale("log")
     axes.set_xlabel("seconds per pair (CPU; numbers: network fine-tuning steps)")
     axes.set_ylabel(f"mean Dice, {len(result['curve'])} test pairs, 30 structures")
-    axes.legend(fontsize=8, loc="lower right")
+    axes.legend(fontsize=8, loc="upper left")
     axes.grid(alpha=0.3)
     figure.tight_layout()
     figure.savefig(path + ".tmp.png", dpi=120)
