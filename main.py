@@ -118,6 +118,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="weight of the smoothness loss (default: 1.0 for ncc, 0.01 for mse)")
     parser.add_argument("--model", choices=("vm1", "vm2"), default="vm2",
                         help="VoxelMorph-1 or VoxelMorph-2 decoder")
+    parser.add_argument("--unet", choices=models.UNETS, default="paper",
+                        help="U-Net layout: the CVPR paper's (stride-2 convolutions) or the "
+                             "official code's (stride-1 convolutions and max pooling, more "
+                             "computation at full resolution)")
     parser.add_argument("--loss", choices=("ncc", "mse"), default="ncc",
                         help="image similarity: local NCC or mean squared error")
     parser.add_argument("--ncc_window", type=_positive(int), default=9,

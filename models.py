@@ -11,6 +11,12 @@ encoder and differ only in the decoder's widths:
 - every convolution but the last is followed by LeakyReLU(0.2); the last one outputs ``ndim``
   channels, the displacement in voxels, with weights drawn from N(0, 1e-5).
 
+``unet="official"`` builds the layout of the official VoxelMorph code instead (voxelmorph 0.2's
+``VxmDense``, same widths), which departs from the paper's figure: each encoder level is a
+stride-1 convolution whose output is the level's skip, followed by 2x max pooling; the first
+``len(ENCODER)`` decoder widths are one convolution per level, each followed by upsampling and
+its skip; the rest run at full resolution. It computes more at full and half resolution.
+
 Beyond the papers, for scans that are not affinely aligned: :func:`affine_network` (affine or
 rigid: points found in both images by one feature network, matched by least squares) and
 :func:`joint_network` (the affine stage, then VoxelMorph on its moved image, composed into one
@@ -32,6 +38,7 @@ DECODER_VM1 = (32, 32, 32, 32, 8, 8)
 DECODER_VM2 = (32, 32, 32, 32, 32, 16, 16)
 KEYPOINTS = 32  # feature maps of the affine network, whose centroids are matched
 TRANSFORMS = ("deformable", "affine", "rigid", "joint")
+UNETS = ("paper", "official")  # U-Net layouts: CVPR 2018 Fig. 3, or the official code's
 DIVISOR = 2 ** len(ENCODER)  # spatial sizes must divide by this (four stride-2 levels)
 DEFAULT_LAMBDA = {"ncc": 1.0, "mse": 0.01}  # smoothness weights of the papers
 F32 = "float32"  # the field's layers, even under a mixed-precision policy
@@ -61,7 +68,7 @@ def check_input_shape(input_shape: tuple[int, ...]) -> None:
 
 def voxelmorph(input_shape: tuple[int, ...], decoder: tuple[int, ...],
                name: str = "voxelmorph", int_steps: int = 0, int_downsize: int = 1,
-               bidir: bool = False, num_labels: int = 0) -> keras.Model:
+               bidir: bool = False, num_labels: int = 0, unet: str = "paper") -> keras.Model:
     """Build a VoxelMorph network with the paper's encoder and the given decoder widths.
 
     Parameters
@@ -87,6 +94,8 @@ def voxelmorph(input_shape: tuple[int, ...], decoder: tuple[int, ...],
     num_labels : int
         With labels, the network also takes the moving image's one-hot label map and warps it
         (linear interpolation), for the auxiliary segmentation loss (TMI 2019, Sec. IV-C2).
+    unet : {"paper", "official"}
+        The U-Net's layout: the paper's, or the official code's (see the module's docstring).
 
     Returns
     -------
@@ -102,7 +111,8 @@ def voxelmorph(input_shape: tuple[int, ...], decoder: tuple[int, ...],
               "static": keras.Input((*input_shape, 1), name="static")}
     if num_labels:
         inputs["moving_seg"] = keras.Input((*input_shape, num_labels), name="moving_seg")
-    field = _field(_unet(inputs["moving"], inputs["static"], decoder), int_steps)
+    unet_layout = {"paper": _unet, "official": _pooled_unet}[unet]
+    field = _field(unet_layout(inputs["moving"], inputs["static"], decoder), int_steps)
 
     outputs = {}
     if int_steps:
@@ -151,6 +161,23 @@ def _unet(moving, static, decoder: tuple[int, ...]):
         x = _conv(x, filters)
     x = _up_and_skip(x, skips.pop())
     for filters in full:
+        x = _conv(x, filters)
+    return x
+
+
+def _pooled_unet(moving, static, decoder: tuple[int, ...]):
+    """The official code's U-Net layout on the concatenated pair; returns its last feature map."""
+    ndim = len(moving.shape) - 2
+    pooling = getattr(keras.layers, f"MaxPooling{ndim}D")
+    x = keras.layers.Concatenate(name="pair")([moving, static])
+    skips = []
+    for filters in ENCODER:
+        x = _conv(x, filters)
+        skips.append(x)
+        x = pooling(2)(x)
+    for filters in decoder[:len(ENCODER)]:
+        x = _up_and_skip(_conv(x, filters), skips.pop())
+    for filters in decoder[len(ENCODER):]:
         x = _conv(x, filters)
     return x
 
@@ -277,7 +304,7 @@ def build_model(input_shape: tuple[int, ...], model: str = "vm2", loss: str = "n
                 lamda: float | None = None, lr: float = 1e-3, ncc_window: int = 9,
                 int_steps: int = 0, int_downsize: int = 1, bidir: bool = False,
                 seg_weight: float = 0.0, num_labels: int = 0,
-                transform: str = "deformable") -> keras.Model:
+                transform: str = "deformable", unet: str = "paper") -> keras.Model:
     """A registration network compiled with Eq. (2): similarity + lambda * smoothness, and Adam.
 
     Parameters
@@ -310,6 +337,8 @@ def build_model(input_shape: tuple[int, ...], model: str = "vm2", loss: str = "n
         affine field needs no smoothness term); or both, :func:`joint_network`, trained end to
         end on the similarity of its affine stage's moved image, that of the final moved image
         and the smoothness of the deformable stage's field (not of the affine part).
+    unet : {"paper", "official"}
+        The deformable network's U-Net layout (see :func:`voxelmorph`).
 
     Returns
     -------
@@ -328,7 +357,7 @@ def build_model(input_shape: tuple[int, ...], model: str = "vm2", loss: str = "n
     else:
         network = {"vm1": VoxelMorph1, "vm2": VoxelMorph2}[model](
             input_shape, int_steps=int_steps, int_downsize=int_downsize, bidir=bidir,
-            num_labels=num_labels if seg_weight else 0)
+            num_labels=num_labels if seg_weight else 0, unet=unet)
     if transform == "joint":
         network = joint_network(affine_network(input_shape), network)
     similarity = (metrics.local_normalized_cross_correlation_loss(ncc_window)
@@ -403,7 +432,7 @@ def rebuild(network: keras.Model, shape: tuple[int, ...]) -> keras.Model:
     """``network`` built anew for another spatial input ``shape``, with copies of its weights.
 
     Every network is fully convolutional, so a network trained on one shape registers any
-    other: its kind, decoder widths, integration and symmetric outputs are read from its layers,
+    other: its kind, U-Net layout, decoder widths, integration and symmetric outputs are read from its layers,
     the same builder builds it for ``shape``, and the weights (in the same order) are copied.
 
     Parameters
@@ -424,9 +453,11 @@ def rebuild(network: keras.Model, shape: tuple[int, ...]) -> keras.Model:
         convs = [layer for layer in network.layers
                  if type(layer).__name__ in ("Conv2D", "Conv3D")]
         int_steps, int_downsize = integration(network)
+        pooled = any(type(layer).__name__.startswith("MaxPooling") for layer in network.layers)
         rebuilt = voxelmorph(shape, tuple(layer.filters for layer in convs[len(ENCODER):-1]),
                              network.name, int_steps, int_downsize,
-                             "moved_static" in network.output)
+                             "moved_static" in network.output,
+                             unet="official" if pooled else "paper")
     rebuilt.set_weights(network.get_weights())
     return rebuilt
 

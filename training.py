@@ -105,6 +105,7 @@ def check_transform(args) -> None:
                                              ("--seg_weight", args.seg_weight)) if value]
     if args.transform in ("affine", "rigid"):
         refused += ["--int_steps"] * bool(args.int_steps)
+        refused += [f"--unet {args.unet}"] * (args.unet != "paper")
     if refused:
         raise volumes.UsageError(f"--transform {args.transform} does not take "
                                  f"{', '.join(refused)}")
@@ -313,7 +314,8 @@ def locked_train(args, lock: contextlib.ExitStack) -> dict:
         model, state = rundir.load_checkpoint(output) if args.resume else (
             models.build_model(shape, args.model, args.loss, args.lamda, args.lr,
                                args.ncc_window, args.int_steps, args.int_downsize, args.bidir,
-                               args.seg_weight, len(labels), args.transform), None)
+                               args.seg_weight, len(labels), args.transform,
+                               args.unet), None)
         if not args.resume:
             for path in args.init_from or ():
                 initialise(model, path)

@@ -38,11 +38,13 @@ from benchmarks import ants_syn, brains  # noqa: E402  (numpy only)
 # The single options compared with the CVPR model; "best" combines those that raise its Dice.
 OPTIONS = {"int_steps": ["--int_steps", "7", "--int_downsize", "2"], "bidir": ["--bidir"],
            "seg": ["--seg_weight"], "elastic": ["--augment", "elastic"],
-           "intensity": ["--augment", "intensity"], "random_affine": ["--random_affine"]}
+           "intensity": ["--augment", "intensity"], "random_affine": ["--random_affine"],
+           "unet": ["--unet", "official"]}
 NAMES = {"vm2": "VM-2 (CVPR)", "int_steps": "VM-2 + --int_steps 7 --int_downsize 2",
          "bidir": "VM-2 + --bidir",
          "seg": "VM-2 + --seg_weight {seg_weight:g}", "elastic": "VM-2 + --augment elastic",
          "intensity": "VM-2 + --augment intensity", "random_affine": "VM-2 + --random_affine",
+         "unet": "VM-2 + --unet official (the official code's U-Net layout)",
          "best": "best: VM-2 + {best}",
          "finetune": "{tuned} + --finetune_steps {finetune_steps}",
          "refined": "{tuned} + --finetune_steps {finetune_steps} --refine_steps {refine_steps} "
@@ -259,6 +261,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="network fine-tuning steps scored along the instance-optimisation "
                              "curve, with and without refinement")
     parser.add_argument("--finetune_lr", type=float, default=1e-3)
+    parser.add_argument("--tune_model", default=None, choices=["vm2", *OPTIONS, "best"],
+                        help="the row whose network the instance-optimisation rows start from "
+                             "(default: the best trained row)")
     parser.add_argument("--refine_steps", type=int, default=20,
                         help="refinement steps of the displacement at 128^3 after fine-tuning")
     parser.add_argument("--refine_lr", type=float, default=None,
@@ -318,24 +323,25 @@ def main() -> None:
         run("best", best_flags)
     if "ants" in args.methods:
         try:
-            results["ants"] = brains.cached(os.path.join(args.output, "ants.json"), pairs,
-                                     lambda: ants_syn.ants_syn(full, pairs, args.ants_iterations,
-                                                      args.output))
+            results["ants"] = brains.cached(
+                os.path.join(args.output, "ants.json"), pairs,
+                lambda: ants_syn.ants_syn(full, pairs, args.ants_iterations, args.output))
         except ImportError:
             print("antspyx is not installed: skipping ANTs SyN (pip install antspyx)")
-    if "finetune" in args.methods and best in results:
+    tuned = args.tune_model or best
+    if "finetune" in args.methods and tuned in results:
         if args.refine_lr is None:
             import tuning
 
             args.refine_lr = tuning.REFINE_LR
-        settings = {"model": best, **{key: getattr(args, key) for key in (
+        settings = {"model": tuned, **{key: getattr(args, key) for key in (
             "finetune_steps", "curve_steps", "finetune_lr", "refine_steps", "refine_lr")}}
-        tuned = brains.cached(os.path.join(args.output, "finetune.json"), pairs, lambda: {
-            **instance_optimisation(model_path(best), test_set, full, pairs, args),
+        curve = brains.cached(os.path.join(args.output, "finetune.json"), pairs, lambda: {
+            **instance_optimisation(model_path(tuned), test_set, full, pairs, args),
             "settings": settings}, settings)
-        results["finetune"] = curve_rows(tuned, f"{args.finetune_steps}+0")
-        results["refined"] = curve_rows(tuned, f"{args.finetune_steps}+{args.refine_steps}")
-        plot_curve(tuned, results.get("ants"), os.path.join(args.output, "finetune_curve.png"))
+        results["finetune"] = curve_rows(curve, f"{args.finetune_steps}+0")
+        results["refined"] = curve_rows(curve, f"{args.finetune_steps}+{args.refine_steps}")
+        plot_curve(curve, results.get("ants"), os.path.join(args.output, "finetune_curve.png"))
     if "official" in args.methods:
         if os.path.exists(args.official_python):
             results["official"] = brains.cached(os.path.join(args.output, "official.json"), pairs,
@@ -349,7 +355,7 @@ def main() -> None:
     labels = {"seg_weight": args.seg_weight, "finetune_steps": args.finetune_steps,
               "refine_steps": args.refine_steps,
               "best": " ".join(best_flags) or "(no option helped)"}
-    labels["tuned"] = NAMES[best].format(**labels) if best else ""
+    labels["tuned"] = NAMES[tuned].format(**labels) if tuned else ""
     rows = [("affine only", brains.summary(results["affine"]), None)]
     rows += [(NAMES[name].format(**labels) + (f", {grid}^3" if name != "ants" else ""),
               brains.summary(result), minutes.get(name)) for name, result in results.items()

@@ -270,6 +270,9 @@ def test_transform_refuses_flags_it_does_not_take(tmp_path, capsys):
                            "--output", str(tmp_path / "run"))
     assert code == 2 and "--transform affine does not take --int_steps" in error
     assert error.startswith("main.py: error:")
+    code, error = run_main(capsys, "--transform", "rigid", "--unet", "official", "--ndim", "2",
+                           "--output", str(tmp_path / "run2"))
+    assert code == 2 and "--transform rigid does not take --unet official" in error
 
 
 def test_register_affine_refuses_a_deformable_model_and_other_formats(tmp_path, capsys):

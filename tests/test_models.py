@@ -65,6 +65,35 @@ def test_last_convolution_starts_near_zero_and_leaky_relu_is_0_2():
     assert slopes == {0.2}
 
 
+def expected_params_official(ndim: int, decoder: tuple[int, ...]) -> int:
+    """Parameter count by hand of the official code's layout: encoder 2 -> 16 -> 32 -> 32 -> 32
+    (stride 1, each output a skip); one convolution per level before each upsampling and skip
+    (32, 32, 32, then 16 channels); the rest at full resolution; the output convolution."""
+    layers = [(2, 16), (16, 32), (32, 32), (32, 32)]
+    inputs = [32] + [width + skip for width, skip in zip(decoder[:3], (32, 32, 32))]
+    layers += list(zip(inputs, decoder[:4]))
+    widths = [decoder[3] + 16] + list(decoder[4:])
+    layers += list(zip(widths[:-1], widths[1:])) + [(decoder[-1], ndim)]
+    return sum(conv_params(ndim, i, o) for i, o in layers)
+
+
+@pytest.mark.parametrize("shape", [(32, 48), (16, 32, 16)])
+def test_the_official_layout_pools_and_counts_its_parameters(shape):
+    model = models.VoxelMorph2(shape, unet="official")
+    convs = [layer for layer in model.layers if type(layer).__name__.startswith("Conv")]
+    pools = [layer for layer in model.layers if type(layer).__name__.startswith("MaxPooling")]
+    assert len(pools) == len(models.ENCODER)
+    assert all(set(layer.strides) == {1} for layer in convs)
+    assert model.count_params() == expected_params_official(len(shape), models.DECODER_VM2)
+    outputs = model.predict({"moving": np.zeros((1, *shape, 1)),
+                             "static": np.zeros((1, *shape, 1))}, verbose=0)
+    assert outputs["deformation"].shape == (1, *shape, len(shape))
+    rebuilt = models.rebuild(model, tuple(2 * size for size in shape))
+    assert len([layer for layer in rebuilt.layers
+                if type(layer).__name__.startswith("MaxPooling")]) == len(pools)
+    assert rebuilt.count_params() == model.count_params()
+
+
 def test_encoder_convolutions_have_stride_two():
     model = models.VoxelMorph1((32, 32))
     strided = [layer for layer in model.layers
@@ -135,7 +164,8 @@ def test_importing_models_is_enough_to_load_a_compiled_model(tmp_path):
 
 
 OPTIONS = [{"int_steps": 5}, {"int_steps": 5, "int_downsize": 2}, {"bidir": True},
-           {"int_steps": 5, "bidir": True}, {"seg_weight": 0.5, "num_labels": 2}]
+           {"int_steps": 5, "bidir": True}, {"seg_weight": 0.5, "num_labels": 2},
+           {"unet": "official"}]
 
 
 @pytest.mark.parametrize("options", OPTIONS, ids=lambda o: "-".join(map(str, o.items())))
