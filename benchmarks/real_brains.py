@@ -45,7 +45,7 @@ NAMES = {"vm2": "VM-2 (CVPR)", "int_steps": "VM-2 + --int_steps 7 --int_downsize
          "seg": "VM-2 + --seg_weight {seg_weight:g}", "elastic": "VM-2 + --augment elastic",
          "intensity": "VM-2 + --augment intensity", "random_affine": "VM-2 + --random_affine",
          "unet": "VM-2 + --unet official (the official code's U-Net layout)",
-         "best": "best: VM-2 + {best}",
+         "best": "VM-2 + {best} (the options that helped, combined)",
          "finetune": "{tuned} + --finetune_steps {finetune_steps}",
          "refined": "{tuned} + --finetune_steps {finetune_steps} --refine_steps {refine_steps} "
                     "(refined at 128^3)",
@@ -287,7 +287,7 @@ def main() -> None:
     args = build_parser().parse_args()
     started = time.perf_counter()
     train_set, test_set, full = brains.prepare("real_brains.py", args.data, args.downsample,
-                                        args.output)
+                                               args.output)
     pairs = brains.test_pairs(len(full[0]), args.max_pairs)
     results = {"affine": brains.affine_only(full, pairs)}
     minutes = {}
@@ -321,6 +321,8 @@ def main() -> None:
             if "vm2" in results else None)
     if best == "best":
         run("best", best_flags)
+        dice["best"] = brains.summary(results["best"])["dice"]["mean"]
+        best = max(["vm2", *helped, "best"], key=dice.get)  # combined is not always better
     if "ants" in args.methods:
         try:
             results["ants"] = brains.cached(
