@@ -125,7 +125,7 @@ def network(model_path: str, full_set, small, pairs, cases, grids_, finetune_ste
         deformation = np.asarray(utils.resize_displacement(registered["deformation"][None],
                                                            grid.shape))[0]
         if aligned:
-            scored = brains.score_pair(full_set, m, s, brains.warped(
+            scored = brains.score_pair(full_set, m, s, registration.warped(
                 full_set[1][m].astype(np.int32), deformation, "nearest"), deformation)
         else:
             scored = score(full_set, m, s, grid, other, case, deformation)

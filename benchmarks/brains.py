@@ -73,14 +73,6 @@ def test_pairs(count: int, max_pairs: int | None) -> list[tuple[int, int]]:
     return pairs[:max_pairs]
 
 
-def warped(image: np.ndarray, deformation: np.ndarray, interpolation: str = "linear") -> np.ndarray:
-    """``(*spatial)`` image resampled with a ``(*spatial, 3)`` displacement in voxels."""
-    import utils
-
-    moved = utils.warp(image[None, ..., None], deformation[None], interpolation)
-    return np.asarray(moved)[0, ..., 0]
-
-
 def score_pair(full, m: int, s: int, moved_seg: np.ndarray, deformation: np.ndarray) -> dict:
     """Dice, HD95 (mm), folding share and SDlogJ of test pair ``m -> s`` at full resolution.
 
@@ -98,11 +90,13 @@ def score_pair(full, m: int, s: int, moved_seg: np.ndarray, deformation: np.ndar
     deformation : np.ndarray
         ``(128, 128, 128, 3)`` displacement in voxels.
     """
+    import registration
     import scores
 
     vols, segs, labels, spacing = full
-    scored = scores.score_registration(vols[m], vols[s], warped(vols[m], deformation),
-                                        deformation, segs[m], segs[s], moved_seg, labels, spacing)
+    moved = registration.warped(vols[m], deformation)
+    scored = scores.score_registration(vols[m], vols[s], moved, deformation, segs[m], segs[s],
+                                       moved_seg, labels, spacing)
     return {key: scored[name] for key, name in (
         ("dice", "dice_after"), ("hd95_mm", "hd95_mm"), ("hd95_mm_mean", "hd95_mm_mean"),
         ("hd95_left_out", "hd95_left_out"), ("folding_fraction", "folding_fraction"),

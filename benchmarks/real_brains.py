@@ -81,6 +81,7 @@ def voxelmorph(model_path: str, test_set: str, full, pairs) -> dict:
 
     import datasets
     import models
+    import registration
 
     model = models.registration_model(keras.models.load_model(model_path))  # built once
     small = datasets.load_dataset(test_set).vols
@@ -88,7 +89,7 @@ def voxelmorph(model_path: str, test_set: str, full, pairs) -> dict:
     results = []
     for m, s in pairs:
         deformation, seconds = register_full_resolution(model, small[m], small[s])
-        moved_seg = brains.warped(full[1][m].astype(np.int32), deformation, "nearest")
+        moved_seg = registration.warped(full[1][m].astype(np.int32), deformation, "nearest")
         scored = brains.score_pair(full, m, s, moved_seg, deformation)
         results.append({**scored, "seconds": seconds})
         print(f"  pair {m}->{s}: Dice {np.nanmean(scored['dice']):.3f}", flush=True)
@@ -113,6 +114,7 @@ def instance_optimisation(model_path: str, test_set: str, full, pairs, args) -> 
     import keras
 
     import datasets
+    import registration
     import tuning
 
     model = keras.models.load_model(model_path)
@@ -134,7 +136,7 @@ def instance_optimisation(model_path: str, test_set: str, full, pairs, args) -> 
             for refine in sorted({0, args.refine_steps}):
                 field, refine_seconds = tuning.refined(refiner if refine else None, vols[m],
                                                        vols[s], deformation)
-                moved_seg = brains.warped(segs[m].astype(np.int32), field, "nearest")
+                moved_seg = registration.warped(segs[m].astype(np.int32), field, "nearest")
                 scored = brains.score_pair(full, m, s, moved_seg, field)
                 rows[f"{count}+{refine}"] = {**scored, "seconds": seconds,
                                              "finetune_seconds": finetune_seconds,
@@ -195,6 +197,7 @@ def official(full, pairs, args) -> dict:
     row's budget, its displacements scored here as every other row."""
     import subprocess
 
+    import registration
     import utils
 
     folder = os.path.join(args.output, "official")
@@ -213,7 +216,7 @@ def official(full, pairs, args) -> dict:
             index = order.index((m, s))
             deformation = np.asarray(utils.resize_displacement(
                 stored["flows"][index][None], (128,) * 3))[0]
-            moved_seg = brains.warped(full[1][m].astype(np.int32), deformation, "nearest")
+            moved_seg = registration.warped(full[1][m].astype(np.int32), deformation, "nearest")
             scored = brains.score_pair(full, m, s, moved_seg, deformation)
             results.append({**scored, "seconds": float(stored["seconds"][index])})
             print(f"  official pair {m}->{s}: Dice {np.nanmean(scored['dice']):.3f}", flush=True)
