@@ -314,6 +314,9 @@ def resumed_args(args, parser: argparse.ArgumentParser,
 def train(args) -> str:
     """Train (or resume) a model as the flags say (``training.train``); one line of scores."""
     summary = training.train(args)
+    if "worker" in summary:  # not the chief, which writes the run folder and scores
+        return (f"{summary['worker']} trained in {summary['train_seconds']:.0f} s, weights "
+                f"sha256 {summary['weights_sha256']}")
     return report(summary) + f", trained in {summary['train_seconds']:.0f} s"
 
 

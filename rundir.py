@@ -46,6 +46,7 @@ import runtime  # noqa: F401  (TensorFlow's settings: before its first import)
 import keras
 
 import numpy as np
+import tensorflow as tf
 
 import volumes
 
@@ -209,10 +210,11 @@ class Checkpoint(keras.callbacks.Callback):
                 variable.assign(variable + self.resumed_means[variable.path])
             self.resumed_means = None
         self.batch += 1
+        self.signal = agreed_signal(self.signal)
         if self.signal and math.isfinite(float((logs or {}).get("loss", 0.0))):
             self.commit({**self.state, "batch": self.batch,
                          "model": checkpoint_name(self.state["epoch"], self.batch),
-                         "iterations": int(self.model.optimizer.iterations),
+                         "iterations": int(self.model.optimizer.iterations.numpy()),
                          "metrics": {variable.path: float(variable.numpy())
                                      for variable in variables}})
             raise Stopped(self.signal, self.state, self.run_dir)
@@ -224,7 +226,7 @@ class Checkpoint(keras.callbacks.Callback):
         history = {key: [*self.state["history"].get(key, []), value]
                    for key, value in logs.items()}
         state = {**self.state, "epoch": epoch + 1, "batch": 0, "model": checkpoint_name(epoch + 1),
-                 "iterations": int(self.model.optimizer.iterations), "history": history}
+                 "iterations": int(self.model.optimizer.iterations.numpy()), "history": history}
         state.pop("metrics", None)
         best = state["best_val_loss"]
         if self.keep_best and "val_loss" in logs and (best is None or logs["val_loss"] < best):
@@ -293,11 +295,12 @@ def load_model(path: str) -> keras.Model:
         raise volumes.DataError(f"cannot load a Keras model from {path}: {error}") from error
 
 
-def load_checkpoint(run_dir: str) -> tuple[keras.Model, dict]:
+def load_checkpoint(run_dir: str, tidy_up: bool = True) -> tuple[keras.Model, dict]:
     """The model (compiled, with its optimizer state) and ``checkpoint.json`` of a run folder, as
     last committed; call it with the folder locked (:func:`locked`).
 
-    The files of a checkpoint that never committed and temporary files are removed, and
+    With ``tidy_up`` (all but the other workers of a multi-worker run, which only read), the
+    files of a checkpoint that never committed and temporary files are removed, and
     ``history.csv`` is written again from ``checkpoint.json``: the folder is as the commit left it.
 
     Raises
@@ -311,8 +314,9 @@ def load_checkpoint(run_dir: str) -> tuple[keras.Model, dict]:
     if not (isinstance(state.get("epoch"), int) and isinstance(state.get("model"), str)
             and os.path.isfile(os.path.join(run_dir, state["model"]))):
         raise volumes.UsageError(f"{run_dir} holds no complete checkpoint: nothing to resume")
-    tidy(run_dir, state)
-    write_history(os.path.join(run_dir, HISTORY), state["history"])
+    if tidy_up:
+        tidy(run_dir, state)
+        write_history(os.path.join(run_dir, HISTORY), state["history"])
     return load_model(os.path.join(run_dir, state["model"])), state
 
 
@@ -338,6 +342,26 @@ def write_args(run_dir: str, flags: dict, state: dict | None) -> None:
                         "changed": {key: [stored.get(key), flags[key]] for key in RESUMABLE
                                     if stored.get(key) != flags[key]}})
     write_json(path, {**flags, "resumes": resumes})
+
+
+def agreed_signal(signum: int | None) -> int | None:
+    """``signum``; under MultiWorkerMirroredStrategy, SIGTERM too once another worker has a
+    signal, so that all stop after the same batch (one that went on alone would wait forever
+    for the others' part of its next step).
+    """
+    if not isinstance(tf.distribute.get_strategy(), tf.distribute.MultiWorkerMirroredStrategy):
+        return signum
+    stopping = float(signals_across_workers(tf.constant(float(signum is not None)))) > 0
+    return signum or (signal.SIGTERM if stopping else None)
+
+
+@tf.function
+def signals_across_workers(flag: tf.Tensor) -> tf.Tensor:
+    """The sum of ``flag`` (1: a signal came, else 0) over the replicas of every worker."""
+    strategy = tf.distribute.get_strategy()
+    flags = strategy.run(lambda replica_flag: tf.distribute.get_replica_context().all_reduce(
+        "SUM", tf.identity(replica_flag)), args=(flag,))  # identity: placed on the replica
+    return strategy.experimental_local_results(flags)[0]
 
 
 @contextlib.contextmanager

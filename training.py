@@ -6,13 +6,17 @@ model (or reloads the checkpoint of ``--resume``, in an epoch's middle too) insi
 distribution strategy, trains with a checkpoint every epoch (``rundir.Checkpoint``), the
 divergence stop and, on SIGTERM or SIGINT, a checkpoint at the next batch's end
 (``rundir.stop_signals``), then writes the model, the registered validation samples, their
-scores and the figures into the run folder, which it holds locked (``rundir.locked``).
+scores and the figures into the run folder, which it holds locked (``rundir.locked``). With
+``TF_CONFIG`` set, it is one worker of a cluster (:func:`multi_worker_strategy`): only the chief
+writes the run folder (:func:`is_chief`).
 """
 import contextlib
 import functools
 import importlib.util
+import hashlib
 import os
 import sys
+import tempfile
 import time
 
 import runtime  # noqa: F401  (TensorFlow's settings: before its first import)
@@ -160,7 +164,8 @@ def training_loader(train_set: datasets.Dataset, mode: str, default_data: bool,
 
 def distribution_strategy(gpus: int | None, batch_size: int,
                           device_type: str = "GPU") -> tf.distribute.Strategy:
-    """MirroredStrategy over the first ``gpus`` devices, or the default one-device strategy.
+    """MirroredStrategy over the first ``gpus`` devices, or the default one-device strategy;
+    with ``TF_CONFIG`` set, :func:`multi_worker_strategy`.
 
     Parameters
     ----------
@@ -177,6 +182,8 @@ def distribution_strategy(gpus: int | None, batch_size: int,
         Build and compile the model in its ``scope()``; Keras' ``fit`` then splits each global
         batch across the replicas and divides every replica's loss by their number.
     """
+    if os.environ.get("TF_CONFIG"):
+        return multi_worker_strategy(gpus, batch_size)
     devices = [device.name for device in tf.config.list_logical_devices(device_type)]
     if gpus is not None and gpus > len(devices):
         raise volumes.UsageError(f"--gpus {gpus}, but {len(devices)} {device_type} device(s) "
@@ -188,6 +195,71 @@ def distribution_strategy(gpus: int | None, batch_size: int,
         raise volumes.UsageError(f"--batch_size {batch_size} is split across {count} devices: "
                                  f"give at least {count} pairs, or fewer --gpus")
     return tf.distribute.MirroredStrategy(devices[:count])
+
+
+def multi_worker_strategy(gpus: int | None, batch_size: int) -> tf.distribute.Strategy:
+    """MultiWorkerMirroredStrategy over the workers that ``TF_CONFIG`` names (it waits until
+    all have started): each takes its share of every global batch on all the devices it sees,
+    and their gradients are summed across workers every step. It must come before TensorFlow
+    runs anything.
+
+    Raises
+    ------
+    volumes.UsageError
+        For ``--gpus`` (limit a worker's GPUs with ``CUDA_VISIBLE_DEVICES``), a ``TF_CONFIG``
+        that is not a cluster, or fewer pairs per global batch than replicas.
+    """
+    if gpus is not None:
+        raise volumes.UsageError("--gpus does not combine with TF_CONFIG: every worker trains "
+                                 "on all the GPUs it sees (limit them with CUDA_VISIBLE_DEVICES)")
+    try:
+        strategy = tf.distribute.MultiWorkerMirroredStrategy()
+    except (ValueError, KeyError, TypeError) as error:
+        raise volumes.UsageError(f"TF_CONFIG does not name a cluster of workers and this "
+                                 f"worker's task: {error}") from None
+    if batch_size < strategy.num_replicas_in_sync:
+        raise volumes.UsageError(f"--batch_size {batch_size} is split across "
+                                 f"{strategy.num_replicas_in_sync} replicas on all workers: "
+                                 f"give at least {strategy.num_replicas_in_sync} pairs")
+    return strategy
+
+
+def is_chief() -> bool:
+    """Whether this process writes the run folder: always, but among the workers of
+    ``TF_CONFIG`` only the ``chief`` task or, when there is none, worker 0."""
+    resolver = tf.distribute.cluster_resolver.TFConfigClusterResolver()
+    if not resolver.task_type:
+        return True
+    return resolver.task_type == "chief" or (resolver.task_type == "worker" and
+                                             resolver.task_id == 0 and
+                                             "chief" not in resolver.cluster_spec().jobs)
+
+
+def fit_across_workers(model: keras.Model) -> None:
+    """Let Keras 3's ``fit`` and ``evaluate`` run ``model`` under MultiWorkerMirroredStrategy
+    (the caller calls them in the strategy's scope), around two bugs of Keras 3.15.
+
+    Keras first reduces a whole input batch across workers, which fails for a dict of inputs
+    (keras-team/keras#20329): forgetting the strategy the model was built in skips that step,
+    the model being built already. Keras then averages each step's logs across workers along
+    axis 0, which fails for a scalar (tensorflow/tensorflow#72388): the steps return each log
+    as a vector of one value, and the average across workers is a scalar again.
+    """
+    model._distribute_strategy = None
+    for name in ("train_step", "test_step"):
+        step = getattr(model, name)
+        setattr(model, name, lambda data, step=step: {
+            key: tf.reshape(value, [1]) for key, value in step(data).items()})
+
+
+def worker_summary(model: keras.Model, strategy: tf.distribute.Strategy,
+                   train_seconds: float) -> dict:
+    """What a worker other than the chief reports: its task, and a digest of its weights (equal
+    on every worker of a run, the chief's included)."""
+    resolver = strategy.cluster_resolver
+    digest = hashlib.sha256(b"".join(weight.tobytes() for weight in model.get_weights()))
+    return {"worker": f"{resolver.task_type} {resolver.task_id}",
+            "weights_sha256": digest.hexdigest(), "train_seconds": round(train_seconds, 1)}
 
 
 def use_mixed_precision(device: str) -> None:
@@ -286,8 +358,11 @@ def locked_train(args, lock: contextlib.ExitStack) -> dict:
     if args.tensorboard and importlib.util.find_spec("tensorboard") is None:
         raise volumes.UsageError("--tensorboard needs the tensorboard package: "
                                  "pip install tensorboard")
-    output = args.resume or rundir.new_run_folder(args.output)
-    if args.resume:
+    strategy = distribution_strategy(args.gpus, args.batch_size)  # first: see multi_worker_strategy
+    chief = is_chief()
+    output = args.resume or (rundir.new_run_folder(args.output) if chief
+                             else args.output or "the chief's run folder")
+    if args.resume and chief:
         lock.enter_context(rundir.locked(output))
     augment = synthetic.augmentations(args.augment)
     train_set, val_set, mode = training_sets(args.data, args.atlas, args.pairs, augment,
@@ -306,12 +381,11 @@ def locked_train(args, lock: contextlib.ExitStack) -> dict:
     check_transform(args)
     labels = training_labels(train_set, args.seg_weight)
     device = "GPU" if tf.config.list_physical_devices("GPU") else "CPU"
-    strategy = distribution_strategy(args.gpus, args.batch_size)
     if args.mixed_precision:
         use_mixed_precision(device)
     keras.utils.set_random_seed(args.seed)
     with strategy.scope():
-        model, state = rundir.load_checkpoint(output) if args.resume else (
+        model, state = rundir.load_checkpoint(output, chief) if args.resume else (
             models.build_model(shape, args.model, args.loss, args.lamda, args.lr,
                                args.ncc_window, args.int_steps, args.int_downsize, args.bidir,
                                args.seg_weight, len(labels), args.transform,
@@ -331,27 +405,38 @@ def locked_train(args, lock: contextlib.ExitStack) -> dict:
     val_loader = dataloader.RegistrationDataLoader(
         padded.moving, padded.static, args.batch_size, moving_segs=padded.moving_segs,
         static_segs=padded.static_segs, **targets)
-    if not args.resume:
+    run_dir = output  # another worker's checkpoints go to a folder of its own, removed at the end
+    if not chief:
+        run_dir = lock.enter_context(tempfile.TemporaryDirectory(prefix="vxm-worker-"))
+    elif not args.resume:
         lock.enter_context(rundir.locked(output))
         rundir.new_run_folder(output)  # still: another process may have begun a run in it
-    rundir.write_args(output, {key: value for key, value in vars(args).items()
-                               if key not in ("resume", "command")}, state)
+    if chief:
+        rundir.write_args(output, {key: value for key, value in vars(args).items()
+                                   if key not in ("resume", "command")}, state)
     kind = {"deformable": args.model, "joint": f"joint ({args.model})"}.get(args.transform,
                                                                           args.transform)
     print(f"{kind} on {strategy.num_replicas_in_sync} {device}(s), {mode} pairs of shape "
           f"{shape}, {len(val_pairs)} validation pairs, output in {output}"
           + (f", resumed {rundir.position(state)}" if state else ""))
 
-    callbacks = training_callbacks(args, output, state)
+    callbacks = training_callbacks(args, run_dir, state)
     start = time.perf_counter()
-    with rundir.stop_signals(callbacks[1]):
-        fit(model, loader, val_loader, args, callbacks, state)
+    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        fit_across_workers(model)
+    with rundir.stop_signals(callbacks[1]), strategy.scope():
+        try:
+            fit(model, loader, val_loader, args, callbacks, state)
+        except rundir.Stopped as stopped:  # named by the chief's folder on every worker
+            raise rundir.Stopped(stopped.signum, callbacks[1].state, output) from None
     train_seconds = time.perf_counter() - start
     stop, saver = callbacks[:2]
     if stop.diverged:
         raise rundir.Diverged(diverged_message(stop.diverged, args, output, saver.state))
     if saver.signal:  # it came at the end of an epoch, or after the last one
         raise rundir.Stopped(saver.signal, saver.state, output)
+    if not chief:
+        return worker_summary(model, strategy, train_seconds)
 
     if args.keep_best and saver.state["best_epoch"]:
         model = rundir.load_model(os.path.join(output, saver.state["best_model"]))

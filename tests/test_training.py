@@ -1,7 +1,10 @@
 """Training: the loaders of each kind of data; the distribution strategy splits a global batch
 as one device would take it."""
+import hashlib
 import json
 import os
+import re
+import socket
 import subprocess
 import sys
 
@@ -12,7 +15,10 @@ import pytest
 import dataloader
 import datasets
 import filelists
+import main
+import rundir
 import training
+import volumes
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -61,6 +67,74 @@ def test_two_replicas_make_the_same_first_update_as_one():
     assert result["replicas"] == [1, 2] and result["moments"] == 22  # 11 kernels, 11 biases
     assert result["weights"] < 1e-5
     assert result["moment"] < 1e-4  # relative to each layer's largest moment
+
+
+def run_workers(argv: list[str], count: int = 2) -> list[tuple[int, str, str]]:
+    """``python3 main.py argv`` as ``count`` workers of one cluster on localhost (``TF_CONFIG``):
+    each one's exit status, stdout and stderr."""
+    sockets = [socket.socket() for _ in range(count)]
+    for free in sockets:
+        free.bind(("localhost", 0))
+    cluster = {"worker": [f"localhost:{free.getsockname()[1]}" for free in sockets]}
+    for free in sockets:
+        free.close()
+    workers = [subprocess.Popen(
+        [sys.executable, "main.py", *argv], cwd=ROOT, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "TF_CONFIG": json.dumps(
+            {"cluster": cluster, "task": {"type": "worker", "index": index}})})
+        for index in range(count)]
+    return [(worker.wait(timeout=300), *worker.communicate()) for worker in workers]
+
+
+def weights_sha256(model) -> str:
+    return hashlib.sha256(b"".join(weight.tobytes() for weight in model.get_weights())).hexdigest()
+
+
+def test_two_workers_train_and_resume_as_one_process_with_their_global_batch(tmp_path):
+    np.save(tmp_path / "vols.npy", np.random.default_rng(0).random((6, 16, 16)))
+    flags = ["--data", str(tmp_path / "vols.npy"), "--ndim", "2", "--model", "vm1",
+             "--batch_size", "2", "--steps_per_epoch", "2"]
+    run = str(tmp_path / "workers")
+    for argv in (flags + ["--epochs", "1", "--output", run], ["--resume", run, "--epochs", "2"]):
+        (chief, out, err), (other, other_out, other_err) = run_workers(argv)
+        assert chief == other == 0, err[-2000:] + other_err[-2000:]
+    assert "worker 1 trained" in other_out
+    assert main.main(flags + ["--epochs", "2", "--output", str(tmp_path / "one")]) == 0
+    together = rundir.load_model(os.path.join(run, rundir.MODEL))
+    alone = rundir.load_model(str(tmp_path / "one" / rundir.MODEL))
+    # the chief wrote the run folder, and every worker ends with the same weights, bit for bit
+    assert weights_sha256(together) in other_out.splitlines()[-1]
+    assert json.loads((tmp_path / "workers" / rundir.ARGS).read_text())["resumes"][0]["epoch"] == 1
+    for a, b in zip(together.get_weights(), alone.get_weights()):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+@pytest.mark.parametrize("config, gpus, message", [
+    ("not json", None, "TF_CONFIG does not name a cluster"),
+    ('{"cluster": {"worker": ["localhost:1"]}}', None, "specify `task_type` and `task_id`"),
+    ('{"cluster": {"worker": ["localhost:1"]}, "task": {"type": "worker", "index": 0}}', 1,
+     "--gpus does not combine with TF_CONFIG")])
+def test_a_cluster_that_cannot_be_used_is_one_line(monkeypatch, config, gpus, message):
+    monkeypatch.setenv("TF_CONFIG", config)
+    with pytest.raises(volumes.UsageError, match=re.escape(message)):
+        training.distribution_strategy(gpus, batch_size=2)
+
+
+@pytest.mark.parametrize("config, chief", [
+    (None, True), ('{"cluster": {"worker": ["a:1", "b:1"]}, "task": {"type": "worker", '
+                   '"index": 0}}', True),
+    ('{"cluster": {"worker": ["a:1", "b:1"]}, "task": {"type": "worker", "index": 1}}', False),
+    ('{"cluster": {"chief": ["c:1"], "worker": ["a:1"]}, "task": {"type": "worker", '
+     '"index": 0}}', False),
+    ('{"cluster": {"chief": ["c:1"], "worker": ["a:1"]}, "task": {"type": "chief", '
+     '"index": 0}}', True)])
+def test_one_worker_writes_the_run_folder(monkeypatch, config, chief):
+    if config:
+        monkeypatch.setenv("TF_CONFIG", config)
+    else:
+        monkeypatch.delenv("TF_CONFIG", raising=False)
+    assert training.is_chief() == chief
 
 
 TARGETS = {"targets": dataloader.TARGETS, "labels": None}
