@@ -12,8 +12,8 @@ writes the run folder (:func:`is_chief`).
 """
 import contextlib
 import functools
-import importlib.util
 import hashlib
+import importlib.util
 import os
 import sys
 import tempfile
