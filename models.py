@@ -432,8 +432,9 @@ def rebuild(network: keras.Model, shape: tuple[int, ...]) -> keras.Model:
     """``network`` built anew for another spatial input ``shape``, with copies of its weights.
 
     Every network is fully convolutional, so a network trained on one shape registers any
-    other: its kind, U-Net layout, decoder widths, integration and symmetric outputs are read from its layers,
-    the same builder builds it for ``shape``, and the weights (in the same order) are copied.
+    other: its kind, U-Net layout, decoder widths, integration and symmetric outputs are read
+    from its layers, the same builder builds it for ``shape``, and the weights (in the same
+    order) are copied.
 
     Parameters
     ----------

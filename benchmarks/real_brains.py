@@ -4,11 +4,13 @@
     python3 benchmarks/real_brains.py                       # networks at 128^3 (a GPU helps)
 
 Data: ``../shared/data/fstrain9_128.npz`` beside the repository (see ``brains.py``).
-VoxelMorph-2 is trained scan-to-scan on the first 6 subjects with ``main.py`` in several variants (the CVPR model, diffeomorphic, bidirectional, segmentation-aided,
-and the combination of the options that helped), and ordered pairs of the other 3 subjects are
-registered (all 6 by default; ``--max_pairs`` keeps the first ones, the cycle ``a->b, b->c, c->a``
-first). The best network is then made better on each pair (instance optimisation: fine-tuning
-the network, then refining its displacement at 128^3), scored along a curve of step counts.
+VoxelMorph-2 is trained scan-to-scan on the first 6 subjects with ``main.py`` in several
+variants (the CVPR model and each option of ``OPTIONS``: diffeomorphic, bidirectional,
+segmentation-aided, the augmentations, the official code's U-Net; then the options that helped,
+combined), and ordered pairs of the other 3 subjects are registered (all 6 by default;
+``--max_pairs`` keeps the first ones, the cycle ``a->b, b->c, c->a`` first). The best network (or
+that of ``--tune_model``) is then made better on each pair (instance optimisation: fine-tuning the
+network, then refining its displacement at 128^3), scored along a curve of step counts.
 Next to them: the affine-only starting point; when the ``antspyx`` package is installed (a
 benchmark-only dependency), ANTs SyN with the CC metric on the same pairs at the full 128^3
 resolution (``ants_syn.py``: its per-pair scores are kept in the repository); and, when its own
