@@ -5,9 +5,9 @@
   Batch ``i`` of epoch ``e`` depends only on ``(seed, e, i)``, so a run resumes exactly;
   :class:`RestOfEpoch` gives the batches of an epoch from one on, to resume in its middle.
 
-Batches are ``({"moving", "static"}, {"moved", "deformation"})`` dicts matching the models'
-inputs and outputs: the target of ``moved`` is the static image, that of ``deformation`` zeros
-(the smoothness loss ignores it).
+Batches are dicts of the models' inputs (:func:`batch`): ``moving`` and ``static`` and, for the
+segmentation loss, both label maps. They hold no targets: the models compute their losses from
+their own inputs and outputs (``models.TrainingModel``).
 """
 from collections.abc import Callable
 
@@ -20,17 +20,15 @@ import filelists
 import transforms
 from volumes import DataError
 
-TARGETS = ("moved", "deformation")  # the CVPR model's: similarity and smoothness
-
-
 def one_hot(seg: np.ndarray, labels) -> np.ndarray:
     """``(*shape)`` label map -> ``(*shape, K)`` float32 one-hot map of the ``K`` ``labels``."""
     return (np.asarray(seg)[..., None] == np.asarray(labels)).astype(np.float32)
 
 
-def batch(moving: np.ndarray, static: np.ndarray, targets=TARGETS, moving_seg=None,
-          static_seg=None, labels=None) -> tuple[dict, dict]:
-    """Model inputs and targets for a batch of pairs.
+def batch(moving: np.ndarray, static: np.ndarray, moving_seg=None, static_seg=None,
+          labels=None) -> dict[str, np.ndarray]:
+    """The model inputs of a batch of pairs (the models compute their losses from their inputs
+    and outputs: a batch has no targets).
 
     Parameters
     ----------
@@ -38,33 +36,26 @@ def batch(moving: np.ndarray, static: np.ndarray, targets=TARGETS, moving_seg=No
         ``(B, *spatial)`` moving images.
     static : np.ndarray
         ``(B, *spatial)`` static images, or one ``(*spatial)`` image for the whole batch.
-    targets : dict or sequence of str
-        The model's trained outputs, ``{name: shape of one sample}`` as ``models.targets``
-        gives them (or their names, for a full-resolution field): ``moved`` (the static image),
-        ``deformation`` or ``velocity`` (zeros of the field's shape: the smoothness loss has no
-        target; ``residual``, the deformable stage's of a joint model, too), ``moved_affine``
-        (the static image), ``moved_static`` (the moving image) and ``moved_seg`` (the static
-        label map, one-hot).
     moving_seg, static_seg : np.ndarray, optional
-        Label maps shaped like ``moving`` and ``static``; needed for ``moved_seg``, which also
-        adds the input ``moving_seg`` (one-hot).
+        Label maps shaped like ``moving`` and ``static``; needed with ``labels``.
     labels : sequence of int, optional
-        Labels of the one-hot maps.
+        Labels of the segmentation loss: the label maps are then inputs too, one-hot.
+
+    Returns
+    -------
+    dict
+        ``moving`` and ``static``, ``(B, *spatial, 1)`` float32; with ``labels``,
+        ``moving_seg`` and ``static_seg``, ``(B, *spatial, K)`` float32 one-hot maps.
     """
     moving = moving[..., None].astype(np.float32)
-    static = np.broadcast_to(static, moving.shape[:-1])[..., None].astype(np.float32)
-    inputs = {"moving": moving, "static": static}
-    available = {"moved": static, "moved_affine": static, "moved_static": moving}
-    for field in ("deformation", "velocity", "residual"):
-        shape = targets[field] if isinstance(targets, dict) and field in targets else \
-            static.shape[1:-1] + (static.ndim - 2,)
-        available[field] = np.zeros((len(moving), *shape), np.float32)
-    if "moved_seg" in targets:
+    inputs = {"moving": moving,
+              "static": np.broadcast_to(static, moving.shape[:-1])[..., None].astype(np.float32)}
+    if labels:
         if moving_seg is None or static_seg is None:
             raise DataError("the segmentation loss needs label maps ('segs') for every volume")
         inputs["moving_seg"] = one_hot(moving_seg, labels)
-        available["moved_seg"] = one_hot(np.broadcast_to(static_seg, moving.shape[:-1]), labels)
-    return inputs, {name: available[name] for name in targets}
+        inputs["static_seg"] = one_hot(np.broadcast_to(static_seg, moving.shape[:-1]), labels)
+    return inputs
 
 
 class PairLoader(keras.utils.PyDataset):
@@ -79,10 +70,8 @@ class PairLoader(keras.utils.PyDataset):
         Pairs per batch.
     seed : int, optional
         Seed of every draw; by default a fresh random one.
-    targets : dict or sequence of str
-        The model's trained outputs, see :func:`batch`.
     labels : sequence of int, optional
-        Labels of the one-hot maps of the segmentation loss.
+        Labels of the segmentation loss: batches then hold both label maps (see :func:`batch`).
     random_affine : bool
         Move every moving image (and label map) by its own random affine map
         (``transforms.random_affine``: rotation, scaling, shear, translation), so that an
@@ -93,12 +82,12 @@ class PairLoader(keras.utils.PyDataset):
         Passed to ``keras.utils.PyDataset`` (``workers``, ``use_multiprocessing``...).
     """
 
-    def __init__(self, batch_size: int = 1, seed: int | None = None, targets=TARGETS,
-                 labels=None, random_affine: bool = False, spacing=None, **kwargs):
+    def __init__(self, batch_size: int = 1, seed: int | None = None, labels=None,
+                 random_affine: bool = False, spacing=None, **kwargs):
         super().__init__(**kwargs)
         self.batch_size, self.epoch = batch_size, 0
         self.seed = np.random.SeedSequence().entropy if seed is None else seed
-        self.targets, self.labels = targets, labels
+        self.labels = labels
         self.random_affine, self.spacing = random_affine, spacing
 
     def misaligned(self, index: int, moving: np.ndarray, moving_seg: np.ndarray | None = None
@@ -143,7 +132,7 @@ class RegistrationDataLoader(PairLoader):
     moving_segs, static_segs : np.ndarray, optional
         Label maps shaped like ``moving`` and ``static``, for the segmentation loss.
     **kwargs
-        Passed to :class:`PairLoader` (``targets``, ``labels``) and ``keras.utils.PyDataset``.
+        Passed to :class:`PairLoader` (``labels``...) and ``keras.utils.PyDataset``.
     """
 
     def __init__(self, moving, static, batch_size: int = 1, shuffle: bool = False,
@@ -159,7 +148,7 @@ class RegistrationDataLoader(PairLoader):
     def __len__(self) -> int:
         return datasets.ceil_div(len(self.moving), self.batch_size)
 
-    def __getitem__(self, index: int) -> tuple[dict, dict]:
+    def __getitem__(self, index: int) -> dict[str, np.ndarray]:
         order = np.arange(len(self.moving))
         if self.shuffle:
             order = np.random.default_rng(self.seed_of()).permutation(order)
@@ -170,7 +159,7 @@ class RegistrationDataLoader(PairLoader):
                       else filelists.take(self.static_segs, pick))
         moving_seg = None if self.moving_segs is None else filelists.take(self.moving_segs, pick)
         moving, moving_seg = self.misaligned(index, filelists.take(self.moving, pick), moving_seg)
-        return batch(moving, static, self.targets, moving_seg, static_seg, self.labels)
+        return batch(moving, static, moving_seg, static_seg, self.labels)
 
 
 class ScanToScanDataLoader(PairLoader):
@@ -193,7 +182,7 @@ class ScanToScanDataLoader(PairLoader):
     segs : np.ndarray, optional
         ``(N, *spatial)`` label maps, for the segmentation loss.
     **kwargs
-        Passed to :class:`PairLoader` (``targets``, ``labels``) and ``keras.utils.PyDataset``.
+        Passed to :class:`PairLoader` (``labels``...) and ``keras.utils.PyDataset``.
     """
 
     def __init__(self, vols, batch_size: int = 1, pairs_per_epoch: int = 100,
@@ -210,7 +199,7 @@ class ScanToScanDataLoader(PairLoader):
     def __len__(self) -> int:
         return datasets.ceil_div(self.pairs_per_epoch, self.batch_size)
 
-    def __getitem__(self, index: int) -> tuple[dict, dict]:
+    def __getitem__(self, index: int) -> dict[str, np.ndarray]:
         pairs = datasets.scan_to_scan_pairs(len(self.vols), self.pairs_per_epoch, self.seed_of())
         pick = pairs[index * self.batch_size:(index + 1) * self.batch_size]
         sides = [(filelists.take(self.vols, pick[:, side]),
@@ -221,7 +210,7 @@ class ScanToScanDataLoader(PairLoader):
             sides = [self.augmented(images, segs, rng) for images, segs in sides]
         (moving, moving_seg), (static, static_seg) = sides
         moving, moving_seg = self.misaligned(index, moving, moving_seg)
-        return batch(moving, static, self.targets, moving_seg, static_seg, self.labels)
+        return batch(moving, static, moving_seg, static_seg, self.labels)
 
     def augmented(self, images: np.ndarray, segs: np.ndarray | None, rng: np.random.Generator
                   ) -> tuple[np.ndarray, np.ndarray | None]:
@@ -254,7 +243,7 @@ class RestOfEpoch(keras.utils.PyDataset):
     def __len__(self) -> int:
         return self.steps - self.start
 
-    def __getitem__(self, index: int) -> tuple[dict, dict]:
+    def __getitem__(self, index: int) -> dict[str, np.ndarray]:
         return self.loader[self.start + index]
 
     def on_epoch_end(self) -> None:

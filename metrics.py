@@ -1,8 +1,10 @@
 """Training losses (CVPR 2018, Eq. 1-6); the evaluation scores are ``scores.py``'s.
 
-Training losses are small ``keras.losses.Loss`` classes, registered so that a saved model loads
-with its compile state. Each returns one value per sample, ``(B,)``; Keras averages over the
-batch. The factories with the original script's names return configured instances:
+The image and label losses are small ``keras.losses.Loss`` classes (``loss(y_true, y_pred)``);
+the smoothness term :class:`Grad` is a regulariser of one field (``loss(field)``). Each is
+registered, so that a model that names them in its loss terms (``models.TrainingModel``) saves
+and loads, and each ``call`` returns one value per sample, ``(B,)``. The factories with the
+original script's names return configured instances:
 
 - :func:`local_normalized_cross_correlation_loss`: local NCC, Eq. (5);
 - :func:`global_normalized_cross_correlation_loss`: NCC over the whole image;
@@ -126,10 +128,11 @@ class MSE(keras.losses.Loss):
 
 
 @keras.saving.register_keras_serializable(package="voxelmorph")
-class Grad(keras.losses.Loss):
-    """Smoothness of a displacement field: mean squared (or absolute) forward difference.
+class Grad:
+    """Smoothness of a field: mean squared (or absolute) forward difference, CVPR 2018 Eq. (3).
 
-    ``L = 1/ndim * sum_d mean_x |u(x + e_d) - u(x)|^p``, CVPR 2018 Eq. (3); ``y_true`` is ignored.
+    ``L = 1/ndim * sum_d mean_x |u(x + e_d) - u(x)|^p`` of one field ``u`` (a displacement or a
+    velocity): a regulariser, so it takes the field alone, with no target.
 
     Parameters
     ----------
@@ -137,25 +140,33 @@ class Grad(keras.losses.Loss):
         ``p``: 2 penalises squared differences (the paper), 1 absolute differences.
     """
 
-    def __init__(self, norm: int = 2, name: str = "grad", **kwargs):
+    def __init__(self, norm: int = 2):
         if norm not in (1, 2):
             raise ValueError(f"norm must be 1 or 2, got {norm!r}")
-        super().__init__(name=name, **kwargs)
         self.norm = norm
 
-    def call(self, y_true: tf.Tensor, y_pred: tf.Tensor) -> tf.Tensor:
-        """``(B, *spatial, ndim)`` displacement in voxels -> ``(B,)`` loss in voxels^p."""
-        ndim = len(y_pred.shape) - 2
+    def __call__(self, field: tf.Tensor) -> tf.Tensor:
+        """``(B, *spatial, ndim)`` field -> the loss, averaged over the batch."""
+        return tf.reduce_mean(self.call(field))
+
+    def call(self, field: tf.Tensor) -> tf.Tensor:
+        """``(B, *spatial, ndim)`` field in voxels -> ``(B,)`` loss in voxels^p."""
+        field = tf.cast(field, tf.float32)
+        ndim = len(field.shape) - 2
         penalties = []
         for axis in range(1, ndim + 1):
-            size = tf.shape(y_pred)[axis]
-            diff = (tf.gather(y_pred, tf.range(1, size), axis=axis)
-                    - tf.gather(y_pred, tf.range(0, size - 1), axis=axis))
+            size = tf.shape(field)[axis]
+            diff = (tf.gather(field, tf.range(1, size), axis=axis)
+                    - tf.gather(field, tf.range(0, size - 1), axis=axis))
             penalties.append(_spatial_mean(tf.square(diff) if self.norm == 2 else tf.abs(diff)))
         return tf.add_n(penalties) / ndim
 
     def get_config(self) -> dict:
-        return {**super().get_config(), "norm": self.norm}
+        return {"norm": self.norm}
+
+    @classmethod
+    def from_config(cls, config: dict) -> "Grad":
+        return cls(**config)
 
 
 @keras.saving.register_keras_serializable(package="voxelmorph")

@@ -24,11 +24,16 @@ displacement).
 
 The same code builds 2D and 3D networks: layers are chosen by ``ndim = len(input_shape)``; the
 project's own layers are in ``layers.py``.
-Beside the networks, :func:`build_model` compiles the training objective of Eq. (2). Registering
-and scoring pairs with a trained model is ``registration.py``'s job.
+Beside the networks, :func:`build_model` gives a :class:`TrainingModel`: the network with the
+training objective of Eq. (2) as :class:`Term` s that it computes from its own inputs and
+outputs (:func:`loss_terms`, the one place that says which output carries which term).
+Registering and scoring pairs with a trained model is ``registration.py``'s job.
 """
+from typing import NamedTuple
+
 import runtime  # noqa: F401  (TensorFlow's settings: before its first import)
 import keras
+import tensorflow as tf
 
 import layers  # also registers the layers, so that saved models load
 import metrics  # also registers the losses, so that saved models load compiled
@@ -41,6 +46,8 @@ TRANSFORMS = ("deformable", "affine", "rigid", "joint")
 UNETS = ("paper", "official")  # U-Net layouts: CVPR 2018 Fig. 3, or the official code's
 DIVISOR = 2 ** len(ENCODER)  # spatial sizes must divide by this (four stride-2 levels)
 DEFAULT_LAMBDA = {"ncc": 1.0, "mse": 0.01}  # smoothness weights of the papers
+TRAINING_INPUTS = ("moving_seg", "static_seg")  # label maps, inputs of the segmentation loss only
+TRAINING_OUTPUTS = ("moved_seg",)
 F32 = "float32"  # the field's layers, even under a mixed-precision policy
 
 
@@ -68,7 +75,7 @@ def check_input_shape(input_shape: tuple[int, ...]) -> None:
 
 def voxelmorph(input_shape: tuple[int, ...], decoder: tuple[int, ...],
                name: str = "voxelmorph", int_steps: int = 0, int_downsize: int = 1,
-               bidir: bool = False, num_labels: int = 0, unet: str = "paper") -> keras.Model:
+               bidir: bool = False, unet: str = "paper") -> keras.Model:
     """Build a VoxelMorph network with the paper's encoder and the given decoder widths.
 
     Parameters
@@ -91,26 +98,20 @@ def voxelmorph(input_shape: tuple[int, ...], decoder: tuple[int, ...],
     bidir : bool
         Also warp the static image with the inverse field (the negated velocity, or the negated
         displacement without integration).
-    num_labels : int
-        With labels, the network also takes the moving image's one-hot label map and warps it
-        (linear interpolation), for the auxiliary segmentation loss (TMI 2019, Sec. IV-C2).
     unet : {"paper", "official"}
         The U-Net's layout: the paper's, or the official code's (see the module's docstring).
 
     Returns
     -------
     keras.Model
-        Inputs ``{"moving", "static"}``, each ``(B, *input_shape, 1)``, and ``"moving_seg"``
-        ``(B, *input_shape, num_labels)`` with labels. Outputs ``"moved"`` ``(B, *input_shape,
-        1)`` and ``"deformation"`` ``(B, *input_shape, ndim)``, the displacement in voxels, 'ij'
-        order; with integration ``"velocity"`` (at the integration grid, in its voxels); with
-        ``bidir`` ``"moved_static"``; with labels ``"moved_seg"``.
+        Inputs ``{"moving", "static"}``, each ``(B, *input_shape, 1)``. Outputs ``"moved"``
+        ``(B, *input_shape, 1)`` and ``"deformation"`` ``(B, *input_shape, ndim)``, the
+        displacement in voxels, 'ij' order; with integration ``"velocity"`` (at the integration
+        grid, in its voxels); with ``bidir`` ``"moved_static"``.
     """
     check_input_shape(input_shape)
     inputs = {"moving": keras.Input((*input_shape, 1), name="moving"),
               "static": keras.Input((*input_shape, 1), name="static")}
-    if num_labels:
-        inputs["moving_seg"] = keras.Input((*input_shape, num_labels), name="moving_seg")
     unet_layout = {"paper": _unet, "official": _pooled_unet}[unet]
     field = _field(unet_layout(inputs["moving"], inputs["static"], decoder), int_steps)
 
@@ -139,9 +140,6 @@ def voxelmorph(input_shape: tuple[int, ...], decoder: tuple[int, ...],
     if bidir:
         outputs["moved_static"] = layers.SpatialTransformer(name="moved_static", dtype=F32)(
             [inputs["static"], inverse])
-    if num_labels:
-        outputs["moved_seg"] = layers.SpatialTransformer(name="moved_seg", dtype=F32)(
-            [inputs["moving_seg"], deformation])
     return keras.Model(inputs, outputs, name=name)
 
 
@@ -300,12 +298,131 @@ def joint_network(affine: keras.Model, deformable: keras.Model, name: str = "joi
     return keras.Model(inputs, outputs, name=name)
 
 
+class Term(NamedTuple):
+    """One term of a training loss: ``weight * loss(*tensors)``, logged as ``<name>_loss``.
+
+    ``args`` names the tensors the loss takes, each an input or an output of the model (e.g.
+    ``("static", "moved")`` for an image similarity, ``("velocity",)`` for the smoothness of a
+    field, ``("static_seg", "moved_seg")`` for a loss on label maps); the loss is one of
+    ``metrics.py``'s, whose ``call`` gives one value per sample.
+    """
+    name: str
+    loss: object
+    weight: float
+    args: tuple[str, ...]
+
+
+@keras.saving.register_keras_serializable(package="voxelmorph")
+class TrainingModel(keras.Model):
+    """A registration network that computes its own training loss from its inputs and outputs.
+
+    A functional ``keras.Model`` (``fit``, ``evaluate``, ``predict``, ``save`` and
+    ``keras.models.load_model`` work as usual) whose :meth:`compute_loss` is the weighted sum of
+    its ``terms`` (Eq. 2: similarity + lambda * smoothness, and any other :class:`Term`), each
+    computed from tensors the model takes or gives: batches hold inputs only, no targets. Every
+    term has a ``keras.metrics.Mean`` of its unweighted value, logged as ``<name>_loss`` (and
+    ``val_<name>_loss``) beside the total ``loss``; the terms are saved in the model's config.
+
+    Parameters
+    ----------
+    inputs, outputs : dict
+        As for a functional ``keras.Model``: named tensors.
+    name : str, optional
+        Model name.
+    terms : sequence of Term
+        The loss terms (keyword only); every name in their ``args`` must be an input or output.
+    """
+
+    def __init__(self, inputs, outputs, name=None, *, terms, **kwargs):
+        super().__init__(inputs, outputs, name=name, **kwargs)
+        known = {*self.input, *self.output}
+        for term in terms:
+            if set(term.args) - known:
+                raise ValueError(f"loss term {term.name!r} takes {term.args}, but the model "
+                                 f"has no {sorted(set(term.args) - known)}")
+        # sorted by name: the order (and the sum's rounding) of Keras' compiled losses
+        self.terms = sorted((Term(*term) for term in terms), key=lambda term: term.name)
+        self.trackers = [keras.metrics.Mean(name=f"{term.name}_loss") for term in self.terms]
+
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        """The total loss of a batch: ``sum_t weight_t * mean over the batch of loss_t``.
+
+        ``x`` (the inputs) and ``y_pred`` (the outputs) are looked up by name; ``y`` and
+        ``sample_weight`` are not used. Each term's tracker takes its unweighted batch mean;
+        under a distribution strategy, each replica's share of the total is divided by the
+        number of replicas (their gradients are summed), as Keras does for compiled losses.
+        """
+        tensors = {**x, **y_pred}
+        replicas = tf.distribute.get_strategy().num_replicas_in_sync
+        weighted = []
+        for term, tracker in zip(self.terms, self.trackers):
+            values = term.loss.call(*(tf.cast(tensors[arg], "float32") for arg in term.args))
+            value = tf.reduce_mean(values)
+            tracker.update_state(value, sample_weight=tf.shape(values)[0])
+            weighted.append(term.weight * value / replicas)
+        return sum(weighted)
+
+    def get_config(self) -> dict:
+        terms = [{**term._asdict(), "loss": keras.saving.serialize_keras_object(term.loss)}
+                 for term in self.terms]
+        return {**super().get_config(), "terms": terms}
+
+    @classmethod
+    def from_config(cls, config: dict, custom_objects=None) -> "TrainingModel":
+        config = dict(config)
+        terms = [Term(term["name"], keras.saving.deserialize_keras_object(term["loss"]),
+                      term["weight"], tuple(term["args"])) for term in config.pop("terms")]
+        network = keras.Model.from_config(config, custom_objects)
+        return cls(network.input, network.output, network.name, terms=terms)
+
+
+def smoothed_field(transform: str, int_steps: int) -> str:
+    """The output whose smoothness is trained: the velocity when integrating, else the
+    displacement (for a joint model, that of its deformable stage, ``residual``)."""
+    if int_steps:
+        return "velocity"
+    return "residual" if transform == "joint" else "deformation"
+
+
+def loss_terms(loss: str = "ncc", lamda: float | None = None, ncc_window: int = 9,
+               bidir: bool = False, seg_weight: float = 0.0, transform: str = "deformable",
+               int_steps: int = 0) -> list[Term]:
+    """The terms of Eq. (2) for a model of these options (see :func:`build_model`)."""
+    similarity = (metrics.local_normalized_cross_correlation_loss(ncc_window)
+                  if loss == "ncc" else metrics.mse_loss())
+    terms = [Term("moved", similarity, 0.5 if bidir else 1.0, ("static", "moved"))]
+    if transform in ("deformable", "joint"):
+        field = smoothed_field(transform, int_steps)
+        terms.append(Term(field, metrics.gradient_loss(),
+                          DEFAULT_LAMBDA[loss] if lamda is None else lamda, (field,)))
+    if transform == "joint":
+        terms.append(Term("moved_affine", similarity, 1.0, ("static", "moved_affine")))
+    if bidir:
+        terms.append(Term("moved_static", similarity, 0.5, ("moving", "moved_static")))
+    if seg_weight:
+        terms.append(Term("moved_seg", metrics.SoftDice(), seg_weight,
+                          ("static_seg", "moved_seg")))
+    return terms
+
+
+def with_label_maps(network: keras.Model, num_labels: int) -> tuple[dict, dict]:
+    """The inputs and outputs of ``network`` with the training-only label maps added: inputs
+    ``moving_seg`` and ``static_seg`` ``(B, *spatial, num_labels)`` one-hot, and output
+    ``moved_seg``, the moving one warped with the displacement (linear interpolation)."""
+    inputs, outputs = dict(network.input), dict(network.output)
+    for key in TRAINING_INPUTS:
+        inputs[key] = keras.Input((*input_shape(network), num_labels), name=key)
+    outputs["moved_seg"] = layers.SpatialTransformer(name="moved_seg", dtype=F32)(
+        [inputs["moving_seg"], outputs["deformation"]])
+    return inputs, outputs
+
+
 def build_model(input_shape: tuple[int, ...], model: str = "vm2", loss: str = "ncc",
                 lamda: float | None = None, lr: float = 1e-3, ncc_window: int = 9,
                 int_steps: int = 0, int_downsize: int = 1, bidir: bool = False,
                 seg_weight: float = 0.0, num_labels: int = 0,
-                transform: str = "deformable", unet: str = "paper") -> keras.Model:
-    """A registration network compiled with Eq. (2): similarity + lambda * smoothness, and Adam.
+                transform: str = "deformable", unet: str = "paper") -> "TrainingModel":
+    """A registration network that trains on Eq. (2): similarity + lambda * smoothness, with Adam.
 
     Parameters
     ----------
@@ -329,7 +446,8 @@ def build_model(input_shape: tuple[int, ...], model: str = "vm2", loss: str = "n
         moving image; both similarity terms then weigh 0.5.
     seg_weight : float
         Weight gamma of the auxiliary soft-Dice loss between the warped one-hot label map of
-        the moving image and the static one's; needs ``num_labels``.
+        the moving image and the static one's (TMI 2019, Sec. IV-C2); both label maps are then
+        inputs of the model (:func:`with_label_maps`); needs ``num_labels``.
     num_labels : int
         Number of labels of the one-hot maps (with ``seg_weight``).
     transform : {"deformable", "affine", "rigid", "joint"}
@@ -342,9 +460,9 @@ def build_model(input_shape: tuple[int, ...], model: str = "vm2", loss: str = "n
 
     Returns
     -------
-    keras.Model
-        Compiled, ready for ``fit``; its loss dictionary's keys are the targets a batch needs
-        (see ``dataloader.batch``).
+    TrainingModel
+        Compiled with Adam, ready for ``fit`` on batches of inputs (see ``dataloader.batch``);
+        :func:`registration_model` gives the network that registers a pair.
     """
     if seg_weight and not num_labels:
         raise ValueError("seg_weight needs num_labels > 0")
@@ -356,46 +474,60 @@ def build_model(input_shape: tuple[int, ...], model: str = "vm2", loss: str = "n
         network = affine_network(input_shape, transform == "rigid")
     else:
         network = {"vm1": VoxelMorph1, "vm2": VoxelMorph2}[model](
-            input_shape, int_steps=int_steps, int_downsize=int_downsize, bidir=bidir,
-            num_labels=num_labels if seg_weight else 0, unet=unet)
+            input_shape, int_steps=int_steps, int_downsize=int_downsize, bidir=bidir, unet=unet)
     if transform == "joint":
         network = joint_network(affine_network(input_shape), network)
-    similarity = (metrics.local_normalized_cross_correlation_loss(ncc_window)
-                  if loss == "ncc" else metrics.mse_loss())
-    losses, weights = {"moved": similarity}, {"moved": 0.5 if bidir else 1.0}
-    if transform in ("deformable", "joint"):
-        smooth = "velocity" if int_steps else {"joint": "residual"}.get(transform, "deformation")
-        losses[smooth] = metrics.gradient_loss()
-        weights[smooth] = DEFAULT_LAMBDA[loss] if lamda is None else lamda
-    if transform == "joint":
-        losses["moved_affine"], weights["moved_affine"] = similarity, 1.0
-    if bidir:
-        losses["moved_static"], weights["moved_static"] = similarity, 0.5
-    if seg_weight:
-        losses["moved_seg"], weights["moved_seg"] = metrics.SoftDice(), seg_weight
-    network.compile(optimizer=keras.optimizers.Adam(lr), loss=losses, loss_weights=weights)
-    return network
+    inputs, outputs = (with_label_maps(network, num_labels) if seg_weight
+                       else (network.input, network.output))
+    trainable = TrainingModel(inputs, outputs, network.name, terms=loss_terms(
+        loss, lamda, ncc_window, bidir, seg_weight, transform, int_steps))
+    trainable.compile(optimizer=keras.optimizers.Adam(lr))
+    return trainable
 
 
-def targets(model: keras.Model) -> dict[str, tuple[int, ...]]:
-    """The outputs a compiled model is trained on (the targets of a batch), by name: the shape
-    of one sample of each, e.g. ``{"moved": (*spatial, 1), "velocity": (*coarse, ndim)}``."""
-    return {name: tuple(model.output[name].shape[1:])
-            for name in model.get_compile_config()["loss"]}
+def from_compiled(network: keras.Model, compile_config: dict) -> TrainingModel:
+    """A model saved before :class:`TrainingModel` existed, as one: the same network and terms.
+
+    Such a model is a functional ``keras.Model`` compiled with one loss per output, trained on
+    made-up targets; a segmentation-aided one has the input ``moving_seg`` (its static label
+    map was a target) and gains the input ``static_seg``. The loss of each output becomes a
+    :class:`Term` with its weight; Adam starts anew at the saved learning rate (its moments are
+    not kept).
+
+    Parameters
+    ----------
+    network : keras.Model
+        The saved model, loaded without compiling.
+    compile_config : dict
+        Its saved ``compile_config``: ``loss`` and ``loss_weights`` by output, ``optimizer``.
+    """
+    inputs, outputs = dict(network.input), dict(network.output)
+    if "moving_seg" in inputs:
+        inputs["static_seg"] = keras.Input(inputs["moving_seg"].shape[1:], name="static_seg")
+    kinds = {"LocalNCC": metrics.LocalNCC, "GlobalNCC": metrics.GlobalNCC, "MSE": metrics.MSE,
+             "Grad": metrics.Grad, "SoftDice": metrics.SoftDice}
+    compared = {"moved": "static", "moved_affine": "static", "moved_static": "moving",
+                "moved_seg": "static_seg"}
+    terms = []
+    for name, loss in compile_config["loss"].items():
+        options = {key: loss["config"][key] for key in ("window", "eps", "norm")
+                   if key in loss["config"]}
+        args = (compared[name], name) if name in compared else (name,)
+        terms.append(Term(name, kinds[loss["class_name"]](**options),
+                          compile_config["loss_weights"][name], args))
+    model = TrainingModel(inputs, outputs, network.name, terms=terms)
+    rate = compile_config["optimizer"]["config"]["learning_rate"]
+    model.compile(optimizer=keras.optimizers.Adam(rate if isinstance(rate, float) else 1e-3))
+    return model
 
 
 def registration_model(model: keras.Model) -> keras.Model:
-    """The part of a model that registers a pair: inputs ``moving`` and ``static`` only.
-
-    A segmentation-aided model also takes the moving label map; its registration network is
-    the same, without that input and the ``moved_seg`` output. Other models are returned as
-    they are.
-    """
-    if "moving_seg" not in model.input:
-        return model
-    outputs = {key: value for key, value in model.output.items() if key != "moved_seg"}
-    return keras.Model({key: model.input[key] for key in ("moving", "static")}, outputs,
-                       name=model.name)
+    """The network that registers a pair: inputs ``moving`` and ``static``, every output but
+    the training-only ``TRAINING_OUTPUTS``; a plain ``keras.Model`` (no loss) that shares the
+    model's layers and weights."""
+    return keras.Model({key: model.input[key] for key in ("moving", "static")},
+                       {key: value for key, value in model.output.items()
+                        if key not in TRAINING_OUTPUTS}, name=model.name)
 
 
 def input_shape(model: keras.Model) -> tuple[int, ...]:

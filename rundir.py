@@ -39,6 +39,7 @@ import signal
 import sys
 import threading
 import time
+import warnings
 import zipfile
 from collections.abc import Iterator
 
@@ -48,6 +49,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+import models
 import volumes
 
 ARGS = "args.json"  # the training flags, read back by --resume
@@ -283,16 +285,37 @@ class StopOnDivergence(keras.callbacks.Callback):
 
 
 def load_model(path: str) -> keras.Model:
-    """A saved ``.keras`` model, compiled as trained; ``DataError`` if it cannot be read."""
+    """A saved ``.keras`` model, compiled as trained; ``DataError`` if it cannot be read.
+
+    A model saved by a version before ``models.TrainingModel`` (its losses compiled per output)
+    is converted on load (``models.from_compiled``), with a warning: its network, weights and
+    loss terms are kept, its optimizer's moments are not.
+    """
     if not os.path.isfile(path):
         raise volumes.DataError(f"no such model file: {path}")
     if not zipfile.is_zipfile(path):
         raise volumes.DataError(f"{path} is not a complete .keras file (not a zip archive: "
                                 f"truncated or of another format)")
     try:
-        return keras.models.load_model(path)
+        compiled = legacy_compile_config(path)
+        if compiled is None:
+            return keras.models.load_model(path)
+        model = models.from_compiled(keras.models.load_model(path, compile=False), compiled)
     except Exception as error:  # Keras raises several types for files it cannot read
         raise volumes.DataError(f"cannot load a Keras model from {path}: {error}") from error
+    warnings.warn(f"{path} was saved by an earlier version of this project (losses compiled "
+                  f"per output): converted on load; its optimizer state starts anew")
+    return model
+
+
+def legacy_compile_config(path: str) -> dict | None:
+    """The ``compile_config`` of a ``.keras`` file whose model is a functional one compiled
+    with one loss per output (saved before ``models.TrainingModel``); None for any other."""
+    with zipfile.ZipFile(path) as archive:
+        config = json.loads(archive.read("config.json"))
+    compiled = config.get("compile_config") or {}
+    return compiled if config.get("class_name") == "Functional" and \
+        isinstance(compiled.get("loss"), dict) else None
 
 
 def load_checkpoint(run_dir: str, tidy_up: bool = True) -> tuple[keras.Model, dict]:

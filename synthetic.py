@@ -212,7 +212,7 @@ class SyntheticDataLoader(dataloader.PairLoader):
     atlas_seg : np.ndarray, optional
         ``(*spatial)`` label map of the template, for the segmentation loss.
     **kwargs
-        Passed to ``dataloader.PairLoader`` (``targets``, ``labels``) and
+        Passed to ``dataloader.PairLoader`` (``labels``...) and
         ``keras.utils.PyDataset``.
     """
 
@@ -224,9 +224,9 @@ class SyntheticDataLoader(dataloader.PairLoader):
     def __len__(self) -> int:
         return self.steps
 
-    def __getitem__(self, index: int) -> tuple[dict, dict]:
-        atlas_seg = self.atlas_seg if "moved_seg" in self.targets else None
+    def __getitem__(self, index: int) -> dict[str, np.ndarray]:
+        atlas_seg = self.atlas_seg if self.labels else None
         vols, segs = synthetic_subjects(self.atlas, self.batch_size, self.seed_of(index),
                                         atlas_seg)
         vols, segs = self.misaligned(index, vols, segs)
-        return dataloader.batch(vols, self.atlas, self.targets, segs, atlas_seg, self.labels)
+        return dataloader.batch(vols, self.atlas, segs, atlas_seg, self.labels)

@@ -125,34 +125,34 @@ def initialise(model: keras.Model, path: str) -> None:
 
 def training_loader(train_set: datasets.Dataset, mode: str, default_data: bool,
                     batch_size: int, steps: int | None, seed: int,
-                    augment: tuple[str, ...], targets: dict) -> keras.utils.PyDataset:
+                    augment: tuple[str, ...], options: dict) -> keras.utils.PyDataset:
     """Generated pairs for the default data and scan-to-scan, the pairs of a pair list in an
     order shuffled every epoch, subjects to atlas otherwise.
 
     ``augment`` holds the kinds of ``synthetic.random_subject`` to apply to every image of
-    scan-to-scan pairs (none: ``()``). ``targets`` holds the model's ``targets`` and the
-    ``labels`` of its one-hot maps. Volumes
+    scan-to-scan pairs (none: ``()``). ``options`` holds the ``labels`` of the segmentation
+    loss (none: ``[]``) and the other options of ``dataloader.PairLoader``. Volumes
     read from files (``filelists.LazyVolumes``) are read by two worker threads, batch by batch.
     """
     if default_data:  # subjects are made on the fly: a second thread overlaps it with training
         return synthetic.SyntheticDataLoader(train_set.atlas, batch_size, steps or DEFAULT_STEPS,
-                                             seed, train_set.atlas_seg, workers=2, **targets)
+                                             seed, train_set.atlas_seg, workers=2, **options)
     lazy = isinstance(train_set.vols, filelists.LazyVolumes)
     if mode == "scan_to_scan":
         return dataloader.ScanToScanDataLoader(
             train_set.vols, batch_size, (steps or DEFAULT_STEPS) * batch_size, seed,
             functools.partial(synthetic.random_subject, kinds=augment) if augment else None,
-            train_set.segs, workers=2 if augment or lazy else 1, **targets)
+            train_set.segs, workers=2 if augment or lazy else 1, **options)
     if mode == "listed":
         pairs = datasets.make_pairs(train_set, mode)
         loader = dataloader.RegistrationDataLoader(
             pairs.moving, pairs.static, batch_size, shuffle=True, seed=seed,
-            moving_segs=pairs.moving_segs, static_segs=pairs.static_segs, workers=2, **targets)
+            moving_segs=pairs.moving_segs, static_segs=pairs.static_segs, workers=2, **options)
     else:
         loader = dataloader.RegistrationDataLoader(
             train_set.vols, train_set.atlas, batch_size, shuffle=True, seed=seed,
             moving_segs=train_set.segs, static_segs=train_set.atlas_seg,
-            workers=2 if lazy else 1, **targets)
+            workers=2 if lazy else 1, **options)
     if steps is not None and steps > len(loader):
         what = "pairs" if mode == "listed" else "subjects"
         raise volumes.UsageError(f"--steps_per_epoch {steps} is more than one pass over the "
@@ -396,15 +396,14 @@ def locked_train(args, lock: contextlib.ExitStack) -> dict:
     if state:
         check_resumed_epochs(args.epochs, state, output)
         model.optimizer.learning_rate = args.lr  # --lr may change on --resume
-    targets = {"targets": models.targets(model), "labels": labels}
     loader = training_loader(train_set, mode, args.data is None and args.pairs_file is None,
                              args.batch_size, args.steps_per_epoch, args.seed, augment,
-                             {**targets, "random_affine": args.random_affine,
+                             {"labels": labels, "random_affine": args.random_affine,
                               "spacing": train_set.spacing})
     padded = datasets.make_pairs(val_set, mode, MAX_VAL_PAIRS)
     val_loader = dataloader.RegistrationDataLoader(
         padded.moving, padded.static, args.batch_size, moving_segs=padded.moving_segs,
-        static_segs=padded.static_segs, **targets)
+        static_segs=padded.static_segs, labels=labels)
     run_dir = output  # another worker's checkpoints go to a folder of its own, removed at the end
     if not chief:
         run_dir = lock.enter_context(tempfile.TemporaryDirectory(prefix="vxm-worker-"))

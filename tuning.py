@@ -6,8 +6,8 @@
   starting from the network's (resized to that grid when the network ran on a coarser one),
   as Learn2Reg's instance optimisation does.
 
-Both minimise the model's own training loss of the image terms; the pair's label maps are never
-used.
+Both minimise the model's own training loss terms (``models.TrainingModel.terms``) that need no
+label map (:func:`image_terms`): the pair's label maps are never used.
 """
 import time
 
@@ -18,45 +18,44 @@ import tensorflow as tf
 
 import dataloader
 import datasets
+import metrics
 import models
 import utils
 import volumes
 
 REFINE_LR = 0.1  # Adam's rate of --refine_steps, voxels per step at the start of its schedule
-FIELD_LOSSES = ("deformation", "velocity", "residual")  # outputs whose loss is the smoothness
 
 
-def training_losses(model: keras.Model) -> tuple[dict, dict]:
-    """The image terms of a compiled model's training loss: ``{output: loss}`` and weights.
+def image_terms(model: keras.Model) -> list[models.Term]:
+    """The loss terms of a trained model that need no label map (its image similarities and
+    smoothness): those instance optimisation minimises.
 
     Raises
     ------
     volumes.DataError
-        If the model was saved without its training loss (not compiled).
+        If the model holds no training loss (a registration network saved on its own).
     """
-    config = model.get_compile_config()
-    if not config:
+    if not isinstance(model, models.TrainingModel):
         raise volumes.DataError("instance optimisation needs the model's training loss: a "
-                                "model saved after training (compiled)")
-    losses = {name: keras.saving.deserialize_keras_object(loss)
-              for name, loss in config["loss"].items() if name != "moved_seg"}
-    return losses, {name: config["loss_weights"][name] for name in losses}
+                                "model saved by training (main.py writes one)")
+    return [term for term in model.terms if not set(term.args) & {
+        *models.TRAINING_INPUTS, *models.TRAINING_OUTPUTS}]
 
 
 class FineTuner:
     """Instance-specific optimisation (TMI 2019, Sec. V-E): the network trained on each pair.
 
-    The registration network is copied and compiled once, with the model's own training loss
-    of the image terms (similarity, symmetric similarity, smoothness; the pair's label maps are
-    never used) and Adam; for every pair, :meth:`tune` restores the trained weights and a fresh
+    The registration network is copied once, as a ``models.TrainingModel`` with the model's own
+    loss terms that need no label map (similarity, symmetric similarity, smoothness), and
+    compiled with Adam; for every pair, :meth:`tune` restores the trained weights and a fresh
     optimizer state, then takes ``steps`` Adam steps on that pair alone. The compiled training
     step is traced on the first pair only.
 
     Parameters
     ----------
-    model : keras.Model
-        A compiled VoxelMorph model (as ``models.build_model`` or ``keras.models.load_model``
-        give); it is left as it is.
+    model : models.TrainingModel
+        A trained VoxelMorph model (as ``models.build_model`` or ``rundir.load_model`` give);
+        it is left as it is.
     steps : int
         Optimisation steps per pair.
     lr : float
@@ -67,15 +66,16 @@ class FineTuner:
 
     def __init__(self, model: keras.Model, steps: int, lr: float = 1e-3,
                  shape: tuple[int, ...] | None = None):
-        losses, weights = training_losses(model)
+        terms = image_terms(model)
         network = models.registration_model(model)
-        self.network = models.rebuild(network, shape or models.input_shape(network))
+        rebuilt = models.rebuild(network, shape or models.input_shape(network))
+        self.network = models.TrainingModel(rebuilt.input, rebuilt.output, rebuilt.name,
+                                            terms=terms)
         self.trained = network.get_weights()
-        self.network.compile(optimizer=keras.optimizers.Adam(lr), loss=losses,
-                             loss_weights=weights)
+        self.network.compile(optimizer=keras.optimizers.Adam(lr))
         self.network.optimizer.build(self.network.trainable_variables)
         self.fresh = [variable.numpy() for variable in self.network.optimizer.variables]
-        self.steps, self.targets = steps, models.targets(self.network)
+        self.steps = steps
 
     def tune(self, moving: np.ndarray, static: np.ndarray) -> keras.Model:
         """The network fine-tuned on one pair no larger than its input shape, images in [0, 1]
@@ -98,13 +98,12 @@ class FineTuner:
             variable.assign(value)  # step count 0, zero moments: Adam as new
         padding = datasets.padding_to_shape(moving.shape, models.input_shape(self.network))
         self.batch = dataloader.batch(datasets.pad(np.asarray(moving)[None], padding),
-                                      datasets.pad(np.asarray(static)[None], padding),
-                                      self.targets)
+                                      datasets.pad(np.asarray(static)[None], padding))
 
     def train(self, steps: int) -> keras.Model:
         """``steps`` more Adam steps on the pair of :meth:`start`; the tuned network."""
         for _ in range(steps):
-            self.network.train_on_batch(*self.batch)
+            self.network.train_on_batch(self.batch)
         return self.network
 
 
@@ -130,8 +129,9 @@ class Refiner:
 
     Parameters
     ----------
-    model : keras.Model
-        A compiled VoxelMorph model with a deformable stage: its training loss gives the terms.
+    model : models.TrainingModel
+        A trained VoxelMorph model with a deformable stage: its loss terms give the similarity,
+        the smoothness and lambda.
     steps : int
         Optimisation steps per pair.
     lr : float
@@ -139,13 +139,13 @@ class Refiner:
     """
 
     def __init__(self, model: keras.Model, steps: int, lr: float = REFINE_LR):
-        losses, weights = training_losses(model)
-        field = next((name for name in FIELD_LOSSES if name in losses), None)
-        if field is None:
+        terms = {term.name: term for term in image_terms(model)}
+        smooth = [term for term in terms.values() if isinstance(term.loss, metrics.Grad)]
+        if not smooth:
             raise volumes.UsageError("refinement optimises a deformable field: this model has "
                                      "an affine stage only (use --finetune_steps)")
-        self.similarity, self.smoothness = losses["moved"], losses[field]
-        self.lamda = weights[field] / weights["moved"]
+        self.similarity, self.smoothness = terms["moved"].loss, smooth[0].loss
+        self.lamda = smooth[0].weight / terms["moved"].weight
         self.steps, self.lr, self.field = steps, lr, None
 
     def refine(self, moving: np.ndarray, static: np.ndarray,
@@ -186,7 +186,7 @@ class Refiner:
         """One Adam step of the field; the loss before it."""
         with tf.GradientTape() as tape:
             loss = (self.similarity(static, utils.warp(moving, self.field))
-                    + self.lamda * self.smoothness(tf.zeros_like(self.field), self.field))
+                    + self.lamda * self.smoothness(self.field))
         self.optimizer.apply_gradients([(tape.gradient(loss, self.field), self.field)])
         return loss
 

@@ -63,7 +63,7 @@ def train_steps(path: str, steps: int) -> dict:
     data = datasets.pad_dataset(data, shape)
     model = models.build_model(shape, "vm1", "mse", None, 1e-4)
     loader = training.training_loader(data, "scan_to_scan", False, 1, steps + 1, 0, False,
-                                      {"targets": models.targets(model), "labels": []})
+                                      {"labels": []})
     ends = []
     timer = keras.callbacks.LambdaCallback(
         on_train_batch_end=lambda *_, **__: ends.append(time.perf_counter()))

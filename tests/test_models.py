@@ -108,10 +108,7 @@ def test_bad_input_shapes_are_refused(shape):
 
 
 def test_saved_model_loads_and_predicts_the_same(tmp_path):
-    model = models.VoxelMorph2((16, 16, 16))
-    model.compile(optimizer="adam",
-                  loss={"moved": metrics.local_normalized_cross_correlation_loss(),
-                        "deformation": metrics.gradient_loss()})
+    model = models.build_model((16, 16, 16), "vm2", ncc_window=7)
     rng = np.random.default_rng(1)
     inputs = {"moving": rng.random((1, 16, 16, 16, 1)).astype(np.float32),
               "static": rng.random((1, 16, 16, 16, 1)).astype(np.float32)}
@@ -125,7 +122,10 @@ def test_saved_model_loads_and_predicts_the_same(tmp_path):
     before, after = model.predict(inputs, verbose=0), loaded.predict(inputs, verbose=0)
     np.testing.assert_allclose(after["deformation"], before["deformation"], atol=1e-6)
     np.testing.assert_allclose(after["moved"], before["moved"], atol=1e-6)
-    assert isinstance(loaded.loss["moved"], metrics.LocalNCC)
+    assert isinstance(loaded, models.TrainingModel)
+    assert [(term.name, term.weight, term.args) for term in loaded.terms] == [
+        ("deformation", 1.0, ("deformation",)), ("moved", 1.0, ("static", "moved"))]
+    assert loaded.terms[1].loss.window == 7
 
 
 @pytest.mark.parametrize("shape", [(32, 32), (16, 16, 16)])
@@ -135,27 +135,19 @@ def test_a_few_training_steps_on_a_shifted_pair_lower_the_loss(shape):
     blob = np.exp(-sum(g**2 for g in grid) / 0.2).astype(np.float32)
     moving = blob[None, ..., None]
     static = np.roll(moving, 2, axis=1)  # shifted by two voxels along axis 0
-    model = models.VoxelMorph1(shape)
-    model.compile(optimizer=keras.optimizers.Adam(1e-3),
-                  loss={"moved": metrics.mse_loss(), "deformation": metrics.gradient_loss()},
-                  loss_weights={"moved": 1.0, "deformation": 0.01})
+    model = models.build_model(shape, "vm1", "mse", lamda=0.01)
     inputs = {"moving": moving, "static": static}
-    targets = {"moved": static, "deformation": np.zeros((1, *shape, len(shape)), np.float32)}
-    history = model.fit(inputs, targets, epochs=30, verbose=0).history["moved_loss"]
+    history = model.fit(inputs, epochs=30, verbose=0).history["moved_loss"]
     assert history[-1] < 0.5 * history[0]
 
 
-def test_importing_models_is_enough_to_load_a_compiled_model(tmp_path):
+def test_importing_models_is_enough_to_load_a_trained_model(tmp_path):
     import subprocess
     import sys
 
-    model = models.VoxelMorph1((16, 16))
-    model.compile(optimizer="adam",
-                  loss={"moved": metrics.local_normalized_cross_correlation_loss(),
-                        "deformation": metrics.gradient_loss()})
-    model.save(tmp_path / "model.keras")
+    models.build_model((16, 16), "vm1").save(tmp_path / "model.keras")
     code = ("import keras, models; m = keras.models.load_model(r'%s'); "
-            "print(type(m.loss['moved']).__name__)" % (tmp_path / "model.keras"))
+            "print(type(m.terms[1].loss).__name__)" % (tmp_path / "model.keras"))
     root = __file__.rsplit("/tests/", 1)[0]
     result = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True,
                             text=True, timeout=120)
@@ -173,11 +165,12 @@ def test_each_option_trains_and_lowers_the_loss(options, labelled_pair):
     keras.utils.set_random_seed(0)
     moving, static, moving_seg, static_seg = labelled_pair()
     model = models.build_model(moving.shape, "vm1", "mse", lr=1e-3, **options)
-    inputs, targets = dataloader.batch(moving[None], static[None], models.targets(model),
-                                       moving_seg[None], static_seg[None], [1, 2])
-    before = model.evaluate(inputs, targets, verbose=0)
-    model.fit(inputs, targets, epochs=15, verbose=0)
-    assert model.evaluate(inputs, targets, verbose=0)[0] < 0.8 * before[0]
+    labels = [1, 2] if options.get("seg_weight") else None
+    inputs = dataloader.batch(moving[None], static[None], moving_seg[None], static_seg[None],
+                              labels)
+    before = model.evaluate(inputs, verbose=0)
+    model.fit(inputs, epochs=15, verbose=0)
+    assert model.evaluate(inputs, verbose=0)[0] < 0.8 * before[0]
 
 
 @pytest.mark.parametrize("options", OPTIONS, ids=lambda o: "-".join(map(str, o.items())))
@@ -195,15 +188,16 @@ def test_a_model_saved_with_each_option_loads_and_registers_the_same(tmp_path, o
     after = registration.register(loaded, moving, static)
     assert np.abs(before["deformation"]).max() > 1e-3
     np.testing.assert_allclose(after["deformation"], before["deformation"], atol=1e-5)
-    assert models.targets(loaded) == models.targets(model)
+    assert loaded.get_config()["terms"] == model.get_config()["terms"]
 
 
 def test_integrated_outputs_are_the_velocity_and_its_diffeomorphic_displacement():
     model = models.VoxelMorph1((32, 32), int_steps=7, int_downsize=2)
     assert model.output["velocity"].shape == (None, 16, 16, 2)
     assert model.output["deformation"].shape == (None, 32, 32, 2)
-    assert models.targets(models.build_model((32, 32), int_steps=7, int_downsize=2)) == {
-        "moved": (32, 32, 1), "velocity": (16, 16, 2)}
+    terms = models.build_model((32, 32), int_steps=7, int_downsize=2).terms
+    assert [(term.name, term.args) for term in terms] == [("moved", ("static", "moved")),
+                                                         ("velocity", ("velocity",))]
 
 
 def test_coarse_integration_resizes_the_velocity_down_and_its_displacement_back_up():
@@ -221,10 +215,61 @@ def test_coarse_integration_resizes_the_velocity_down_and_its_displacement_back_
 
 def test_the_registration_model_of_a_segmentation_model_needs_no_label_map():
     model = models.build_model((16, 16), "vm1", seg_weight=1.0, num_labels=3)
-    assert "moving_seg" in model.input
+    assert sorted(model.input) == ["moving", "moving_seg", "static", "static_seg"]
     network = models.registration_model(model)
     assert sorted(network.input) == ["moving", "static"] and "moved_seg" not in network.output
-    assert models.registration_model(network) is network
+    assert not isinstance(network, models.TrainingModel)
+    assert [w.path for w in network.weights] == [w.path for w in model.weights]  # shared
+
+
+def label_map_pair(shape=(32, 32), labels=3):
+    """One-hot label maps of a square and of the same square shifted by 3 voxels, and images
+    whose contrasts differ (the square dark on the moving side, bright on the static side)."""
+    seg = np.zeros(shape, np.int32)
+    seg[8:20, 8:20] = 1
+    seg[12:16, 12:16] = 2
+    moving_seg, static_seg = seg, np.roll(seg, 3, axis=0)
+    one_hot = [dataloader.one_hot(s, range(labels))[None] for s in (moving_seg, static_seg)]
+    images = [(moving_seg == 0).astype(np.float32), static_seg.astype(np.float32) / 2]
+    return {"moving": images[0][None, ..., None], "static": images[1][None, ..., None],
+            "moving_seg": one_hot[0], "static_seg": one_hot[1]}
+
+
+def test_a_loss_on_the_two_label_maps_alone_is_one_term():
+    keras.utils.set_random_seed(0)
+    network = models.VoxelMorph1((32, 32))
+    inputs, outputs = models.with_label_maps(network, 3)
+    model = models.TrainingModel(inputs, outputs, terms=[
+        models.Term("moved_seg", metrics.MSE(), 1.0, ("static_seg", "moved_seg")),
+        models.Term("deformation", metrics.Grad(), 0.01, ("deformation",))])
+    model.compile(optimizer=keras.optimizers.Adam(1e-3))
+    batch = label_map_pair()
+    history = model.fit(batch, epochs=20, verbose=0).history
+    assert set(history) == {"loss", "moved_seg_loss", "deformation_loss"}  # no image term
+    assert history["moved_seg_loss"][-1] < 0.7 * history["moved_seg_loss"][0]
+
+
+def test_a_loss_whose_static_side_is_an_input_of_another_contrast_is_one_term():
+    network = models.VoxelMorph1((32, 32))
+    other = keras.Input((32, 32, 1), name="static_other")
+    model = models.TrainingModel({**network.input, "static_other": other}, network.output,
+                                 terms=[models.Term("moved", metrics.GlobalNCC(), 1.0,
+                                                    ("static_other", "moved"))])
+    model.compile(optimizer="adam")
+    pair = label_map_pair()
+    batch = {"moving": pair["moving"], "static": pair["static"],
+             "static_other": 1.0 - pair["static"]}  # the static image in an inverted contrast
+    logs = model.test_on_batch(batch, return_dict=True)
+    expected = metrics.GlobalNCC()(batch["static_other"], model.predict_on_batch(batch)["moved"])
+    np.testing.assert_allclose(logs["moved_loss"], float(expected), rtol=1e-5)
+    np.testing.assert_allclose(logs["loss"], logs["moved_loss"], rtol=1e-6)
+
+
+def test_a_term_on_a_tensor_the_model_does_not_have_is_refused():
+    network = models.VoxelMorph1((16, 16))
+    with pytest.raises(ValueError, match="static_seg"):
+        models.TrainingModel(network.input, network.output, terms=[
+            models.Term("moved_seg", metrics.SoftDice(), 1.0, ("static_seg", "moved"))])
 
 
 @pytest.fixture

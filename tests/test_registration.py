@@ -63,7 +63,8 @@ def test_a_pair_of_another_size_gets_a_network_of_its_padded_shape(labelled_pair
     registered = registration.register_padded(network, moving, static, moving_seg)
     assert registered["deformation"].shape == (40, 44, 2)
     assert np.abs(registered["deformation"]).max() > 1e-3
-    assert registration.network_for(model, (30, 20)) is models.registration_model(model)
+    same = registration.network_for(model, (30, 20))  # padded to the trained shape: no rebuild
+    assert all(mine is theirs for mine, theirs in zip(same.weights, model.weights, strict=True))
 
 
 def test_a_diffeomorphic_models_inverse_starts_from_its_negated_velocity(labelled_pair):

@@ -17,9 +17,10 @@ import numpy as np
 import pytest
 from matplotlib.image import imread
 
-import rundir
+import dataloader
 import main
 import models
+import rundir
 import volumes
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -451,3 +452,56 @@ def test_an_output_folder_that_cannot_be_made_is_one_line_exit_2(tiny_set, capsy
     err = capsys.readouterr().err.splitlines()
     assert len(err) == 1 and err[0].startswith("main.py: error: ") and "/proc/x" in err[0]
     assert not os.path.exists("/proc/x")
+
+
+def labelled_flags(folder) -> list[str]:
+    """Five 16x16 images and their label maps, trained with the segmentation loss: the static
+    label map is an input of the model, as the static image is."""
+    vols = np.random.default_rng(0).random((5, 16, 16)).astype(np.float32)
+    path = os.path.join(folder, "labelled.npz")
+    np.savez(path, vols=vols, segs=(vols > 0.5).astype(np.uint8))
+    return tiny_flags(folder)[2:] + ["--data", path, "--seg_weight", "0.5", "--epochs", "2"]
+
+
+def test_a_run_whose_loss_takes_the_static_label_map_logs_and_resumes_as_others(
+        tmp_path, monkeypatch):
+    flags = labelled_flags(tmp_path)
+    unbroken = str(tmp_path / "unbroken")
+    assert main.main(flags + ["--output", unbroken]) == 0
+    save_batch = rundir.Checkpoint.on_train_batch_end
+
+    def interrupt_in_epoch_2(self, batch, logs=None):
+        if (self.state["epoch"], batch) == (1, 1):
+            os.kill(os.getpid(), signal.SIGINT)
+        save_batch(self, batch, logs)
+
+    monkeypatch.setattr(rundir.Checkpoint, "on_train_batch_end", interrupt_in_epoch_2)
+    run = str(tmp_path / "run")
+    assert main.main(flags + ["--output", run]) == 130
+    monkeypatch.setattr(rundir.Checkpoint, "on_train_batch_end", save_batch)
+    assert main.main(["--resume", run]) == 0
+    assert_ends_as(run, unbroken)
+    terms = ("loss", "moved_loss", "deformation_loss", "moved_seg_loss")
+    assert sorted(history_rows(run)[0]) == sorted(["epoch", *terms,
+                                                   *(f"val_{term}" for term in terms)])
+    dice_loss = [float(row["moved_seg_loss"]) for row in history_rows(run)]
+    assert all(0.0 < value < 1.0 for value in dice_loss)  # soft Dice of the label maps
+
+
+LEGACY = os.path.join(ROOT, "tests", "data", "legacy_vm1_2d")  # see tests/data/README.md
+
+
+def test_a_model_saved_with_compiled_losses_is_converted_on_load_with_the_same_losses():
+    saved = np.load(LEGACY + ".npz")
+    with pytest.warns(UserWarning, match="converted on load"):
+        model = rundir.load_model(LEGACY + ".keras")
+    assert isinstance(model, models.TrainingModel)
+    inputs = dataloader.batch(saved["moving"], saved["static"], saved["moving_seg"],
+                              saved["static_seg"], labels=[1, 2])
+    logs = model.test_on_batch(inputs, return_dict=True)
+    for key in ("loss", "moved_loss", "moved_static_loss", "moved_seg_loss", "velocity_loss"):
+        assert logs[key] == pytest.approx(float(saved[key]), rel=1e-6, abs=1e-9), key
+    np.testing.assert_allclose(model.predict_on_batch(inputs)["moved"], saved["moved"],
+                               atol=1e-6)
+    model.train_on_batch(inputs)  # and it trains on, with a fresh Adam
+    assert int(model.optimizer.iterations.numpy()) == 1

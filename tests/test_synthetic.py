@@ -43,7 +43,7 @@ def test_random_deformations_are_smooth_and_do_not_fold():
 def test_synthetic_loader_makes_new_pairs_with_the_atlas_as_static():
     data = synthetic.load_default_data(2)
     loader = synthetic.SyntheticDataLoader(data.atlas, batch_size=2, steps=3, seed=0)
-    (first, _), (second, _) = loader[0], loader[1]
+    first, second = loader[0], loader[1]
     assert len(loader) == 3
     assert first["moving"].shape == (2, 80, 96, 1)
     np.testing.assert_array_equal(first["static"][0, ..., 0], data.atlas)
@@ -57,11 +57,11 @@ def test_augmented_scan_to_scan_pairs_are_new_reproducible_images():
     augmented, again = (dataloader.ScanToScanDataLoader(vols, pairs_per_epoch=2, seed=3,
                                                         augment=synthetic.random_subject)
                         for _ in range(2))
-    (raw, _), (new, _) = plain[0], augmented[0]
+    raw, new = plain[0], augmented[0]
     assert raw["moving"][0, ..., 0].tolist() in (vols[0].tolist(), vols[1].tolist())
     assert not np.array_equal(new["moving"], raw["moving"])
     assert new["moving"].shape == raw["moving"].shape
-    np.testing.assert_array_equal(new["static"], again[0][0]["static"])
+    np.testing.assert_array_equal(new["static"], again[0]["static"])
     # Still the same brain: a random smooth deformation and an intensity change of it.
     assert np.corrcoef(new["moving"].ravel(), raw["moving"].ravel())[0, 1] > 0.6
 
@@ -87,9 +87,8 @@ def test_elastic_augmentation_deforms_each_label_map_with_its_image():
     vols, segs = np.stack([data.atlas] * 2), np.stack([data.atlas_seg] * 2)
     loader = dataloader.ScanToScanDataLoader(
         vols, pairs_per_epoch=1, seed=5, segs=segs, labels=[1, 2, 3],
-        augment=functools.partial(synthetic.random_subject, kinds=("elastic",)),
-        targets=("moved", "deformation", "moved_seg"))
-    inputs, targets = loader[0]
+        augment=functools.partial(synthetic.random_subject, kinds=("elastic",)))
+    inputs = loader[0]
     moving, moving_seg = inputs["moving"][0, ..., 0], inputs["moving_seg"][0]
     assert not np.array_equal(moving, data.atlas)
     # The warped labels still pick out the warped tissues: white matter (3) is the brightest.
@@ -98,7 +97,7 @@ def test_elastic_augmentation_deforms_each_label_map_with_its_image():
     means = [moving[inside & (labels == label)].mean() for label in (1, 2, 3)]
     assert means[0] < means[1] < means[2]
     # Moving and static sides are deformed independently.
-    static_seg = np.argmax(targets["moved_seg"][0], axis=-1) + 1
+    static_seg = np.argmax(inputs["static_seg"][0], axis=-1) + 1
     assert np.mean(static_seg[inside] != labels[inside]) > 0.01
 
 

@@ -12,7 +12,6 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-import dataloader
 import datasets
 import filelists
 import main
@@ -137,7 +136,7 @@ def test_one_worker_writes_the_run_folder(monkeypatch, config, chief):
     assert training.is_chief() == chief
 
 
-TARGETS = {"targets": dataloader.TARGETS, "labels": None}
+OPTIONS = {"labels": None}  # of the loaders: no segmentation loss
 
 
 def save_subjects(folder, count=4, shape=(6, 7)):
@@ -158,12 +157,12 @@ def test_lazy_and_in_memory_sets_give_the_same_padded_batches(tmp_path, mode):
     loaders = []
     for path in (tmp_path / "vols.npy", tmp_path / "set"):
         data = datasets.pad_dataset(datasets.load_dataset(str(path), atlas, ndim=2), (16, 16))
-        loaders.append(training.training_loader(data, mode, False, 2, 2, 0, False, TARGETS))
+        loaders.append(training.training_loader(data, mode, False, 2, 2, 0, False, OPTIONS))
     assert isinstance(loaders[1].moving if mode == "atlas" else loaders[1].vols,
                       filelists.LazyVolumes)
     for _ in range(2):  # epochs
         for index in range(2):
-            (memory, _), (lazy, _) = loaders[0][index], loaders[1][index]
+            memory, lazy = loaders[0][index], loaders[1][index]
             assert lazy["moving"].shape == (2, 16, 16, 1)
             for name in ("moving", "static"):
                 np.testing.assert_array_equal(lazy[name], memory[name])
@@ -183,10 +182,10 @@ def test_listed_pairs_are_drawn_once_per_epoch_in_an_order_shuffled_by_seed(tmp_
         return next(i for i, volume in enumerate(normalized) if np.array_equal(image, volume))
 
     def epochs(seed):
-        loader = training.training_loader(data, "listed", False, 4, None, seed, False, TARGETS)
+        loader = training.training_loader(data, "listed", False, 4, None, seed, False, OPTIONS)
         drawn = []
         for _ in range(2):
-            batches = [loader[i][0] for i in range(len(loader))]
+            batches = [loader[i] for i in range(len(loader))]
             drawn.append([(subject(m[..., 0]), subject(s[..., 0])) for inputs in batches
                           for m, s in zip(inputs["moving"], inputs["static"])])
             loader.on_epoch_end()
