@@ -81,16 +81,23 @@ def normalize(volume: np.ndarray, name: str = "volume") -> np.ndarray:
     Returns
     -------
     np.ndarray
-        Same shape, float32 in [0, 1]; a constant volume becomes all zeros.
+        Same shape, float32 in [0, 1].
+
+    Raises
+    ------
+    DataError
+        If the volume holds NaN or Inf, or has no intensity range (constant, e.g. an empty
+        export): similarity losses (NCC, MI) are undefined on it, so nothing could register it.
     """
     volumes.check_numbers(volume, name)
     volume = np.asarray(volume, dtype=np.float32)
     if not np.all(np.isfinite(volume)):
         raise DataError(f"{name} contains NaN or Inf values")
     low, high = volume.min(), volume.max()
-    if high == low == 0:
-        warnings.warn(f"{name} is all zeros", DataWarning, stacklevel=2)
-    return (volume - low) / (high - low) if high > low else np.zeros_like(volume)
+    if high == low:
+        raise DataError(f"{name} has no intensity range (every voxel is {low:g}): there is "
+                        f"nothing to register in it (an empty export or a failed skull strip?)")
+    return (volume - low) / (high - low)
 
 
 CACHE_SIZE = 8  # volumes a lazy stack (and its views) keeps after reading them

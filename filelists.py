@@ -128,7 +128,7 @@ def read_columns(path: str, required: tuple[str, ...], optional: tuple[str, ...]
     """
     volumes.check_exists(path)
     try:
-        with open(path, newline="") as file:
+        with open(path, newline="", encoding="utf-8-sig") as file:  # a spreadsheet's BOM
             reader = csv.DictReader(file)
             rows = [(reader.line_num, row) for row in reader]
             header = reader.fieldnames or []
@@ -137,8 +137,9 @@ def read_columns(path: str, required: tuple[str, ...], optional: tuple[str, ...]
     header = [name.strip() for name in header]
     missing = [name for name in required if name not in header]
     if missing:
-        raise DataError(f"{path}: no column {', '.join(missing)} in the header "
-                        f"'{','.join(header)}' (columns: {', '.join(required + optional)})")
+        found = ", ".join(name if name.isprintable() else repr(name) for name in header)
+        raise DataError(f"{path}: no column {', '.join(missing)} in the header, which has "
+                        f"{found or 'no column'} (expected: {', '.join(required + optional)})")
     if not rows:
         raise DataError(f"{path} lists nothing")
     folder, columns = os.path.dirname(os.path.abspath(path)), {}
@@ -168,7 +169,7 @@ def list_files(path: str) -> tuple[list[str], list[str] | None, list[str]]:
         return columns["image"], columns["seg"], places
     volumes.check_exists(path)
     try:
-        with open(path) as file:
+        with open(path, encoding="utf-8-sig") as file:  # a byte-order mark, CRLF: as written
             lines = [(number, line.strip()) for number, line in enumerate(file, start=1)]
     except (OSError, UnicodeDecodeError) as error:
         raise DataError(f"cannot read {path}: {volumes.one_line(error)}") from error

@@ -385,6 +385,8 @@ def register(args) -> str:
         transforms.save_affine(args.affine, registered["affine_world"])
     tuned = (f" after {args.finetune_steps} fine-tuning steps "
              f"({registered['finetune_seconds']:.1f} s)" if args.finetune_steps else "")
+    if registered["finetune_fallback"]:
+        tuned = f" with fine-tuning stopped early ({registered['finetune_seconds']:.1f} s)"
     tuned += (f", refined in {args.refine_steps} steps ({registered['refine_seconds']:.1f} s)"
               if args.refine_steps else "")
     grids = "" if moving_grid.same_as(static_grid) else " (moving scan resampled to its grid)"
@@ -394,6 +396,9 @@ def register(args) -> str:
         error = registered["inverse_error"]
         line += (f"; inverse consistency |x - inv(phi(x))|: mean {error['mean_mm']:.3f} mm, "
                  f"95th percentile {error['p95_mm']:.3f} mm")
+    for note in (registered["finetune_fallback"], registered["refine_fallback"]):
+        if note:
+            warnings.warn(note, volumes.DataWarning)
     return line
 
 
@@ -478,6 +483,13 @@ def evaluate(args) -> str:
     if "dice_after" in summary:
         rundir.write_dice_csv(os.path.join(output, rundir.DICE_CSV), labels, names, summary)
         viz.plot_dice(evaluation, os.path.join(output, rundir.DICE_PLOT))
+    fell_back = [f"{sum(bool(result[key]) for result in results)} of {len(results)} pairs "
+                 f"fell back in {what} (see {key} in {rundir.EVALUATION})"
+                 for key, what in (("finetune_fallback", "fine-tuning"),
+                                   ("refine_fallback", "refinement"))
+                 if any(result[key] for result in results)]
+    for line in fell_back:
+        warnings.warn(line, volumes.DataWarning)
     return report(summary) + (f", {summary['seconds']['mean']:.3f} s per pair; "
                               f"wrote {evaluation}")
 

@@ -93,13 +93,14 @@ def refine_registered(refiner: tuning.Refiner | None, registered: dict, moving: 
     ``moved``, ``moved_seg`` (with ``moving_seg``) and ``inverse`` (when ``registered`` has
     one: inverted anew, from the network's inverse) follow the refined displacement;
     ``refine_seconds`` is the time of the refinement (0 without ``refiner``, and the rest as
-    it was).
+    it was) and ``refine_fallback`` the line that says where it stopped and fell back (None
+    when it did not: ``tuning.Refiner.refine``).
     """
     if refiner is None:
-        return {**registered, "refine_seconds": 0.0}
-    deformation, seconds = tuning.refined(refiner, moving, static, registered["deformation"])
+        return {**registered, "refine_seconds": 0.0, "refine_fallback": None}
+    deformation, seconds, note = tuning.refined(refiner, moving, static, registered["deformation"])
     result = {**registered, "deformation": deformation, "refine_seconds": seconds,
-              "moved": warped(moving, deformation)}
+              "refine_fallback": note, "moved": warped(moving, deformation)}
     if moving_seg is not None:
         result["moved_seg"] = warped(moving_seg, deformation, "nearest")
     if "inverse" in registered:
@@ -256,7 +257,9 @@ def register_scans(model: keras.Model, moving: np.ndarray, static: np.ndarray,
         On the static grid: ``moved`` ``(*spatial)`` float32 in the moving scan's units,
         ``moved_seg`` of its dtype with ``moving_seg``, ``deformation`` ``(*spatial, ndim)`` in
         static voxels, ``warp`` ``(*spatial, ndim)`` in LPS mm (``transforms.to_world``),
-        ``seconds``, ``finetune_seconds`` and ``refine_seconds``; with ``inverse``: ``inverse`` in static voxels,
+        ``seconds``, ``finetune_seconds`` and ``refine_seconds``, ``finetune_fallback`` and
+        ``refine_fallback`` (a line where either stopped and fell back, else None); with
+        ``inverse``: ``inverse`` in static voxels,
         ``inverse_warp`` ``(*moving_spatial, ndim)`` in LPS mm on the moving grid
         (``transforms.inverse_on``) and ``inverse_error``
         (``transforms.inverse_consistency``); for models with an affine stage, ``affine`` (static
@@ -281,10 +284,10 @@ def register_scans(model: keras.Model, moving: np.ndarray, static: np.ndarray,
     shape = models.input_shape(network)
     if tuner is None and finetune_steps:
         tuner = tuning.FineTuner(model, finetune_steps, finetune_lr, shape)
-    network, finetune_seconds = tuning.finetuned(network, tuner, *scaled)
+    network, finetune_seconds, note = tuning.finetuned(network, tuner, *scaled)
     registered = refine_registered(refiner, register_padded(network, *scaled, inverse=inverse),
                                    *scaled)
-    registered["finetune_seconds"] = finetune_seconds
+    registered.update(finetune_seconds=finetune_seconds, finetune_fallback=note)
     deformation = registered["deformation"]
     coords = static_grid.coordinates() + deformation
     if not same:  # the resampling composed with the displacement: one interpolation
@@ -337,7 +340,9 @@ def evaluate_pairs(model: keras.Model, pairs: datasets.Pairs, labels=None, keep:
     results : list of dict
         Scores of each pair (``scores.score_registration``), plus ``seconds``, the time of its
         forward pass (the network's graph is built on the first pair beforehand, untimed),
-        ``finetune_seconds`` and ``refine_seconds``, those of fine-tuning and refining, and with ``inverse``
+        ``finetune_seconds`` and ``refine_seconds``, those of fine-tuning and refining,
+        ``finetune_fallback`` and ``refine_fallback``, the line that says where either stopped
+        and what it fell back to (None when it did not), and with ``inverse``
         ``inverse_error`` and ``inverse_error_p95``, the mean and 95th percentile of
         ``|x - phi_inv(phi(x))|`` in voxels, and with ``spacing`` the same in mm
         (``inverse_error_mm``, ``inverse_error_p95_mm``).
@@ -351,7 +356,7 @@ def evaluate_pairs(model: keras.Model, pairs: datasets.Pairs, labels=None, keep:
     grid = transforms.spacing_grid(pairs.moving.shape[1:], spacing)  # voxels when spacing is None
     results, samples = [], []
     for moving, static, moving_seg, static_seg in pairs:
-        tuned, finetune_seconds = tuning.finetuned(network, tuner, moving, static)
+        tuned, finetune_seconds, note = tuning.finetuned(network, tuner, moving, static)
         if not results:  # build the graph untimed, so that every pair's seconds compare
             register_padded(tuned, moving, static)
         registered = refine_registered(
@@ -363,8 +368,9 @@ def evaluate_pairs(model: keras.Model, pairs: datasets.Pairs, labels=None, keep:
             moving, static, arrays["moved"], arrays["deformation"], moving_seg, static_seg,
             arrays.get("moved_seg"), labels, spacing)
         results.append({**scored, "seconds": registered["seconds"],
-                        "finetune_seconds": finetune_seconds,
-                        "refine_seconds": registered["refine_seconds"]})
+                        "finetune_seconds": finetune_seconds, "finetune_fallback": note,
+                        "refine_seconds": registered["refine_seconds"],
+                        "refine_fallback": registered["refine_fallback"]})
         if inverse:
             error = transforms.inverse_consistency(registered["deformation"],
                                                    registered["inverse"], grid)

@@ -304,7 +304,8 @@ def load_model(path: str) -> keras.Model:
     except Exception as error:  # Keras raises several types for files it cannot read
         raise volumes.DataError(f"cannot load a Keras model from {path}: {error}") from error
     warnings.warn(f"{path} was saved by an earlier version of this project (losses compiled "
-                  f"per output): converted on load; its optimizer state starts anew")
+                  f"per output): converted on load; its optimizer state starts anew",
+                  volumes.DataWarning)
     return model
 
 

@@ -294,7 +294,8 @@ def _in_both(moving_seg: np.ndarray, static_seg: np.ndarray, labels: list) -> np
 
 
 def summarize(results: list[dict]) -> dict:
-    """Mean and standard deviation over pairs of every score of :func:`score_registration`.
+    """Mean and standard deviation over pairs of every score of :func:`score_registration`
+    (values that are None or text, notes rather than scores, are left out).
 
     Per-label scores (Dice, HD95) are first averaged over labels within each pair (labels absent
     from both maps skipped).
@@ -308,6 +309,8 @@ def summarize(results: list[dict]) -> dict:
     """
     summary = {}
     for key in results[0]:
+        if any(r[key] is None or isinstance(r[key], str) for r in results):
+            continue  # a note, not a score (where fine-tuning or refinement fell back)
         values = np.array([r[key] for r in results], dtype=np.float64)
         if values.ndim == 2:  # (pairs, labels)
             summary[key] = {"per_label": np.nanmean(values, axis=0).tolist(),

@@ -275,15 +275,16 @@ def inverse_consistency(deformation: np.ndarray, inverse: np.ndarray, grid: Grid
     -------
     dict
         ``mean_mm`` and ``p95_mm``, the mean and 95th percentile of ``|x - phi_inv(phi(x))|``,
-        and ``mean_voxels`` and ``p95_voxels``, the same in voxels.
+        and ``mean_voxels`` and ``p95_voxels``, the same in voxels: NaN when ``phi`` keeps no
+        voxel inside (none to measure).
     """
     coords = grid.coordinates() + deformation
     inside = np.all((coords >= 0) & (coords <= np.array(grid.shape) - 1), axis=-1)
     error = deformation + sample(inverse, coords)  # (x + u) + v(x + u) - x
     lengths = {"mm": np.linalg.norm(error @ grid.matrix[:-1, :-1].T, axis=-1)[inside],
                "voxels": np.linalg.norm(error, axis=-1)[inside]}
-    return {f"{stat}_{unit}": float(np.mean(values) if stat == "mean" else
-                                    np.percentile(values, 95))
+    return {f"{stat}_{unit}": float(np.nan if not values.size else np.mean(values)
+                                    if stat == "mean" else np.percentile(values, 95))
             for unit, values in lengths.items() for stat in ("mean", "p95")}
 
 

@@ -24,6 +24,53 @@ import utils
 import volumes
 
 REFINE_LR = 0.1  # Adam's rate of --refine_steps, voxels per step at the start of its schedule
+MAX_OUTSIDE = 0.5  # share of the grid a sound displacement may send outside it
+MIN_RISE = 1e-3  # a loss has risen far above its start when by more than |start| and this
+
+
+def outside_share(deformation: np.ndarray) -> float:
+    """The share of voxels that a ``(*spatial, ndim)`` displacement (voxels; a leading batch
+    axis of one allowed) sends outside its grid, or 1 when it is not finite."""
+    deformation = np.asarray(deformation)
+    deformation = deformation.reshape(deformation.shape[-deformation.shape[-1] - 1:])
+    if not np.all(np.isfinite(deformation)):
+        return 1.0
+    shape = np.array(deformation.shape[:-1])
+    coords = np.stack(np.meshgrid(*map(np.arange, shape), indexing="ij"), -1) + deformation
+    return float(np.mean(np.any((coords < -0.5) | (coords > shape - 0.5), axis=-1)))
+
+
+class Watch:
+    """The loss of an optimisation, step by step: where it stopped, and its best state.
+
+    :meth:`step` takes the loss of the state before each step; the optimisation stops at a
+    loss that is not finite or has risen far above the first (by more than ``|first|`` and
+    ``MIN_RISE``: the rate is too high), and then falls back to the state before step
+    :attr:`best_step`, the lowest loss seen (0: where it started), which the caller keeps.
+    """
+
+    def __init__(self):
+        self.first, self.best_loss, self.best_step = None, np.inf, 0
+        self.stopped = None  # why it stopped, in words
+
+    def step(self, step: int, loss: float) -> bool:
+        """Whether to go on after the loss ``loss`` of the state before step ``step`` (counted
+        from 0); :attr:`best_step` becomes ``step`` when it is the lowest yet."""
+        self.first = loss if self.first is None else self.first
+        if not np.isfinite(loss) or loss > self.first + max(abs(self.first), MIN_RISE):
+            self.stopped = (f"stopped at step {step + 1} (loss {loss:.4g}, "
+                            f"{'not finite' if not np.isfinite(loss) else 'far above'} the "
+                            f"first {self.first:.4g})")
+            return False
+        if loss < self.best_loss:
+            self.best_loss, self.best_step = loss, step
+        return True
+
+    def fell_back(self, what: str, rate: str) -> str:
+        """One line: where the optimisation stopped, what it fell back to, what to try."""
+        kept = (f"kept step {self.best_step}'s {what} (loss {self.best_loss:.4g})"
+                if self.best_step else f"kept the network's own {what}")
+        return f"{self.stopped}: {kept}; try a lower {rate}"
 
 
 def image_terms(model: keras.Model) -> list[models.Term]:
@@ -75,11 +122,16 @@ class FineTuner:
         self.network.compile(optimizer=keras.optimizers.Adam(lr))
         self.network.optimizer.build(self.network.trainable_variables)
         self.fresh = [variable.numpy() for variable in self.network.optimizer.variables]
-        self.steps = steps
+        self.steps, self.lr, self.note = steps, lr, None
 
     def tune(self, moving: np.ndarray, static: np.ndarray) -> keras.Model:
         """The network fine-tuned on one pair no larger than its input shape, images in [0, 1]
         (zero-padded to it, centred, as ``registration.register_padded`` pads).
+
+        Tuning stops at a loss that is not finite or rose far above the first (:class:`Watch`)
+        and keeps the weights of the best step seen; tuned weights whose displacement sends
+        more than ``MAX_OUTSIDE`` of the grid outside it give way to the trained ones. Either
+        way :attr:`note` says so in one line (else None).
 
         Returns
         -------
@@ -88,7 +140,14 @@ class FineTuner:
             again, from the trained weights, by the next call.
         """
         self.start(moving, static)
-        return self.train(self.steps)
+        network = self.train(self.steps)
+        outside = outside_share(network.predict_on_batch(self.batch)["deformation"])
+        if outside > MAX_OUTSIDE:
+            network.set_weights(self.trained)
+            self.note = (f"fine-tuning sent {outside:.0%} of the image outside the grid: kept "
+                         f"the network's own registration; try a lower --finetune_lr (now "
+                         f"{self.lr:g})")
+        return network
 
     def start(self, moving: np.ndarray, static: np.ndarray) -> None:
         """Restore the trained weights and a fresh Adam, and take the pair as the batch of
@@ -99,22 +158,34 @@ class FineTuner:
         padding = datasets.padding_to_shape(moving.shape, models.input_shape(self.network))
         self.batch = dataloader.batch(datasets.pad(np.asarray(moving)[None], padding),
                                       datasets.pad(np.asarray(static)[None], padding))
+        self.watch, self.done, self.best, self.note = Watch(), 0, self.trained, None
 
     def train(self, steps: int) -> keras.Model:
-        """``steps`` more Adam steps on the pair of :meth:`start`; the tuned network."""
-        for _ in range(steps):
-            self.network.train_on_batch(self.batch)
+        """``steps`` more Adam steps on the pair of :meth:`start` (none once stopped); the
+        tuned network, with the best step's weights once :class:`Watch` stopped it."""
+        for _ in range(0 if self.watch.stopped else steps):
+            before = self.network.get_weights()
+            loss = float(self.network.train_on_batch(self.batch, return_dict=True)["loss"])
+            if not self.watch.step(self.done, loss):
+                self.network.set_weights(self.best)
+                self.note = "fine-tuning " + self.watch.fell_back(
+                    "weights", f"--finetune_lr (now {self.lr:g})")
+                break
+            if self.watch.best_step == self.done:
+                self.best = before
+            self.done += 1
         return self.network
 
 
 def finetuned(model: keras.Model, tuner: FineTuner | None, moving: np.ndarray,
-              static: np.ndarray) -> tuple[keras.Model, float]:
-    """``tuner``'s network tuned on the pair, and the seconds it took; without one, ``model``."""
+              static: np.ndarray) -> tuple[keras.Model, float, str | None]:
+    """``tuner``'s network tuned on the pair, the seconds it took and its :attr:`FineTuner.note`
+    (None when it did not fall back); without one, ``model``."""
     if tuner is None:
-        return model, 0.0
+        return model, 0.0, None
     start = time.perf_counter()
     network = tuner.tune(moving, static)
-    return network, time.perf_counter() - start
+    return network, time.perf_counter() - start, tuner.note
 
 
 class Refiner:
@@ -146,7 +217,7 @@ class Refiner:
                                      "an affine stage only (use --finetune_steps)")
         self.similarity, self.smoothness = terms["moved"].loss, smooth[0].loss
         self.lamda = smooth[0].weight / terms["moved"].weight
-        self.steps, self.lr, self.field = steps, lr, None
+        self.steps, self.lr, self.field, self.note = steps, lr, None, None
 
     def refine(self, moving: np.ndarray, static: np.ndarray,
                deformation: np.ndarray) -> np.ndarray:
@@ -162,40 +233,61 @@ class Refiner:
         Returns
         -------
         np.ndarray
-            ``(*spatial, ndim)`` float32 refined displacement in voxels.
+            ``(*spatial, ndim)`` float32 refined displacement in voxels. Refinement stops at a
+            loss that is not finite or rose far above the first (:class:`Watch`) and returns
+            the best step's field; a field that sends more than ``MAX_OUTSIDE`` of the grid
+            outside it gives way to ``deformation``. Either way :attr:`note` says so in one
+            line (else None).
         """
         start = np.asarray(deformation, np.float32)[None]
         if self.field is None or tuple(self.field.shape) != start.shape:
-            self.field = tf.Variable(start)
+            self.field, self.best = tf.Variable(start), tf.Variable(start)
             self.optimizer = keras.optimizers.Adam(self.lr)
             self.optimizer.build([self.field])
             self.fresh = [variable.numpy() for variable in self.optimizer.variables]
             self.compiled = tf.function(self._step)  # traced once for this shape
         self.field.assign(start)
+        self.best.assign(start)
         for variable, value in zip(self.optimizer.variables, self.fresh):
             variable.assign(value)
         pair = [tf.constant(np.asarray(image, np.float32)[None, ..., None])
                 for image in (moving, static)]
+        watch, self.note = Watch(), None
         for step in range(self.steps):
             self.optimizer.learning_rate.assign(
                 self.lr * 0.5 * (1 + np.cos(np.pi * step / self.steps)))
-            self.compiled(*pair)
-        return self.field.numpy()[0]
+            loss, before = self.compiled(*pair)
+            if not watch.step(step, float(loss)):
+                self.note = "refinement " + watch.fell_back(
+                    "field", f"--refine_lr (now {self.lr:g})")
+                self.field.assign(self.best)
+                break
+            if watch.best_step == step:
+                self.best.assign(before)
+        refined = self.field.numpy()[0]
+        outside = outside_share(refined)
+        if outside > MAX_OUTSIDE:
+            self.note = (f"refinement sent {outside:.0%} of the image outside the grid: kept the "
+                         f"network's own field; try a lower --refine_lr (now {self.lr:g})")
+            return start[0]
+        return refined
 
-    def _step(self, moving: tf.Tensor, static: tf.Tensor) -> tf.Tensor:
-        """One Adam step of the field; the loss before it."""
+    def _step(self, moving: tf.Tensor, static: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        """One Adam step of the field; the loss before it, and the field it was of."""
+        before = tf.identity(self.field)
         with tf.GradientTape() as tape:
             loss = (self.similarity(static, utils.warp(moving, self.field))
                     + self.lamda * self.smoothness(self.field))
         self.optimizer.apply_gradients([(tape.gradient(loss, self.field), self.field)])
-        return loss
+        return loss, before
 
 
 def refined(refiner: Refiner | None, moving: np.ndarray, static: np.ndarray,
-            deformation: np.ndarray) -> tuple[np.ndarray, float]:
-    """``refiner``'s refinement of ``deformation`` and its seconds; without one, as it is."""
+            deformation: np.ndarray) -> tuple[np.ndarray, float, str | None]:
+    """``refiner``'s refinement of ``deformation``, its seconds and its :attr:`Refiner.note`
+    (None when it did not fall back); without one, as it is."""
     if refiner is None:
-        return deformation, 0.0
+        return deformation, 0.0, None
     start = time.perf_counter()
     deformation = refiner.refine(moving, static, deformation)
-    return deformation, time.perf_counter() - start
+    return deformation, time.perf_counter() - start, refiner.note

@@ -209,3 +209,25 @@ def test_a_pairs_file_gives_its_pairs_in_order_with_their_label_maps(tmp_path):
     train, val = datasets.split_pairs(data, 0.3, "pairs.csv")
     assert len(train.pairs) == 2 and len(val.pairs) == 1
     np.testing.assert_array_equal(val.pairs, data.pairs[2:])
+
+
+@pytest.mark.parametrize("kind", ["pairs", "csv", "txt"])
+def test_lists_saved_by_a_spreadsheet_with_a_byte_order_mark_and_crlf_are_read(tmp_path, kind):
+    names = save_slices(tmp_path, 2)
+    text = {"pairs": f"moving,static\r\n{names[0][0]},{names[1][0]}\r\n",
+            "csv": f"image,seg\r\n{names[0][0]},{names[0][1]}\r\n{names[1][0]},{names[1][1]}\r\n",
+            "txt": f"{names[0][0]}\r\n{names[1][0]}\r\n"}[kind]
+    path = tmp_path / f"list.{'txt' if kind == 'txt' else 'csv'}"
+    path.write_bytes(b"\xef\xbb\xbf" + text.encode())  # "CSV UTF-8" as Excel saves it
+    data = (datasets.load_pairs_file(str(path)) if kind == "pairs"
+            else datasets.load_dataset(str(path)))
+    assert len(data.vols) == 2
+    stored = np.asarray(nib.load(tmp_path / names[1][0]).dataobj)
+    np.testing.assert_array_equal(data.vols[1], datasets.normalize(stored))
+
+
+@pytest.mark.parametrize("value", [0.0, 7.5])
+def test_an_image_of_one_intensity_is_refused(value):
+    with pytest.raises(volumes.DataError, match=f"moving image has no intensity range "
+                                                 f"\\(every voxel is {value:g}\\)"):
+        datasets.normalize(np.full((4, 5), value), "moving image")

@@ -490,7 +490,14 @@ BAD_INPUTS = [
     ("image CSV without an image column", {**PAIR_FILES, "l.csv": _text("path\na.nii\n")},
      ["--data", "{tmp}/l.csv"], "{tmp}/l.csv: no column image"),
     ("pairs file without a static column", {**PAIR_FILES, "p.csv": _text("moving\na.nii\n")},
-     ["--pairs_file", "{tmp}/p.csv"], "{tmp}/p.csv: no column static in the header 'moving'"),
+     ["--pairs_file", "{tmp}/p.csv"],
+     "{tmp}/p.csv: no column static in the header, which has moving (expected"),
+    ("pairs file whose header hides a character",
+     {**PAIR_FILES, "p.csv": _text("\u200bmoving,static\na.nii,b.nii\n")},
+     ["--pairs_file", "{tmp}/p.csv"], "which has '\\u200bmoving', static (expected"),
+    ("a training volume of one intensity",
+     {"t.npz": lambda p: np.savez(p, vols=np.concatenate([GOOD_4D[:3], GOOD_4D[:1] * 0 + 3]))},
+     ["--data", "{tmp}/t.npz"], "{tmp}/t.npz volume 3 has no intensity range (every voxel is 3)"),
     ("pairs file naming a missing file",
      {**PAIR_FILES, "p.csv": _text(PAIRS_CSV + "\nc.nii,no.nii\n")},
      ["--pairs_file", "{tmp}/p.csv"], "{tmp}/p.csv line 5: no such file: {tmp}/no.nii"),
@@ -568,6 +575,9 @@ APPLY = ["apply", "--warp", "{tmp}/w.nii.gz", "--moving", "{tmp}/m.npy", "--outp
 
 # Bad input of ``register`` and ``evaluate``: as BAD_INPUTS, checked before the forward pass.
 BAD_COMMANDS = [
+    ("moving image of one intensity", {**PAIR, "z.npy": lambda p: np.save(p, IMAGE * 0)},
+     REGISTER[:4] + ["{tmp}/z.npy"] + REGISTER[5:] + ["--moved", "{tmp}/o.npy"],
+     "moving image has no intensity range (every voxel is 0)"),
     ("missing output folder", PAIR, REGISTER + ["--moved", "{tmp}/no/moved.npy"],
      "--moved {tmp}/no/moved.npy: no such folder {tmp}/no"),
     ("second output into a missing folder", PAIR,

@@ -135,3 +135,11 @@ def test_resample_onto_the_same_grid_returns_the_volume():
     grid = transforms.Grid((8, 9, 10), rotation_affine(3, 40, 1.7, [1, 2, 3]))
     np.testing.assert_allclose(transforms.resample(image, grid, grid), image, atol=1e-5)
     np.testing.assert_array_equal(transforms.resample(labels, grid, grid, "nearest"), labels)
+
+
+def test_inverse_consistency_of_a_map_that_leaves_the_grid_is_nan_not_an_error():
+    grid = transforms.spacing_grid((6, 7), (2.0, 1.0))
+    far = np.full((6, 7, 2), 100.0)  # every voxel mapped outside: nothing to measure
+    error = transforms.inverse_consistency(far, -far, grid)
+    assert set(error) == {"mean_mm", "p95_mm", "mean_voxels", "p95_voxels"}
+    assert all(np.isnan(value) for value in error.values())

@@ -149,3 +149,90 @@ def test_evaluate_with_refinement_matches_the_pairs_better(tmp_path):
     for before, after in zip(plain, refined):
         assert before["refine_seconds"] == 0 and after["refine_seconds"] > 0
         assert after["ncc_after"] > before["ncc_after"] + 0.05
+
+
+def test_the_watch_stops_at_a_loss_not_finite_or_far_above_the_first_and_keeps_the_best():
+    watch = tuning.Watch()
+    assert all(watch.step(step, loss) for step, loss in enumerate([-0.5, -0.6, -0.55]))
+    assert watch.best_step == 1 and watch.stopped is None
+    assert not watch.step(3, 0.01)  # rose by more than |first|: from -0.5 to above 0
+    assert "stopped at step 4" in watch.stopped and "far above" in watch.stopped
+    assert "kept step 1's weights (loss -0.6)" in watch.fell_back("weights", "--finetune_lr")
+    diverged = tuning.Watch()
+    assert diverged.step(0, 0.2) and not diverged.step(1, float("nan"))
+    assert "kept the network's own field" in diverged.fell_back("field", "--refine_lr")
+
+
+def test_the_share_outside_the_grid_counts_voxels_sent_out_and_a_field_not_finite():
+    field = np.zeros((4, 10, 2))
+    field[:, :3, 1] = -5.0  # 3 of 10 columns sent left of the grid
+    assert tuning.outside_share(field) == pytest.approx(0.3)
+    assert tuning.outside_share(field[None]) == pytest.approx(0.3)
+    field[0, 0, 0] = np.nan
+    assert tuning.outside_share(field) == 1.0
+
+
+def test_finetuning_at_a_rate_that_diverges_falls_back_and_says_so(labelled_pair):
+    moving, static, _, _ = labelled_pair()
+    model = trained_like(moving.shape)
+    tuner = tuning.FineTuner(model, steps=20, lr=10.0)
+    tuned = tuner.tune(moving, static)
+    assert tuner.note.startswith("fine-tuning ") and "--finetune_lr (now 10)" in tuner.note
+    field = registration.register_padded(tuned, moving, static)["deformation"]
+    assert np.all(np.isfinite(field)) and tuning.outside_share(field) <= tuning.MAX_OUTSIDE
+    tuner = tuning.FineTuner(model, steps=3, lr=1e-4)  # a sound rate: no note
+    tuner.tune(moving, static)
+    assert tuner.note is None
+
+
+def test_refining_at_a_rate_that_diverges_falls_back_and_says_so():
+    moving, static = shifted_pair()
+    model = models.build_model(moving.shape, "vm1", "mse", lr=1e-3)
+    refiner = tuning.Refiner(model, steps=30, lr=1e4)
+    start = np.zeros((32, 32, 2), np.float32)
+    refined = refiner.refine(moving, static, start)
+    assert refiner.note.startswith("refinement ") and "--refine_lr (now 10000)" in refiner.note
+    assert np.all(np.isfinite(refined)) and tuning.outside_share(refined) <= tuning.MAX_OUTSIDE
+    refiner = tuning.Refiner(model, steps=5)
+    refiner.refine(moving, static, start)
+    assert refiner.note is None
+
+
+def test_register_that_falls_back_writes_a_sound_warp_with_one_warning(tmp_path, capsys):
+    import nibabel as nib
+
+    trained_like((16, 16, 16)).save(tmp_path / "m.keras")
+    rng = np.random.default_rng(0)
+    for name in ("moving", "static"):
+        image = ndimage.gaussian_filter(rng.random((16, 16, 16)), 2) * 1000
+        nib.save(nib.Nifti1Image(image.astype(np.float32), np.diag([2.0, 2, 2, 1])),
+                 tmp_path / f"{name}.nii.gz")
+    code = main.main(["register", "--model", str(tmp_path / "m.keras"),
+                      "--moving", str(tmp_path / "moving.nii.gz"),
+                      "--static", str(tmp_path / "static.nii.gz"),
+                      "--moved", str(tmp_path / "moved.nii.gz"),
+                      "--warp", str(tmp_path / "w.nii.gz"),
+                      "--inverse_warp", str(tmp_path / "wi.nii.gz"),
+                      "--finetune_steps", "40", "--finetune_lr", "10"])
+    captured = capsys.readouterr()
+    warnings = [line for line in captured.err.splitlines() if line.startswith("main.py:")]
+    assert code == 0 and "Traceback" not in captured.err
+    assert len(warnings) == 1 and warnings[0].startswith("main.py: warning: fine-tuning")
+    assert "fine-tuning stopped early" in captured.out
+    warp = np.asanyarray(nib.load(tmp_path / "w.nii.gz").dataobj)
+    assert np.abs(warp).max() <= 16 * 2.0  # within the image's extent, in mm
+    assert np.asanyarray(nib.load(tmp_path / "moved.nii.gz").dataobj).max() > 0
+
+
+def test_evaluate_reports_each_pair_whose_finetuning_fell_back(tmp_path, capsys):
+    moving, static = shifted_pair()
+    trained_like((32, 32)).save(tmp_path / "m.keras")
+    np.savez(tmp_path / "test.npz", vols=np.stack([moving, static]))
+    assert main.main(["evaluate", "--model", str(tmp_path / "m.keras"), "--data",
+                      str(tmp_path / "test.npz"), "--output", str(tmp_path / "e"),
+                      "--finetune_steps", "10", "--finetune_lr", "10"]) == 0
+    pairs = json.loads((tmp_path / "e" / "eval.json").read_text())["per_pair"]
+    assert len(pairs) == 2
+    assert all(pair["finetune_fallback"].startswith("fine-tuning ") for pair in pairs)
+    assert all(pair["refine_fallback"] is None for pair in pairs)
+    assert "main.py: warning: 2 of 2 pairs fell back in fine-tuning" in capsys.readouterr().err
