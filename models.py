@@ -28,6 +28,10 @@ Beside the networks, :func:`build_model` gives a :class:`TrainingModel`: the net
 training objective of Eq. (2) as :class:`Term` s that it computes from its own inputs and
 outputs (:func:`loss_terms`, the one place that says which output carries which term).
 Registering and scoring pairs with a trained model is ``registration.py``'s job.
+
+The module is longer than the others (about 620 lines) on purpose: it keeps the networks and
+the model that trains them together, as the Keras examples keep a model beside its training
+step, so that a reader finds Fig. 3 and Eq. 2 in one file; ``layers.py`` holds the layers.
 """
 from typing import NamedTuple
 
@@ -510,6 +514,9 @@ def from_compiled(network: keras.Model, compile_config: dict) -> TrainingModel:
                 "moved_seg": "static_seg"}
     terms = []
     for name, loss in compile_config["loss"].items():
+        if not isinstance(loss, dict) or loss.get("class_name") not in kinds:
+            raise ValueError(f"its loss of {name!r} ({loss}) is not one of this project's: "
+                             f"train the model again with main.py")
         options = {key: loss["config"][key] for key in ("window", "eps", "norm")
                    if key in loss["config"]}
         args = (compared[name], name) if name in compared else (name,)

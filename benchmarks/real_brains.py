@@ -136,8 +136,8 @@ def instance_optimisation(model_path: str, test_set: str, full, pairs, args) -> 
             finetune_seconds, done = finetune_seconds + time.perf_counter() - start, count
             deformation, seconds = register_full_resolution(network, small[m], small[s])
             for refine in sorted({0, args.refine_steps}):
-                field, refine_seconds = tuning.refined(refiner if refine else None, vols[m],
-                                                       vols[s], deformation)
+                field, refine_seconds, _ = tuning.refined(refiner if refine else None,
+                                                          vols[m], vols[s], deformation)
                 moved_seg = registration.warped(segs[m].astype(np.int32), field, "nearest")
                 scored = brains.score_pair(full, m, s, moved_seg, field)
                 rows[f"{count}+{refine}"] = {**scored, "seconds": seconds,

@@ -16,11 +16,10 @@ def field_model(tmp_path_factory):
     """A 16^3 VoxelMorph-1 whose field is a shift of (1.3, -0.6, 0.8) voxels plus an
     image-dependent part of up to ~0.3 voxels (the last convolution's weights scaled up from
     N(0, 1e-5); gradients below 0.2, far from folding)."""
-    model = models.VoxelMorph1((16, 16, 16))
+    model = models.build_model((16, 16, 16), "vm1")  # with its loss terms, as a trained model
     layer = model.get_layer("deformation")
     kernel = layer.get_weights()[0] * 2e3
     layer.set_weights([kernel, np.array([1.3, -0.6, 0.8], np.float32)])
-    model.compile(loss={"moved": "mse"})  # a compile config, as a trained model has
     path = tmp_path_factory.mktemp("model") / "model.keras"
     model.save(path)
     return str(path)
