@@ -9,6 +9,7 @@ original script's names return configured instances:
 - :func:`local_normalized_cross_correlation_loss`: local NCC, Eq. (5);
 - :func:`global_normalized_cross_correlation_loss`: NCC over the whole image;
 - :func:`mse_loss`: mean squared error, Eq. (4);
+- :class:`MutualInformation`: mutual information, across contrasts;
 - :func:`gradient_loss`: smoothness of the displacement, Eq. (3) and (6), weighted by lambda.
 """
 import runtime  # noqa: F401  (TensorFlow's settings: before its first import)
@@ -194,6 +195,55 @@ class SoftDice(keras.losses.Loss):
 
     def get_config(self) -> dict:
         return {**super().get_config(), "eps": self.eps}
+
+
+@keras.saving.register_keras_serializable(package="voxelmorph")
+class MutualInformation(keras.losses.Loss):
+    """Negative mutual information of two images' intensities, from a Parzen-window joint
+    histogram: a similarity for images of different contrasts (Viola and Wells 1997; Mattes
+    et al. 2003, as ANTs' ``MI`` metric).
+
+    Intensities in [0, 1] (as the loaders scale them) fall into ``bins`` bins with centres
+    ``c_b = b / (bins - 1)``; each voxel adds the Gaussian weights ``exp(-(x - c_b)^2 /
+    (2 sigma^2))``, normalised over ``b``, to the histogram, with ``sigma = width`` bin
+    spacings. The soft binning keeps the loss differentiable in the intensities. Defaults:
+    32 bins, as ANTs' default (fewer lose contrast detail, more leave each bin few voxels at
+    64^3), and ``sigma`` half a bin spacing, wide enough that every voxel reaches two bins (a
+    gradient everywhere) and narrow enough that the estimate stays close to the hard histogram's.
+
+    Parameters
+    ----------
+    bins : int
+        Histogram bins per image.
+    width : float
+        Gaussian kernel's sigma, in bin spacings.
+    """
+
+    def __init__(self, bins: int = 32, width: float = 0.5, name: str = "mutual_information",
+                 **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.bins, self.width = bins, width
+
+    def soft_bins(self, image: tf.Tensor) -> tf.Tensor:
+        """``(B, *spatial, 1)`` intensities -> ``(B, N, bins)`` Parzen weights, summing to 1."""
+        centres = tf.linspace(0.0, 1.0, self.bins)
+        sigma = self.width / (self.bins - 1)
+        values = tf.reshape(tf.clip_by_value(image, 0.0, 1.0), [tf.shape(image)[0], -1, 1])
+        weights = tf.exp(-tf.square(values - centres) / (2.0 * sigma**2))
+        return weights / tf.reduce_sum(weights, axis=-1, keepdims=True)
+
+    def call(self, y_true: tf.Tensor, y_pred: tf.Tensor) -> tf.Tensor:
+        """``(B, *spatial, 1)`` static and moved images in [0, 1] -> ``(B,)`` loss, -MI in nats
+        (0 for independent intensities, ``-log(bins)`` at most)."""
+        a, b = self.soft_bins(y_true), self.soft_bins(y_pred)
+        joint = tf.matmul(a, b, transpose_a=True) / tf.cast(tf.shape(a)[1], a.dtype)
+        outer = (tf.reduce_sum(joint, axis=2, keepdims=True)
+                 * tf.reduce_sum(joint, axis=1, keepdims=True))
+        ratio = tf.math.divide_no_nan(joint, outer)
+        return -tf.reduce_sum(joint * tf.math.log(ratio + 1e-12), axis=[1, 2])
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "bins": self.bins, "width": self.width}
 
 
 def local_normalized_cross_correlation_loss(window: int = 9, eps: float = 1e-5) -> LocalNCC:
