@@ -17,6 +17,7 @@ import numpy as np
 
 import datasets
 import filelists
+import shapes
 import transforms
 from volumes import DataError
 
@@ -146,7 +147,7 @@ class RegistrationDataLoader(PairLoader):
         self.shuffle = shuffle
 
     def __len__(self) -> int:
-        return datasets.ceil_div(len(self.moving), self.batch_size)
+        return shapes.ceil_div(len(self.moving), self.batch_size)
 
     def __getitem__(self, index: int) -> dict[str, np.ndarray]:
         order = np.arange(len(self.moving))
@@ -197,7 +198,7 @@ class ScanToScanDataLoader(PairLoader):
                             f"got {len(self.vols)}")
 
     def __len__(self) -> int:
-        return datasets.ceil_div(self.pairs_per_epoch, self.batch_size)
+        return shapes.ceil_div(self.pairs_per_epoch, self.batch_size)
 
     def __getitem__(self, index: int) -> dict[str, np.ndarray]:
         pairs = datasets.scan_to_scan_pairs(len(self.vols), self.pairs_per_epoch, self.seed_of())

@@ -10,8 +10,8 @@
   a cache of the last ``CACHE_SIZE``.
 - :func:`load_pairs_file` reads a CSV list of moving/static pairs (``moving,static`` and
   optional ``moving_seg,static_seg``), also lazily.
-- :func:`pad_dataset`, :func:`pad` and :func:`crop`: zero padding (centred) to the network's
-  input shape, and back.
+- :func:`pad_dataset`: every array of a set zero-padded (centred) to the network's input shape
+  (``shapes.py``).
 - :func:`make_pairs` lists the evaluation pairs of a set (scan-to-atlas or scan-to-scan);
   :func:`scored_labels` the labels to score.
 """
@@ -25,6 +25,7 @@ import numpy as np
 import filelists
 import scores
 import volumes
+from shapes import pad, padding_to_shape
 from volumes import DataError, DataWarning
 
 @dataclasses.dataclass
@@ -277,43 +278,6 @@ def _check_shapes(data: Dataset, path: str) -> None:
         if value is not None and value.shape != data.shape:
             raise DataError(f"moving and static shapes differ: volumes are {data.shape}, "
                             f"{name} is {value.shape}")
-
-
-def ceil_div(size: int, divisor: int) -> int:
-    """``ceil(size / divisor)`` for positive integers."""
-    return -(-size // divisor)
-
-
-def padded_shape(shape: tuple[int, ...], multiple: int) -> tuple[int, ...]:
-    """``shape`` with every size rounded up to a multiple of ``multiple``."""
-    return tuple(ceil_div(n, multiple) * multiple for n in shape)
-
-
-def padding_to_shape(shape: tuple[int, ...], target: tuple[int, ...]) -> list[tuple[int, int]]:
-    """Zero padding ``(before, after)`` per axis from ``shape`` to ``target``, centred.
-
-    Raises
-    ------
-    DataError
-        If ``shape`` is larger than ``target`` along an axis, or of another dimension.
-    """
-    if len(shape) != len(target) or any(n > t for n, t in zip(shape, target)):
-        raise DataError(f"volumes of shape {tuple(shape)} do not fit the model's input shape "
-                        f"{tuple(target)}")
-    return [((t - n) // 2, t - n - (t - n) // 2) for n, t in zip(shape, target)]
-
-
-def pad(volume: np.ndarray, padding: list[tuple[int, int]]) -> np.ndarray:
-    """Zero-pad the last ``len(padding)`` axes of ``volume``."""
-    lead = [(0, 0)] * (volume.ndim - len(padding))
-    return np.pad(volume, lead + list(padding))
-
-
-def crop(volume: np.ndarray, padding: list[tuple[int, int]]) -> np.ndarray:
-    """Undo :func:`pad`: remove ``padding`` from the last ``len(padding)`` axes of ``volume``."""
-    slices = tuple(slice(before, volume.shape[i] - after)
-                   for i, (before, after) in enumerate(padding, start=volume.ndim - len(padding)))
-    return volume[(Ellipsis,) + slices]
 
 
 def pad_dataset(data: Dataset, target: tuple[int, ...]) -> Dataset:

@@ -13,6 +13,7 @@ import numpy as np
 
 import dataloader
 import datasets
+import shapes
 import utils
 import volumes
 
@@ -103,7 +104,7 @@ def random_deformation(shape: tuple[int, ...], rng: np.random.Generator) -> np.n
     np.ndarray
         ``(1, *shape, ndim)`` float32 displacement in voxels, 'ij' order.
     """
-    small = tuple(datasets.ceil_div(n, INTEGRATION_FACTOR) for n in shape)
+    small = tuple(shapes.ceil_div(n, INTEGRATION_FACTOR) for n in shape)
     scale = np.array([(n - 1) / (m - 1) for n, m in zip(shape, small)], np.float32)
     velocity = _smooth_noise(small, len(shape), VELOCITY_SPACING / INTEGRATION_FACTOR,
                              VELOCITY_STD, rng) / scale

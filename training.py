@@ -30,6 +30,7 @@ import scores
 import models
 import registration
 import rundir
+import shapes
 import synthetic
 import viz
 import volumes
@@ -369,7 +370,7 @@ def locked_train(args, lock: contextlib.ExitStack) -> dict:
                                              args.val_data, args.val_fraction, args.ndim,
                                              args.pairs_file)
     val_pairs = datasets.make_pairs(val_set, mode, MAX_VAL_PAIRS)  # scored on their own grid
-    shape = datasets.padded_shape(train_set.shape, models.DIVISOR)
+    shape = shapes.padded_shape(train_set.shape, models.DIVISOR)
     if shape != train_set.shape:
         print(f"Padded the volumes with zeros from {train_set.shape} to {shape} (sizes must "
               f"divide by {models.DIVISOR})")

@@ -9,6 +9,10 @@ Conventions used throughout the package:
   first voxel along their axis (so a diverging field gives defined values, never bad indices).
 
 Everything here works for 2D and 3D (and 1D) through the same code, driven by ``ndim``.
+
+This module is the sampler and the field maths built on it, all in TensorFlow; the numpy geometry
+of arrays (padding to the network's shape and cropping back) is ``shapes.py``'s, so that the data
+sets, which use it, need not load TensorFlow.
 """
 import itertools
 
