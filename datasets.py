@@ -23,7 +23,6 @@ import warnings
 import numpy as np
 
 import filelists
-import scores
 import volumes
 from shapes import pad, padding_to_shape
 from volumes import DataError, DataWarning
@@ -243,7 +242,7 @@ def _spacing(spacing, ndim: int, path: str) -> tuple[float, ...] | None:
     if spacing is None:
         return None
     try:
-        return tuple(scores.voxel_size(spacing, ndim).tolist())
+        return tuple(volumes.voxel_size(spacing, ndim).tolist())
     except (TypeError, ValueError) as error:
         raise DataError(f"{path}: spacing must be one positive value or {ndim} (one per axis), "
                         f"got {np.ravel(spacing).tolist()}") from error

@@ -5,6 +5,8 @@ the user errors.
   (a displacement as a NIfTI vector image), through :func:`atomic_path`, which every writer of
   the package uses: a temporary file in the same folder, then one ``os.replace``. NIfTI and
   MGH files keep their affine (voxel to RAS mm), which ``transforms.Grid`` reads.
+- :func:`nifti_spacing` and :func:`voxel_size`: the voxel size in mm, from a file's header, or
+  from one value or one per axis (an ``.npz``'s ``spacing``, a score's argument).
 - :class:`DataError` (input data that cannot be used) and :class:`UsageError` (flags or a run
   folder that cannot be used) carry one-line messages for the user; ``main.py`` prints them and
   exits with status 2. :class:`DataWarning` is printed as one line too.
@@ -276,3 +278,14 @@ def nifti_spacing(image) -> tuple[float, ...]:
     """Voxel size in mm of a NIfTI or MGH image's axes that :func:`load_volume` keeps (size > 1)."""
     return tuple(float(zoom) for size, zoom in zip(image.shape, image.header.get_zooms())
                  if size != 1)
+
+
+def voxel_size(spacing, ndim: int) -> np.ndarray:
+    """``(ndim,)`` voxel size from one value or one per axis; ValueError if not positive."""
+    spacing = np.ravel(np.asarray(spacing, dtype=np.float64))
+    if spacing.size == 1:
+        spacing = np.repeat(spacing, ndim)
+    if spacing.shape != (ndim,) or not np.all(np.isfinite(spacing) & (spacing > 0)):
+        raise ValueError(f"spacing must be positive, a scalar or one per axis ({ndim}), "
+                         f"got {spacing.tolist()}")
+    return spacing
