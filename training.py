@@ -5,7 +5,7 @@
 model (or reloads the checkpoint of ``--resume``, in an epoch's middle too) inside the
 distribution strategy, trains with a checkpoint every epoch (``rundir.Checkpoint``), the
 divergence stop and, on SIGTERM or SIGINT, a checkpoint at the next batch's end
-(``rundir.stop_signals``), then writes the model, the registered validation samples, their
+(``stopping.stop_signals``), then writes the model, the registered validation samples, their
 scores and the figures into the run folder, which it holds locked (``rundir.locked``). With
 ``TF_CONFIG`` set, it is one worker of a cluster (:func:`multi_worker_strategy`): only the chief
 writes the run folder (:func:`is_chief`).
@@ -31,6 +31,7 @@ import models
 import registration
 import rundir
 import shapes
+import stopping
 import synthetic
 import viz
 import volumes
@@ -274,7 +275,7 @@ def use_mixed_precision(device: str) -> None:
 
 def training_callbacks(args, output: str, state: dict | None) -> list:
     """Checkpoints, the divergence stop and, with --tensorboard, TensorBoard logs."""
-    callbacks = [rundir.StopOnDivergence(state["batch"] if state else 0),
+    callbacks = [stopping.StopOnDivergence(state["batch"] if state else 0),
                  rundir.Checkpoint(output, state, args.keep_best)]
     if args.tensorboard:
         callbacks.append(keras.callbacks.TensorBoard(os.path.join(output, rundir.TENSORBOARD)))
@@ -424,7 +425,7 @@ def locked_train(args, lock: contextlib.ExitStack) -> dict:
     start = time.perf_counter()
     if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
         fit_across_workers(model)
-    with rundir.stop_signals(callbacks[1]), strategy.scope():
+    with stopping.stop_signals(callbacks[1]), strategy.scope():
         try:
             fit(model, loader, val_loader, args, callbacks, state)
         except rundir.Stopped as stopped:  # named by the chief's folder on every worker

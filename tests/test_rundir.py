@@ -1,5 +1,5 @@
-"""Checkpoints, --resume, stop signals, the run folder's lock, failed writes and the divergence
-stop (rundir.py through main.py)."""
+"""Checkpoints, --resume, stopping by a signal or a diverged loss, the run folder's lock, failed
+writes (rundir.py through main.py)."""
 import csv
 import errno
 import importlib.util
@@ -10,7 +10,6 @@ import signal
 import subprocess
 import sys
 import time
-import types
 
 import keras
 import numpy as np
@@ -21,6 +20,7 @@ import dataloader
 import main
 import models
 import rundir
+import stopping
 import volumes
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -203,7 +203,7 @@ class NaNFrom(keras.utils.PyDataset):
 
 def test_a_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(tmp_path):
     model = models.build_model((16, 16), "vm1")
-    stop, saver = rundir.StopOnDivergence(), rundir.Checkpoint(str(tmp_path))
+    stop, saver = stopping.StopOnDivergence(), rundir.Checkpoint(str(tmp_path))
     model.fit(NaNFrom(8), epochs=5, shuffle=False, verbose=0, callbacks=[stop, saver])
     epoch, step, loss = stop.diverged  # counted from 1
     assert 2 <= epoch < 5 and 1 <= step <= 3 and np.isnan(loss)
@@ -341,15 +341,6 @@ def test_sigterm_stops_a_training_process_with_one_line_and_status_143(tmp_path,
     assert rundir.position(saved) in lines[0] and saved["epoch"] >= 1
     assert int(model.optimizer.iterations) == saved["iterations"] == 3 * saved["epoch"] + \
         saved["batch"]
-
-
-def test_stop_signals_records_a_signal_and_puts_the_handlers_back(tmp_path):
-    before = [signal.getsignal(signum) for signum in (signal.SIGTERM, signal.SIGINT)]
-    saver = types.SimpleNamespace(signal=None)
-    with rundir.stop_signals(saver):
-        os.kill(os.getpid(), signal.SIGTERM)
-    assert saver.signal == signal.SIGTERM
-    assert [signal.getsignal(signum) for signum in (signal.SIGTERM, signal.SIGINT)] == before
 
 
 HOLD_LOCK = ("import fcntl, os, sys; descriptor = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT); "
