@@ -354,8 +354,8 @@ def register(args) -> str:
     outputs = {"--moved": args.moved, "--deformation": args.deformation, "--warp": args.warp,
                "--inverse_warp": args.inverse_warp, "--moved_seg": args.moved_seg,
                "--affine": args.affine}
-    rundir.check_output_files(outputs, [args.model, args.moving, args.static,
-                                        args.moving_seg or ""], other_formats=("--affine",))
+    volumes.check_output_files(outputs, [args.model, args.moving, args.static,
+                                         args.moving_seg or ""], other_formats=("--affine",))
     model = rundir.load_model(args.model)
     if args.affine and models.transform(models.registration_model(model)) == "deformable":
         raise volumes.UsageError(f"--affine: {args.model} is a deformable model, without an "
@@ -405,8 +405,8 @@ def scan(path: str, name: str) -> tuple[np.ndarray, object, transforms.Grid]:
 
 def apply(args) -> str:
     """Apply a saved warp to an image or label map in the moving space; write it."""
-    rundir.check_output_files({"--output": args.output},
-                              [args.warp, args.moving, args.reference or ""])
+    volumes.check_output_files({"--output": args.output},
+                               [args.warp, args.moving, args.reference or ""])
     warp, grid = transforms.load_warp(args.warp)
     volume, _, moving_grid = scan(args.moving, "moving")
     if moving_grid.ndim != grid.ndim:

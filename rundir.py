@@ -410,37 +410,6 @@ def new_run_folder(output: str | None) -> str:
     return output
 
 
-def check_output_files(paths: dict[str, str | None], inputs: list[str],
-                       other_formats: tuple[str, ...] = ()) -> None:
-    """Refuse output files that could not all be written: checked before any work is done.
-
-    Parameters
-    ----------
-    paths : dict
-        ``{flag: path}`` of the outputs asked for (None: not asked for).
-    inputs : list of str
-        Input files, which no output may overwrite.
-    other_formats : tuple of str
-        Flags of outputs that are not volumes (e.g. a transform file), whose format the caller
-        checks.
-    """
-    given = {flag: path for flag, path in paths.items() if path}
-    for flag, path in given.items():
-        if flag not in other_formats:
-            volumes.file_format(path)
-        folder = os.path.dirname(os.path.abspath(path))
-        if not os.path.isdir(folder):
-            raise volumes.UsageError(f"{flag} {path}: no such folder {folder}")
-        if os.path.isdir(path):
-            raise volumes.UsageError(f"{flag} {path} is a folder, not a file")
-        if not os.access(folder, os.W_OK | os.X_OK):
-            raise volumes.UsageError(f"{flag} {path}: cannot write into {folder}")
-        if any(os.path.abspath(path) == os.path.abspath(other) for other in inputs):
-            raise volumes.UsageError(f"{flag} {path} would overwrite an input file")
-    if len({os.path.abspath(path) for path in given.values()}) < len(given):
-        raise volumes.UsageError(f"{', '.join(given)} must be different files")
-
-
 def write_samples(path: str, samples: list[dict]) -> None:
     """Store registered pairs (images, displacements, label maps) for ``viz.py`` (``SAMPLES``)."""
     with volumes.atomic_path(path) as tmp:

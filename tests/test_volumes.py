@@ -133,3 +133,16 @@ def test_voxel_size_is_one_value_for_every_axis_or_one_per_axis():
     for bad in ([1.0, 2.0], 0.0, [1.0, np.inf, 1.0]):
         with pytest.raises(ValueError, match="spacing must be positive"):
             volumes.voxel_size(bad, 3)
+
+
+def test_output_files_are_checked_before_any_work(tmp_path):
+    moving, moved = str(tmp_path / "m.npy"), str(tmp_path / "o.npy")
+    volumes.check_output_files({"--moved": moved, "--warp": None}, [moving])  # None: not asked
+    for paths, message in (({"--moved": moving}, "--moved .* would overwrite an input file"),
+                           ({"--moved": moved, "--deformation": moved},
+                            "--moved, --deformation must be different files"),
+                           ({"--moved": str(tmp_path / "no" / "o.npy")}, "no such folder"),
+                           ({"--moved": str(tmp_path / "o.png")}, "unsupported file type")):
+        with pytest.raises((volumes.UsageError, volumes.DataError), match=message):
+            volumes.check_output_files(paths, [moving])
+    volumes.check_output_files({"--affine": str(tmp_path / "a.txt")}, [], ("--affine",))
