@@ -15,6 +15,7 @@ the files it writes. Training is ``training.train``; registering and scoring pai
 ``python3 main.py COMMAND --help`` lists every option.
 """
 import argparse
+import csv
 import os
 import sys
 import warnings
@@ -476,10 +477,24 @@ def evaluate(args) -> str:
                                    "spacing": data.spacing, "summary": summary,
                                    "per_pair": per_pair})
     if "dice_after" in summary:
-        rundir.write_dice_csv(os.path.join(output, rundir.DICE_CSV), labels, names, summary)
+        write_dice_csv(os.path.join(output, rundir.DICE_CSV), labels, names, summary)
         viz.plot_dice(evaluation, os.path.join(output, rundir.DICE_PLOT))
     return report(summary) + (f", {summary['seconds']['mean']:.3f} s per pair; "
                               f"wrote {evaluation}")
+
+
+def write_dice_csv(path: str, labels: list[int], names: list[str] | None, summary: dict) -> None:
+    """Per-structure scores, mean and std over pairs: Dice before and after registration, HD95
+    after it in voxels and, when the spacing is known, in mm."""
+    keys = [key for key in ("dice_before", "dice_after", "hd95", "hd95_mm") if key in summary]
+    with volumes.atomic_path(path) as tmp, open(tmp, "w", newline="") as file:
+        writer = csv.writer(file)
+        writer.writerow(["label", "name"] + [f"{key}_{stat}" for key in keys
+                                             for stat in ("mean", "std")])
+        for i, label in enumerate(labels):
+            writer.writerow([label, names[i] if names else label]
+                            + [f"{summary[key][stat][i]:.4f}" for key in keys
+                               for stat in ("per_label", "per_label_std")])
 
 
 def volume_name(data: datasets.Dataset, index: int) -> int | str:

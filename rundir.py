@@ -415,17 +415,3 @@ def write_samples(path: str, samples: list[dict]) -> None:
     with volumes.atomic_path(path) as tmp:
         np.savez_compressed(tmp, **{key: np.stack([sample[key] for sample in samples])
                                     for key in samples[0]})
-
-
-def write_dice_csv(path: str, labels: list[int], names: list[str] | None, summary: dict) -> None:
-    """Per-structure scores, mean and std over pairs: Dice before and after registration, HD95
-    after it in voxels and, when the spacing is known, in mm."""
-    keys = [key for key in ("dice_before", "dice_after", "hd95", "hd95_mm") if key in summary]
-    with volumes.atomic_path(path) as tmp, open(tmp, "w", newline="") as file:
-        writer = csv.writer(file)
-        writer.writerow(["label", "name"] + [f"{key}_{stat}" for key in keys
-                                             for stat in ("mean", "std")])
-        for i, label in enumerate(labels):
-            writer.writerow([label, names[i] if names else label]
-                            + [f"{summary[key][stat][i]:.4f}" for key in keys
-                               for stat in ("per_label", "per_label_std")])
