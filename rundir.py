@@ -4,8 +4,10 @@ Training writes ``ARGS`` (its flags, read back by ``--resume``, and what every r
 :func:`write_args`), a checkpoint at the end of every epoch, and at the end ``MODEL``,
 ``SAMPLES``, ``METRICS`` and the figures of ``viz.render_run``; ``main.py evaluate`` writes
 ``EVALUATION``, ``DICE_CSV`` and ``DICE_PLOT``. Every file is written atomically
-(``volumes.atomic_path``). One process at a time trains into a run folder: it holds the lock of
-``LOCK`` (:func:`locked`). A checkpoint (:class:`Checkpoint`) is:
+(``volumes.atomic_path``), and read back here too (:func:`read_json`, :func:`read_history`,
+:func:`read_samples`, :func:`read_evaluation`): other modules use these names and readers. One
+process at a time trains into a run folder: it holds the lock of ``LOCK`` (:func:`locked`). A
+checkpoint (:class:`Checkpoint`) is:
 
 - ``checkpoint-epoch<E>.keras`` (after epoch E) or ``checkpoint-epoch<E>-batch<B>.keras`` (B
   batches into the next epoch, saved when a signal stopped training, ``stopping.stop_signals``):
@@ -61,6 +63,10 @@ SAMPLES = "samples.npz"  # the first validation pairs registered, for viz.py
 METRICS = "metrics.json"
 TENSORBOARD = "tensorboard"
 LOSS_PLOT = "loss.png"
+OVERLAY_PLOT = "overlay_{}.png"  # the figures of sample i of SAMPLES (viz.render_run)
+GRID_PLOT = "grid_{}.png"
+DISPLACEMENT_PLOT = "displacement_{}.png"
+JACOBIAN_PLOT = "jacobian_{}.png"
 EVALUATION = "eval.json"  # of main.py evaluate
 DICE_CSV = "dice_per_structure.csv"
 DICE_PLOT = "dice_boxplot.png"
@@ -143,6 +149,14 @@ def write_history(path: str, history: dict[str, list[float]]) -> None:
         writer.writerow(["epoch", *names])
         for epoch in range(epochs):
             writer.writerow([epoch, *(history[name][epoch] for name in names)])
+
+
+def read_history(path: str) -> dict[str, list[float]]:
+    """A ``HISTORY`` file (Keras ``CSVLogger`` columns, :func:`write_history`) as
+    ``{column: values}``."""
+    with open(path, newline="") as file:
+        rows = list(csv.DictReader(file))
+    return {key: [float(row[key]) for row in rows] for key in rows[0]} if rows else {}
 
 
 def save_model(model: keras.Model, path: str) -> None:
@@ -415,3 +429,15 @@ def write_samples(path: str, samples: list[dict]) -> None:
     with volumes.atomic_path(path) as tmp:
         np.savez_compressed(tmp, **{key: np.stack([sample[key] for sample in samples])
                                     for key in samples[0]})
+
+
+def read_samples(path: str) -> dict[str, np.ndarray]:
+    """The registered pairs of a ``SAMPLES`` file (:func:`write_samples`), ``{key: (P, ...)}``."""
+    with np.load(path) as stored:
+        return dict(stored)
+
+
+def read_evaluation(path: str) -> dict:
+    """The ``EVALUATION`` file that ``main.py evaluate`` writes (null for absent structures)."""
+    with open(path) as file:
+        return json.load(file)

@@ -244,9 +244,11 @@ def main() -> None:
     cases = misaligned(full_set, pairs, grids_[0], grids_[2], args.pair_seed)
 
     def trained(name: str, epochs: int, flags: list[str]) -> str:
+        import rundir
+
         training = argparse.Namespace(epochs=epochs, steps_per_epoch=100, lr=1e-3, seed=args.seed)
         brains.train(name, flags, train_set, test_set, args.output, training)
-        return os.path.join(args.output, name, "model.keras")
+        return os.path.join(args.output, name, rundir.MODEL)
 
     affine = trained("affine", args.affine_epochs, ["--transform", "affine", "--random_affine"])
     integrate = ["--int_steps", "7", "--int_downsize", "2"]

@@ -131,8 +131,7 @@ def train(name: str, flags: list[str], train_set: str, test_set: str, folder: st
             str(args.seed), *flags])
         if code:
             sys.exit(f"error: training {name} failed")
-    with open(os.path.join(run, rundir.METRICS)) as file:
-        return json.load(file)["train_seconds"]
+    return rundir.read_json(os.path.join(run, rundir.METRICS))["train_seconds"]
 
 
 def cached(path: str, pairs: list[tuple[int, int]], compute, settings: dict | None = None

@@ -75,6 +75,20 @@ def assert_ends_as(run, unbroken) -> None:
     assert history_rows(run) == history_rows(unbroken)
 
 
+def test_run_files_read_back_as_they_were_written(tmp_path):
+    history = {"loss": [3.0, 1.5], "val_moved_loss": [2.0, 1.0]}
+    rundir.write_history(str(tmp_path / rundir.HISTORY), history)
+    assert rundir.read_history(str(tmp_path / rundir.HISTORY)) == {"epoch": [0.0, 1.0], **history}
+    samples = [{"moving": np.full((4, 5), i, np.float32), "deformation": np.zeros((4, 5, 2))}
+               for i in range(3)]
+    rundir.write_samples(str(tmp_path / rundir.SAMPLES), samples)
+    stored = rundir.read_samples(str(tmp_path / rundir.SAMPLES))
+    assert stored["moving"].shape == (3, 4, 5) and stored["deformation"].shape == (3, 4, 5, 2)
+    np.testing.assert_array_equal(stored["moving"][:, 0, 0], [0, 1, 2])
+    rundir.write_json(str(tmp_path / rundir.EVALUATION), {"dice": [0.5, float("nan")]})
+    assert rundir.read_evaluation(str(tmp_path / rundir.EVALUATION)) == {"dice": [0.5, None]}
+
+
 def test_resumed_run_ends_with_the_weights_of_an_unbroken_one(tmp_path, tiny_set, unbroken,
                                                               monkeypatch):
     tiny_set = tiny_set + ["--keep_best"]
