@@ -81,7 +81,7 @@ def warped(image: np.ndarray, deformation: np.ndarray, interpolation: str = "lin
     """``(*spatial)`` image (or label map, with "nearest") warped by a ``(*spatial, ndim)``
     displacement in voxels; of the image's dtype."""
     image = np.asarray(image)
-    moved = utils.warp(image.astype(np.float32 if interpolation == "linear" else np.int32)
+    moved = utils.warp(image.astype(utils.sampling_dtype(image.dtype, interpolation))
                        [None, ..., None], np.asarray(deformation, np.float32)[None],
                        interpolation)
     return np.asarray(moved)[0, ..., 0].astype(image.dtype)

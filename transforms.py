@@ -144,8 +144,7 @@ def sample(volume: np.ndarray, coords: np.ndarray, interpolation: str = "linear"
     ndim = coords.shape[-1]
     vector = volume.ndim == ndim + 1
     values = volume if vector else volume[..., None]
-    values = values.astype(np.int32 if interpolation == "nearest" and
-                           values.dtype.kind in "biu" else np.float32)
+    values = values.astype(utils.sampling_dtype(values.dtype, interpolation))
     sampled = utils.interpolate(values[None], coords[None].astype(np.float32), interpolation)
     sampled = np.asarray(sampled)[0]
     size = np.array(volume.shape[:ndim])
