@@ -23,6 +23,7 @@ import warnings
 import runtime  # noqa: F401  (TensorFlow's settings: before its first import)
 import numpy as np
 
+import augmentation
 import datasets
 import scores
 import models
@@ -160,7 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"training steps per epoch (default: {training.DEFAULT_STEPS} for "
                              "generated pairs, one pass over the subjects for atlas pairs from "
                              "--data)")
-    parser.add_argument("--augment", nargs="*", choices=synthetic.AUGMENTATIONS, default=None,
+    parser.add_argument("--augment", nargs="*", choices=augmentation.AUGMENTATIONS, default=None,
                         help="--data with scan_to_scan pairs: change every training image (and "
                              "its label map) on the fly, by a random smooth deformation "
                              "('elastic') and a random bias field, gamma and noise "

@@ -23,6 +23,7 @@ import runtime  # noqa: F401  (TensorFlow's settings: before its first import)
 import keras
 import tensorflow as tf
 
+import augmentation
 import dataloader
 import datasets
 import filelists
@@ -131,7 +132,7 @@ def training_loader(train_set: datasets.Dataset, mode: str, default_data: bool,
     """Generated pairs for the default data and scan-to-scan, the pairs of a pair list in an
     order shuffled every epoch, subjects to atlas otherwise.
 
-    ``augment`` holds the kinds of ``synthetic.random_subject`` to apply to every image of
+    ``augment`` holds the kinds of ``augmentation.random_subject`` to apply to every image of
     scan-to-scan pairs (none: ``()``). ``options`` holds the ``labels`` of the segmentation
     loss (none: ``[]``) and the other options of ``dataloader.PairLoader``. Volumes
     read from files (``filelists.LazyVolumes``) are read by two worker threads, batch by batch.
@@ -143,7 +144,7 @@ def training_loader(train_set: datasets.Dataset, mode: str, default_data: bool,
     if mode == "scan_to_scan":
         return dataloader.ScanToScanDataLoader(
             train_set.vols, batch_size, (steps or DEFAULT_STEPS) * batch_size, seed,
-            functools.partial(synthetic.random_subject, kinds=augment) if augment else None,
+            functools.partial(augmentation.random_subject, kinds=augment) if augment else None,
             train_set.segs, workers=2 if augment or lazy else 1, **options)
     if mode == "listed":
         pairs = datasets.make_pairs(train_set, mode)
@@ -366,7 +367,7 @@ def locked_train(args, lock: contextlib.ExitStack) -> dict:
                              else args.output or "the chief's run folder")
     if args.resume and chief:
         lock.enter_context(rundir.locked(output))
-    augment = synthetic.augmentations(args.augment)
+    augment = augmentation.augmentations(args.augment)
     train_set, val_set, mode = training_sets(args.data, args.atlas, args.pairs, augment,
                                              args.val_data, args.val_fraction, args.ndim,
                                              args.pairs_file)
