@@ -433,23 +433,16 @@ def apply(args) -> str:
 def evaluation_set(data: str | None, atlas: str | None, pairs: str | None,
                    shape: tuple[int, ...], pairs_file: str | None = None) -> datasets.Dataset:
     """The test set of ``evaluate``, for a model of input ``shape`` (volumes of any size, of
-    the model's dimension): ``--data``, the pairs of ``--pairs_file``, or the default data."""
-    if pairs_file is not None:
-        given = [flag for flag, value in (("--data", data), ("--atlas", atlas),
-                                          ("--pairs", pairs)) if value]
-        if given:
-            raise volumes.UsageError(f"--pairs_file lists the pairs to evaluate: drop "
-                                     f"{', '.join(given)}")
+    the model's dimension): the pairs of ``--pairs_file``, the default data or ``--data``, by
+    training's rules (``training.data_source``)."""
+    source = training.data_source(data, atlas, pairs, pairs_file, "evaluate")
+    if source == "listed":
         return datasets.load_pairs_file(pairs_file, len(shape))
-    if data is None:
-        if atlas is not None or pairs == "scan_to_scan":
-            raise volumes.UsageError("the default data has its own atlas and atlas pairs only")
+    if source == "default":
         if len(shape) not in synthetic.NUM_VALIDATION:
             raise volumes.DataError(f"no default data for a model of input shape {shape}")
-        test_set = synthetic.default_validation_set(len(shape))
-    else:
-        test_set = datasets.load_dataset(data, atlas, len(shape))
-    return test_set
+        return synthetic.default_validation_set(len(shape))
+    return datasets.load_dataset(data, atlas, len(shape))
 
 
 def evaluate(args) -> str:

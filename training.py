@@ -43,26 +43,63 @@ NUM_SAMPLES = 3  # validation pairs kept in rundir.SAMPLES for figures
 VAL_FRACTION = 0.1  # share of --data held out for validation by default
 
 
+def data_source(data: str | None, atlas: str | None, pairs: str | None,
+                pairs_file: str | None, task: str, replaced: dict | None = None,
+                needing_data: dict | None = None) -> str:
+    """Which data the data flags name, by the rules that training and evaluation share.
+
+    ``"listed"``: the pairs of ``--pairs_file``, which replace ``--data``, ``--atlas``, ``--pairs``
+    and the flags ``replaced``; ``"default"``, without ``--data``: the default data, which has its
+    own atlas, atlas pairs and validation set, so that ``--atlas``, ``--pairs scan_to_scan`` and
+    the flags ``needing_data`` need ``--data``; ``"data"`` otherwise.
+
+    Parameters
+    ----------
+    data, atlas, pairs, pairs_file : str or None
+        The flags ``--data``, ``--atlas``, ``--pairs`` and ``--pairs_file``.
+    task : str
+        What the pairs are for, in messages: "train on" or "evaluate".
+    replaced, needing_data : dict, optional
+        ``{flag: value}`` of the task's own flags that a pair list replaces, and that need
+        ``--data``; a flag counts as given when its value is true.
+
+    Raises
+    ------
+    volumes.UsageError
+        Naming the flags given that the data named does not take.
+    """
+    if pairs_file is not None:
+        given = [flag for flag, value in {"--data": data, "--atlas": atlas, "--pairs": pairs,
+                                          **(replaced or {})}.items() if value]
+        if given:
+            raise volumes.UsageError(f"--pairs_file lists the pairs to {task}: drop "
+                                     f"{', '.join(given)}")
+        return "listed"
+    if data is None:
+        given = [flag for flag, value in {"--atlas": atlas, **(needing_data or {}),
+                                          "--pairs scan_to_scan": pairs == "scan_to_scan"}.items()
+                 if value]
+        if given:
+            raise volumes.UsageError(f"{', '.join(given)} need{'s' * (len(given) == 1)} --data: "
+                                     f"the default data has its own atlas and validation set, "
+                                     f"and is made of random deformations already")
+        return "default"
+    return "data"
+
+
 def training_sets(data: str | None, atlas: str | None, pairs: str | None,
                   augment: tuple[str, ...],
                   val_data: str | None, val_fraction: float | None, ndim: int | None,
                   pairs_file: str | None = None
                   ) -> tuple[datasets.Dataset, datasets.Dataset, str]:
     """Training set, validation set and pairing mode of the training flags."""
-    if pairs_file is not None:
-        return pair_list_sets(pairs_file, data, atlas, pairs, augment, val_data, val_fraction,
-                              ndim)
-    if data is None:
-        given = [flag for flag, value in (("--atlas", atlas), ("--augment", augment),
-                                          ("--val_data", val_data),
-                                          ("--val_fraction", val_fraction),
-                                          ("--pairs scan_to_scan", pairs == "scan_to_scan"))
-                 if value]
-        if given:
-            raise volumes.UsageError(f"{', '.join(given)} need{'s' * (len(given) == 1)} "
-                                     f"--data: the default data has "
-                                     f"its own atlas and validation set, and is made of "
-                                     f"random deformations already")
+    source = data_source(data, atlas, pairs, pairs_file, "train on",
+                         {"--augment": augment, "--val_data": val_data},
+                         {"--augment": augment, "--val_data": val_data,
+                          "--val_fraction": val_fraction})
+    if source == "listed":
+        return pair_list_sets(pairs_file, val_fraction, ndim)
+    if source == "default":
         return (synthetic.load_default_data(ndim or 3), synthetic.default_validation_set(ndim or 3),
                 "atlas")
     if val_data is not None and val_fraction is not None:
@@ -74,17 +111,10 @@ def training_sets(data: str | None, atlas: str | None, pairs: str | None,
     return train_set, val_set, mode
 
 
-def pair_list_sets(pairs_file: str, data: str | None, atlas: str | None, pairs: str | None,
-                   augment: tuple[str, ...], val_data: str | None, val_fraction: float | None,
-                   ndim: int | None) -> tuple[datasets.Dataset, datasets.Dataset, str]:
+def pair_list_sets(pairs_file: str, val_fraction: float | None, ndim: int | None
+                   ) -> tuple[datasets.Dataset, datasets.Dataset, str]:
     """Training and validation pairs of ``--pairs_file``: the last ``--val_fraction`` of its
     pairs (at least one) validate."""
-    given = [flag for flag, value in (("--data", data), ("--atlas", atlas), ("--pairs", pairs),
-                                      ("--augment", augment), ("--val_data", val_data))
-             if value]
-    if given:
-        raise volumes.UsageError(f"--pairs_file lists the pairs to train on: drop "
-                                 f"{', '.join(given)}")
     listed = datasets.load_pairs_file(pairs_file, ndim)
     train_set, val_set = datasets.split_pairs(
         listed, VAL_FRACTION if val_fraction is None else val_fraction, pairs_file)
