@@ -9,10 +9,14 @@
     python3 main.py evaluate --model RUN/model.keras --data test.npz
 
 This module is the command line only: its parsers, and for each command the inputs it reads and
-the files it writes. Training is ``training.train``; registering and scoring pairs are in
-``registration.py``; world-space warps are ``transforms.py``'s; the run folder's files
-(``rundir.py``) are written atomically.
-``python3 main.py COMMAND --help`` lists every option.
+the files it writes (the output files checked first, ``volumes.check_output_files``; evaluate's
+Dice CSV by :func:`write_dice_csv`). Training is ``training.train``, whose data rules evaluate
+shares (``training.data_source``); registering and scoring pairs are in ``registration.py``;
+world-space warps are ``transforms.py``'s; the run folder's files (``rundir.py``) are written
+atomically. ``python3 main.py COMMAND --help`` lists every option.
+
+At some 530 lines it is longer than the others: half of it is the parsers of its four commands,
+whose help texts are the options' documentation.
 """
 import argparse
 import csv

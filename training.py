@@ -9,6 +9,9 @@ divergence stop and, on SIGTERM or SIGINT, a checkpoint at the next batch's end
 scores and the figures into the run folder, which it holds locked (``rundir.locked``). With
 ``TF_CONFIG`` set, it is one worker of a cluster (:func:`multi_worker_strategy`): only the chief
 writes the run folder (:func:`is_chief`).
+
+At some 470 lines it is a little longer than the others: the distribution strategies (several
+GPUs, several workers, and the workarounds of Keras that the latter needs) sit beside the loop.
 """
 import contextlib
 import functools
@@ -46,27 +49,15 @@ VAL_FRACTION = 0.1  # share of --data held out for validation by default
 def data_source(data: str | None, atlas: str | None, pairs: str | None,
                 pairs_file: str | None, task: str, replaced: dict | None = None,
                 needing_data: dict | None = None) -> str:
-    """Which data the data flags name, by the rules that training and evaluation share.
+    """Which data the data flags name, by the rules that training and evaluation share:
+    ``"listed"``, the pairs of ``--pairs_file``, which replace ``--data``, ``--atlas``,
+    ``--pairs`` and the flags ``replaced``; ``"default"``, without ``--data``, the default data,
+    with its own atlas, atlas pairs and validation set, so that ``--atlas``, ``--pairs
+    scan_to_scan`` and the flags ``needing_data`` need ``--data``; ``"data"`` otherwise.
 
-    ``"listed"``: the pairs of ``--pairs_file``, which replace ``--data``, ``--atlas``, ``--pairs``
-    and the flags ``replaced``; ``"default"``, without ``--data``: the default data, which has its
-    own atlas, atlas pairs and validation set, so that ``--atlas``, ``--pairs scan_to_scan`` and
-    the flags ``needing_data`` need ``--data``; ``"data"`` otherwise.
-
-    Parameters
-    ----------
-    data, atlas, pairs, pairs_file : str or None
-        The flags ``--data``, ``--atlas``, ``--pairs`` and ``--pairs_file``.
-    task : str
-        What the pairs are for, in messages: "train on" or "evaluate".
-    replaced, needing_data : dict, optional
-        ``{flag: value}`` of the task's own flags that a pair list replaces, and that need
-        ``--data``; a flag counts as given when its value is true.
-
-    Raises
-    ------
-    volumes.UsageError
-        Naming the flags given that the data named does not take.
+    ``task`` names what the pairs are for in messages ("train on", "evaluate"); ``replaced`` and
+    ``needing_data`` are ``{flag: value}`` of its own flags, given when the value is true. A
+    ``volumes.UsageError`` names the flags given that the data named does not take.
     """
     if pairs_file is not None:
         given = [flag for flag, value in {"--data": data, "--atlas": atlas, "--pairs": pairs,

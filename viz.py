@@ -12,7 +12,11 @@ From the shell::
     python3 viz.py RUN_DIR                             # every figure of a main.py run folder
     python3 viz.py RUN_DIR --output _images --prefix default3d_ --pairs 1
 
-The framework diagram is drawn by ``_images/framework.py``.
+The framework diagram is drawn by ``_images/framework.py``. Every file name of a run is
+``rundir.py``'s, and so are the readers of its files.
+
+At some 550 lines it is longer than the others: six kinds of figure, each drawn by its own short
+functions, and the command line that draws a run's.
 """
 import argparse
 import os
