@@ -15,9 +15,10 @@ import runtime  # noqa: F401  (TensorFlow's settings: before its first import)
 import keras
 import numpy as np
 
+import augmentation
 import datasets
 import filelists
-import transforms
+import shapes
 from volumes import DataError
 
 def one_hot(seg: np.ndarray, labels) -> np.ndarray:
@@ -74,7 +75,7 @@ class PairLoader(keras.utils.PyDataset):
         Labels of the segmentation loss: batches then hold both label maps (see :func:`batch`).
     random_affine : bool
         Move every moving image (and label map) by its own random affine map
-        (``transforms.random_affine``: rotation, scaling, shear, translation), so that an
+        (``augmentation.random_affine``: rotation, scaling, shear, translation), so that an
         affine stage learns to undo misalignment.
     spacing : float or sequence of float, optional
         Voxel size in mm, for the translations of ``random_affine`` (default 1).
@@ -98,10 +99,10 @@ class PairLoader(keras.utils.PyDataset):
         if not self.random_affine:
             return moving, moving_seg
         rng = np.random.default_rng((*self.seed_of(index), 1))
-        maps = [transforms.random_affine(rng, moving.shape[1:], self.spacing) for _ in moving]
-        moving = np.stack([transforms.affine_moved(image, m) for image, m in zip(moving, maps)])
+        maps = [augmentation.random_affine(rng, moving.shape[1:], self.spacing) for _ in moving]
+        moving = np.stack([augmentation.affine_moved(image, m) for image, m in zip(moving, maps)])
         if moving_seg is not None:
-            moving_seg = np.stack([transforms.affine_moved(seg, m, "nearest")
+            moving_seg = np.stack([augmentation.affine_moved(seg, m, "nearest")
                                    for seg, m in zip(moving_seg, maps)])
         return moving, moving_seg
 
@@ -146,7 +147,7 @@ class RegistrationDataLoader(PairLoader):
         self.shuffle = shuffle
 
     def __len__(self) -> int:
-        return datasets.ceil_div(len(self.moving), self.batch_size)
+        return shapes.ceil_div(len(self.moving), self.batch_size)
 
     def __getitem__(self, index: int) -> dict[str, np.ndarray]:
         order = np.arange(len(self.moving))
@@ -177,7 +178,7 @@ class ScanToScanDataLoader(PairLoader):
         Seed of the draws.
     augment : callable, optional
         ``augment(image, rng, seg) -> (image, seg)`` applied to both images of every pair
-        (with their label maps, if any), e.g. ``synthetic.random_subject`` (a random smooth
+        (with their label maps, if any), e.g. ``augmentation.random_subject`` (a random smooth
         deformation and intensity change), which helps when the set is small.
     segs : np.ndarray, optional
         ``(N, *spatial)`` label maps, for the segmentation loss.
@@ -197,7 +198,7 @@ class ScanToScanDataLoader(PairLoader):
                             f"got {len(self.vols)}")
 
     def __len__(self) -> int:
-        return datasets.ceil_div(self.pairs_per_epoch, self.batch_size)
+        return shapes.ceil_div(self.pairs_per_epoch, self.batch_size)
 
     def __getitem__(self, index: int) -> dict[str, np.ndarray]:
         pairs = datasets.scan_to_scan_pairs(len(self.vols), self.pairs_per_epoch, self.seed_of())

@@ -10,10 +10,14 @@
   a cache of the last ``CACHE_SIZE``.
 - :func:`load_pairs_file` reads a CSV list of moving/static pairs (``moving,static`` and
   optional ``moving_seg,static_seg``), also lazily.
-- :func:`pad_dataset`, :func:`pad` and :func:`crop`: zero padding (centred) to the network's
-  input shape, and back.
+- :func:`pad_dataset`: every array of a set zero-padded (centred) to the network's input shape
+  (``shapes.py``).
 - :func:`make_pairs` lists the evaluation pairs of a set (scan-to-atlas or scan-to-scan);
   :func:`scored_labels` the labels to score.
+
+At some 560 lines it is longer than the others: every input format (arrays, NIfTI and MGH
+files, folders, lists, pair lists) brings its own checks and one-line messages, from the data
+flags to the pairs of one set.
 """
 import dataclasses
 import functools
@@ -23,8 +27,8 @@ import warnings
 import numpy as np
 
 import filelists
-import scores
 import volumes
+from shapes import pad, padding_to_shape
 from volumes import DataError, DataWarning
 
 @dataclasses.dataclass
@@ -97,7 +101,15 @@ def normalize(volume: np.ndarray, name: str = "volume") -> np.ndarray:
     if high == low:
         raise DataError(f"{name} has no intensity range (every voxel is {low:g}): there is "
                         f"nothing to register in it (an empty export or a failed skull strip?)")
-    return (volume - low) / (high - low)
+    return min_max(volume)
+
+
+def min_max(volume: np.ndarray) -> np.ndarray:
+    """``volume`` scaled to [0, 1] as float32, its minimum to 0 and maximum to 1 (a constant
+    one to zeros): the scaling of :func:`normalize`, without its checks (for figures)."""
+    volume = np.asarray(volume, dtype=np.float32)
+    low, high = volume.min(), volume.max()
+    return (volume - low) / (high - low) if high > low else np.zeros_like(volume)
 
 
 CACHE_SIZE = 8  # volumes a lazy stack (and its views) keeps after reading them
@@ -249,7 +261,7 @@ def _spacing(spacing, ndim: int, path: str) -> tuple[float, ...] | None:
     if spacing is None:
         return None
     try:
-        return tuple(scores.voxel_size(spacing, ndim).tolist())
+        return tuple(volumes.voxel_size(spacing, ndim).tolist())
     except (TypeError, ValueError) as error:
         raise DataError(f"{path}: spacing must be one positive value or {ndim} (one per axis), "
                         f"got {np.ravel(spacing).tolist()}") from error
@@ -284,43 +296,6 @@ def _check_shapes(data: Dataset, path: str) -> None:
         if value is not None and value.shape != data.shape:
             raise DataError(f"moving and static shapes differ: volumes are {data.shape}, "
                             f"{name} is {value.shape}")
-
-
-def ceil_div(size: int, divisor: int) -> int:
-    """``ceil(size / divisor)`` for positive integers."""
-    return -(-size // divisor)
-
-
-def padded_shape(shape: tuple[int, ...], multiple: int) -> tuple[int, ...]:
-    """``shape`` with every size rounded up to a multiple of ``multiple``."""
-    return tuple(ceil_div(n, multiple) * multiple for n in shape)
-
-
-def padding_to_shape(shape: tuple[int, ...], target: tuple[int, ...]) -> list[tuple[int, int]]:
-    """Zero padding ``(before, after)`` per axis from ``shape`` to ``target``, centred.
-
-    Raises
-    ------
-    DataError
-        If ``shape`` is larger than ``target`` along an axis, or of another dimension.
-    """
-    if len(shape) != len(target) or any(n > t for n, t in zip(shape, target)):
-        raise DataError(f"volumes of shape {tuple(shape)} do not fit the model's input shape "
-                        f"{tuple(target)}")
-    return [((t - n) // 2, t - n - (t - n) // 2) for n, t in zip(shape, target)]
-
-
-def pad(volume: np.ndarray, padding: list[tuple[int, int]]) -> np.ndarray:
-    """Zero-pad the last ``len(padding)`` axes of ``volume``."""
-    lead = [(0, 0)] * (volume.ndim - len(padding))
-    return np.pad(volume, lead + list(padding))
-
-
-def crop(volume: np.ndarray, padding: list[tuple[int, int]]) -> np.ndarray:
-    """Undo :func:`pad`: remove ``padding`` from the last ``len(padding)`` axes of ``volume``."""
-    slices = tuple(slice(before, volume.shape[i] - after)
-                   for i, (before, after) in enumerate(padding, start=volume.ndim - len(padding)))
-    return volume[(Ellipsis,) + slices]
 
 
 def pad_dataset(data: Dataset, target: tuple[int, ...]) -> Dataset:

@@ -9,12 +9,17 @@
     python3 main.py evaluate --model RUN/model.keras --data test.npz
 
 This module is the command line only: its parsers, and for each command the inputs it reads and
-the files it writes. Training is ``training.train``; registering and scoring pairs are in
-``registration.py``; world-space warps are ``transforms.py``'s; the run folder's files
-(``rundir.py``) are written atomically.
-``python3 main.py COMMAND --help`` lists every option.
+the files it writes (the output files checked first, ``volumes.check_output_files``; evaluate's
+Dice CSV by :func:`write_dice_csv`). Training is ``training.train``, whose data rules evaluate
+shares (``training.data_source``); registering and scoring pairs are in ``registration.py``;
+world-space warps are ``transforms.py``'s; the run folder's files (``rundir.py``) are written
+atomically. ``python3 main.py COMMAND --help`` lists every option.
+
+At some 530 lines it is longer than the others: half of it is the parsers of its four commands,
+whose help texts are the options' documentation.
 """
 import argparse
+import csv
 import os
 import sys
 import warnings
@@ -22,6 +27,7 @@ import warnings
 import runtime  # noqa: F401  (TensorFlow's settings: before its first import)
 import numpy as np
 
+import augmentation
 import datasets
 import scores
 import models
@@ -159,7 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"training steps per epoch (default: {training.DEFAULT_STEPS} for "
                              "generated pairs, one pass over the subjects for atlas pairs from "
                              "--data)")
-    parser.add_argument("--augment", nargs="*", choices=synthetic.AUGMENTATIONS, default=None,
+    parser.add_argument("--augment", nargs="*", choices=augmentation.AUGMENTATIONS, default=None,
                         help="--data with scan_to_scan pairs: change every training image (and "
                              "its label map) on the fly, by a random smooth deformation "
                              "('elastic') and a random bias field, gamma and noise "
@@ -354,8 +360,8 @@ def register(args) -> str:
     outputs = {"--moved": args.moved, "--deformation": args.deformation, "--warp": args.warp,
                "--inverse_warp": args.inverse_warp, "--moved_seg": args.moved_seg,
                "--affine": args.affine}
-    rundir.check_output_files(outputs, [args.model, args.moving, args.static,
-                                        args.moving_seg or ""], other_formats=("--affine",))
+    volumes.check_output_files(outputs, [args.model, args.moving, args.static,
+                                         args.moving_seg or ""], other_formats=("--affine",))
     model = rundir.load_model(args.model)
     if args.affine and models.transform(models.registration_model(model)) == "deformable":
         raise volumes.UsageError(f"--affine: {args.model} is a deformable model, without an "
@@ -410,8 +416,8 @@ def scan(path: str, name: str) -> tuple[np.ndarray, object, transforms.Grid]:
 
 def apply(args) -> str:
     """Apply a saved warp to an image or label map in the moving space; write it."""
-    rundir.check_output_files({"--output": args.output},
-                              [args.warp, args.moving, args.reference or ""])
+    volumes.check_output_files({"--output": args.output},
+                               [args.warp, args.moving, args.reference or ""])
     warp, grid = transforms.load_warp(args.warp)
     volume, _, moving_grid = scan(args.moving, "moving")
     if moving_grid.ndim != grid.ndim:
@@ -436,23 +442,16 @@ def apply(args) -> str:
 def evaluation_set(data: str | None, atlas: str | None, pairs: str | None,
                    shape: tuple[int, ...], pairs_file: str | None = None) -> datasets.Dataset:
     """The test set of ``evaluate``, for a model of input ``shape`` (volumes of any size, of
-    the model's dimension): ``--data``, the pairs of ``--pairs_file``, or the default data."""
-    if pairs_file is not None:
-        given = [flag for flag, value in (("--data", data), ("--atlas", atlas),
-                                          ("--pairs", pairs)) if value]
-        if given:
-            raise volumes.UsageError(f"--pairs_file lists the pairs to evaluate: drop "
-                                     f"{', '.join(given)}")
+    the model's dimension): the pairs of ``--pairs_file``, the default data or ``--data``, by
+    training's rules (``training.data_source``)."""
+    source = training.data_source(data, atlas, pairs, pairs_file, "evaluate")
+    if source == "listed":
         return datasets.load_pairs_file(pairs_file, len(shape))
-    if data is None:
-        if atlas is not None or pairs == "scan_to_scan":
-            raise volumes.UsageError("the default data has its own atlas and atlas pairs only")
+    if source == "default":
         if len(shape) not in synthetic.NUM_VALIDATION:
             raise volumes.DataError(f"no default data for a model of input shape {shape}")
-        test_set = synthetic.default_validation_set(len(shape))
-    else:
-        test_set = datasets.load_dataset(data, atlas, len(shape))
-    return test_set
+        return synthetic.default_validation_set(len(shape))
+    return datasets.load_dataset(data, atlas, len(shape))
 
 
 def evaluate(args) -> str:
@@ -481,7 +480,7 @@ def evaluate(args) -> str:
                                    "spacing": data.spacing, "summary": summary,
                                    "per_pair": per_pair})
     if "dice_after" in summary:
-        rundir.write_dice_csv(os.path.join(output, rundir.DICE_CSV), labels, names, summary)
+        write_dice_csv(os.path.join(output, rundir.DICE_CSV), labels, names, summary)
         viz.plot_dice(evaluation, os.path.join(output, rundir.DICE_PLOT))
     fell_back = [f"{sum(bool(result[key]) for result in results)} of {len(results)} pairs "
                  f"fell back in {what} (see {key} in {rundir.EVALUATION})"
@@ -492,6 +491,20 @@ def evaluate(args) -> str:
         warnings.warn(line, volumes.DataWarning)
     return report(summary) + (f", {summary['seconds']['mean']:.3f} s per pair; "
                               f"wrote {evaluation}")
+
+
+def write_dice_csv(path: str, labels: list[int], names: list[str] | None, summary: dict) -> None:
+    """Per-structure scores, mean and std over pairs: Dice before and after registration, HD95
+    after it in voxels and, when the spacing is known, in mm."""
+    keys = [key for key in ("dice_before", "dice_after", "hd95", "hd95_mm") if key in summary]
+    with volumes.atomic_path(path) as tmp, open(tmp, "w", newline="") as file:
+        writer = csv.writer(file)
+        writer.writerow(["label", "name"] + [f"{key}_{stat}" for key in keys
+                                             for stat in ("mean", "std")])
+        for i, label in enumerate(labels):
+            writer.writerow([label, names[i] if names else label]
+                            + [f"{summary[key][stat][i]:.4f}" for key in keys
+                               for stat in ("per_label", "per_label_std")])
 
 
 def volume_name(data: datasets.Dataset, index: int) -> int | str:

@@ -22,6 +22,7 @@ import numpy as np
 import datasets
 import scores
 import models
+import shapes
 import transforms
 import tuning
 import utils
@@ -80,7 +81,7 @@ def warped(image: np.ndarray, deformation: np.ndarray, interpolation: str = "lin
     """``(*spatial)`` image (or label map, with "nearest") warped by a ``(*spatial, ndim)``
     displacement in voxels; of the image's dtype."""
     image = np.asarray(image)
-    moved = utils.warp(image.astype(np.float32 if interpolation == "linear" else np.int32)
+    moved = utils.warp(image.astype(utils.sampling_dtype(image.dtype, interpolation))
                        [None, ..., None], np.asarray(deformation, np.float32)[None],
                        interpolation)
     return np.asarray(moved)[0, ..., 0].astype(image.dtype)
@@ -157,12 +158,12 @@ def network_for(model: keras.Model, shape: tuple[int, ...]) -> keras.Model:
     if len(shape) != len(trained):
         raise volumes.DataError(f"{len(shape)}D volumes of shape {tuple(shape)}, but the model "
                                 f"registers {len(trained)}D images")
-    padded = datasets.padded_shape(shape, models.DIVISOR)
+    padded = shapes.padded_shape(shape, models.DIVISOR)
     return network if padded == trained else models.rebuild(network, padded)
 
 
 def crop_outputs(arrays: dict, padding: list[tuple[int, int]]) -> dict:
-    """Undo the padding of every array of a registered pair (``datasets.crop``).
+    """Undo the padding of every array of a registered pair (``shapes.crop``).
 
     Parameters
     ----------
@@ -170,9 +171,9 @@ def crop_outputs(arrays: dict, padding: list[tuple[int, int]]) -> dict:
         ``(*padded)`` images and label maps, and the ``VECTORS`` ``(*padded, ndim)``, whose
         vector axis stays whole; other values (numbers, None) are left out.
     padding : list of (int, int)
-        The padding of each spatial axis, as ``datasets.padding_to_shape`` gives it.
+        The padding of each spatial axis, as ``shapes.padding_to_shape`` gives it.
     """
-    return {key: datasets.crop(value, padding + [(0, 0)] * (key in VECTORS))
+    return {key: shapes.crop(value, padding + [(0, 0)] * (key in VECTORS))
             for key, value in arrays.items() if isinstance(value, np.ndarray)}
 
 
@@ -189,8 +190,8 @@ def register_padded(model: keras.Model, moving: np.ndarray, static: np.ndarray,
     dict
         As :func:`register`, on the pair's own grid.
     """
-    padding = datasets.padding_to_shape(moving.shape, models.input_shape(model))
-    padded = [None if image is None else datasets.pad(image, padding)
+    padding = shapes.padding_to_shape(moving.shape, models.input_shape(model))
+    padded = [None if image is None else shapes.pad(image, padding)
               for image in (moving, static, moving_seg)]
     registered = register(model, *padded, inverse=inverse)
     cropped = crop_outputs({key: value for key, value in registered.items() if key != "affine"},

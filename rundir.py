@@ -1,14 +1,16 @@
-"""The folder of a run: the name of every file in it, its checks, checkpoints, resume and lock.
+"""The folder of a run: the name of every file in it, reading them back, checkpoints, resume, lock.
 
 Training writes ``ARGS`` (its flags, read back by ``--resume``, and what every resume changed:
 :func:`write_args`), a checkpoint at the end of every epoch, and at the end ``MODEL``,
 ``SAMPLES``, ``METRICS`` and the figures of ``viz.render_run``; ``main.py evaluate`` writes
 ``EVALUATION``, ``DICE_CSV`` and ``DICE_PLOT``. Every file is written atomically
-(``volumes.atomic_path``). One process at a time trains into a run folder: it holds the lock of
-``LOCK`` (:func:`locked`). A checkpoint (:class:`Checkpoint`) is:
+(``volumes.atomic_path``), and read back here too (:func:`read_json`, :func:`read_history`,
+:func:`read_samples`, :func:`read_evaluation`): other modules use these names and readers. One
+process at a time trains into a run folder: it holds the lock of ``LOCK`` (:func:`locked`). A
+checkpoint (:class:`Checkpoint`) is:
 
 - ``checkpoint-epoch<E>.keras`` (after epoch E) or ``checkpoint-epoch<E>-batch<B>.keras`` (B
-  batches into the next epoch, saved when a signal stopped training, see :func:`stop_signals`):
+  batches into the next epoch, saved when a signal stopped training, ``stopping.stop_signals``):
   the model with its optimizer state (``keras.models.load_model`` restores both);
 - ``checkpoint.json``: ``model``, the name of that file, and ``best_model``, with ``keep_best``
   that of the epoch of lowest validation loss (``best_epoch``, ``best_val_loss``); ``epoch``
@@ -25,8 +27,8 @@ files it no longer names removed. A process killed at any moment thus leaves a
 one; :func:`load_checkpoint` loads it and removes what a checkpoint that never committed left
 behind. A write that fails (disk full) leaves the previous checkpoint so, too.
 
-An epoch whose losses are not all finite is never written. :class:`StopOnDivergence` stops
-training at the first batch whose loss is NaN or Inf and records where.
+An epoch whose losses are not all finite is never written (``stopping.StopOnDivergence`` stops
+training at the first such batch).
 """
 import contextlib
 import csv
@@ -37,7 +39,6 @@ import math
 import os
 import signal
 import sys
-import threading
 import time
 import warnings
 import zipfile
@@ -47,9 +48,9 @@ import runtime  # noqa: F401  (TensorFlow's settings: before its first import)
 import keras
 
 import numpy as np
-import tensorflow as tf
 
 import models
+import stopping
 import volumes
 
 ARGS = "args.json"  # the training flags, read back by --resume
@@ -62,6 +63,10 @@ SAMPLES = "samples.npz"  # the first validation pairs registered, for viz.py
 METRICS = "metrics.json"
 TENSORBOARD = "tensorboard"
 LOSS_PLOT = "loss.png"
+OVERLAY_PLOT = "overlay_{}.png"  # the figures of sample i of SAMPLES (viz.render_run)
+GRID_PLOT = "grid_{}.png"
+DISPLACEMENT_PLOT = "displacement_{}.png"
+JACOBIAN_PLOT = "jacobian_{}.png"
 EVALUATION = "eval.json"  # of main.py evaluate
 DICE_CSV = "dice_per_structure.csv"
 DICE_PLOT = "dice_boxplot.png"
@@ -146,6 +151,14 @@ def write_history(path: str, history: dict[str, list[float]]) -> None:
             writer.writerow([epoch, *(history[name][epoch] for name in names)])
 
 
+def read_history(path: str) -> dict[str, list[float]]:
+    """A ``HISTORY`` file (Keras ``CSVLogger`` columns, :func:`write_history`) as
+    ``{column: values}``."""
+    with open(path, newline="") as file:
+        rows = list(csv.DictReader(file))
+    return {key: [float(row[key]) for row in rows] for key in rows[0]} if rows else {}
+
+
 def save_model(model: keras.Model, path: str) -> None:
     """``model.save(path)`` (weights, optimizer state), atomically."""
     with volumes.atomic_path(path) as tmp:
@@ -169,7 +182,7 @@ def tidy(run_dir: str, state: dict) -> None:
 
 class Checkpoint(keras.callbacks.Callback):
     """Commit a checkpoint at the end of every epoch and, once a signal asked to stop, at the end
-    of the next batch, then stop (see the module doc and :func:`stop_signals`).
+    of the next batch, then stop (see the module doc and ``stopping.stop_signals``).
 
     Parameters
     ----------
@@ -187,7 +200,7 @@ class Checkpoint(keras.callbacks.Callback):
     state : dict
         The ``checkpoint.json`` committed last.
     signal : int or None
-        The signal that asked training to stop, set by :func:`stop_signals`.
+        The signal that asked training to stop, set by ``stopping.stop_signals``.
 
     Raises
     ------
@@ -212,7 +225,7 @@ class Checkpoint(keras.callbacks.Callback):
                 variable.assign(variable + self.resumed_means[variable.path])
             self.resumed_means = None
         self.batch += 1
-        self.signal = agreed_signal(self.signal)
+        self.signal = stopping.agreed_signal(self.signal)
         if self.signal and math.isfinite(float((logs or {}).get("loss", 0.0))):
             self.commit({**self.state, "batch": self.batch,
                          "model": checkpoint_name(self.state["epoch"], self.batch),
@@ -250,38 +263,6 @@ class Checkpoint(keras.callbacks.Callback):
         except volumes.WriteError as error:
             raise volumes.WriteError(f"{error}; {kept(self.run_dir, self.state)}") from error
         tidy(self.run_dir, state)
-
-
-class StopOnDivergence(keras.callbacks.Callback):
-    """Stop training at the first batch whose loss is NaN or Inf.
-
-    Parameters
-    ----------
-    batch : int
-        Batches of the first epoch done before this ``fit`` (a run resumed in an epoch's middle).
-
-    Attributes
-    ----------
-    diverged : tuple or None
-        ``(epoch, step, loss)`` of that batch, counted from 1 as Keras prints them; None while
-        the losses are finite.
-    """
-
-    def __init__(self, batch: int = 0):
-        super().__init__()
-        self.epoch, self.done, self.diverged = 0, batch, None
-
-    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
-        self.epoch = epoch
-
-    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        self.done = 0
-
-    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
-        loss = float((logs or {}).get("loss", 0.0))
-        if not math.isfinite(loss) and self.diverged is None:
-            self.diverged = (self.epoch + 1, self.done + batch + 1, loss)
-            self.model.stop_training = True
 
 
 def load_model(path: str) -> keras.Model:
@@ -368,47 +349,6 @@ def write_args(run_dir: str, flags: dict, state: dict | None) -> None:
     write_json(path, {**flags, "resumes": resumes})
 
 
-def agreed_signal(signum: int | None) -> int | None:
-    """``signum``; under MultiWorkerMirroredStrategy, SIGTERM too once another worker has a
-    signal, so that all stop after the same batch (one that went on alone would wait forever
-    for the others' part of its next step).
-    """
-    if not isinstance(tf.distribute.get_strategy(), tf.distribute.MultiWorkerMirroredStrategy):
-        return signum
-    stopping = float(signals_across_workers(tf.constant(float(signum is not None)))) > 0
-    return signum or (signal.SIGTERM if stopping else None)
-
-
-@tf.function
-def signals_across_workers(flag: tf.Tensor) -> tf.Tensor:
-    """The sum of ``flag`` (1: a signal came, else 0) over the replicas of every worker."""
-    strategy = tf.distribute.get_strategy()
-    flags = strategy.run(lambda replica_flag: tf.distribute.get_replica_context().all_reduce(
-        "SUM", tf.identity(replica_flag)), args=(flag,))  # identity: placed on the replica
-    return strategy.experimental_local_results(flags)[0]
-
-
-@contextlib.contextmanager
-def stop_signals(saver: Checkpoint) -> Iterator[None]:
-    """While the block runs, SIGTERM and SIGINT ask ``saver`` to write a checkpoint at the end of
-    the next batch and stop (a second one acts as before: at once); the previous handlers come
-    back when it ends. Outside the main thread, where Python takes no signal, it does nothing."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def stop(signum: int, frame) -> None:
-        saver.signal = signum
-        signal.signal(signum, previous[signum])
-
-    previous = {signum: signal.signal(signum, stop) for signum in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        yield
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
-
-
 def make_folder(path: str) -> str:
     """``os.makedirs(path, exist_ok=True)``; return ``path``.
 
@@ -485,37 +425,6 @@ def new_run_folder(output: str | None) -> str:
     return output
 
 
-def check_output_files(paths: dict[str, str | None], inputs: list[str],
-                       other_formats: tuple[str, ...] = ()) -> None:
-    """Refuse output files that could not all be written: checked before any work is done.
-
-    Parameters
-    ----------
-    paths : dict
-        ``{flag: path}`` of the outputs asked for (None: not asked for).
-    inputs : list of str
-        Input files, which no output may overwrite.
-    other_formats : tuple of str
-        Flags of outputs that are not volumes (e.g. a transform file), whose format the caller
-        checks.
-    """
-    given = {flag: path for flag, path in paths.items() if path}
-    for flag, path in given.items():
-        if flag not in other_formats:
-            volumes.file_format(path)
-        folder = os.path.dirname(os.path.abspath(path))
-        if not os.path.isdir(folder):
-            raise volumes.UsageError(f"{flag} {path}: no such folder {folder}")
-        if os.path.isdir(path):
-            raise volumes.UsageError(f"{flag} {path} is a folder, not a file")
-        if not os.access(folder, os.W_OK | os.X_OK):
-            raise volumes.UsageError(f"{flag} {path}: cannot write into {folder}")
-        if any(os.path.abspath(path) == os.path.abspath(other) for other in inputs):
-            raise volumes.UsageError(f"{flag} {path} would overwrite an input file")
-    if len({os.path.abspath(path) for path in given.values()}) < len(given):
-        raise volumes.UsageError(f"{', '.join(given)} must be different files")
-
-
 def write_samples(path: str, samples: list[dict]) -> None:
     """Store registered pairs (images, displacements, label maps) for ``viz.py`` (``SAMPLES``)."""
     with volumes.atomic_path(path) as tmp:
@@ -523,15 +432,13 @@ def write_samples(path: str, samples: list[dict]) -> None:
                                     for key in samples[0]})
 
 
-def write_dice_csv(path: str, labels: list[int], names: list[str] | None, summary: dict) -> None:
-    """Per-structure scores, mean and std over pairs: Dice before and after registration, HD95
-    after it in voxels and, when the spacing is known, in mm."""
-    keys = [key for key in ("dice_before", "dice_after", "hd95", "hd95_mm") if key in summary]
-    with volumes.atomic_path(path) as tmp, open(tmp, "w", newline="") as file:
-        writer = csv.writer(file)
-        writer.writerow(["label", "name"] + [f"{key}_{stat}" for key in keys
-                                             for stat in ("mean", "std")])
-        for i, label in enumerate(labels):
-            writer.writerow([label, names[i] if names else label]
-                            + [f"{summary[key][stat][i]:.4f}" for key in keys
-                               for stat in ("per_label", "per_label_std")])
+def read_samples(path: str) -> dict[str, np.ndarray]:
+    """The registered pairs of a ``SAMPLES`` file (:func:`write_samples`), ``{key: (P, ...)}``."""
+    with np.load(path) as stored:
+        return dict(stored)
+
+
+def read_evaluation(path: str) -> dict:
+    """The ``EVALUATION`` file that ``main.py evaluate`` writes (null for absent structures)."""
+    with open(path) as file:
+        return json.load(file)

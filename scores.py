@@ -9,6 +9,7 @@ import numpy as np
 from scipy import ndimage
 
 import metrics
+import volumes
 
 
 def _label_maps(labels_a, labels_b, labels=None) -> tuple[np.ndarray, np.ndarray, list]:
@@ -90,17 +91,6 @@ def _folding(determinant: np.ndarray) -> float:
 
 def _log_spread(determinant: np.ndarray) -> float:
     return float(np.std(np.log(np.clip(determinant, 1e-9, 1e9))))
-
-
-def voxel_size(spacing, ndim: int) -> np.ndarray:
-    """``(ndim,)`` voxel size from one value or one per axis; ValueError if not positive."""
-    spacing = np.ravel(np.asarray(spacing, dtype=np.float64))
-    if spacing.size == 1:
-        spacing = np.repeat(spacing, ndim)
-    if spacing.shape != (ndim,) or not np.all(np.isfinite(spacing) & (spacing > 0)):
-        raise ValueError(f"spacing must be positive, a scalar or one per axis ({ndim}), "
-                         f"got {spacing.tolist()}")
-    return spacing
 
 
 def _surface(mask: np.ndarray) -> np.ndarray:
@@ -199,7 +189,7 @@ def _hd95(labels_a: np.ndarray, labels_b: np.ndarray, labels,
     all proportional voxel sizes (see :func:`_directed_distances`).
     """
     labels_a, labels_b, labels = _label_maps(labels_a, labels_b, labels)
-    spacings = [voxel_size(spacing, labels_a.ndim) for spacing in spacings]
+    spacings = [volumes.voxel_size(spacing, labels_a.ndim) for spacing in spacings]
     diagonals = [float(np.linalg.norm((np.array(labels_a.shape) - 1) * spacing))
                  for spacing in spacings]
     scores = []

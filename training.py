@@ -5,10 +5,13 @@
 model (or reloads the checkpoint of ``--resume``, in an epoch's middle too) inside the
 distribution strategy, trains with a checkpoint every epoch (``rundir.Checkpoint``), the
 divergence stop and, on SIGTERM or SIGINT, a checkpoint at the next batch's end
-(``rundir.stop_signals``), then writes the model, the registered validation samples, their
+(``stopping.stop_signals``), then writes the model, the registered validation samples, their
 scores and the figures into the run folder, which it holds locked (``rundir.locked``). With
 ``TF_CONFIG`` set, it is one worker of a cluster (:func:`multi_worker_strategy`): only the chief
 writes the run folder (:func:`is_chief`).
+
+At some 470 lines it is a little longer than the others: the distribution strategies (several
+GPUs, several workers, and the workarounds of Keras that the latter needs) sit beside the loop.
 """
 import contextlib
 import functools
@@ -23,6 +26,7 @@ import runtime  # noqa: F401  (TensorFlow's settings: before its first import)
 import keras
 import tensorflow as tf
 
+import augmentation
 import dataloader
 import datasets
 import filelists
@@ -30,6 +34,8 @@ import scores
 import models
 import registration
 import rundir
+import shapes
+import stopping
 import synthetic
 import viz
 import volumes
@@ -40,26 +46,51 @@ NUM_SAMPLES = 3  # validation pairs kept in rundir.SAMPLES for figures
 VAL_FRACTION = 0.1  # share of --data held out for validation by default
 
 
+def data_source(data: str | None, atlas: str | None, pairs: str | None,
+                pairs_file: str | None, task: str, replaced: dict | None = None,
+                needing_data: dict | None = None) -> str:
+    """Which data the data flags name, by the rules that training and evaluation share:
+    ``"listed"``, the pairs of ``--pairs_file``, which replace ``--data``, ``--atlas``,
+    ``--pairs`` and the flags ``replaced``; ``"default"``, without ``--data``, the default data,
+    with its own atlas, atlas pairs and validation set, so that ``--atlas``, ``--pairs
+    scan_to_scan`` and the flags ``needing_data`` need ``--data``; ``"data"`` otherwise.
+
+    ``task`` names what the pairs are for in messages ("train on", "evaluate"); ``replaced`` and
+    ``needing_data`` are ``{flag: value}`` of its own flags, given when the value is true. A
+    ``volumes.UsageError`` names the flags given that the data named does not take.
+    """
+    if pairs_file is not None:
+        given = [flag for flag, value in {"--data": data, "--atlas": atlas, "--pairs": pairs,
+                                          **(replaced or {})}.items() if value]
+        if given:
+            raise volumes.UsageError(f"--pairs_file lists the pairs to {task}: drop "
+                                     f"{', '.join(given)}")
+        return "listed"
+    if data is None:
+        given = [flag for flag, value in {"--atlas": atlas, **(needing_data or {}),
+                                          "--pairs scan_to_scan": pairs == "scan_to_scan"}.items()
+                 if value]
+        if given:
+            raise volumes.UsageError(f"{', '.join(given)} need{'s' * (len(given) == 1)} --data: "
+                                     f"the default data has its own atlas and validation set, "
+                                     f"and is made of random deformations already")
+        return "default"
+    return "data"
+
+
 def training_sets(data: str | None, atlas: str | None, pairs: str | None,
                   augment: tuple[str, ...],
                   val_data: str | None, val_fraction: float | None, ndim: int | None,
                   pairs_file: str | None = None
                   ) -> tuple[datasets.Dataset, datasets.Dataset, str]:
     """Training set, validation set and pairing mode of the training flags."""
-    if pairs_file is not None:
-        return pair_list_sets(pairs_file, data, atlas, pairs, augment, val_data, val_fraction,
-                              ndim)
-    if data is None:
-        given = [flag for flag, value in (("--atlas", atlas), ("--augment", augment),
-                                          ("--val_data", val_data),
-                                          ("--val_fraction", val_fraction),
-                                          ("--pairs scan_to_scan", pairs == "scan_to_scan"))
-                 if value]
-        if given:
-            raise volumes.UsageError(f"{', '.join(given)} need{'s' * (len(given) == 1)} "
-                                     f"--data: the default data has "
-                                     f"its own atlas and validation set, and is made of "
-                                     f"random deformations already")
+    source = data_source(data, atlas, pairs, pairs_file, "train on",
+                         {"--augment": augment, "--val_data": val_data},
+                         {"--augment": augment, "--val_data": val_data,
+                          "--val_fraction": val_fraction})
+    if source == "listed":
+        return pair_list_sets(pairs_file, val_fraction, ndim)
+    if source == "default":
         return (synthetic.load_default_data(ndim or 3), synthetic.default_validation_set(ndim or 3),
                 "atlas")
     if val_data is not None and val_fraction is not None:
@@ -71,17 +102,10 @@ def training_sets(data: str | None, atlas: str | None, pairs: str | None,
     return train_set, val_set, mode
 
 
-def pair_list_sets(pairs_file: str, data: str | None, atlas: str | None, pairs: str | None,
-                   augment: tuple[str, ...], val_data: str | None, val_fraction: float | None,
-                   ndim: int | None) -> tuple[datasets.Dataset, datasets.Dataset, str]:
+def pair_list_sets(pairs_file: str, val_fraction: float | None, ndim: int | None
+                   ) -> tuple[datasets.Dataset, datasets.Dataset, str]:
     """Training and validation pairs of ``--pairs_file``: the last ``--val_fraction`` of its
     pairs (at least one) validate."""
-    given = [flag for flag, value in (("--data", data), ("--atlas", atlas), ("--pairs", pairs),
-                                      ("--augment", augment), ("--val_data", val_data))
-             if value]
-    if given:
-        raise volumes.UsageError(f"--pairs_file lists the pairs to train on: drop "
-                                 f"{', '.join(given)}")
     listed = datasets.load_pairs_file(pairs_file, ndim)
     train_set, val_set = datasets.split_pairs(
         listed, VAL_FRACTION if val_fraction is None else val_fraction, pairs_file)
@@ -129,7 +153,7 @@ def training_loader(train_set: datasets.Dataset, mode: str, default_data: bool,
     """Generated pairs for the default data and scan-to-scan, the pairs of a pair list in an
     order shuffled every epoch, subjects to atlas otherwise.
 
-    ``augment`` holds the kinds of ``synthetic.random_subject`` to apply to every image of
+    ``augment`` holds the kinds of ``augmentation.random_subject`` to apply to every image of
     scan-to-scan pairs (none: ``()``). ``options`` holds the ``labels`` of the segmentation
     loss (none: ``[]``) and the other options of ``dataloader.PairLoader``. Volumes
     read from files (``filelists.LazyVolumes``) are read by two worker threads, batch by batch.
@@ -141,7 +165,7 @@ def training_loader(train_set: datasets.Dataset, mode: str, default_data: bool,
     if mode == "scan_to_scan":
         return dataloader.ScanToScanDataLoader(
             train_set.vols, batch_size, (steps or DEFAULT_STEPS) * batch_size, seed,
-            functools.partial(synthetic.random_subject, kinds=augment) if augment else None,
+            functools.partial(augmentation.random_subject, kinds=augment) if augment else None,
             train_set.segs, workers=2 if augment or lazy else 1, **options)
     if mode == "listed":
         pairs = datasets.make_pairs(train_set, mode)
@@ -273,7 +297,7 @@ def use_mixed_precision(device: str) -> None:
 
 def training_callbacks(args, output: str, state: dict | None) -> list:
     """Checkpoints, the divergence stop and, with --tensorboard, TensorBoard logs."""
-    callbacks = [rundir.StopOnDivergence(state["batch"] if state else 0),
+    callbacks = [stopping.StopOnDivergence(state["batch"] if state else 0),
                  rundir.Checkpoint(output, state, args.keep_best)]
     if args.tensorboard:
         callbacks.append(keras.callbacks.TensorBoard(os.path.join(output, rundir.TENSORBOARD)))
@@ -364,12 +388,12 @@ def locked_train(args, lock: contextlib.ExitStack) -> dict:
                              else args.output or "the chief's run folder")
     if args.resume and chief:
         lock.enter_context(rundir.locked(output))
-    augment = synthetic.augmentations(args.augment)
+    augment = augmentation.augmentations(args.augment)
     train_set, val_set, mode = training_sets(args.data, args.atlas, args.pairs, augment,
                                              args.val_data, args.val_fraction, args.ndim,
                                              args.pairs_file)
     val_pairs = datasets.make_pairs(val_set, mode, MAX_VAL_PAIRS)  # scored on their own grid
-    shape = datasets.padded_shape(train_set.shape, models.DIVISOR)
+    shape = shapes.padded_shape(train_set.shape, models.DIVISOR)
     if shape != train_set.shape:
         print(f"Padded the volumes with zeros from {train_set.shape} to {shape} (sizes must "
               f"divide by {models.DIVISOR})")
@@ -423,7 +447,7 @@ def locked_train(args, lock: contextlib.ExitStack) -> dict:
     start = time.perf_counter()
     if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
         fit_across_workers(model)
-    with rundir.stop_signals(callbacks[1]), strategy.scope():
+    with stopping.stop_signals(callbacks[1]), strategy.scope():
         try:
             fit(model, loader, val_loader, args, callbacks, state)
         except rundir.Stopped as stopped:  # named by the chief's folder on every worker

@@ -26,9 +26,6 @@ import volumes
 
 RAS_TO_LPS = np.array([-1.0, -1.0, 1.0])
 GRID_TOLERANCE_MM = 1e-3  # affines closer than this describe one grid
-# Random affine maps of training (--random_affine) and of the affine benchmark: rotation about
-# each axis pair (degrees), scaling per axis, shear, translation (mm).
-RANDOM_AFFINE = {"rotation": 20.0, "scaling": (0.85, 1.15), "shear": 0.1, "translation": 15.0}
 ITK_TRANSFORM = (".txt", ".tfm")  # ITK's text transform files (antsApplyTransforms reads them)
 
 
@@ -144,8 +141,7 @@ def sample(volume: np.ndarray, coords: np.ndarray, interpolation: str = "linear"
     ndim = coords.shape[-1]
     vector = volume.ndim == ndim + 1
     values = volume if vector else volume[..., None]
-    values = values.astype(np.int32 if interpolation == "nearest" and
-                           values.dtype.kind in "biu" else np.float32)
+    values = values.astype(utils.sampling_dtype(values.dtype, interpolation))
     sampled = utils.interpolate(values[None], coords[None].astype(np.float32), interpolation)
     sampled = np.asarray(sampled)[0]
     size = np.array(volume.shape[:ndim])
@@ -381,53 +377,6 @@ def rotation_matrix(angles) -> np.ndarray:
             np.cos(angle)
         rotation = rotation @ plane
     return rotation
-
-
-def random_affine(rng: np.random.Generator, shape: tuple[int, ...], spacing=None,
-                  rotation: float = RANDOM_AFFINE["rotation"],
-                  scaling: tuple[float, float] = RANDOM_AFFINE["scaling"],
-                  shear: float = RANDOM_AFFINE["shear"],
-                  translation: float = RANDOM_AFFINE["translation"]) -> np.ndarray:
-    """A random affine map of a grid's voxels about its centre, drawn in millimetres.
-
-    ``A = R S H``: rotation by uniform angles in ``[-rotation, rotation]`` degrees per axis
-    pair, scaling uniform in ``scaling`` per axis, shear ``H`` with off-diagonal (upper)
-    entries uniform in ``[-shear, shear]``; a translation uniform in ``[-translation,
-    translation]`` mm per axis.
-
-    Parameters
-    ----------
-    rng : np.random.Generator
-        The draws' generator.
-    shape : tuple of int
-        Spatial shape of the grid.
-    spacing : float or sequence of float, optional
-        Voxel size in mm (default 1).
-
-    Returns
-    -------
-    np.ndarray
-        ``(ndim, ndim + 1)`` map ``[A | b]`` of voxel coordinates: ``y = A (x - c) + c + t``,
-        ``c`` the grid's centre, in voxels, 'ij' order.
-    """
-    ndim = len(shape)
-    voxel = np.broadcast_to(np.asarray(1.0 if spacing is None else spacing, float), (ndim,))
-    angles = np.radians(rng.uniform(-rotation, rotation, ndim * (ndim - 1) // 2))
-    sheared = np.eye(ndim)
-    sheared[np.triu_indices(ndim, 1)] = rng.uniform(-shear, shear, ndim * (ndim - 1) // 2)
-    in_mm = rotation_matrix(angles) @ np.diag(rng.uniform(*scaling, ndim)) @ sheared
-    matrix = in_mm * voxel[None, :] / voxel[:, None]  # the same map in voxel coordinates
-    shift = rng.uniform(-translation, translation, ndim) / voxel
-    centre = (np.asarray(shape) - 1) / 2
-    return np.concatenate([matrix, (centre + shift - matrix @ centre)[:, None]], axis=1)
-
-
-def affine_moved(volume: np.ndarray, matrix: np.ndarray, interpolation: str = "linear"
-                 ) -> np.ndarray:
-    """``volume`` resampled by an affine map of its voxels: ``moved[x] = volume[A x + b]``
-    (zero outside), e.g. to misalign a moving image by :func:`random_affine`."""
-    coords = spacing_grid(volume.shape).coordinates()
-    return sample(volume, coords @ matrix[:, :-1].T + matrix[:, -1], interpolation)
 
 
 def world_matrix(matrix: np.ndarray, grid: Grid) -> np.ndarray:

@@ -17,9 +17,9 @@ import numpy as np
 import tensorflow as tf
 
 import dataloader
-import datasets
 import metrics
 import models
+import shapes
 import utils
 import volumes
 
@@ -155,9 +155,9 @@ class FineTuner:
         self.network.set_weights(self.trained)
         for variable, value in zip(self.network.optimizer.variables, self.fresh):
             variable.assign(value)  # step count 0, zero moments: Adam as new
-        padding = datasets.padding_to_shape(moving.shape, models.input_shape(self.network))
-        self.batch = dataloader.batch(datasets.pad(np.asarray(moving)[None], padding),
-                                      datasets.pad(np.asarray(static)[None], padding))
+        padding = shapes.padding_to_shape(moving.shape, models.input_shape(self.network))
+        self.batch = dataloader.batch(shapes.pad(np.asarray(moving)[None], padding),
+                                      shapes.pad(np.asarray(static)[None], padding))
         self.watch, self.done, self.best, self.note = Watch(), 0, self.trained, None
 
     def train(self, steps: int) -> keras.Model:

@@ -9,10 +9,15 @@ Conventions used throughout the package:
   first voxel along their axis (so a diverging field gives defined values, never bad indices).
 
 Everything here works for 2D and 3D (and 1D) through the same code, driven by ``ndim``.
+
+This module is the sampler and the field maths built on it, all in TensorFlow; the numpy geometry
+of arrays (padding to the network's shape and cropping back) is ``shapes.py``'s, so that the data
+sets, which use it, need not load TensorFlow.
 """
 import itertools
 
 import runtime  # noqa: F401  (TensorFlow's settings: before its first import)
+import numpy as np
 import tensorflow as tf
 
 
@@ -91,6 +96,13 @@ def interpolate(image: tf.Tensor, coords: tf.Tensor, interpolation: str = "linea
         values = [a + frac[d] * (b - a) for a, b in zip(values[0::2], values[1::2])]
     moved = values[0]
     return tf.cast(tf.reshape(moved, out_shape), image.dtype)
+
+
+def sampling_dtype(dtype, interpolation: str = "linear") -> np.dtype:
+    """The dtype to sample a numpy image of ``dtype`` in: int32 for integer labels with
+    ``"nearest"`` (their values copied exactly), float32 for anything else."""
+    integer = np.dtype(dtype).kind in "biu"
+    return np.dtype(np.int32 if interpolation == "nearest" and integer else np.float32)
 
 
 def warp(moving: tf.Tensor, deformation: tf.Tensor, interpolation: str = "linear") -> tf.Tensor:

@@ -12,11 +12,13 @@ From the shell::
     python3 viz.py RUN_DIR                             # every figure of a main.py run folder
     python3 viz.py RUN_DIR --output _images --prefix default3d_ --pairs 1
 
-The framework diagram is drawn by ``_images/framework.py``.
+The framework diagram is drawn by ``_images/framework.py``. Every file name of a run is
+``rundir.py``'s, and so are the readers of its files.
+
+At some 550 lines it is longer than the others: six kinds of figure, each drawn by its own short
+functions, and the command line that draws a run's.
 """
 import argparse
-import csv
-import json
 import os
 import sys
 from functools import partial
@@ -28,8 +30,9 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
-import scores
+import datasets
 import rundir
+import scores
 import volumes
 
 VIEW_NAMES = ("sagittal", "coronal", "axial")
@@ -97,13 +100,6 @@ def _in_plane(deformation: np.ndarray, slice_index=None) -> list[np.ndarray]:
             for view, (a, b) in enumerate(planes)]
 
 
-def _unit(image: np.ndarray) -> np.ndarray:
-    """Min-max scale to [0, 1] (zeros for a constant image)."""
-    image = np.asarray(image, dtype=np.float64)
-    span = image.max() - image.min()
-    return (image - image.min()) / span if span > 0 else np.zeros_like(image)
-
-
 def _overlay(first: np.ndarray, second: np.ndarray) -> np.ndarray:
     """RGB image: ``first`` in magenta, ``second`` in green; grey where they agree."""
     return np.stack([first, second, first], axis=-1)
@@ -169,7 +165,7 @@ def overlay_slices(moving, static, moved, slice_index=None, ltitle: str = "Movin
     -------
     matplotlib.figure.Figure
     """
-    rows = [_slices(_unit(v), slice_index) for v in (moving, static, moved)]
+    rows = [_slices(datasets.min_max(v), slice_index) for v in (moving, static, moved)]
     fig, axes = _panels(len(rows[0]), 5, f"Overlays: {ltitle} or {rtitle} in magenta, {mtitle} "
                         "in green, grey where they agree")
     titles = (ltitle, f"{ltitle} / {mtitle}", mtitle, f"{rtitle} / {mtitle}", rtitle)
@@ -206,7 +202,7 @@ def plot_deformation_grid(deformation, image=None, slice_index=None, spacing: in
     matplotlib.figure.Figure
     """
     fields = _in_plane(deformation, slice_index)
-    backgrounds = (_slices(_unit(image), slice_index) if image is not None
+    backgrounds = (_slices(datasets.min_max(image), slice_index) if image is not None
                    else [np.ones(field.shape[:2]) for field in fields])
     fig, axes = _panels(len(fields), 1, f"Deformation grid\n(lines every {spacing} voxels)",
                         width=PANEL_INCHES + 0.6)
@@ -300,13 +296,6 @@ def plot_jacobian(deformation, slice_index=None, fname: str | None = None) -> Fi
     return _save(fig, fname)
 
 
-def read_history(path) -> dict[str, list[float]]:
-    """Read a run's ``history.csv`` (Keras ``CSVLogger`` columns) into ``{column: values}``."""
-    with open(path, newline="") as file:
-        rows = list(csv.DictReader(file))
-    return {key: [float(row[key]) for row in rows] for key in rows[0]} if rows else {}
-
-
 def _loss_panels(history: dict) -> list[tuple[str, str, list[tuple[str, str]]]]:
     """The panels of :func:`plot_history`, from the loss terms that ``history`` holds.
 
@@ -369,7 +358,7 @@ def plot_history(history, fname: str | None = None) -> Figure:
     matplotlib.figure.Figure
     """
     if not isinstance(history, dict):
-        history = read_history(history)
+        history = rundir.read_history(history)
     panels = _loss_panels(history)
     fig = Figure(figsize=(13 / 3 * len(panels), 3.8), layout="constrained")
     axes = fig.subplots(1, len(panels), squeeze=False)[0]
@@ -394,12 +383,6 @@ def plot_history(history, fname: str | None = None) -> Figure:
         axes[2].set_yscale("log")
     fig.suptitle("Training history")
     return _save(fig, fname)
-
-
-def read_evaluation(path) -> dict:
-    """Read the ``eval.json`` that ``main.py evaluate`` writes (null for absent structures)."""
-    with open(path) as file:
-        return json.load(file)
 
 
 def _box_per_structure(ax, evaluation: dict, key: str, colour: str, shift: float = 0.0) -> None:
@@ -437,7 +420,7 @@ def plot_dice(evaluation, fname: str | None = None) -> Figure:
         The Dice axes first, then the HD95 axes when drawn.
     """
     if not isinstance(evaluation, dict):
-        evaluation = read_evaluation(evaluation)
+        evaluation = rundir.read_evaluation(evaluation)
     names = [str(name).replace("_", " ")
              for name in evaluation.get("label_names") or evaluation["labels"]]
     hd95_key = next((key for key in ("hd95_mm", "hd95") if key in evaluation["per_pair"][0]),
@@ -488,17 +471,19 @@ def _run_figures(run_dir: str, pairs: int | None = None):
         yield "loss", rundir.LOSS_PLOT, partial(plot_history, history)
     samples = os.path.join(run_dir, rundir.SAMPLES)
     if os.path.exists(samples):
-        with np.load(samples) as stored:
-            arrays = dict(stored)
+        arrays = rundir.read_samples(samples)
         for i in range(len(arrays["moving"]))[:pairs]:
             moving, deformation = arrays["moving"][i], arrays["deformation"][i]
-            yield "overlay", f"overlay_{i}.png", partial(
+            yield "overlay", rundir.OVERLAY_PLOT.format(i), partial(
                 overlay_slices, moving, arrays["static"][i], arrays["moved"][i])
-            yield "grid", f"grid_{i}.png", partial(plot_deformation_grid, deformation, moving)
-            yield "displacement", f"displacement_{i}.png", partial(plot_displacement, deformation)
-            yield "jacobian", f"jacobian_{i}.png", partial(plot_jacobian, deformation)
+            yield "grid", rundir.GRID_PLOT.format(i), partial(plot_deformation_grid, deformation,
+                                                              moving)
+            yield "displacement", rundir.DISPLACEMENT_PLOT.format(i), partial(plot_displacement,
+                                                                              deformation)
+            yield "jacobian", rundir.JACOBIAN_PLOT.format(i), partial(plot_jacobian, deformation)
     evaluation = os.path.join(run_dir, rundir.EVALUATION)
-    if os.path.exists(evaluation) and "dice_after" in read_evaluation(evaluation)["summary"]:
+    if os.path.exists(evaluation) and \
+            "dice_after" in rundir.read_evaluation(evaluation)["summary"]:
         yield "dice", rundir.DICE_PLOT, partial(plot_dice, evaluation)
 
 

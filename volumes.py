@@ -5,6 +5,10 @@ the user errors.
   (a displacement as a NIfTI vector image), through :func:`atomic_path`, which every writer of
   the package uses: a temporary file in the same folder, then one ``os.replace``. NIfTI and
   MGH files keep their affine (voxel to RAS mm), which ``transforms.Grid`` reads.
+- :func:`check_output_files`: output files that could not all be written are refused before any
+  work is done.
+- :func:`nifti_spacing` and :func:`voxel_size`: the voxel size in mm, from a file's header, or
+  from one value or one per axis (an ``.npz``'s ``spacing``, a score's argument).
 - :class:`DataError` (input data that cannot be used) and :class:`UsageError` (flags or a run
   folder that cannot be used) carry one-line messages for the user; ``main.py`` prints them and
   exits with status 2. :class:`DataWarning` is printed as one line too.
@@ -113,6 +117,37 @@ def file_format(path: str) -> str:
         if path.endswith(suffixes):
             return name
     raise DataError(f"{path}: unsupported file type (use {FORMATS})")
+
+
+def check_output_files(paths: dict[str, str | None], inputs: list[str],
+                       other_formats: tuple[str, ...] = ()) -> None:
+    """Refuse output files that could not all be written: checked before any work is done.
+
+    Parameters
+    ----------
+    paths : dict
+        ``{flag: path}`` of the outputs asked for (None: not asked for).
+    inputs : list of str
+        Input files, which no output may overwrite.
+    other_formats : tuple of str
+        Flags of outputs that are not volumes (e.g. a transform file), whose format the caller
+        checks.
+    """
+    given = {flag: path for flag, path in paths.items() if path}
+    for flag, path in given.items():
+        if flag not in other_formats:
+            file_format(path)
+        folder = os.path.dirname(os.path.abspath(path))
+        if not os.path.isdir(folder):
+            raise UsageError(f"{flag} {path}: no such folder {folder}")
+        if os.path.isdir(path):
+            raise UsageError(f"{flag} {path} is a folder, not a file")
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise UsageError(f"{flag} {path}: cannot write into {folder}")
+        if any(os.path.abspath(path) == os.path.abspath(other) for other in inputs):
+            raise UsageError(f"{flag} {path} would overwrite an input file")
+    if len({os.path.abspath(path) for path in given.values()}) < len(given):
+        raise UsageError(f"{', '.join(given)} must be different files")
 
 
 def read_image(path: str):
@@ -276,3 +311,14 @@ def nifti_spacing(image) -> tuple[float, ...]:
     """Voxel size in mm of a NIfTI or MGH image's axes that :func:`load_volume` keeps (size > 1)."""
     return tuple(float(zoom) for size, zoom in zip(image.shape, image.header.get_zooms())
                  if size != 1)
+
+
+def voxel_size(spacing, ndim: int) -> np.ndarray:
+    """``(ndim,)`` voxel size from one value or one per axis; ValueError if not positive."""
+    spacing = np.ravel(np.asarray(spacing, dtype=np.float64))
+    if spacing.size == 1:
+        spacing = np.repeat(spacing, ndim)
+    if spacing.shape != (ndim,) or not np.all(np.isfinite(spacing) & (spacing > 0)):
+        raise ValueError(f"spacing must be positive, a scalar or one per axis ({ndim}), "
+                         f"got {spacing.tolist()}")
+    return spacing

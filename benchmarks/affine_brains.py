@@ -6,7 +6,7 @@
 Data: ``../shared/data/fstrain9_128.npz`` (as ``real_brains.py``: 6 training subjects, ordered
 pairs of the 3 test subjects, 128^3 at 1.5 mm, affinely pre-aligned to MNI152; never copied into
 the project). Each test pair's moving subject is moved by its own known random affine map
-(``transforms.random_affine``, seeded: rotation up to 20 degrees per axis pair, scaling
+(``augmentation.random_affine``, seeded: rotation up to 20 degrees per axis pair, scaling
 0.85-1.15, shear 0.1, translation up to 15 mm) and written on another grid, as a scan from
 another scanner session would come: FreeSurfer's LIA orientation, 1.25 mm voxels, 176^3
 (trilinear for the image, nearest neighbour for its label map).
@@ -70,6 +70,7 @@ def misaligned(full_set, pairs, grid, other, seed: int) -> list[dict]:
         ``image`` and ``seg`` on ``other``; ``truth``, the ``(4, 4)`` LPS map of static points to
         the points of the misaligned scan that match them.
     """
+    import augmentation
     import transforms
 
     vols, segs = full_set[:2]
@@ -77,7 +78,7 @@ def misaligned(full_set, pairs, grid, other, seed: int) -> list[dict]:
     points = other.world(other.coordinates())
     made = []
     for m, _ in pairs:
-        moved_by = transforms.world_matrix(transforms.random_affine(rng, grid.shape, 1.5), grid)
+        moved_by = transforms.world_matrix(augmentation.random_affine(rng, grid.shape, 1.5), grid)
         coords = grid.voxels(points @ moved_by[:3, :3].T + moved_by[:3, 3])
         made.append({"image": transforms.sample(vols[m], coords),
                      "seg": transforms.sample(segs[m], coords, "nearest"),
@@ -244,9 +245,11 @@ def main() -> None:
     cases = misaligned(full_set, pairs, grids_[0], grids_[2], args.pair_seed)
 
     def trained(name: str, epochs: int, flags: list[str]) -> str:
+        import rundir
+
         training = argparse.Namespace(epochs=epochs, steps_per_epoch=100, lr=1e-3, seed=args.seed)
         brains.train(name, flags, train_set, test_set, args.output, training)
-        return os.path.join(args.output, name, "model.keras")
+        return os.path.join(args.output, name, rundir.MODEL)
 
     affine = trained("affine", args.affine_epochs, ["--transform", "affine", "--random_affine"])
     integrate = ["--int_steps", "7", "--int_downsize", "2"]

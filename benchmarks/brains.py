@@ -68,9 +68,12 @@ def full_resolution_test_set(path: str):
 
 
 def test_pairs(count: int, max_pairs: int | None) -> list[tuple[int, int]]:
-    """Ordered pairs of ``count`` test subjects: shift 1 first (a cycle), then shift 2, ...."""
-    pairs = [(m, (m + shift) % count) for shift in range(1, count) for m in range(count)]
-    return pairs[:max_pairs]
+    """Ordered pairs of ``count`` test subjects (``datasets.scan_to_scan_pairs``) by the shift
+    from moving to static: shift 1 first (a cycle), then shift 2, ...."""
+    import datasets
+
+    pairs = map(tuple, datasets.scan_to_scan_pairs(count).tolist())
+    return sorted(pairs, key=lambda pair: ((pair[1] - pair[0]) % count, pair[0]))[:max_pairs]
 
 
 def score_pair(full, m: int, s: int, moved_seg: np.ndarray, deformation: np.ndarray) -> dict:
@@ -131,8 +134,7 @@ def train(name: str, flags: list[str], train_set: str, test_set: str, folder: st
             str(args.seed), *flags])
         if code:
             sys.exit(f"error: training {name} failed")
-    with open(os.path.join(run, rundir.METRICS)) as file:
-        return json.load(file)["train_seconds"]
+    return rundir.read_json(os.path.join(run, rundir.METRICS))["train_seconds"]
 
 
 def cached(path: str, pairs: list[tuple[int, int]], compute, settings: dict | None = None

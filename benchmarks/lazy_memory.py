@@ -56,10 +56,11 @@ def train_steps(path: str, steps: int) -> dict:
     import keras
     import datasets
     import models
+    import shapes
     import training
 
     data = datasets.load_dataset(path, ndim=3)
-    shape = datasets.padded_shape(data.shape, models.DIVISOR)
+    shape = shapes.padded_shape(data.shape, models.DIVISOR)
     data = datasets.pad_dataset(data, shape)
     model = models.build_model(shape, "vm1", "mse", None, 1e-4)
     loader = training.training_loader(data, "scan_to_scan", False, 1, steps + 1, 0, False,

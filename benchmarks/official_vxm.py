@@ -11,8 +11,8 @@ throw-away virtual environment, as ``../shared/bench/anchor_official_vxm.py`` se
 The budget is the project's VM-2 row: ``VxmDense`` with the same channels (encoder 16-32-32-32,
 decoder 32-32-32-32-32-16-16), no integration, local NCC with a 9-voxel window plus 1.0 times
 the l2 gradient loss of the displacement, Adam, batch 1, the same training subjects on the same
-grid (block means of the 128^3 volumes, each scaled to [0, 1] by its minimum and maximum as the
-project's ``datasets.normalize`` does), scan-to-scan pairs of distinct subjects drawn at random,
+grid (block means of the 128^3 volumes, each scaled to [0, 1] by its minimum and maximum, with the
+project's ``datasets.normalize``), scan-to-scan pairs of distinct subjects drawn at random,
 the same number of steps and learning rate. Writes ``flows.npz``: the displacement of every
 ordered test pair (``brains.test_pairs`` order) on the network's grid, in voxels, 'ij'
 order (the official convention is the project's: ``moved(x) = moving(x + u(x))``), with the
@@ -28,6 +28,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path[:0] = [ROOT, os.path.join(ROOT, "benchmarks")]
 import runtime  # noqa: E402, F401  (oneDNN on and quiet logs, as for this project's rows)
+import datasets  # noqa: E402  (numpy only: the intensity scaling)
 from benchmarks import brains  # noqa: E402  (numpy only: the sets and the pairs)
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
@@ -44,13 +45,6 @@ import voxelmorph as vxm  # noqa: E402
 VM2 = [[16, 32, 32, 32], [32, 32, 32, 32, 32, 16, 16]]
 
 
-def scaled(volumes: np.ndarray) -> np.ndarray:
-    """``(N, *spatial)`` volumes, each scaled to [0, 1] by its minimum and maximum."""
-    low = volumes.min(axis=tuple(range(1, volumes.ndim)), keepdims=True)
-    high = volumes.max(axis=tuple(range(1, volumes.ndim)), keepdims=True)
-    return ((volumes - low) / (high - low)).astype(np.float32)[..., None]
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default=brains.DATA)
@@ -63,7 +57,7 @@ def main() -> None:
 
     with np.load(args.data) as stored:
         vols, _ = brains.downsample(stored["vols"], stored["segs"], args.downsample)
-    vols = scaled(vols)
+    vols = np.stack([datasets.normalize(volume) for volume in vols])[..., None]
     train, test = vols[:brains.NUM_TRAIN], vols[brains.NUM_TRAIN:]
     tf.keras.utils.set_random_seed(args.seed)
     model = vxm.networks.VxmDense(train.shape[1:-1], VM2, int_steps=0)

@@ -72,21 +72,6 @@ def test_an_atlas_of_another_shape_is_refused(tmp_path):
         datasets.load_dataset(str(tmp_path / "vols.npy"), str(tmp_path / "atlas.npy"))
 
 
-def test_padding_makes_sizes_divisible_and_crop_undoes_it():
-    volume = np.random.default_rng(0).random((2, 20, 33))
-    shape = datasets.padded_shape(volume.shape[1:], 16)
-    padding = datasets.padding_to_shape(volume.shape[1:], shape)
-    padded = datasets.pad(volume, padding)
-    assert shape == (32, 48) and padded.shape == (2, 32, 48)
-    assert padding == [(6, 6), (7, 8)]  # centred
-    np.testing.assert_array_equal(datasets.crop(padded, padding), volume)
-
-
-def test_volumes_larger_than_the_target_shape_are_refused():
-    with pytest.raises(volumes.DataError, match="do not fit the model's input shape"):
-        datasets.padding_to_shape((20, 40), (32, 32))
-
-
 def test_spacing_comes_from_nifti_zooms_or_the_npz_and_is_otherwise_unknown(tmp_path):
     vols = np.random.default_rng(0).random((2, 6, 7, 8)).astype(np.float32)
     affine = np.array([[0, 0, 1.5, 0], [-0.8, 0, 0, 0], [0, 1.2, 0, 0], [0, 0, 0, 1.0]])

@@ -29,6 +29,13 @@ def test_ants_scores_are_kept_per_pair_and_dropped_for_other_iterations(tmp_path
     assert not os.path.exists(path + ".tmp")
 
 
+def test_test_pairs_are_every_ordered_pair_by_shift():
+    from benchmarks import brains
+
+    assert brains.test_pairs(3, None) == [(0, 1), (1, 2), (2, 0), (0, 2), (1, 0), (2, 1)]
+    assert brains.test_pairs(4, 5) == [(0, 1), (1, 2), (2, 3), (3, 0), (0, 2)]
+
+
 def test_options_that_helped_combine_into_one_command_line():
     from benchmarks import real_brains
 

@@ -2,9 +2,9 @@
 import keras
 import numpy as np
 
-import datasets
 import models
 import registration
+import shapes
 
 
 def trained_like(shape, **options) -> keras.Model:
@@ -33,8 +33,8 @@ def test_a_smaller_pair_is_padded_registered_and_cropped_back(labelled_pair):
     moving, static, moving_seg, _ = labelled_pair((26, 30))
     model = trained_like((32, 32))
     registered = registration.register_padded(model, moving, static, moving_seg)
-    padding = datasets.padding_to_shape(moving.shape, (32, 32))  # (3, 3), (1, 1)
-    whole = registration.register(model, *(datasets.pad(a, padding)
+    padding = shapes.padding_to_shape(moving.shape, (32, 32))  # (3, 3), (1, 1)
+    whole = registration.register(model, *(shapes.pad(a, padding)
                                            for a in (moving, static, moving_seg)))
     assert registered["deformation"].shape == (26, 30, 2)
     np.testing.assert_array_equal(registered["deformation"], whole["deformation"][3:-3, 1:-1])

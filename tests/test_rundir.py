@@ -1,5 +1,5 @@
-"""Checkpoints, --resume, stop signals, the run folder's lock, failed writes and the divergence
-stop (rundir.py through main.py)."""
+"""Checkpoints, --resume, stopping by a signal or a diverged loss, the run folder's lock, failed
+writes (rundir.py through main.py)."""
 import csv
 import errno
 import importlib.util
@@ -10,7 +10,6 @@ import signal
 import subprocess
 import sys
 import time
-import types
 
 import keras
 import numpy as np
@@ -21,6 +20,7 @@ import dataloader
 import main
 import models
 import rundir
+import stopping
 import volumes
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -73,6 +73,20 @@ def assert_ends_as(run, unbroken) -> None:
     assert_same_weights(os.path.join(run, state(run)["model"]),
                         os.path.join(unbroken, state(unbroken)["model"]))
     assert history_rows(run) == history_rows(unbroken)
+
+
+def test_run_files_read_back_as_they_were_written(tmp_path):
+    history = {"loss": [3.0, 1.5], "val_moved_loss": [2.0, 1.0]}
+    rundir.write_history(str(tmp_path / rundir.HISTORY), history)
+    assert rundir.read_history(str(tmp_path / rundir.HISTORY)) == {"epoch": [0.0, 1.0], **history}
+    samples = [{"moving": np.full((4, 5), i, np.float32), "deformation": np.zeros((4, 5, 2))}
+               for i in range(3)]
+    rundir.write_samples(str(tmp_path / rundir.SAMPLES), samples)
+    stored = rundir.read_samples(str(tmp_path / rundir.SAMPLES))
+    assert stored["moving"].shape == (3, 4, 5) and stored["deformation"].shape == (3, 4, 5, 2)
+    np.testing.assert_array_equal(stored["moving"][:, 0, 0], [0, 1, 2])
+    rundir.write_json(str(tmp_path / rundir.EVALUATION), {"dice": [0.5, float("nan")]})
+    assert rundir.read_evaluation(str(tmp_path / rundir.EVALUATION)) == {"dice": [0.5, None]}
 
 
 def test_resumed_run_ends_with_the_weights_of_an_unbroken_one(tmp_path, tiny_set, unbroken,
@@ -196,14 +210,12 @@ class NaNFrom(keras.utils.PyDataset):
         moving = np.random.default_rng(index).random((1, 16, 16, 1)).astype(np.float32)
         if self.drawn >= self.first_bad:
             moving[:] = np.nan
-        zeros = np.zeros((1, 16, 16, 2), np.float32)
-        return {"moving": moving, "static": moving[:, ::-1]}, {"moved": moving,
-                                                               "deformation": zeros}
+        return {"moving": moving, "static": moving[:, ::-1]}
 
 
 def test_a_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(tmp_path):
     model = models.build_model((16, 16), "vm1")
-    stop, saver = rundir.StopOnDivergence(), rundir.Checkpoint(str(tmp_path))
+    stop, saver = stopping.StopOnDivergence(), rundir.Checkpoint(str(tmp_path))
     model.fit(NaNFrom(8), epochs=5, shuffle=False, verbose=0, callbacks=[stop, saver])
     epoch, step, loss = stop.diverged  # counted from 1
     assert 2 <= epoch < 5 and 1 <= step <= 3 and np.isnan(loss)
@@ -341,15 +353,6 @@ def test_sigterm_stops_a_training_process_with_one_line_and_status_143(tmp_path,
     assert rundir.position(saved) in lines[0] and saved["epoch"] >= 1
     assert int(model.optimizer.iterations) == saved["iterations"] == 3 * saved["epoch"] + \
         saved["batch"]
-
-
-def test_stop_signals_records_a_signal_and_puts_the_handlers_back(tmp_path):
-    before = [signal.getsignal(signum) for signum in (signal.SIGTERM, signal.SIGINT)]
-    saver = types.SimpleNamespace(signal=None)
-    with rundir.stop_signals(saver):
-        os.kill(os.getpid(), signal.SIGTERM)
-    assert saver.signal == signal.SIGTERM
-    assert [signal.getsignal(signum) for signum in (signal.SIGTERM, signal.SIGINT)] == before
 
 
 HOLD_LOCK = ("import fcntl, os, sys; descriptor = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT); "

@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 import scores
+import volumes
 
 
 def slabs(shape, offset, axis=0):
@@ -115,7 +116,7 @@ def test_scores_give_hd95_in_voxels_and_mm_of_the_brute_force_reference(spacing)
     maps, image = random_blobs(shape), np.zeros(shape, np.float32)
     scored = scores.score_registration(image, image, image, np.zeros((*shape, 3)), maps[0],
                                         maps[1], maps[0], spacing=spacing)
-    for key, size in (("hd95", np.ones(3)), ("hd95_mm", scores.voxel_size(spacing, 3))):
+    for key, size in (("hd95", np.ones(3)), ("hd95_mm", volumes.voxel_size(spacing, 3))):
         expected = [brute_force_hd95(maps[0] == label, maps[1] == label, size)
                     for label in (1, 2, 3)]
         np.testing.assert_allclose(scored[key], expected, rtol=1e-12)

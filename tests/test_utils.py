@@ -175,3 +175,10 @@ def test_any_coordinates_sample_values_of_the_image(coords, interpolation):
     sampled = utils.interpolate(image, coords, interpolation).numpy()
     assert np.all(np.isfinite(sampled))
     assert sampled.min() >= 1.0 - 1e-5 and sampled.max() <= image.max() + 1e-5
+
+
+def test_labels_are_sampled_as_int32_with_nearest_and_everything_else_as_float32():
+    assert utils.sampling_dtype(np.uint8, "nearest") == np.int32
+    assert utils.sampling_dtype(np.bool_, "nearest") == np.int32
+    assert utils.sampling_dtype(np.uint8, "linear") == np.float32
+    assert utils.sampling_dtype(np.float64, "nearest") == np.float32

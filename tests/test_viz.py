@@ -133,7 +133,6 @@ def write_history(path, history):
 
 def test_history_plots_train_and_validation_of_every_loss(tmp_path):
     write_history(tmp_path / "history.csv", history_rows())
-    assert viz.read_history(str(tmp_path / "history.csv"))["val_moved_loss"][0] == 2.0
     fig = viz.plot_history(str(tmp_path / "history.csv"), str(tmp_path / "loss.png"))
     axes = fig.axes
     assert [ax.get_title() for ax in axes] == ["total loss", "image similarity",

@@ -125,3 +125,24 @@ def test_a_failed_write_is_a_write_error_and_keeps_the_old_file(tmp_path, monkey
         volumes.save_volume(path, np.ones(3))
     assert os.listdir(tmp_path) == ["vol.npy"]  # no temporary file left
     np.testing.assert_array_equal(volumes.read_npy(path), np.zeros(3))
+
+
+def test_voxel_size_is_one_value_for_every_axis_or_one_per_axis():
+    np.testing.assert_array_equal(volumes.voxel_size(1.5, 3), [1.5, 1.5, 1.5])
+    np.testing.assert_array_equal(volumes.voxel_size([1.0, 2.0], 2), [1.0, 2.0])
+    for bad in ([1.0, 2.0], 0.0, [1.0, np.inf, 1.0]):
+        with pytest.raises(ValueError, match="spacing must be positive"):
+            volumes.voxel_size(bad, 3)
+
+
+def test_output_files_are_checked_before_any_work(tmp_path):
+    moving, moved = str(tmp_path / "m.npy"), str(tmp_path / "o.npy")
+    volumes.check_output_files({"--moved": moved, "--warp": None}, [moving])  # None: not asked
+    for paths, message in (({"--moved": moving}, "--moved .* would overwrite an input file"),
+                           ({"--moved": moved, "--deformation": moved},
+                            "--moved, --deformation must be different files"),
+                           ({"--moved": str(tmp_path / "no" / "o.npy")}, "no such folder"),
+                           ({"--moved": str(tmp_path / "o.png")}, "unsupported file type")):
+        with pytest.raises((volumes.UsageError, volumes.DataError), match=message):
+            volumes.check_output_files(paths, [moving])
+    volumes.check_output_files({"--affine": str(tmp_path / "a.txt")}, [], ("--affine",))
