@@ -351,11 +351,15 @@ class TrainingModel(keras.Model):
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
         """The total loss of a batch: ``sum_t weight_t * mean over the batch of loss_t``.
 
-        ``x`` (the inputs) and ``y_pred`` (the outputs) are looked up by name; ``y`` and
-        ``sample_weight`` are not used. Each term's tracker takes its unweighted batch mean;
-        under a distribution strategy, each replica's share of the total is divided by the
-        number of replicas (their gradients are summed), as Keras does for compiled losses.
+        ``x`` (the inputs) and ``y_pred`` (the outputs) are looked up by name; a batch has no
+        targets ``y`` (refused: they would be ignored) and ``sample_weight`` is not used. Each
+        term's tracker takes its unweighted batch mean; under a distribution strategy, each
+        replica's share of the total is divided by the number of replicas (their gradients are
+        summed), as Keras does for compiled losses.
         """
+        if y is not None:
+            raise ValueError("this model computes its loss from its own inputs and outputs: "
+                             "give batches of inputs only, without targets")
         tensors = {**x, **y_pred}
         replicas = tf.distribute.get_strategy().num_replicas_in_sync
         weighted = []

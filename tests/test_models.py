@@ -265,6 +265,13 @@ def test_a_loss_whose_static_side_is_an_input_of_another_contrast_is_one_term():
     np.testing.assert_allclose(logs["loss"], logs["moved_loss"], rtol=1e-6)
 
 
+def test_targets_are_refused_since_the_model_computes_its_loss_from_its_inputs():
+    model = models.build_model((16, 16), "vm1")
+    pair = {key: np.zeros((1, 16, 16, 1), np.float32) for key in ("moving", "static")}
+    with pytest.raises(ValueError, match="without targets"):
+        model.train_on_batch(pair, {"moved": pair["static"]})
+
+
 def test_a_term_on_a_tensor_the_model_does_not_have_is_refused():
     network = models.VoxelMorph1((16, 16))
     with pytest.raises(ValueError, match="static_seg"):
