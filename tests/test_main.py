@@ -1,4 +1,5 @@
 """The command line end to end: outputs of a tiny run, and clear errors for bad input."""
+import csv
 import json
 import os
 import subprocess
@@ -88,16 +89,27 @@ def save_slice_files(folder, count=5, shape=(16, 20)):
 
 
 def test_a_csv_list_of_images_and_label_maps_trains_with_the_segmentation_loss(tmp_path):
+    """The soft-Dice loss of the warped label maps is logged (in [0, 1], train and validation)
+    and is in the loss that training minimises with weight --seg_weight."""
     names = save_slice_files(tmp_path / "subjects")
     (tmp_path / "set.csv").write_text("image,seg\n" + "".join(f"{image},{seg}\n"
                                                               for image, seg in names))
     output = tmp_path / "run"
     assert main.main(["--data", str(tmp_path / "set.csv"), "--model", "vm1", "--epochs", "1",
-                      "--steps_per_epoch", "2", "--seg_weight", "0.1", "--val_fraction", "0.4",
-                      "--output", str(output)]) == 0
+                      "--steps_per_epoch", "2", "--seg_weight", "0.1", "--lamda", "0.5",
+                      "--val_fraction", "0.4", "--output", str(output)]) == 0
     scores = json.loads((output / "metrics.json").read_text())
     assert scores["pairs"] == "scan_to_scan" and scores["shape"] == [16, 32]
-    assert scores["validation_pairs"] == 2 and "dice_after" in scores
+    assert scores["validation_pairs"] == 2
+    with open(output / "history.csv") as file:
+        [row] = [{key: float(value) for key, value in line.items()}
+                 for line in csv.DictReader(file)]
+    for prefix in ("", "val_"):
+        seg = row[f"{prefix}moved_seg_loss"]
+        assert 0.0 < seg < 1.0  # 1 - soft Dice of overlapping (not identical) label maps
+        np.testing.assert_allclose(row[f"{prefix}loss"], row[f"{prefix}moved_loss"]
+                                   + 0.5 * row[f"{prefix}deformation_loss"] + 0.1 * seg,
+                                   rtol=1e-5, atol=1e-6)
 
 
 def test_a_pairs_file_trains_and_evaluate_scores_exactly_its_pairs_in_order(tmp_path):
