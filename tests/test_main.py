@@ -8,6 +8,7 @@ import sys
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 import datasets
 import main
@@ -365,15 +366,38 @@ def test_option_errors_are_one_line(tmp_path, capsys, flags, message):
 
 
 def test_more_gpus_than_visible_is_a_one_line_error(capsys):
-    assert main.main(["--ndim", "2", "--gpus", "64"]) == 2
+    visible = len(tf.config.list_logical_devices("GPU"))  # 0 on a CPU machine
+    assert main.main(["--ndim", "2", "--gpus", str(visible + 1)]) == 2
     assert capsys.readouterr().err.strip().splitlines() == [
-        "main.py: error: --gpus 64, but 0 GPU device(s) are visible"]
+        f"main.py: error: --gpus {visible + 1}, but {visible} GPU device(s) are visible"]
+
+
+def compute_dtypes(model) -> dict[str, str]:
+    """The dtype each layer of ``model`` computes in, by name (inputs left out)."""
+    return {layer.name: layer.dtype_policy.compute_dtype for layer in model.layers
+            if not isinstance(layer, keras.layers.InputLayer)}
 
 
 def test_mixed_precision_on_a_cpu_is_a_one_line_warning_and_stays_float32(capsys):
     training.use_mixed_precision("CPU")
-    assert capsys.readouterr().err.startswith("main.py: warning: --mixed_precision is ignored")
+    assert capsys.readouterr().err == ("main.py: warning: --mixed_precision is ignored on a CPU "
+                                       "(float16 is slower there); training in float32\n")
     assert keras.mixed_precision.global_policy().name == "float32"
+    dtypes = compute_dtypes(main.models.build_model((16, 16), "vm1"))
+    assert set(dtypes.values()) == {"float32"}, dtypes  # the model built next: all float32
+
+
+def test_mixed_precision_on_a_gpu_builds_float16_convolutions_and_a_float32_field():
+    before = keras.mixed_precision.global_policy()
+    try:
+        training.use_mixed_precision("GPU")  # as on a machine with a GPU
+        assert keras.mixed_precision.global_policy().name == "mixed_float16"
+        dtypes = compute_dtypes(main.models.build_model((16, 16), "vm1"))
+    finally:
+        keras.mixed_precision.set_global_policy(before)  # for the tests that follow
+    convolutions = [name for name in dtypes if name.startswith("conv")]
+    assert convolutions and all(dtypes[name] == "float16" for name in convolutions), dtypes
+    assert dtypes["deformation"] == dtypes["moved"] == "float32"
 
 
 def _save_npz(path, **arrays):
