@@ -5,6 +5,7 @@ import keras
 import nibabel as nib
 import numpy as np
 import pytest
+import scipy.linalg
 import SimpleITK as sitk
 
 import augmentation
@@ -44,21 +45,65 @@ def voxel_error(predicted: np.ndarray, true: np.ndarray, shape) -> float:
 
 
 @pytest.mark.parametrize("rigid", [False, True])
-def test_affine_network_at_zero_weights_is_the_identity(rigid):
-    network = models.affine_network((32, 32, 16), rigid)
+def test_affine_network_at_zero_weights_is_the_identity_even_on_a_misaligned_pair(rigid):
+    """Zero weights give empty maps: the fit's pull towards the identity alone decides the map,
+    whatever the images (here a pair that differs by an affine map, on which a fresh network
+    finds another map), and ``moved`` is the moving image unmoved."""
+    shape = (32, 32, 16)
+    network = models.affine_network(shape, rigid)
     network.set_weights([np.zeros_like(weight) for weight in network.get_weights()])
-    image = np.random.default_rng(0).random((1, 32, 32, 16, 1)).astype(np.float32)
-    outputs = network.predict_on_batch({"moving": image, "static": image})
+    moving, static, _ = known_pair(shape, np.random.default_rng(0))
+    assert np.abs(moving - static).mean() > 0.02  # the pair is misaligned
+    moving, static = moving[None, ..., None], static[None, ..., None]
+    outputs = network.predict_on_batch({"moving": moving, "static": static})
     np.testing.assert_array_equal(outputs["affine"][0], np.eye(3, 4))
     np.testing.assert_allclose(outputs["deformation"], 0.0, atol=1e-5)
-    np.testing.assert_allclose(outputs["moved"], image, atol=1e-5)
+    np.testing.assert_allclose(outputs["moved"], moving, atol=1e-5)
 
 
-def test_fresh_affine_network_starts_near_the_identity():
-    network = models.affine_network((32, 32))
-    image = np.random.default_rng(0).random((1, 32, 32, 1)).astype(np.float32)
-    matrix = network.predict_on_batch({"moving": image, "static": image})["affine"][0]
-    np.testing.assert_allclose(matrix, np.eye(2, 3), atol=1e-3)
+def map_centroids(maps: np.ndarray, shape) -> tuple[np.ndarray, np.ndarray]:
+    """``(*coarse, K)`` maps -> their barycentres in voxels of the ``shape`` grid (each coarse
+    voxel at the centre of the full-grid voxels it covers) and their mean values."""
+    axes = [(np.arange(n) + 0.5) * size / n - 0.5 for n, size in zip(maps.shape[:-1], shape)]
+    grid = np.stack(np.meshgrid(*axes, indexing="ij"), -1).reshape(-1, len(shape))
+    flat = maps.reshape(-1, maps.shape[-1]).astype(np.float64)
+    total = flat.sum(0)[:, None]
+    points = np.divide(flat.T @ grid, total, out=np.zeros((len(total), len(shape))),
+                       where=total > 0)  # an empty map: weight 0, any point
+    return points, total[:, 0] / len(flat)
+
+
+def least_squares_map(static, static_mass, moving, moving_mass, shape, rigid) -> np.ndarray:
+    """FitAffine's documented objective solved as an augmented least-squares system:
+    ``sum_k w_k |A (s_k - c) + c + t - m_k|^2 + eps |[A - I | t]|^2``."""
+    ndim, centre = len(shape), (np.array(shape) - 1) / 2
+    weights = np.sqrt(static_mass * moving_mass / np.sum(static_mass * moving_mass))[:, None]
+    rows = np.vstack([weights * np.hstack([static - centre, np.ones((len(static), 1))]),
+                      np.sqrt(layers.FIT_EPS) * np.eye(ndim + 1)])
+    right = np.vstack([weights * (moving - centre),
+                       np.sqrt(layers.FIT_EPS) * np.eye(ndim + 1, ndim)])
+    matrix, shift = np.split(np.linalg.lstsq(rows, right, rcond=None)[0].T, [ndim], axis=1)
+    if rigid:
+        matrix = scipy.linalg.expm(0.5 * (matrix - matrix.T))  # (A - I) - (A - I)^T
+    return np.hstack([matrix, centre[:, None] + shift - matrix @ centre[:, None]])
+
+
+@pytest.mark.parametrize("rigid", [False, True])
+def test_affine_network_fits_the_map_of_the_points_its_maps_find_in_each_image(rigid):
+    """A fresh network on a misaligned pair: its map is the least-squares map taking the
+    centroids of the static image's keypoint maps onto those of the moving image's."""
+    shape = (48, 64)
+    moving, static, _ = known_pair(shape, np.random.default_rng(0))
+    keras.utils.set_random_seed(0)
+    network = models.affine_network(shape, rigid)
+    pair = {"moving": moving[None, ..., None], "static": static[None, ..., None]}
+    found = network.predict_on_batch(pair)["affine"][0]
+    maps = network.get_layer("keypoint_features").predict_on_batch(
+        np.concatenate([pair["static"], pair["moving"]]))
+    expected = least_squares_map(*map_centroids(maps[0], shape), *map_centroids(maps[1], shape),
+                                 shape, rigid)
+    assert voxel_error(np.eye(2, 3), expected, shape) > 1.0  # not the identity
+    assert voxel_error(found, expected, shape) < 1e-3
 
 
 @pytest.mark.parametrize("ndim", [2, 3])

@@ -1,4 +1,5 @@
 """The command line end to end: outputs of a tiny run, and clear errors for bad input."""
+import csv
 import json
 import os
 import subprocess
@@ -7,6 +8,7 @@ import sys
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 import datasets
 import main
@@ -88,16 +90,27 @@ def save_slice_files(folder, count=5, shape=(16, 20)):
 
 
 def test_a_csv_list_of_images_and_label_maps_trains_with_the_segmentation_loss(tmp_path):
+    """The soft-Dice loss of the warped label maps is logged (in [0, 1], train and validation)
+    and is in the loss that training minimises with weight --seg_weight."""
     names = save_slice_files(tmp_path / "subjects")
     (tmp_path / "set.csv").write_text("image,seg\n" + "".join(f"{image},{seg}\n"
                                                               for image, seg in names))
     output = tmp_path / "run"
     assert main.main(["--data", str(tmp_path / "set.csv"), "--model", "vm1", "--epochs", "1",
-                      "--steps_per_epoch", "2", "--seg_weight", "0.1", "--val_fraction", "0.4",
-                      "--output", str(output)]) == 0
+                      "--steps_per_epoch", "2", "--seg_weight", "0.1", "--lamda", "0.5",
+                      "--val_fraction", "0.4", "--output", str(output)]) == 0
     scores = json.loads((output / "metrics.json").read_text())
     assert scores["pairs"] == "scan_to_scan" and scores["shape"] == [16, 32]
-    assert scores["validation_pairs"] == 2 and "dice_after" in scores
+    assert scores["validation_pairs"] == 2
+    with open(output / "history.csv") as file:
+        [row] = [{key: float(value) for key, value in line.items()}
+                 for line in csv.DictReader(file)]
+    for prefix in ("", "val_"):
+        seg = row[f"{prefix}moved_seg_loss"]
+        assert 0.0 < seg < 1.0  # 1 - soft Dice of overlapping (not identical) label maps
+        np.testing.assert_allclose(row[f"{prefix}loss"], row[f"{prefix}moved_loss"]
+                                   + 0.5 * row[f"{prefix}deformation_loss"] + 0.1 * seg,
+                                   rtol=1e-5, atol=1e-6)
 
 
 def test_a_pairs_file_trains_and_evaluate_scores_exactly_its_pairs_in_order(tmp_path):
@@ -291,7 +304,9 @@ def test_evaluate_scores_on_the_data_grid_and_skips_a_label_in_no_map(
     assert main.main(["evaluate", "--model", identity_model, "--data",
                       str(tmp_path / "test.npz"), "--output", str(output)]) == 0
     printed = capsys.readouterr()
-    assert "HD95" in printed.out and "9" in printed.err  # label 9 is in no map: skipped, said
+    assert "HD95" in printed.out
+    assert ("main.py: warning: skipped labels [9] of 'labels': in none of the label maps"
+            in printed.err.splitlines())  # label 9 is in no map: skipped, said in one line
     text = (output / "eval.json").read_text()
     evaluation = json.loads(text, parse_constant=lambda name: pytest.fail(f"{name} in JSON"))
     first = evaluation["per_pair"][0]
@@ -351,15 +366,38 @@ def test_option_errors_are_one_line(tmp_path, capsys, flags, message):
 
 
 def test_more_gpus_than_visible_is_a_one_line_error(capsys):
-    assert main.main(["--ndim", "2", "--gpus", "64"]) == 2
+    visible = len(tf.config.list_logical_devices("GPU"))  # 0 on a CPU machine
+    assert main.main(["--ndim", "2", "--gpus", str(visible + 1)]) == 2
     assert capsys.readouterr().err.strip().splitlines() == [
-        "main.py: error: --gpus 64, but 0 GPU device(s) are visible"]
+        f"main.py: error: --gpus {visible + 1}, but {visible} GPU device(s) are visible"]
+
+
+def compute_dtypes(model) -> dict[str, str]:
+    """The dtype each layer of ``model`` computes in, by name (inputs left out)."""
+    return {layer.name: layer.dtype_policy.compute_dtype for layer in model.layers
+            if not isinstance(layer, keras.layers.InputLayer)}
 
 
 def test_mixed_precision_on_a_cpu_is_a_one_line_warning_and_stays_float32(capsys):
     training.use_mixed_precision("CPU")
-    assert capsys.readouterr().err.startswith("main.py: warning: --mixed_precision is ignored")
+    assert capsys.readouterr().err == ("main.py: warning: --mixed_precision is ignored on a CPU "
+                                       "(float16 is slower there); training in float32\n")
     assert keras.mixed_precision.global_policy().name == "float32"
+    dtypes = compute_dtypes(main.models.build_model((16, 16), "vm1"))
+    assert set(dtypes.values()) == {"float32"}, dtypes  # the model built next: all float32
+
+
+def test_mixed_precision_on_a_gpu_builds_float16_convolutions_and_a_float32_field():
+    before = keras.mixed_precision.global_policy()
+    try:
+        training.use_mixed_precision("GPU")  # as on a machine with a GPU
+        assert keras.mixed_precision.global_policy().name == "mixed_float16"
+        dtypes = compute_dtypes(main.models.build_model((16, 16), "vm1"))
+    finally:
+        keras.mixed_precision.set_global_policy(before)  # for the tests that follow
+    convolutions = [name for name in dtypes if name.startswith("conv")]
+    assert convolutions and all(dtypes[name] == "float16" for name in convolutions), dtypes
+    assert dtypes["deformation"] == dtypes["moved"] == "float32"
 
 
 def _save_npz(path, **arrays):

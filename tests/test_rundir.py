@@ -150,10 +150,42 @@ def test_a_new_run_refuses_a_folder_that_holds_one(tmp_path, tiny_set, capsys):
     assert f"--resume {tmp_path}" in capsys.readouterr().err
 
 
-def loadable(path: str) -> bool:
-    """Read a run folder's file by its type; True when it parses."""
+PROBE = {"moving": np.random.default_rng(1).random((1, 16, 16, 1)).astype(np.float32),
+         "static": np.random.default_rng(2).random((1, 16, 16, 1)).astype(np.float32)}
+
+
+def outputs_on_probe(model) -> dict[str, np.ndarray]:
+    """``model``'s outputs on PROBE (an eager call: no prediction function to trace)."""
+    return {key: keras.ops.convert_to_numpy(value) for key, value in model(PROBE).items()}
+
+
+def spy_on_saved_models(monkeypatch) -> dict:
+    """From now on, every model that ``rundir.save_model`` writes is also kept in memory, by file
+    name: ``(its weights, its outputs on PROBE)`` as they were when it was saved."""
+    saved, save = {}, rundir.save_model
+
+    def save_and_keep(model, path):
+        saved[os.path.basename(path)] = (model.get_weights(), outputs_on_probe(model))
+        save(model, path)
+
+    monkeypatch.setattr(rundir, "save_model", save_and_keep)
+    return saved
+
+
+def loadable(path: str, saved: dict) -> bool:
+    """Read a run folder's file by its type; True when it parses. A model must load with the
+    weights it was saved with and give the same outputs (``saved``: see
+    :func:`spy_on_saved_models`)."""
     if path.endswith(".keras"):
-        return keras.models.load_model(path) is not None
+        model = keras.models.load_model(path)
+        weights, outputs = saved[os.path.basename(path)]
+        for loaded, kept in zip(model.get_weights(), weights, strict=True):
+            np.testing.assert_array_equal(loaded, kept)
+        predicted = outputs_on_probe(model)
+        assert predicted.keys() == outputs.keys()
+        for key in outputs:
+            np.testing.assert_allclose(predicted[key], outputs[key], rtol=1e-6, atol=1e-7)
+        return True
     if path.endswith(".json"):
         with open(path) as file:
             return isinstance(json.load(file), dict)
@@ -167,7 +199,7 @@ def loadable(path: str) -> bool:
     return False
 
 
-def test_sigkilled_training_resumes_without_losing_an_epoch(tmp_path, tiny_set):
+def test_sigkilled_training_resumes_without_losing_an_epoch(tmp_path, tiny_set, monkeypatch):
     run, epochs = str(tmp_path / "run"), 8
     command = [sys.executable, "main.py", *tiny_set, "--epochs", str(epochs),
                "--steps_per_epoch", "2", "--output", run]
@@ -186,13 +218,14 @@ def test_sigkilled_training_resumes_without_losing_an_epoch(tmp_path, tiny_set):
     kept = rundir.read_json(state)["epoch"]
     assert 2 <= kept < epochs and kept >= printed_epochs - 1  # at most the one being written
 
+    saved = spy_on_saved_models(monkeypatch)
     assert main.main(["--resume", run]) == 0
     rows = history_rows(run)
     assert [int(row["epoch"]) for row in rows] == list(range(epochs))
     assert rundir.read_json(state)["epoch"] == epochs
     files = sorted(set(os.listdir(run)) - {rundir.LOCK})
     assert not [name for name in files if name.startswith(".")]  # no temporary file left
-    assert all(loadable(os.path.join(run, name)) for name in files), files
+    assert all(loadable(os.path.join(run, name), saved) for name in files), files
 
 
 class NaNFrom(keras.utils.PyDataset):
