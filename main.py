@@ -103,11 +103,15 @@ def _add_finetune_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--refine_lr", type=_positive(float), default=tuning.REFINE_LR,
                         help="initial learning rate of --refine_steps, in voxels (decayed to 0 "
                              "along a cosine)")
+    parser.add_argument("--tune_loss", choices=models.LOSSES, default=None,
+                        help="image similarity of --finetune_steps and --refine_steps (default: "
+                             "the model's own; mi for scans of two contrasts)")
 
 
 def refiner(model, args: argparse.Namespace) -> tuning.Refiner | None:
     """The ``--refine_steps`` refiner of ``model``, or None."""
-    return tuning.Refiner(model, args.refine_steps, args.refine_lr) if args.refine_steps else None
+    return (tuning.Refiner(model, args.refine_steps, args.refine_lr, args.tune_loss)
+            if args.refine_steps else None)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -128,8 +132,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="U-Net layout: the CVPR paper's (stride-2 convolutions) or the "
                              "official code's (stride-1 convolutions and max pooling, more "
                              "computation at full resolution)")
-    parser.add_argument("--loss", choices=("ncc", "mse"), default="ncc",
-                        help="image similarity: local NCC or mean squared error")
+    parser.add_argument("--loss", choices=models.LOSSES, default="ncc",
+                        help="image similarity: local NCC, mean squared error, or mutual "
+                             "information (for images of different contrasts)")
     parser.add_argument("--ncc_window", type=_positive(int), default=9,
                         help="width of the local NCC window in voxels, per axis (the paper: 9 "
                              "at 1 mm)")
@@ -377,7 +382,8 @@ def register(args) -> str:
                                     f"(shape {seg_grid.shape} vs {moving_grid.shape}, or affine)")
     registered = registration.register_scans(
         model, moving, static, moving_grid, static_grid, moving_seg, args.finetune_steps,
-        args.finetune_lr, inverse=args.inverse_warp is not None, refiner=refiner(model, args))
+        args.finetune_lr, inverse=args.inverse_warp is not None, refiner=refiner(model, args),
+        tune_loss=args.tune_loss)
     reference = static_grid.affine if static_image is None else static_image
     for path, key in ((args.moved, "moved"), (args.deformation, "deformation"),
                       (args.moved_seg, "moved_seg")):
@@ -468,7 +474,8 @@ def evaluate(args) -> str:
     results, _ = registration.evaluate_pairs(model, pairs, labels or None, spacing=data.spacing,
                                              finetune_steps=args.finetune_steps,
                                              finetune_lr=args.finetune_lr, inverse=True,
-                                             refiner=refiner(model, args))
+                                             refiner=refiner(model, args),
+                                             tune_loss=args.tune_loss)
     summary = scores.summarize(results)
     rundir.make_folder(output)
     per_pair = [{"moving": volume_name(data, moving), "static": volume_name(data, static),

@@ -49,7 +49,9 @@ KEYPOINTS = 32  # feature maps of the affine network, whose centroids are matche
 TRANSFORMS = ("deformable", "affine", "rigid", "joint")
 UNETS = ("paper", "official")  # U-Net layouts: CVPR 2018 Fig. 3, or the official code's
 DIVISOR = 2 ** len(ENCODER)  # spatial sizes must divide by this (four stride-2 levels)
-DEFAULT_LAMBDA = {"ncc": 1.0, "mse": 0.01}  # smoothness weights of the papers
+DEFAULT_LAMBDA = {"ncc": 1.0, "mse": 0.01, "mi": 1.0}  # smoothness weights: the papers' for
+# NCC and MSE; for MI the weight that scored best on the 2D default data (docs/usage.md)
+LOSSES = tuple(DEFAULT_LAMBDA)
 TRAINING_INPUTS = ("moving_seg", "static_seg")  # label maps, inputs of the segmentation loss only
 TRAINING_OUTPUTS = ("moved_seg",)
 F32 = "float32"  # the field's layers, even under a mixed-precision policy
@@ -392,12 +394,19 @@ def smoothed_field(transform: str, int_steps: int) -> str:
     return "residual" if transform == "joint" else "deformation"
 
 
+def image_similarity(loss: str, ncc_window: int = 9):
+    """The image loss named ``loss``: local NCC over ``ncc_window``-wide windows (Eq. 5), MSE
+    (Eq. 4) or mutual information (``metrics.MutualInformation``, across contrasts)."""
+    if loss == "ncc":
+        return metrics.local_normalized_cross_correlation_loss(ncc_window)
+    return {"mse": metrics.mse_loss, "mi": metrics.MutualInformation}[loss]()
+
+
 def loss_terms(loss: str = "ncc", lamda: float | None = None, ncc_window: int = 9,
                bidir: bool = False, seg_weight: float = 0.0, transform: str = "deformable",
                int_steps: int = 0) -> list[Term]:
     """The terms of Eq. (2) for a model of these options (see :func:`build_model`)."""
-    similarity = (metrics.local_normalized_cross_correlation_loss(ncc_window)
-                  if loss == "ncc" else metrics.mse_loss())
+    similarity = image_similarity(loss, ncc_window)
     terms = [Term("moved", similarity, 0.5 if bidir else 1.0, ("static", "moved"))]
     if transform in ("deformable", "joint"):
         field = smoothed_field(transform, int_steps)
@@ -438,8 +447,9 @@ def build_model(input_shape: tuple[int, ...], model: str = "vm2", loss: str = "n
         Spatial shape, each size divisible by ``DIVISOR``.
     model : {"vm1", "vm2"}
         VoxelMorph-1 or VoxelMorph-2 decoder.
-    loss : {"ncc", "mse"}
-        Image similarity: local NCC over ``ncc_window``-wide windows (Eq. 5), or MSE (Eq. 4).
+    loss : {"ncc", "mse", "mi"}
+        Image similarity (:func:`image_similarity`): local NCC over ``ncc_window``-wide
+        windows (Eq. 5), MSE (Eq. 4), or mutual information.
     lamda : float, optional
         Weight of the smoothness loss (Eq. 3); default ``DEFAULT_LAMBDA[loss]``. It applies to
         the velocity field when integrating.

@@ -218,7 +218,7 @@ def register_scans(model: keras.Model, moving: np.ndarray, static: np.ndarray,
                    moving_seg: np.ndarray | None = None, finetune_steps: int = 0,
                    finetune_lr: float = 1e-3, inverse: bool = False,
                    tuner: tuning.FineTuner | None = None,
-                   refiner: tuning.Refiner | None = None) -> dict:
+                   refiner: tuning.Refiner | None = None, tune_loss: str | None = None) -> dict:
     """Register scans on any grids (shapes, voxel sizes, orientations) through world space.
 
     A moving scan on another grid is resampled into the static grid through both affines
@@ -251,6 +251,8 @@ def register_scans(model: keras.Model, moving: np.ndarray, static: np.ndarray,
     refiner : tuning.Refiner, optional
         Refine the displacement on the static grid after the network
         (:func:`refine_registered`).
+    tune_loss : {"ncc", "mse", "mi"}, optional
+        The image similarity of ``finetune_steps``, in place of the model's own.
 
     Returns
     -------
@@ -284,7 +286,7 @@ def register_scans(model: keras.Model, moving: np.ndarray, static: np.ndarray,
     network = network_for(model, static.shape)
     shape = models.input_shape(network)
     if tuner is None and finetune_steps:
-        tuner = tuning.FineTuner(model, finetune_steps, finetune_lr, shape)
+        tuner = tuning.FineTuner(model, finetune_steps, finetune_lr, shape, tune_loss)
     network, finetune_seconds, note = tuning.finetuned(network, tuner, *scaled)
     registered = refine_registered(refiner, register_padded(network, *scaled, inverse=inverse),
                                    *scaled)
@@ -309,8 +311,8 @@ def register_scans(model: keras.Model, moving: np.ndarray, static: np.ndarray,
 
 def evaluate_pairs(model: keras.Model, pairs: datasets.Pairs, labels=None, keep: int = 0,
                    spacing=None, finetune_steps: int = 0, finetune_lr: float = 1e-3,
-                   inverse: bool = False, refiner: tuning.Refiner | None = None
-                   ) -> tuple[list[dict], list[dict]]:
+                   inverse: bool = False, refiner: tuning.Refiner | None = None,
+                   tune_loss: str | None = None) -> tuple[list[dict], list[dict]]:
     """Register every pair once and score it on the pairs' own grid.
 
     Parameters
@@ -335,6 +337,8 @@ def evaluate_pairs(model: keras.Model, pairs: datasets.Pairs, labels=None, keep:
     refiner : tuning.Refiner, optional
         Refine each displacement on the pair's grid after the network
         (:func:`refine_registered`).
+    tune_loss : {"ncc", "mse", "mi"}, optional
+        The image similarity of ``finetune_steps``, in place of the model's own.
 
     Returns
     -------
@@ -353,7 +357,8 @@ def evaluate_pairs(model: keras.Model, pairs: datasets.Pairs, labels=None, keep:
     """
     network = network_for(model, pairs.moving.shape[1:])  # built once
     shape = models.input_shape(network)
-    tuner = tuning.FineTuner(model, finetune_steps, finetune_lr, shape) if finetune_steps else None
+    tuner = (tuning.FineTuner(model, finetune_steps, finetune_lr, shape, tune_loss)
+             if finetune_steps else None)
     grid = transforms.spacing_grid(pairs.moving.shape[1:], spacing)  # voxels when spacing is None
     results, samples = [], []
     for moving, static, moving_seg, static_seg in pairs:

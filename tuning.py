@@ -73,9 +73,17 @@ class Watch:
         return f"{self.stopped}: {kept}; try a lower {rate}"
 
 
-def image_terms(model: keras.Model) -> list[models.Term]:
+def image_terms(model: keras.Model, similarity: str | None = None) -> list[models.Term]:
     """The loss terms of a trained model that need no label map (its image similarities and
-    smoothness): those instance optimisation minimises.
+    smoothness, with its weights): those instance optimisation minimises.
+
+    Parameters
+    ----------
+    model : models.TrainingModel
+        A trained model.
+    similarity : {"ncc", "mse", "mi"}, optional
+        Use this image similarity (``models.image_similarity``) in place of the model's own,
+        e.g. mutual information for a pair of two contrasts; the weights stay the model's.
 
     Raises
     ------
@@ -85,8 +93,12 @@ def image_terms(model: keras.Model) -> list[models.Term]:
     if not isinstance(model, models.TrainingModel):
         raise volumes.DataError("instance optimisation needs the model's training loss: a "
                                 "model saved by training (main.py writes one)")
-    return [term for term in model.terms if not set(term.args) & {
+    terms = [term for term in model.terms if not set(term.args) & {
         *models.TRAINING_INPUTS, *models.TRAINING_OUTPUTS}]
+    if similarity is None:
+        return terms
+    return [term if isinstance(term.loss, metrics.Grad) else
+            term._replace(loss=models.image_similarity(similarity)) for term in terms]
 
 
 class FineTuner:
@@ -109,11 +121,13 @@ class FineTuner:
         Adam learning rate.
     shape : tuple of int, optional
         Input shape of the tuned network (multiples of ``models.DIVISOR``); default the model's.
+    similarity : {"ncc", "mse", "mi"}, optional
+        The image similarity to tune with, in place of the model's own (:func:`image_terms`).
     """
 
     def __init__(self, model: keras.Model, steps: int, lr: float = 1e-3,
-                 shape: tuple[int, ...] | None = None):
-        terms = image_terms(model)
+                 shape: tuple[int, ...] | None = None, similarity: str | None = None):
+        terms = image_terms(model, similarity)
         network = models.registration_model(model)
         rebuilt = models.rebuild(network, shape or models.input_shape(network))
         self.network = models.TrainingModel(rebuilt.input, rebuilt.output, rebuilt.name,
@@ -207,10 +221,13 @@ class Refiner:
         Optimisation steps per pair.
     lr : float
         Adam's initial learning rate, in voxels.
+    similarity : {"ncc", "mse", "mi"}, optional
+        The image similarity to refine with, in place of the model's own (:func:`image_terms`).
     """
 
-    def __init__(self, model: keras.Model, steps: int, lr: float = REFINE_LR):
-        terms = {term.name: term for term in image_terms(model)}
+    def __init__(self, model: keras.Model, steps: int, lr: float = REFINE_LR,
+                 similarity: str | None = None):
+        terms = {term.name: term for term in image_terms(model, similarity)}
         smooth = [term for term in terms.values() if isinstance(term.loss, metrics.Grad)]
         if not smooth:
             raise volumes.UsageError("refinement optimises a deformable field: this model has "

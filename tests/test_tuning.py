@@ -8,6 +8,7 @@ from scipy import ndimage
 
 import dataloader
 import main
+import metrics
 import models
 import registration
 import tuning
@@ -236,3 +237,17 @@ def test_evaluate_reports_each_pair_whose_finetuning_fell_back(tmp_path, capsys)
     assert all(pair["finetune_fallback"].startswith("fine-tuning ") for pair in pairs)
     assert all(pair["refine_fallback"] is None for pair in pairs)
     assert "main.py: warning: 2 of 2 pairs fell back in fine-tuning" in capsys.readouterr().err
+
+
+def test_instance_optimisation_may_use_another_similarity_with_the_models_weights():
+    model = models.build_model((16, 16), "vm1", "ncc", lamda=0.3, bidir=True)
+    terms = {term.name: term for term in tuning.image_terms(model, "mi")}
+    for name in ("moved", "moved_static"):
+        assert isinstance(terms[name].loss, metrics.MutualInformation)
+    assert isinstance(terms["deformation"].loss, metrics.Grad)
+    assert [term.weight for term in terms.values()] == [term.weight for term in model.terms]
+    refiner = tuning.Refiner(model, steps=1, similarity="mi")
+    assert isinstance(refiner.similarity, metrics.MutualInformation)
+    assert refiner.lamda == pytest.approx(0.3 / 0.5)
+    tuner = tuning.FineTuner(model, steps=1, similarity="mse")
+    assert {type(term.loss).__name__ for term in tuner.network.terms} == {"MSE", "Grad"}
