@@ -49,8 +49,8 @@ KEYPOINTS = 32  # feature maps of the affine network, whose centroids are matche
 TRANSFORMS = ("deformable", "affine", "rigid", "joint")
 UNETS = ("paper", "official")  # U-Net layouts: CVPR 2018 Fig. 3, or the official code's
 DIVISOR = 2 ** len(ENCODER)  # spatial sizes must divide by this (four stride-2 levels)
-DEFAULT_LAMBDA = {"ncc": 1.0, "mse": 0.01, "mi": 1.0}  # smoothness weights: the papers' for
-# NCC and MSE; for MI the weight that scored best on the 2D default data (docs/usage.md)
+DEFAULT_LAMBDA = {"ncc": 1.0, "mse": 0.01, "mi": 3.0}  # smoothness weights: the papers' for
+# NCC and MSE; for MI the best Dice of 0.1, 1, 3, 10 on the 2D default data (docs/usage.md)
 LOSSES = tuple(DEFAULT_LAMBDA)
 TRAINING_INPUTS = ("moving_seg", "static_seg")  # label maps, inputs of the segmentation loss only
 TRAINING_OUTPUTS = ("moved_seg",)
