@@ -152,6 +152,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="what the network predicts: VoxelMorph's dense displacement; an "
                              "affine or rigid map (for scans that are not aligned); or joint: "
                              "an affine stage, then VoxelMorph on its moved image, end to end")
+    parser.add_argument("--synth", choices=("data", "shapes"), default=None,
+                        help="train from label maps alone (SynthMorph): every step synthesises "
+                             "two images of random contrasts from two label maps of --data "
+                             "(data) or from random shapes (shapes), and the loss compares the "
+                             "label maps (soft Dice), so the model registers any contrast")
     parser.add_argument("--random_affine", action="store_true",
                         help="move every training moving image by a random affine map (rotation "
                              "up to 20 degrees, scaling 0.85-1.15, shear 0.1, translation up to "

@@ -52,6 +52,7 @@ DIVISOR = 2 ** len(ENCODER)  # spatial sizes must divide by this (four stride-2 
 DEFAULT_LAMBDA = {"ncc": 1.0, "mse": 0.01, "mi": 3.0}  # smoothness weights: the papers' for
 # NCC and MSE; for MI the best Dice of 0.1, 1, 3, 10 on the 2D default data (docs/usage.md)
 LOSSES = tuple(DEFAULT_LAMBDA)
+SYNTH_LAMBDA = 1.0  # smoothness weight beside the soft Dice of label maps (SynthMorph's)
 TRAINING_INPUTS = ("moving_seg", "static_seg")  # label maps, inputs of the segmentation loss only
 TRAINING_OUTPUTS = ("moved_seg",)
 F32 = "float32"  # the field's layers, even under a mixed-precision policy
@@ -404,8 +405,14 @@ def image_similarity(loss: str, ncc_window: int = 9):
 
 def loss_terms(loss: str = "ncc", lamda: float | None = None, ncc_window: int = 9,
                bidir: bool = False, seg_weight: float = 0.0, transform: str = "deformable",
-               int_steps: int = 0) -> list[Term]:
-    """The terms of Eq. (2) for a model of these options (see :func:`build_model`)."""
+               int_steps: int = 0, synth: bool = False) -> list[Term]:
+    """The terms of Eq. (2) for a model of these options (see :func:`build_model`); with
+    ``synth``, the soft Dice of the label maps in place of the image similarity."""
+    if synth:
+        field = smoothed_field(transform, int_steps)
+        return [Term("moved_seg", metrics.SoftDice(), 1.0, ("static_seg", "moved_seg")),
+                Term(field, metrics.gradient_loss(), SYNTH_LAMBDA if lamda is None else lamda,
+                     (field,))]
     similarity = image_similarity(loss, ncc_window)
     terms = [Term("moved", similarity, 0.5 if bidir else 1.0, ("static", "moved"))]
     if transform in ("deformable", "joint"):
@@ -438,7 +445,8 @@ def build_model(input_shape: tuple[int, ...], model: str = "vm2", loss: str = "n
                 lamda: float | None = None, lr: float = 1e-3, ncc_window: int = 9,
                 int_steps: int = 0, int_downsize: int = 1, bidir: bool = False,
                 seg_weight: float = 0.0, num_labels: int = 0,
-                transform: str = "deformable", unet: str = "paper") -> "TrainingModel":
+                transform: str = "deformable", unet: str = "paper",
+                synth: bool = False) -> "TrainingModel":
     """A registration network that trains on Eq. (2): similarity + lambda * smoothness, with Adam.
 
     Parameters
@@ -475,6 +483,10 @@ def build_model(input_shape: tuple[int, ...], model: str = "vm2", loss: str = "n
         and the smoothness of the deformable stage's field (not of the affine part).
     unet : {"paper", "official"}
         The deformable network's U-Net layout (see :func:`voxelmorph`).
+    synth : bool
+        Train from label maps alone (``synthesis.py``): the loss is the soft Dice of the warped
+        moving label map and the static one (``num_labels`` one-hot maps, both inputs) plus
+        the smoothness term, with no image term; ``loss`` is not used.
 
     Returns
     -------
@@ -482,8 +494,8 @@ def build_model(input_shape: tuple[int, ...], model: str = "vm2", loss: str = "n
         Compiled with Adam, ready for ``fit`` on batches of inputs (see ``dataloader.batch``);
         :func:`registration_model` gives the network that registers a pair.
     """
-    if seg_weight and not num_labels:
-        raise ValueError("seg_weight needs num_labels > 0")
+    if (seg_weight or synth) and not num_labels:
+        raise ValueError("seg_weight and synth need num_labels > 0")
     if transform != "deformable" and (bidir or seg_weight):
         raise ValueError(f"the {transform} transform takes neither bidir nor seg_weight")
     if transform in ("affine", "rigid") and int_steps:
@@ -495,10 +507,10 @@ def build_model(input_shape: tuple[int, ...], model: str = "vm2", loss: str = "n
             input_shape, int_steps=int_steps, int_downsize=int_downsize, bidir=bidir, unet=unet)
     if transform == "joint":
         network = joint_network(affine_network(input_shape), network)
-    inputs, outputs = (with_label_maps(network, num_labels) if seg_weight
+    inputs, outputs = (with_label_maps(network, num_labels) if seg_weight or synth
                        else (network.input, network.output))
     trainable = TrainingModel(inputs, outputs, network.name, terms=loss_terms(
-        loss, lamda, ncc_window, bidir, seg_weight, transform, int_steps))
+        loss, lamda, ncc_window, bidir, seg_weight, transform, int_steps, synth))
     trainable.compile(optimizer=keras.optimizers.Adam(lr))
     return trainable
 

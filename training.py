@@ -36,6 +36,7 @@ import registration
 import rundir
 import shapes
 import stopping
+import synthesis
 import synthetic
 import viz
 import volumes
@@ -43,6 +44,8 @@ import volumes
 DEFAULT_STEPS = 100  # steps per epoch for generated pairs (default data, scan-to-scan)
 MAX_VAL_PAIRS = 20  # scan-to-scan validation pairs at most, during training
 NUM_SAMPLES = 3  # validation pairs kept in rundir.SAMPLES for figures
+SHAPE_LABELS = 8  # labels of the random shapes of --synth shapes, the background included
+SYNTH_VAL_SUBJECTS = 4  # subjects of random shapes that validate --synth shapes
 VAL_FRACTION = 0.1  # share of --data held out for validation by default
 
 
@@ -123,6 +126,43 @@ def training_labels(train_set: datasets.Dataset, seg_weight: float) -> list[int]
     if not labels:
         raise volumes.DataError("--seg_weight: the label maps hold no non-zero label")
     return labels
+
+
+def synth_sets(args) -> tuple[datasets.Dataset, datasets.Dataset, str]:
+    """Training and validation subjects of ``--synth``: those of ``--data`` (their label maps
+    train; their images and label maps validate), or, for ``shapes``, subjects of random shapes
+    on the default data's grid, each image of its own contrast (``synthesis.shapes_set``)."""
+    refused = [flag for flag, value in (
+        ("--atlas", args.atlas), ("--pairs", args.pairs), ("--pairs_file", args.pairs_file),
+        ("--augment", args.augment is not None), ("--bidir", args.bidir),
+        ("--seg_weight", args.seg_weight), ("--random_affine", args.random_affine),
+        (f"--transform {args.transform}", args.transform != "deformable"),
+        ("--data", args.synth == "shapes" and args.data)) if value]
+    if refused:
+        raise volumes.UsageError(f"--synth {args.synth} does not take {', '.join(refused)}")
+    if args.synth == "shapes":
+        shape = synthetic.load_default_data(args.ndim or 3).shape
+        subjects = synthesis.shapes_set(shape, SHAPE_LABELS, SYNTH_VAL_SUBJECTS, args.seed + 1)
+        return subjects, subjects, "scan_to_scan"
+    if args.data is None:
+        raise volumes.UsageError("--synth data draws the label maps of --data: give --data "
+                                 "with label maps, or use --synth shapes")
+    train_set, val_set, mode = datasets.load_training_sets(
+        args.data, None, "scan_to_scan", args.val_data,
+        VAL_FRACTION if args.val_fraction is None else args.val_fraction, args.ndim)
+    if train_set.segs is None:
+        raise volumes.DataError("--synth data needs label maps: 'segs' in --data")
+    return train_set, val_set, mode
+
+
+def synth_loader(train_set: datasets.Dataset, args, shape: tuple[int, ...],
+                 labels: list[int]) -> synthesis.SynthLoader:
+    """The pairs of ``--synth``, synthesised from the training subjects' label maps (``data``)
+    or from random shapes; images are drawn from every label and the background, the loss
+    compares the non-zero ``labels``."""
+    label_maps = None if args.synth == "shapes" else train_set.segs
+    return synthesis.SynthLoader(label_maps, shape, [0, *labels], labels, args.batch_size,
+                                 args.steps_per_epoch or DEFAULT_STEPS, args.seed, workers=2)
 
 
 def check_transform(args) -> None:
@@ -316,7 +356,8 @@ def check_resumed_epochs(epochs: int, state: dict, output: str) -> None:
 def diverged_message(where: tuple, args, output: str, state: dict) -> str:
     """One line: where training diverged, the likely cause, and what was kept."""
     epoch, step, loss = where
-    lamda = models.DEFAULT_LAMBDA[args.loss] if args.lamda is None else args.lamda
+    default = models.SYNTH_LAMBDA if args.synth else models.DEFAULT_LAMBDA[args.loss]
+    lamda = default if args.lamda is None else args.lamda
     return (f"training diverged at epoch {epoch} step {step} (loss {loss}); lower --lr (now "
             f"{args.lr:g}) or check --lamda (now {lamda:g}); {rundir.kept(output, state)}")
 
@@ -389,9 +430,9 @@ def locked_train(args, lock: contextlib.ExitStack) -> dict:
     if args.resume and chief:
         lock.enter_context(rundir.locked(output))
     augment = augmentation.augmentations(args.augment)
-    train_set, val_set, mode = training_sets(args.data, args.atlas, args.pairs, augment,
-                                             args.val_data, args.val_fraction, args.ndim,
-                                             args.pairs_file)
+    train_set, val_set, mode = (synth_sets(args) if args.synth else training_sets(
+        args.data, args.atlas, args.pairs, augment, args.val_data, args.val_fraction, args.ndim,
+        args.pairs_file))
     val_pairs = datasets.make_pairs(val_set, mode, MAX_VAL_PAIRS)  # scored on their own grid
     shape = shapes.padded_shape(train_set.shape, models.DIVISOR)
     if shape != train_set.shape:
@@ -403,7 +444,8 @@ def locked_train(args, lock: contextlib.ExitStack) -> dict:
         raise volumes.UsageError(f"--int_downsize {args.int_downsize} needs --int_steps and "
                                  f"must divide the padded shape {shape}")
     check_transform(args)
-    labels = training_labels(train_set, args.seg_weight)
+    labels = (datasets.scored_labels(train_set)[0] if args.synth
+              else training_labels(train_set, args.seg_weight))
     device = "GPU" if tf.config.list_physical_devices("GPU") else "CPU"
     if args.mixed_precision:
         use_mixed_precision(device)
@@ -413,17 +455,17 @@ def locked_train(args, lock: contextlib.ExitStack) -> dict:
             models.build_model(shape, args.model, args.loss, args.lamda, args.lr,
                                args.ncc_window, args.int_steps, args.int_downsize, args.bidir,
                                args.seg_weight, len(labels), args.transform,
-                               args.unet), None)
+                               args.unet, bool(args.synth)), None)
         if not args.resume:
             for path in args.init_from or ():
                 initialise(model, path)
     if state:
         check_resumed_epochs(args.epochs, state, output)
         model.optimizer.learning_rate = args.lr  # --lr may change on --resume
-    loader = training_loader(train_set, mode, args.data is None and args.pairs_file is None,
-                             args.batch_size, args.steps_per_epoch, args.seed, augment,
-                             {"labels": labels, "random_affine": args.random_affine,
-                              "spacing": train_set.spacing})
+    loader = synth_loader(train_set, args, shape, labels) if args.synth else training_loader(
+        train_set, mode, args.data is None and args.pairs_file is None, args.batch_size,
+        args.steps_per_epoch, args.seed, augment,
+        {"labels": labels, "random_affine": args.random_affine, "spacing": train_set.spacing})
     padded = datasets.make_pairs(val_set, mode, MAX_VAL_PAIRS)
     val_loader = dataloader.RegistrationDataLoader(
         padded.moving, padded.static, args.batch_size, moving_segs=padded.moving_segs,

@@ -66,8 +66,9 @@ def test_bad_arrays_are_refused_with_a_clear_message(tmp_path, array, message):
 
 
 def test_an_atlas_of_another_shape_is_refused(tmp_path):
-    np.save(tmp_path / "vols.npy", np.zeros((2, 16, 16)))
-    np.save(tmp_path / "atlas.npy", np.zeros((16, 32)))
+    rng = np.random.default_rng(0)
+    np.save(tmp_path / "vols.npy", rng.random((2, 16, 16)))
+    np.save(tmp_path / "atlas.npy", rng.random((16, 32)))
     with pytest.raises(volumes.DataError, match="shapes differ"):
         datasets.load_dataset(str(tmp_path / "vols.npy"), str(tmp_path / "atlas.npy"))
 
@@ -97,7 +98,8 @@ def test_nifti_files_that_disagree_on_spacing_leave_it_unknown(tmp_path):
 
 @pytest.mark.parametrize("spacing", [0.0, [1.0, -1.0, 1.0], [1.0, 1.0], "1mm", np.nan])
 def test_a_bad_npz_spacing_is_refused(tmp_path, spacing):
-    np.savez(tmp_path / "set.npz", vols=np.zeros((2, 4, 4, 4)), spacing=spacing)
+    np.savez(tmp_path / "set.npz", vols=np.random.default_rng(0).random((2, 4, 4, 4)),
+             spacing=spacing)
     with pytest.raises(volumes.DataError, match="spacing must be one positive value or 3"):
         datasets.load_dataset(str(tmp_path / "set.npz"))
 

@@ -157,7 +157,7 @@ def test_bad_arrays_are_one_line_errors(tmp_path, capsys, array, message):
 
 def test_moving_and_static_of_different_shapes_are_an_error(tmp_path, capsys):
     data = tiny_npz(tmp_path / "set.npz")
-    np.save(tmp_path / "atlas.npy", np.zeros((16, 16, 32)))
+    np.save(tmp_path / "atlas.npy", np.random.default_rng(0).random((16, 16, 32)))
     code, err = run_error(tmp_path, capsys, ["--data", data, "--atlas",
                                              str(tmp_path / "atlas.npy")])
     assert code == 2
@@ -491,7 +491,7 @@ BAD_INPUTS = [
     ("NaN values", {"d.npy": lambda p: np.save(p, np.full((3, 4, 4, 4), np.nan))},
      ["--data", "{tmp}/d.npy"], "contains NaN or Inf values"),
     ("atlas of another shape", {"d.npz": lambda p: _save_npz(p, **GOOD_NPZ),
-                                "a.npy": lambda p: np.save(p, np.ones((16, 16, 32)))},
+                                "a.npy": lambda p: np.save(p, RNG.random((16, 16, 32)))},
      ["--data", "{tmp}/d.npz", "--atlas", "{tmp}/a.npy"], "moving and static shapes differ"),
     ("segs of another shape", {"d.npz": lambda p: _save_npz(p, vols=GOOD_4D,
                                                             segs=np.zeros((4, 16, 16, 8)))},
@@ -502,7 +502,7 @@ BAD_INPUTS = [
                                                                  label_names=["a"])},
      ["--data", "{tmp}/d.npz"], "'label_names' needs 'labels' of the same length"),
     ("val_data of another shape", {"d.npz": lambda p: _save_npz(p, **GOOD_NPZ),
-                                   "v.npy": lambda p: np.save(p, np.ones((2, 16, 16, 32)))},
+                                   "v.npy": lambda p: np.save(p, RNG.random((2, 16, 16, 32)))},
      ["--data", "{tmp}/d.npz", "--val_data", "{tmp}/v.npy"], "must have the same shape"),
     ("too few after the split", {"d.npy": lambda p: np.save(p, GOOD_4D[:3])},
      ["--data", "{tmp}/d.npy"], "holds 3 volumes: 2 go to validation"),

@@ -1,0 +1,60 @@
+"""Time of synthesising a training pair from label maps (--synth) beside a training step.
+
+For each cube size: the median seconds of one pair of ``synthesis.SynthLoader`` (two label maps
+of random shapes, each warped, an image synthesised from each, in TensorFlow on the CPU) and of
+one training step of VoxelMorph-2 on such a pair, and their ratio: the share of a step that the
+synthesis would add if it did not overlap with training (the loader's worker threads overlap it).
+
+    python3 benchmarks/synthesis_speed.py --sizes 64 128 --repeats 3
+"""
+import argparse
+import os
+import platform
+import statistics
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import runtime  # noqa: E402, F401  (TensorFlow's settings: before its first import)
+import tensorflow as tf  # noqa: E402
+
+import models  # noqa: E402
+import synthesis  # noqa: E402
+
+LABELS = 8
+
+
+def median_seconds(work, repeats: int) -> float:
+    """Median wall time of ``work()`` over ``repeats`` calls, after one untimed call."""
+    work()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        work()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[64, 128])
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    device = "GPU" if tf.config.list_physical_devices("GPU") else f"CPU ({platform.processor()})"
+    print(f"{os.cpu_count()} cores, {device}")
+    print("| size | synthesis per pair (s) | training step (s) | share of a step |")
+    print("|---|---|---|---|")
+    for size in args.sizes:
+        shape = (size,) * 3
+        loader = synthesis.SynthLoader(None, shape, range(LABELS), range(1, LABELS), 1, 10**6,
+                                       seed=0)
+        index = iter(range(10**6))
+        synth = median_seconds(lambda: loader[next(index)], args.repeats)
+        model = models.build_model(shape, "vm2", num_labels=LABELS - 1, synth=True)
+        batch = loader[0]
+        step = median_seconds(lambda: model.train_on_batch(batch), args.repeats)
+        print(f"| {size}^3 | {synth:.2f} | {step:.2f} | {synth / step:.0%} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,79 @@
+"""Pairs synthesised from label maps (--synth): reproducible, of two contrasts, label-map loss."""
+import json
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import main
+import models
+import synthesis
+from scores import dice
+
+
+def test_a_synthesised_image_is_uniform_within_each_label_and_varies_between_them():
+    seg = np.zeros((1, 32, 32), np.int32)
+    seg[0, :, 16:] = 1
+    seg[0, 8:24, 8:24] = 2
+    image = synthesis.synthesize(tf.constant(seg), (3,), 3).numpy()[0, ..., 0]
+    assert image.min() == 0.0 and image.max() == 1.0
+    inner = [image[2:-2, 2:6], image[2:-2, 26:30], image[12:20, 12:20]]  # away from the edges
+    means = [region.mean() for region in inner]
+    assert max(region.std() for region in inner) < np.ptp(means)
+
+
+def test_synthesised_pairs_are_reproducible_by_seed_and_new_at_every_step():
+    loader = synthesis.SynthLoader(None, (32, 32), range(6), range(1, 6), 2, 3, seed=5)
+    again = synthesis.SynthLoader(None, (32, 32), range(6), range(1, 6), 2, 3, seed=5)
+    batch = loader[1]
+    assert sorted(batch) == ["moving", "moving_seg", "static", "static_seg"]
+    assert batch["moving_seg"].shape == (2, 32, 32, 5)
+    for key in batch:
+        np.testing.assert_array_equal(batch[key], again[1][key])
+    assert not np.array_equal(batch["moving"], loader[2]["moving"])
+
+
+def test_the_two_sides_of_a_pair_share_their_anatomy_but_not_their_contrast():
+    batch = synthesis.SynthLoader(None, (48, 48), range(6), range(1, 6), 1, 1, seed=0)[0]
+    moving_seg, static_seg = (np.argmax(batch[key][0], -1) + 1 for key in ("moving_seg",
+                                                                              "static_seg"))
+    assert np.mean(dice(moving_seg, static_seg, range(1, 6))) > 0.5  # one map, two warps
+    moving, static = batch["moving"][0, ..., 0], batch["static"][0, ..., 0]
+    means = [[image[seg == label].mean() for label in range(1, 6)]
+             for image, seg in ((moving, moving_seg), (static, static_seg))]
+    assert np.argsort(means[0]).tolist() != np.argsort(means[1]).tolist()  # other contrasts
+
+
+def test_label_maps_of_the_data_give_pairs_of_two_distinct_subjects():
+    maps = np.stack([np.full((16, 16), label, np.int32) for label in (1, 2, 3)])
+    loader = synthesis.SynthLoader(maps, (16, 16), [0, 1, 2, 3], [1, 2, 3], 1, 4, seed=0)
+    for index in range(4):
+        batch = loader[index]
+        sides = [int(np.argmax(batch[key][0, 8, 8])) for key in ("moving_seg", "static_seg")]
+        assert sides[0] != sides[1]
+
+
+def test_a_synth_model_has_no_image_term():
+    model = models.build_model((16, 16), "vm1", num_labels=4, synth=True)
+    assert [(term.name, term.args) for term in model.terms] == [
+        ("deformation", ("deformation",)), ("moved_seg", ("static_seg", "moved_seg"))]
+
+
+def test_training_from_random_shapes_runs_from_the_command_line(tmp_path):
+    run = tmp_path / "run"
+    assert main.main(["--synth", "shapes", "--ndim", "2", "--model", "vm1", "--epochs", "1",
+                      "--steps_per_epoch", "2", "--output", str(run)]) == 0
+    header = (run / "history.csv").read_text().splitlines()[0].split(",")
+    assert sorted(header) == sorted(["epoch", "loss", "moved_seg_loss", "deformation_loss",
+                                     "val_loss", "val_moved_seg_loss", "val_deformation_loss"])
+    assert json.loads((run / "metrics.json").read_text())["validation_pairs"] == 12
+
+
+@pytest.mark.parametrize("flags, refused", [
+    (["--synth", "shapes", "--bidir"], "--synth shapes does not take --bidir"),
+    (["--synth", "data"], "--synth data draws the label maps of --data"),
+])
+def test_flags_that_synth_does_not_take_are_one_line(tmp_path, capsys, flags, refused):
+    assert main.main(flags + ["--ndim", "2", "--output", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and refused in err[0]
