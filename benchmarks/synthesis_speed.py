@@ -35,13 +35,23 @@ def median_seconds(work, repeats: int) -> float:
     return statistics.median(times)
 
 
+def cpu_name() -> str:
+    """The processor's model name (Linux), else what ``platform`` knows."""
+    try:
+        with open("/proc/cpuinfo") as file:
+            return next(line.split(":", 1)[1].strip() for line in file
+                        if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[64, 128])
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
-    device = "GPU" if tf.config.list_physical_devices("GPU") else f"CPU ({platform.processor()})"
-    print(f"{os.cpu_count()} cores, {device}")
+    print(f"{os.cpu_count()} cores of {cpu_name()}; "
+          f"{'GPU' if tf.config.list_physical_devices('GPU') else 'no GPU'}")
     print("| size | synthesis per pair (s) | training step (s) | share of a step |")
     print("|---|---|---|---|")
     for size in args.sizes:
