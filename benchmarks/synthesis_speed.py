@@ -2,7 +2,7 @@
 
 For each cube size: the median seconds of one pair of ``synthesis.SynthLoader`` (two label maps
 of random shapes, each warped, an image synthesised from each, in TensorFlow on the CPU) and of
-one training step of VoxelMorph-2 on such a pair, and their ratio: the share of a step that the
+one training step of VoxelMorph-2 on such a pair (medians after two untimed calls), and their ratio: the share of a step that the
 synthesis would add if it did not overlap with training (the loader's worker threads overlap it).
 
     python3 benchmarks/synthesis_speed.py --sizes 64 128 --repeats 3
@@ -10,9 +10,7 @@ synthesis would add if it did not overlap with training (the loader's worker thr
 import argparse
 import os
 import platform
-import statistics
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import runtime  # noqa: E402, F401  (TensorFlow's settings: before its first import)
@@ -20,19 +18,9 @@ import tensorflow as tf  # noqa: E402
 
 import models  # noqa: E402
 import synthesis  # noqa: E402
+from benchmarks.bench import median_seconds  # noqa: E402
 
 LABELS = 8
-
-
-def median_seconds(work, repeats: int) -> float:
-    """Median wall time of ``work()`` over ``repeats`` calls, after one untimed call."""
-    work()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        work()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def cpu_name() -> str:
