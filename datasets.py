@@ -15,7 +15,7 @@
 - :func:`make_pairs` lists the evaluation pairs of a set (scan-to-atlas or scan-to-scan);
   :func:`scored_labels` the labels to score.
 
-At some 560 lines it is longer than the others: every input format (arrays, NIfTI and MGH
+At some 580 lines it is longer than the others: every input format (arrays, NIfTI and MGH
 files, folders, lists, pair lists) brings its own checks and one-line messages, from the data
 flags to the pairs of one set.
 """

@@ -15,7 +15,7 @@ shares (``training.data_source``); registering and scoring pairs are in ``regist
 world-space warps are ``transforms.py``'s; the run folder's files (``rundir.py``) are written
 atomically. ``python3 main.py COMMAND --help`` lists every option.
 
-At some 530 lines it is longer than the others: half of it is the parsers of its four commands,
+At some 560 lines it is longer than the others: half of it is the parsers of its four commands,
 whose help texts are the options' documentation.
 """
 import argparse

@@ -29,7 +29,7 @@ training objective of Eq. (2) as :class:`Term` s that it computes from its own i
 outputs (:func:`loss_terms`, the one place that says which output carries which term).
 Registering and scoring pairs with a trained model is ``registration.py``'s job.
 
-The module is longer than the others (about 620 lines) on purpose: it keeps the networks and
+The module is longer than the others (about 650 lines) on purpose: it keeps the networks and
 the model that trains them together, as the Keras examples keep a model beside its training
 step, so that a reader finds Fig. 3 and Eq. 2 in one file; ``layers.py`` holds the layers.
 """

@@ -10,8 +10,9 @@ scores and the figures into the run folder, which it holds locked (``rundir.lock
 ``TF_CONFIG`` set, it is one worker of a cluster (:func:`multi_worker_strategy`): only the chief
 writes the run folder (:func:`is_chief`).
 
-At some 470 lines it is a little longer than the others: the distribution strategies (several
-GPUs, several workers, and the workarounds of Keras that the latter needs) sit beside the loop.
+At some 520 lines it is longer than the others: the distribution strategies (several
+GPUs, several workers, and the workarounds of Keras that the latter needs) and the data choices
+of ``--synth`` sit beside the loop.
 """
 import contextlib
 import functools
