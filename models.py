@@ -409,10 +409,12 @@ def loss_terms(loss: str = "ncc", lamda: float | None = None, ncc_window: int = 
     """The terms of Eq. (2) for a model of these options (see :func:`build_model`); with
     ``synth``, the soft Dice of the label maps in place of the image similarity."""
     if synth:
+        dice = Term("moved_seg", metrics.SoftDice(), 1.0, ("static_seg", "moved_seg"))
+        if transform in ("affine", "rigid"):  # an affine map needs no smoothness term
+            return [dice]
         field = smoothed_field(transform, int_steps)
-        return [Term("moved_seg", metrics.SoftDice(), 1.0, ("static_seg", "moved_seg")),
-                Term(field, metrics.gradient_loss(), SYNTH_LAMBDA if lamda is None else lamda,
-                     (field,))]
+        return [dice, Term(field, metrics.gradient_loss(),
+                           SYNTH_LAMBDA if lamda is None else lamda, (field,))]
     similarity = image_similarity(loss, ncc_window)
     terms = [Term("moved", similarity, 0.5 if bidir else 1.0, ("static", "moved"))]
     if transform in ("deformable", "joint"):

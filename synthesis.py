@@ -20,6 +20,7 @@ import numpy as np
 import runtime  # noqa: F401  (TensorFlow's settings: before its first import)
 import tensorflow as tf
 
+import augmentation
 import dataloader
 import datasets
 import utils
@@ -137,6 +138,10 @@ class SynthLoader(dataloader.PairLoader):
         Pairs per batch and batches per epoch.
     seed : int, optional
         Seed; batch ``i`` of epoch ``e`` depends on ``(seed, e, i)`` alone.
+    **kwargs
+        Passed to ``dataloader.PairLoader``: with ``random_affine``, the moving side is also
+        moved by a random affine map (``augmentation.random_affine``), for models with an
+        affine stage.
     """
 
     def __init__(self, label_maps, shape: tuple[int, ...], labels, loss_labels,
@@ -154,8 +159,13 @@ class SynthLoader(dataloader.PairLoader):
             maps = self.pair_of_maps((*self.seed_of(index), pair))
             for side, label_map in enumerate(maps):
                 where = (*self.seed_of(index), pair, side)
-                warped = utils.warp(tf.cast(label_map[..., None], tf.float32),
-                                    random_warp(where, self.shape), "nearest")
+                field = random_warp(where, self.shape)
+                if self.random_affine and side == 0:  # the moving side, misaligned too
+                    matrix = augmentation.random_affine(np.random.default_rng(where), self.shape,
+                                                        self.spacing)
+                    field = utils.affine_displacement(tf.constant(matrix[None], tf.float32),
+                                                      field)
+                warped = utils.warp(tf.cast(label_map[..., None], tf.float32), field, "nearest")
                 seg = warped.numpy()[0, ..., 0].astype(np.int32)
                 image = synthesize(tf.constant(self.image_indices(seg)[None]), where,
                                    len(self.image_labels) + 1)

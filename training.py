@@ -25,6 +25,7 @@ import time
 
 import runtime  # noqa: F401  (TensorFlow's settings: before its first import)
 import keras
+import numpy as np
 import tensorflow as tf
 
 import augmentation
@@ -136,8 +137,9 @@ def synth_sets(args) -> tuple[datasets.Dataset, datasets.Dataset, str]:
     refused = [flag for flag, value in (
         ("--atlas", args.atlas), ("--pairs", args.pairs), ("--pairs_file", args.pairs_file),
         ("--augment", args.augment is not None), ("--bidir", args.bidir),
-        ("--seg_weight", args.seg_weight), ("--random_affine", args.random_affine),
-        (f"--transform {args.transform}", args.transform != "deformable"),
+        ("--seg_weight", args.seg_weight),
+        ("--random_affine (it comes with --transform affine, rigid or joint)",
+         args.random_affine),
         ("--data", args.synth == "shapes" and args.data)) if value]
     if refused:
         raise volumes.UsageError(f"--synth {args.synth} does not take {', '.join(refused)}")
@@ -159,11 +161,19 @@ def synth_sets(args) -> tuple[datasets.Dataset, datasets.Dataset, str]:
 def synth_loader(train_set: datasets.Dataset, args, shape: tuple[int, ...],
                  labels: list[int]) -> synthesis.SynthLoader:
     """The pairs of ``--synth``, synthesised from the training subjects' label maps (``data``)
-    or from random shapes; images are drawn from every label and the background, the loss
-    compares the non-zero ``labels``."""
-    label_maps = None if args.synth == "shapes" else train_set.segs
-    return synthesis.SynthLoader(label_maps, shape, [0, *labels], labels, args.batch_size,
-                                 args.steps_per_epoch or DEFAULT_STEPS, args.seed, workers=2)
+    or from random shapes. Images are drawn from every label the maps hold, each with an
+    intensity of its own (e.g. all of FreeSurfer's aseg labels); the loss compares ``labels``,
+    the data's ``labels`` when it names them (e.g. the 30 structures scored), else every
+    non-zero one."""
+    options = {"random_affine": args.transform != "deformable", "spacing": train_set.spacing,
+               "workers": 2}
+    if args.synth == "shapes":
+        return synthesis.SynthLoader(None, shape, range(SHAPE_LABELS), labels, args.batch_size,
+                                     args.steps_per_epoch or DEFAULT_STEPS, args.seed, **options)
+    drawn = np.unique(np.concatenate([np.unique(train_set.segs[i])
+                                      for i in range(len(train_set.segs))]))
+    return synthesis.SynthLoader(train_set.segs, shape, drawn, labels, args.batch_size,
+                                 args.steps_per_epoch or DEFAULT_STEPS, args.seed, **options)
 
 
 def check_transform(args) -> None:

@@ -1,13 +1,16 @@
 """Pairs synthesised from label maps (--synth): reproducible, of two contrasts, label-map loss."""
 import json
+import types
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
+import datasets
 import main
 import models
 import synthesis
+import training
 from scores import dice
 
 
@@ -77,3 +80,25 @@ def test_flags_that_synth_does_not_take_are_one_line(tmp_path, capsys, flags, re
     assert main.main(flags + ["--ndim", "2", "--output", str(tmp_path / "run")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and refused in err[0]
+
+
+def test_images_are_drawn_from_every_label_of_the_data_and_the_loss_from_its_scored_ones():
+    segs = np.zeros((2, 16, 16), np.int32)
+    segs[0, :8], segs[1, 8:], segs[1, :4] = 3, 7, 9  # 9: drawn in images, not scored
+    subjects = datasets.Dataset(vols=np.random.default_rng(0).random((2, 16, 16)), segs=segs,
+                                labels=np.array([3, 7]))
+    args = types.SimpleNamespace(synth="data", transform="deformable", batch_size=1,
+                                 steps_per_epoch=2, seed=0)
+    loader = training.synth_loader(subjects, args, (16, 16), [3, 7])
+    assert loader.image_labels.tolist() == [0, 3, 7, 9]
+    assert loader[0]["moving_seg"].shape == (1, 16, 16, 2)
+    assert not loader.random_affine
+
+
+def test_a_synth_affine_model_trains_on_the_label_maps_alone(tmp_path):
+    run = tmp_path / "run"
+    assert main.main(["--synth", "shapes", "--transform", "affine", "--ndim", "2", "--epochs",
+                      "1", "--steps_per_epoch", "2", "--output", str(run)]) == 0
+    header = (run / "history.csv").read_text().splitlines()[0].split(",")
+    assert sorted(header) == sorted(["epoch", "loss", "moved_seg_loss", "val_loss",
+                                     "val_moved_seg_loss"])  # an affine map: no smoothness
