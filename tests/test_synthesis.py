@@ -18,7 +18,7 @@ def test_a_synthesised_image_is_uniform_within_each_label_and_varies_between_the
     seg = np.zeros((1, 32, 32), np.int32)
     seg[0, :, 16:] = 1
     seg[0, 8:24, 8:24] = 2
-    image = synthesis.synthesize(tf.constant(seg), (3,), 3).numpy()[0, ..., 0]
+    image = synthesis.synthesize(tf.constant(seg), synthesis.seeds(3), 3).numpy()[0, ..., 0]
     assert image.min() == 0.0 and image.max() == 1.0
     inner = [image[2:-2, 2:6], image[2:-2, 26:30], image[12:20, 12:20]]  # away from the edges
     means = [region.mean() for region in inner]
