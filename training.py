@@ -18,6 +18,7 @@ import contextlib
 import functools
 import hashlib
 import importlib.util
+import math
 import os
 import sys
 import tempfile
@@ -47,6 +48,7 @@ DEFAULT_STEPS = 100  # steps per epoch for generated pairs (default data, scan-t
 MAX_VAL_PAIRS = 20  # scan-to-scan validation pairs at most, during training
 NUM_SAMPLES = 3  # validation pairs kept in rundir.SAMPLES for figures
 SHAPE_LABELS = 8  # labels of the random shapes of --synth shapes, the background included
+ONE_HOT_GIB = 2.0  # most memory the one-hot label maps of a batch may take (moving, static, moved)
 SYNTH_VAL_SUBJECTS = 4  # subjects of random shapes that validate --synth shapes
 VAL_FRACTION = 0.1  # share of --data held out for validation by default
 
@@ -174,6 +176,16 @@ def synth_loader(train_set: datasets.Dataset, args, shape: tuple[int, ...],
                                       for i in range(len(train_set.segs))]))
     return synthesis.SynthLoader(train_set.segs, shape, drawn, labels, args.batch_size,
                                  args.steps_per_epoch or DEFAULT_STEPS, args.seed, **options)
+
+
+def check_one_hot(labels: list[int], shape: tuple[int, ...], batch_size: int) -> None:
+    """Refuse label maps whose one-hot maps (moving, static and moved, float32) would take more
+    than ``ONE_HOT_GIB`` per batch, in one line that says how to use fewer labels."""
+    gib = 3 * 4 * batch_size * math.prod(shape) * len(labels) / 2**30
+    if gib > ONE_HOT_GIB:
+        raise volumes.DataError(f"{len(labels)} labels at {shape}: their one-hot maps would take "
+                                f"{gib:.1f} GiB per batch, more than {ONE_HOT_GIB:g} GiB: name "
+                                f"fewer labels ('labels' in --data) or group them")
 
 
 def check_transform(args) -> None:
@@ -457,6 +469,7 @@ def locked_train(args, lock: contextlib.ExitStack) -> dict:
     check_transform(args)
     labels = (datasets.scored_labels(train_set)[0] if args.synth
               else training_labels(train_set, args.seg_weight))
+    check_one_hot(labels, shape, args.batch_size)
     device = "GPU" if tf.config.list_physical_devices("GPU") else "CPU"
     if args.mixed_precision:
         use_mixed_precision(device)

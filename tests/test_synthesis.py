@@ -102,3 +102,26 @@ def test_a_synth_affine_model_trains_on_the_label_maps_alone(tmp_path):
     header = (run / "history.csv").read_text().splitlines()[0].split(",")
     assert sorted(header) == sorted(["epoch", "loss", "moved_seg_loss", "val_loss",
                                      "val_moved_seg_loss"])  # an affine map: no smoothness
+
+
+def test_labels_whose_one_hot_maps_would_not_fit_are_one_line_and_write_nothing(
+        tmp_path, capsys, monkeypatch):
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "set.npz", vols=rng.random((4, 16, 16)),
+             segs=rng.integers(0, 40, (4, 16, 16)))
+    monkeypatch.setattr(training, "ONE_HOT_GIB", 1e-4)  # 39 labels at 16x16: 2.9e-4 GiB
+    before = sorted(tmp_path.rglob("*"))
+    assert main.main(["--synth", "data", "--data", str(tmp_path / "set.npz"), "--ndim", "2",
+                      "--output", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "39 labels at (16, 16): their one-hot maps would take" in err[0]
+    assert "name fewer labels" in err[0] and sorted(tmp_path.rglob("*")) == before
+
+
+def test_synth_data_without_label_maps_is_one_line(tmp_path, capsys):
+    np.save(tmp_path / "vols.npy", np.random.default_rng(0).random((4, 16, 16)))
+    assert main.main(["--synth", "data", "--data", str(tmp_path / "vols.npy"), "--ndim", "2",
+                      "--output", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["main.py: error: --synth data needs label maps: 'segs' in --data"]
+    assert not (tmp_path / "run").exists()
