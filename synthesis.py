@@ -177,20 +177,26 @@ class SynthLoader(dataloader.PairLoader):
         for pair in range(self.batch_size):
             maps = self.pair_of_maps((*self.seed_of(index), pair))
             for side, label_map in enumerate(maps):
-                where = (*self.seed_of(index), pair, side)
-                matrix = np.eye(len(self.shape), len(self.shape) + 1)
-                if self.random_affine and side == 0:  # the moving side, misaligned too
-                    matrix = augmentation.random_affine(np.random.default_rng(where), self.shape,
-                                                        self.spacing)
-                seg = warped_map(label_map, seeds(*where), tf.constant(matrix[None],
-                                                                       tf.float32)).numpy()[0]
-                image = synthesize(tf.constant(self.image_indices(seg)[None]), seeds(*where, 1),
-                                   len(self.image_labels) + 1)
-                sides[side].append((image.numpy()[0, ..., 0], seg))
+                sides[side].append(self.side(label_map, (*self.seed_of(index), pair, side)))
         (moving, moving_seg), (static, static_seg) = (
             (np.stack([image for image, _ in pairs]), np.stack([seg for _, seg in pairs]))
             for pairs in sides)
         return dataloader.batch(moving, static, moving_seg, static_seg, self.labels)
+
+    def side(self, label_map: tf.Tensor, where: tuple) -> tuple[np.ndarray, np.ndarray]:
+        """One side of a pair, drawn from the seed ``where`` (its last number: 0 for the moving
+        side, 1 for the static one): the ``(*shape)`` label map warped (and, on the moving side
+        with ``random_affine``, moved by a random affine map), and the image synthesised from
+        it."""
+        matrix = np.eye(len(self.shape), len(self.shape) + 1)
+        if self.random_affine and where[-1] == 0:
+            matrix = augmentation.random_affine(np.random.default_rng(where), self.shape,
+                                                self.spacing)
+        seg = warped_map(label_map, seeds(*where), tf.constant(matrix[None], tf.float32))
+        seg = seg.numpy()[0]
+        image = synthesize(tf.constant(self.image_indices(seg)[None]), seeds(*where, 1),
+                           len(self.image_labels) + 1)
+        return image.numpy()[0, ..., 0], seg
 
     def image_indices(self, seg: np.ndarray) -> np.ndarray:
         """The index of each voxel's label in ``labels``, from 1; 0 for other labels."""
