@@ -558,8 +558,12 @@ def from_compiled(network: keras.Model, compile_config: dict) -> TrainingModel:
 
 def registration_model(model: keras.Model) -> keras.Model:
     """The network that registers a pair: inputs ``moving`` and ``static``, every output but
-    the training-only ``TRAINING_OUTPUTS``; a plain ``keras.Model`` (no loss) that shares the
+    the training-only ``TRAINING_OUTPUTS``. A model without training-only inputs or outputs is
+    that network already, and comes back as it is (so that registering pair after pair reuses
+    its compiled predict function); else a plain ``keras.Model`` (no loss) that shares the
     model's layers and weights."""
+    if set(model.input) == {"moving", "static"} and not set(model.output) & {*TRAINING_OUTPUTS}:
+        return model
     return keras.Model({key: model.input[key] for key in ("moving", "static")},
                        {key: value for key, value in model.output.items()
                         if key not in TRAINING_OUTPUTS}, name=model.name)
