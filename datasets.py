@@ -97,11 +97,12 @@ def normalize(volume: np.ndarray, name: str = "volume") -> np.ndarray:
     volume = np.asarray(volume, dtype=np.float32)
     if not np.all(np.isfinite(volume)):
         raise DataError(f"{name} contains NaN or Inf values")
-    low, high = volume.min(), volume.max()
-    if high == low:
-        raise DataError(f"{name} has no intensity range (every voxel is {low:g}): there is "
-                        f"nothing to register in it (an empty export or a failed skull strip?)")
-    return min_max(volume)
+    scaled = min_max(volume)
+    if not scaled.any():  # min-max scaling gives 1 somewhere unless the volume is constant
+        raise DataError(f"{name} has no intensity range (every voxel is {volume.flat[0]:g}): "
+                        f"there is nothing to register in it (an empty export or a failed "
+                        f"skull strip?)")
+    return scaled
 
 
 def min_max(volume: np.ndarray) -> np.ndarray:

@@ -20,6 +20,7 @@ import dataloader
 import metrics
 import models
 import shapes
+import transforms
 import utils
 import volumes
 
@@ -35,9 +36,9 @@ def outside_share(deformation: np.ndarray) -> float:
     deformation = deformation.reshape(deformation.shape[-deformation.shape[-1] - 1:])
     if not np.all(np.isfinite(deformation)):
         return 1.0
-    shape = np.array(deformation.shape[:-1])
-    coords = np.stack(np.meshgrid(*map(np.arange, shape), indexing="ij"), -1) + deformation
-    return float(np.mean(np.any((coords < -0.5) | (coords > shape - 0.5), axis=-1)))
+    shape = deformation.shape[:-1]
+    coords = transforms.spacing_grid(shape).coordinates() + deformation
+    return float(np.mean(np.any((coords < -0.5) | (coords > np.array(shape) - 0.5), axis=-1)))
 
 
 class Watch:
