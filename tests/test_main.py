@@ -11,6 +11,7 @@ import pytest
 import tensorflow as tf
 
 import datasets
+import distribution
 import main
 import metrics
 import training
@@ -379,7 +380,7 @@ def compute_dtypes(model) -> dict[str, str]:
 
 
 def test_mixed_precision_on_a_cpu_is_a_one_line_warning_and_stays_float32(capsys):
-    training.use_mixed_precision("CPU")
+    distribution.use_mixed_precision("CPU")
     assert capsys.readouterr().err == ("main.py: warning: --mixed_precision is ignored on a CPU "
                                        "(float16 is slower there); training in float32\n")
     assert keras.mixed_precision.global_policy().name == "float32"
@@ -390,7 +391,7 @@ def test_mixed_precision_on_a_cpu_is_a_one_line_warning_and_stays_float32(capsys
 def test_mixed_precision_on_a_gpu_builds_float16_convolutions_and_a_float32_field():
     before = keras.mixed_precision.global_policy()
     try:
-        training.use_mixed_precision("GPU")  # as on a machine with a GPU
+        distribution.use_mixed_precision("GPU")  # as on a machine with a GPU
         assert keras.mixed_precision.global_policy().name == "mixed_float16"
         dtypes = compute_dtypes(main.models.build_model((16, 16), "vm1"))
     finally:
