@@ -7,7 +7,7 @@
 
 Batches are dicts of the models' inputs (:func:`batch`): ``moving`` and ``static`` and, for the
 segmentation loss, both label maps. They hold no targets: the models compute their losses from
-their own inputs and outputs (``models.TrainingModel``).
+their own inputs and outputs (``objective.TrainingModel``).
 """
 from collections.abc import Callable
 

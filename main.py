@@ -31,6 +31,7 @@ import augmentation
 import datasets
 import scores
 import models
+import objective
 import registration
 import rundir
 import synthetic
@@ -103,7 +104,7 @@ def _add_finetune_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--refine_lr", type=_positive(float), default=tuning.REFINE_LR,
                         help="initial learning rate of --refine_steps, in voxels (decayed to 0 "
                              "along a cosine)")
-    parser.add_argument("--tune_loss", choices=models.LOSSES, default=None,
+    parser.add_argument("--tune_loss", choices=objective.LOSSES, default=None,
                         help="image similarity of --finetune_steps and --refine_steps (default: "
                              "the model's own; mi for scans of two contrasts)")
 
@@ -132,7 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="U-Net layout: the CVPR paper's (stride-2 convolutions) or the "
                              "official code's (stride-1 convolutions and max pooling, more "
                              "computation at full resolution)")
-    parser.add_argument("--loss", choices=models.LOSSES, default="ncc",
+    parser.add_argument("--loss", choices=objective.LOSSES, default="ncc",
                         help="image similarity: local NCC, mean squared error, or mutual "
                              "information (for images of different contrasts)")
     parser.add_argument("--ncc_window", type=_positive(int), default=9,

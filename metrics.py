@@ -2,7 +2,7 @@
 
 The image and label losses are small ``keras.losses.Loss`` classes (``loss(y_true, y_pred)``);
 the smoothness term :class:`Grad` is a regulariser of one field (``loss(field)``). Each is
-registered, so that a model that names them in its loss terms (``models.TrainingModel``) saves
+registered, so that a model that names them in its loss terms (``objective.TrainingModel``) saves
 and loads, and each ``call`` returns one value per sample, ``(B,)``. The factories with the
 original script's names return configured instances:
 

@@ -49,7 +49,7 @@ import keras
 
 import numpy as np
 
-import models
+import objective
 import stopping
 import volumes
 
@@ -268,8 +268,8 @@ class Checkpoint(keras.callbacks.Callback):
 def load_model(path: str) -> keras.Model:
     """A saved ``.keras`` model, compiled as trained; ``DataError`` if it cannot be read.
 
-    A model saved by a version before ``models.TrainingModel`` (its losses compiled per output)
-    is converted on load (``models.from_compiled``), with a warning: its network, weights and
+    A model saved by a version before ``objective.TrainingModel`` (its losses compiled per output)
+    is converted on load (``objective.from_compiled``), with a warning: its network, weights and
     loss terms are kept, its optimizer's moments are not.
     """
     if not os.path.isfile(path):
@@ -281,7 +281,7 @@ def load_model(path: str) -> keras.Model:
         compiled = legacy_compile_config(path)
         if compiled is None:
             return keras.models.load_model(path)
-        model = models.from_compiled(keras.models.load_model(path, compile=False), compiled)
+        model = objective.from_compiled(keras.models.load_model(path, compile=False), compiled)
     except Exception as error:  # Keras raises several types for files it cannot read
         raise volumes.DataError(f"cannot load a Keras model from {path}: {error}") from error
     warnings.warn(f"{path} was saved by an earlier version of this project (losses compiled "
@@ -292,7 +292,7 @@ def load_model(path: str) -> keras.Model:
 
 def legacy_compile_config(path: str) -> dict | None:
     """The ``compile_config`` of a ``.keras`` file whose model is a functional one compiled
-    with one loss per output (saved before ``models.TrainingModel``); None for any other."""
+    with one loss per output (saved before ``objective.TrainingModel``); None for any other."""
     with zipfile.ZipFile(path) as archive:
         config = json.loads(archive.read("config.json"))
     compiled = config.get("compile_config") or {}

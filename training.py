@@ -32,6 +32,7 @@ import distribution
 import filelists
 import scores
 import models
+import objective
 import registration
 import rundir
 import shapes
@@ -267,7 +268,7 @@ def check_resumed_epochs(epochs: int, state: dict, output: str) -> None:
 def diverged_message(where: tuple, args, output: str, state: dict) -> str:
     """One line: where training diverged, the likely cause, and what was kept."""
     epoch, step, loss = where
-    default = models.SYNTH_LAMBDA if args.synth else models.DEFAULT_LAMBDA[args.loss]
+    default = objective.SYNTH_LAMBDA if args.synth else objective.DEFAULT_LAMBDA[args.loss]
     lamda = default if args.lamda is None else args.lamda
     return (f"training diverged at epoch {epoch} step {step} (loss {loss}); lower --lr (now "
             f"{args.lr:g}) or check --lamda (now {lamda:g}); {rundir.kept(output, state)}")

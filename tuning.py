@@ -6,7 +6,7 @@
   starting from the network's (resized to that grid when the network ran on a coarser one),
   as Learn2Reg's instance optimisation does.
 
-Both minimise the model's own training loss terms (``models.TrainingModel.terms``) that need no
+Both minimise the model's own training loss terms (``objective.TrainingModel.terms``) that need no
 label map (:func:`image_terms`): the pair's label maps are never used.
 """
 import time
@@ -19,6 +19,7 @@ import tensorflow as tf
 import dataloader
 import metrics
 import models
+import objective
 import shapes
 import transforms
 import utils
@@ -74,16 +75,16 @@ class Watch:
         return f"{self.stopped}: {kept}; try a lower {rate}"
 
 
-def image_terms(model: keras.Model, similarity: str | None = None) -> list[models.Term]:
+def image_terms(model: keras.Model, similarity: str | None = None) -> list[objective.Term]:
     """The loss terms of a trained model that need no label map (its image similarities and
     smoothness, with its weights): those instance optimisation minimises.
 
     Parameters
     ----------
-    model : models.TrainingModel
+    model : objective.TrainingModel
         A trained model.
     similarity : {"ncc", "mse", "mi"}, optional
-        Use this image similarity (``models.image_similarity``) in place of the model's own,
+        Use this image similarity (``objective.image_similarity``) in place of the model's own,
         e.g. mutual information for a pair of two contrasts; the weights stay the model's.
 
     Raises
@@ -91,21 +92,21 @@ def image_terms(model: keras.Model, similarity: str | None = None) -> list[model
     volumes.DataError
         If the model holds no training loss (a registration network saved on its own).
     """
-    if not isinstance(model, models.TrainingModel):
+    if not isinstance(model, objective.TrainingModel):
         raise volumes.DataError("instance optimisation needs the model's training loss: a "
                                 "model saved by training (main.py writes one)")
     terms = [term for term in model.terms if not set(term.args) & {
-        *models.TRAINING_INPUTS, *models.TRAINING_OUTPUTS}]
+        *objective.TRAINING_INPUTS, *objective.TRAINING_OUTPUTS}]
     if similarity is None:
         return terms
     return [term if isinstance(term.loss, metrics.Grad) else
-            term._replace(loss=models.image_similarity(similarity)) for term in terms]
+            term._replace(loss=objective.image_similarity(similarity)) for term in terms]
 
 
 class FineTuner:
     """Instance-specific optimisation (TMI 2019, Sec. V-E): the network trained on each pair.
 
-    The registration network is copied once, as a ``models.TrainingModel`` with the model's own
+    The registration network is copied once, as a ``objective.TrainingModel`` with the model's own
     loss terms that need no label map (similarity, symmetric similarity, smoothness), and
     compiled with Adam; for every pair, :meth:`tune` restores the trained weights and a fresh
     optimizer state, then takes ``steps`` Adam steps on that pair alone. The compiled training
@@ -113,7 +114,7 @@ class FineTuner:
 
     Parameters
     ----------
-    model : models.TrainingModel
+    model : objective.TrainingModel
         A trained VoxelMorph model (as ``models.build_model`` or ``rundir.load_model`` give);
         it is left as it is.
     steps : int
@@ -131,7 +132,7 @@ class FineTuner:
         terms = image_terms(model, similarity)
         network = models.registration_model(model)
         rebuilt = models.rebuild(network, shape or models.input_shape(network))
-        self.network = models.TrainingModel(rebuilt.input, rebuilt.output, rebuilt.name,
+        self.network = objective.TrainingModel(rebuilt.input, rebuilt.output, rebuilt.name,
                                             terms=terms)
         self.trained = network.get_weights()
         self.network.compile(optimizer=keras.optimizers.Adam(lr))
@@ -215,7 +216,7 @@ class Refiner:
 
     Parameters
     ----------
-    model : models.TrainingModel
+    model : objective.TrainingModel
         A trained VoxelMorph model with a deformable stage: its loss terms give the similarity,
         the smoothness and lambda.
     steps : int

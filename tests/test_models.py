@@ -6,6 +6,7 @@ import pytest
 import dataloader
 import metrics
 import models
+import objective
 import registration
 import utils
 
@@ -122,7 +123,7 @@ def test_saved_model_loads_and_predicts_the_same(tmp_path):
     before, after = model.predict(inputs, verbose=0), loaded.predict(inputs, verbose=0)
     np.testing.assert_allclose(after["deformation"], before["deformation"], atol=1e-6)
     np.testing.assert_allclose(after["moved"], before["moved"], atol=1e-6)
-    assert isinstance(loaded, models.TrainingModel)
+    assert isinstance(loaded, objective.TrainingModel)
     assert [(term.name, term.weight, term.args) for term in loaded.terms] == [
         ("deformation", 1.0, ("deformation",)), ("moved", 1.0, ("static", "moved"))]
     assert loaded.terms[1].loss.window == 7
@@ -218,7 +219,7 @@ def test_the_registration_model_of_a_segmentation_model_needs_no_label_map():
     assert sorted(model.input) == ["moving", "moving_seg", "static", "static_seg"]
     network = models.registration_model(model)
     assert sorted(network.input) == ["moving", "static"] and "moved_seg" not in network.output
-    assert not isinstance(network, models.TrainingModel)
+    assert not isinstance(network, objective.TrainingModel)
     assert [w.path for w in network.weights] == [w.path for w in model.weights]  # shared
 
 
@@ -239,9 +240,9 @@ def test_a_loss_on_the_two_label_maps_alone_is_one_term():
     keras.utils.set_random_seed(0)
     network = models.VoxelMorph1((32, 32))
     inputs, outputs = models.with_label_maps(network, 3)
-    model = models.TrainingModel(inputs, outputs, terms=[
-        models.Term("moved_seg", metrics.MSE(), 1.0, ("static_seg", "moved_seg")),
-        models.Term("deformation", metrics.Grad(), 0.01, ("deformation",))])
+    model = objective.TrainingModel(inputs, outputs, terms=[
+        objective.Term("moved_seg", metrics.MSE(), 1.0, ("static_seg", "moved_seg")),
+        objective.Term("deformation", metrics.Grad(), 0.01, ("deformation",))])
     model.compile(optimizer=keras.optimizers.Adam(1e-3))
     batch = label_map_pair()
     history = model.fit(batch, epochs=20, verbose=0).history
@@ -252,8 +253,8 @@ def test_a_loss_on_the_two_label_maps_alone_is_one_term():
 def test_a_loss_whose_static_side_is_an_input_of_another_contrast_is_one_term():
     network = models.VoxelMorph1((32, 32))
     other = keras.Input((32, 32, 1), name="static_other")
-    model = models.TrainingModel({**network.input, "static_other": other}, network.output,
-                                 terms=[models.Term("moved", metrics.GlobalNCC(), 1.0,
+    model = objective.TrainingModel({**network.input, "static_other": other}, network.output,
+                                 terms=[objective.Term("moved", metrics.GlobalNCC(), 1.0,
                                                     ("static_other", "moved"))])
     model.compile(optimizer="adam")
     pair = label_map_pair()
@@ -275,8 +276,8 @@ def test_targets_are_refused_since_the_model_computes_its_loss_from_its_inputs()
 def test_a_term_on_a_tensor_the_model_does_not_have_is_refused():
     network = models.VoxelMorph1((16, 16))
     with pytest.raises(ValueError, match="static_seg"):
-        models.TrainingModel(network.input, network.output, terms=[
-            models.Term("moved_seg", metrics.SoftDice(), 1.0, ("static_seg", "moved"))])
+        objective.TrainingModel(network.input, network.output, terms=[
+            objective.Term("moved_seg", metrics.SoftDice(), 1.0, ("static_seg", "moved"))])
 
 
 @pytest.fixture

@@ -19,6 +19,7 @@ from matplotlib.image import imread
 import dataloader
 import main
 import models
+import objective
 import rundir
 import stopping
 import volumes
@@ -531,7 +532,7 @@ def test_a_model_saved_with_compiled_losses_is_converted_on_load_with_the_same_l
     saved = np.load(LEGACY + ".npz")
     with pytest.warns(UserWarning, match="converted on load"):
         model = rundir.load_model(LEGACY + ".keras")
-    assert isinstance(model, models.TrainingModel)
+    assert isinstance(model, objective.TrainingModel)
     inputs = dataloader.batch(saved["moving"], saved["static"], saved["moving_seg"],
                               saved["static_seg"], labels=[1, 2])
     logs = model.test_on_batch(inputs, return_dict=True)
