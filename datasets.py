@@ -37,9 +37,9 @@ class Dataset:
 
     Attributes
     ----------
-    vols : np.ndarray or filelists.LazyVolumes
+    vols : np.ndarray or filelists.LazyVolumes or None
         ``(N, *spatial)`` float32 intensities in [0, 1]; read from files when indexed for a
-        folder or list of files.
+        folder or list of files; None in a set of label maps alone (:func:`load_label_maps`).
     segs : np.ndarray or filelists.LazyVolumes or None
         ``(N, *spatial)`` int32 label maps.
     atlas : np.ndarray or None
@@ -57,7 +57,7 @@ class Dataset:
         (:func:`load_pairs_file`); None for a set of subjects.
     """
 
-    vols: "np.ndarray | filelists.LazyVolumes"
+    vols: "np.ndarray | filelists.LazyVolumes | None"
     segs: "np.ndarray | filelists.LazyVolumes | None" = None
     atlas: np.ndarray | None = None
     atlas_seg: np.ndarray | None = None
@@ -68,8 +68,8 @@ class Dataset:
 
     @property
     def shape(self) -> tuple[int, ...]:
-        """Spatial shape of every volume."""
-        return self.vols.shape[1:]
+        """Spatial shape of every volume (of every label map, in a set of label maps alone)."""
+        return (self.segs if self.vols is None else self.vols).shape[1:]
 
 
 def normalize(volume: np.ndarray, name: str = "volume") -> np.ndarray:
@@ -257,6 +257,37 @@ def load_dataset(path: str, atlas: str | None = None, ndim: int | None = None) -
     return data
 
 
+def load_label_maps(path: str, ndim: int | None = None) -> Dataset:
+    """A set of label maps with no images, for training from label maps (``--synth data``).
+
+    Parameters
+    ----------
+    path : str
+        ``.npz`` file with ``segs`` ``(N, *spatial)`` (integer label maps) and no ``vols``;
+        optional ``labels``, ``label_names``, ``spacing`` as in :func:`load_dataset`.
+    ndim : {2, 3}, optional
+        Dimension of the label maps; by default ``segs.ndim - 1``.
+
+    Returns
+    -------
+    Dataset
+        ``vols`` None, ``segs`` int32.
+    """
+    stored = volumes.read_npz(path)
+    if "segs" not in stored:
+        raise DataError(f"{path}: no array named 'segs' or 'vols' (found {list(stored.keys())})")
+    segs = _as_int32(stored["segs"], f"{path} segs")
+    if segs.ndim - 1 not in (2, 3) or ndim not in (None, segs.ndim - 1):
+        raise DataError(f"{path}: 'segs' must be a stack (N, *spatial) of {ndim or '2D or 3D'} "
+                        f"label maps, got shape {segs.shape}")
+    names = stored.get("label_names")
+    data = Dataset(vols=None, segs=segs, labels=_label_ids(stored.get("labels"), path),
+                   label_names=None if names is None else [str(n) for n in np.ravel(names)],
+                   spacing=_spacing(stored.get("spacing"), segs.ndim - 1, path))
+    _check_shapes(data, path)
+    return data
+
+
 def _spacing(spacing, ndim: int, path: str) -> tuple[float, ...] | None:
     """``(ndim,)`` voxel size in mm from one value or one per axis; None stays None."""
     if spacing is None:
@@ -289,7 +320,7 @@ def _check_shapes(data: Dataset, path: str) -> None:
     if data.label_names is not None and (data.labels is None or
                                          len(data.label_names) != len(data.labels)):
         raise DataError(f"{path}: 'label_names' needs 'labels' of the same length")
-    if data.segs is not None and data.segs.shape != data.vols.shape:
+    if data.segs is not None and data.vols is not None and data.segs.shape != data.vols.shape:
         raise DataError(f"{path}: segs shape {data.segs.shape} differs from vols "
                         f"{data.vols.shape}")
     for name in ("atlas", "atlas_seg"):

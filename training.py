@@ -150,12 +150,29 @@ def synth_sets(args) -> tuple[datasets.Dataset, datasets.Dataset, str]:
     if args.data is None:
         raise volumes.UsageError("--synth data draws the label maps of --data: give --data "
                                  "with label maps, or use --synth shapes")
+    if args.data.endswith(".npz") and "vols" not in volumes.read_npz(args.data):
+        return label_map_sets(args)
     train_set, val_set, mode = datasets.load_training_sets(
         args.data, None, "scan_to_scan", args.val_data,
         VAL_FRACTION if args.val_fraction is None else args.val_fraction, args.ndim)
     if train_set.segs is None:
         raise volumes.DataError("--synth data needs label maps: 'segs' in --data")
     return train_set, val_set, mode
+
+
+def label_map_sets(args) -> tuple[datasets.Dataset, datasets.Dataset, str]:
+    """``--synth data`` from an ``.npz`` of label maps alone: all of them train, and the images
+    and label maps of ``--val_data`` validate."""
+    if args.val_data is None:
+        raise volumes.UsageError(f"--data {args.data} holds label maps only ('segs', no 'vols'): "
+                                 f"give --val_data with images and label maps to validate on")
+    train_set = datasets.load_label_maps(args.data, args.ndim)
+    val_set = datasets.load_dataset(args.val_data, None, len(train_set.shape))
+    if val_set.shape != train_set.shape or val_set.segs is None or len(val_set.vols) < 2:
+        raise volumes.DataError(f"--val_data must hold 2 or more images with label maps of "
+                                f"shape {train_set.shape}, got {len(val_set.vols)} of "
+                                f"{val_set.shape}" + " without label maps" * (val_set.segs is None))
+    return train_set, val_set, "scan_to_scan"
 
 
 def synth_loader(train_set: datasets.Dataset, args, shape: tuple[int, ...],
