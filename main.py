@@ -32,6 +32,7 @@ import datasets
 import scores
 import models
 import objective
+import pretrained
 import registration
 import rundir
 import synthetic
@@ -232,7 +233,10 @@ def _add_register_parser(commands) -> None:
                     "any size are scaled to [0, 1] and zero-padded to sizes divisible by 16 as "
                     "in training (the network is built for that shape with the trained weights)."
                     " .npy/.npz inputs are taken as 1 mm voxels on RAS axes.")
-    register.add_argument("--model", required=True, help="trained model (.keras)")
+    register.add_argument("--model", default=None,
+                          help="trained model (.keras); without it, the shipped brain model "
+                               "(3D skull-stripped brain MRI of any contrast, any grid, not "
+                               "aligned: docs/brain-model.md)")
     _add_finetune_flags(register)
     register.add_argument("--moving", required=True, help="moving image")
     register.add_argument("--static", required=True, help="static (fixed) image")
@@ -371,9 +375,10 @@ def register(args) -> str:
     outputs = {"--moved": args.moved, "--deformation": args.deformation, "--warp": args.warp,
                "--inverse_warp": args.inverse_warp, "--moved_seg": args.moved_seg,
                "--affine": args.affine}
-    volumes.check_output_files(outputs, [args.model, args.moving, args.static,
-                                         args.moving_seg or ""], other_formats=("--affine",))
-    model = rundir.load_model(args.model)
+    volumes.check_output_files(outputs, [args.model or pretrained.FILE, args.moving,
+                                         args.static, args.moving_seg or ""],
+                               other_formats=("--affine",))
+    model = rundir.load_model(args.model) if args.model else pretrained.load()
     if args.affine and models.transform(models.registration_model(model)) == "deformable":
         raise volumes.UsageError(f"--affine: {args.model} is a deformable model, without an "
                                  f"affine stage (train one with --transform affine, rigid or "
@@ -386,10 +391,16 @@ def register(args) -> str:
         if not seg_grid.same_as(moving_grid):
             raise volumes.DataError(f"{args.moving_seg} is not on the moving image's grid "
                                     f"(shape {seg_grid.shape} vs {moving_grid.shape}, or affine)")
-    registered = registration.register_scans(
-        model, moving, static, moving_grid, static_grid, moving_seg, args.finetune_steps,
-        args.finetune_lr, inverse=args.inverse_warp is not None, refiner=refiner(model, args),
-        tune_loss=args.tune_loss)
+    if args.model:
+        registered = registration.register_scans(
+            model, moving, static, moving_grid, static_grid, moving_seg, args.finetune_steps,
+            args.finetune_lr, inverse=args.inverse_warp is not None,
+            refiner=refiner(model, args), tune_loss=args.tune_loss)
+    else:
+        args.tune_loss = args.tune_loss or "mi"  # the scans may differ in contrast
+        registered = pretrained.register_brains(
+            model, moving, static, moving_grid, static_grid, moving_seg, args.finetune_steps,
+            args.finetune_lr, refiner(model, args), args.tune_loss, args.inverse_warp is not None)
     reference = static_grid.affine if static_image is None else static_image
     for path, key in ((args.moved, "moved"), (args.deformation, "deformation"),
                       (args.moved_seg, "moved_seg")):
@@ -407,7 +418,8 @@ def register(args) -> str:
         tuned = f" with fine-tuning stopped early ({registered['finetune_seconds']:.1f} s)"
     tuned += (f", refined in {args.refine_steps} steps ({registered['refine_seconds']:.1f} s)"
               if args.refine_steps else "")
-    grids = "" if moving_grid.same_as(static_grid) else " (moving scan resampled to its grid)"
+    grids = ("" if moving_grid.same_as(static_grid) else " (moving scan resampled to its grid)"
+             ) if args.model else " with the shipped brain model"
     line = (f"registered {args.moving} to {args.static}{grids} in {registered['seconds']:.3f} s "
             f"(one forward pass){tuned}, wrote {args.moved}")
     if args.inverse_warp:

@@ -23,8 +23,11 @@ ANTS_ABOUT = ("ANTs SyN (antspyx registration 'SyNOnly', CC metric of radius 4) 
 
 
 def ants_register(fixed_image: np.ndarray, moving_image: np.ndarray, moving_seg: np.ndarray,
-                  iterations: list[int], path: str) -> dict:
-    """ANTs SyN (CC metric, radius 4) of one pair, kept in ``path`` (.npz) and reused from there.
+                  iterations: list[int] | None, path: str, metric: str = "CC") -> dict:
+    """ANTs SyN of one pair, kept in ``path`` (.npz) and reused from there.
+
+    ``metric`` is ``"CC"`` (radius 4, a 9-voxel window) or ``"mattes"`` (mutual information,
+    32 bins); ``iterations`` per level, coarse to fine, or None for antspyx's default (40-20-0).
 
     ANTs' own warp file is also applied to the moving label map by ``main.py apply``, and the
     share of voxels where its labels equal ANTs' is kept (``apply_agreement``).
@@ -41,9 +44,10 @@ def ants_register(fixed_image: np.ndarray, moving_image: np.ndarray, moving_seg:
     if not os.path.exists(path):
         fixed, moving = ants.from_numpy(fixed_image), ants.from_numpy(moving_image)
         start = time.perf_counter()
-        registration = ants.registration(fixed, moving, type_of_transform="SyNOnly",
-                                         syn_metric="CC", syn_sampling=4,
-                                         reg_iterations=tuple(iterations))
+        registration = ants.registration(
+            fixed, moving, type_of_transform="SyNOnly", syn_metric=metric,
+            syn_sampling={"CC": 4, "mattes": 32}[metric],
+            **({} if iterations is None else {"reg_iterations": tuple(iterations)}))
         seconds = time.perf_counter() - start
         moved_seg = ants.apply_transforms(fixed, ants.from_numpy(moving_seg.astype(np.float32)),
                                           registration["fwdtransforms"],

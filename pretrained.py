@@ -1,0 +1,191 @@
+"""The brain model that ships with the project, and registering two brain scans with it.
+
+``pretrained/brain.keras`` (its model card: ``docs/brain-model.md``) is a joint affine +
+diffeomorphic VoxelMorph trained from label maps alone (``--synth data``), so it takes
+skull-stripped brain MRI of any contrast. It works on a grid of ``SHAPE`` voxels of
+``SPACING_MM`` mm with RAS axes. :func:`register_brains` places such a grid on each scan,
+centred on the scan's brain (:func:`brain_centre`), so scans of any grid, orientation, voxel size
+and field of view, not aligned, come to the network as training showed them: two brains of
+unknown relative pose on one grid, which its affine stage then aligns. Every output is on the
+static scan's own grid and world space, the resamplings and the network's field composed into
+one map from static points to moving points.
+"""
+import os
+
+import numpy as np
+
+import runtime  # noqa: F401  (TensorFlow's settings: before its first import)
+import keras
+
+import datasets
+import models
+import registration
+import rundir
+import transforms
+import tuning
+import utils
+import volumes
+
+FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pretrained", "brain.keras")
+SHAPE = (64, 64, 64)  # the network's grid
+SPACING_MM = 3.0  # its voxel size
+REFINE_FACTOR = 2  # --refine_steps refine the field on a grid this many times finer (1.5 mm)
+MIN_EXTENT_MM = 80.0  # a scan narrower than this along an axis cannot hold a brain
+BRIGHT = 99.5  # intensities are scaled to [0, 1] by this percentile of the brain's, then clipped
+BRAIN = 0.1  # share of that percentile above which a voxel counts as brain for the centre
+LPS_TO_RAS = np.array([-1.0, -1.0, 1.0])
+
+
+def load() -> keras.Model:
+    """The shipped model, ready for ``register_brains``."""
+    if not os.path.exists(FILE):
+        raise volumes.UsageError(f"the shipped brain model {FILE} is missing: give --model")
+    return rundir.load_model(FILE)
+
+
+def check_scan(image: np.ndarray, grid: transforms.Grid, name: str) -> None:
+    """Refuse a scan the shipped model cannot take: not 3D, or narrower than ``MIN_EXTENT_MM``
+    along an axis (a brain is about 140 x 170 x 120 mm)."""
+    if image.ndim != 3:
+        raise volumes.UsageError(f"the {name} image is {image.ndim}D: the shipped brain model "
+                                 f"is 3D (give --model for a model of your own)")
+    extent = np.array(grid.shape) * np.linalg.norm(grid.affine[:3, :3], axis=0)
+    if extent.min() < MIN_EXTENT_MM:
+        raise volumes.DataError(f"the {name} image spans {' x '.join(f'{e:.0f}' for e in extent)}"
+                                f" mm: too small to hold a brain (the shipped model needs at "
+                                f"least {MIN_EXTENT_MM:.0f} mm along every axis)")
+
+
+def scaled(image: np.ndarray, name: str) -> np.ndarray:
+    """``image`` as float32 in [0, 1]: its minimum to 0, the ``BRIGHT`` percentile of the voxels
+    above it to 1, clipped (a few bright voxels do not darken the brain, as min-max would)."""
+    image = datasets.normalize(image, name)  # finite, not constant, in [0, 1]
+    top = np.percentile(image[image > 0], BRIGHT)
+    return np.clip(image / top, 0.0, 1.0).astype(np.float32)
+
+
+def brain_centre(image: np.ndarray, grid: transforms.Grid) -> np.ndarray:
+    """``(3,)`` LPS point in mm: the centre of the voxels brighter than ``BRAIN`` of the
+    scaled image (:func:`scaled`)."""
+    voxels = np.argwhere(image > BRAIN)
+    return grid.world(voxels.mean(axis=0))
+
+
+def working_grid(centre: np.ndarray, factor: int = 1) -> transforms.Grid:
+    """The network's grid (``SHAPE`` at ``SPACING_MM``, or ``factor`` times finer), RAS axes,
+    centred on the LPS point ``centre``; its voxel centres are those ``utils.resize_displacement``
+    maps between the two."""
+    shape = tuple(size * factor for size in SHAPE)
+    spacing = SPACING_MM / factor
+    affine = np.diag([spacing] * 3 + [1.0])
+    affine[:3, 3] = centre * LPS_TO_RAS - spacing * (np.array(shape) - 1) / 2
+    return transforms.Grid(shape, affine)
+
+
+def register_brains(model: keras.Model, moving: np.ndarray, static: np.ndarray,
+                    moving_grid: transforms.Grid, static_grid: transforms.Grid,
+                    moving_seg: np.ndarray | None = None, finetune_steps: int = 0,
+                    finetune_lr: float = 1e-3, refiner: tuning.Refiner | None = None,
+                    tune_loss: str | None = "mi", inverse: bool = False) -> dict:
+    """Register two brain scans of any grids with the shipped model (or one like it).
+
+    Each scan is scaled (:func:`scaled`) and resampled onto a :func:`working_grid` centred on
+    its brain; the network registers the two; ``finetune_steps`` first tune it on the pair and
+    ``refiner`` then refines its field on grids ``REFINE_FACTOR`` times finer. The outputs
+    compose: static voxel -> static world -> working grid -> field -> the moving side's
+    working grid -> moving world -> moving voxel, sampled once.
+
+    Parameters
+    ----------
+    model : keras.Model
+        The shipped model (:func:`load`), a 3D model for ``SHAPE``.
+    moving, static : np.ndarray
+        ``(*moving_spatial)`` and ``(*spatial)`` 3D scans, any intensities.
+    moving_grid, static_grid : transforms.Grid
+        Their grids.
+    moving_seg : np.ndarray, optional
+        Integer label map on the moving grid.
+    finetune_steps, finetune_lr, tune_loss
+        Instance optimisation of the network on the pair, by ``tune_loss`` (MI by default:
+        the scans may differ in contrast).
+    refiner : tuning.Refiner, optional
+        Refines the displacement on the finer grids.
+    inverse : bool
+        Also compute the inverse warp and the inverse-consistency error.
+
+    Returns
+    -------
+    dict
+        As ``registration.register_scans``: on the static grid, ``moved``, ``moved_seg`` (with
+        ``moving_seg``), ``deformation`` (static voxels), ``warp`` (LPS mm), ``affine_world``
+        (LPS mm, static point -> moving point), ``seconds`` (forward pass),
+        ``finetune_seconds``, ``refine_seconds``, the fallback notes; with ``inverse``,
+        ``inverse_warp`` and ``inverse_error``.
+    """
+    for image, grid, name in ((moving, moving_grid, "moving"), (static, static_grid, "static")):
+        check_scan(image, grid, name)
+    moving_seg = registration.moving_label_map(moving_seg, moving.shape)
+    images = [scaled(moving, "moving image"), scaled(static, "static image")]
+    centres = [brain_centre(image, grid) for image, grid in zip(images, (moving_grid,
+                                                                         static_grid))]
+    grids = [working_grid(centre) for centre in centres]
+    small = [transforms.resample(image, grid, work)
+             for image, grid, work in zip(images, (moving_grid, static_grid), grids)]
+    network = registration.network_for(model, SHAPE)
+    tuner = (tuning.FineTuner(model, finetune_steps, finetune_lr, SHAPE, tune_loss)
+             if finetune_steps else None)
+    network, finetune_seconds, finetune_note = tuning.finetuned(network, tuner, *small)
+    registered = registration.register_padded(network, *small)
+    field, refine_seconds, refine_note = registered["deformation"], 0.0, None
+    if refiner is not None:
+        grids = [working_grid(centre, REFINE_FACTOR) for centre in centres]
+        fine = [transforms.resample(image, grid, work)
+                for image, grid, work in zip(images, (moving_grid, static_grid), grids)]
+        field = np.asarray(utils.resize_displacement(field[None], grids[1].shape))[0]
+        field, refine_seconds, refine_note = tuning.refined(refiner, *fine, field)
+    out = on_static_grid(field, grids, moving, moving_grid, static_grid, moving_seg)
+    out.update(seconds=registered["seconds"], finetune_seconds=finetune_seconds,
+               refine_seconds=refine_seconds, finetune_fallback=finetune_note,
+               refine_fallback=refine_note)
+    if "affine" in registered:
+        shift = np.eye(4)
+        shift[:3, 3] = centres[0] - centres[1]  # the moving working grid's offset, LPS mm
+        out["affine_world"] = shift @ transforms.world_matrix(registered["affine"],
+                                                              working_grid(centres[1]))
+    if inverse:
+        out["inverse"] = transforms.invert(out["deformation"])
+        out["inverse_error"] = transforms.inverse_consistency(out["deformation"], out["inverse"],
+                                                              static_grid)
+        out["inverse_warp"] = transforms.inverse_on(out["inverse"], static_grid, moving_grid)
+    return out
+
+
+def on_static_grid(field: np.ndarray, grids: list[transforms.Grid], moving: np.ndarray,
+                   moving_grid: transforms.Grid, static_grid: transforms.Grid,
+                   moving_seg: np.ndarray | None) -> dict:
+    """The registration on the static scan's grid, from ``field`` on the working grids.
+
+    Parameters
+    ----------
+    field : np.ndarray
+        ``(*work, 3)`` displacement in voxels of the working grids ``grids`` (moving side,
+        static side), which share their layout.
+
+    Returns
+    -------
+    dict
+        ``deformation`` ``(*spatial, 3)`` in static voxels (to the static-grid coordinates of
+        the moving-world point sampled), ``warp`` ``(*spatial, 3)`` LPS mm, ``moved`` and, with
+        ``moving_seg``, ``moved_seg`` (nearest neighbour).
+    """
+    voxels = static_grid.coordinates()
+    points = static_grid.world(voxels)
+    on_work = grids[1].voxels(points)
+    moved_points = grids[0].world(on_work + transforms.sample(field, on_work))
+    deformation = (static_grid.voxels(moved_points) - voxels).astype(np.float32)
+    coords = moving_grid.voxels(moved_points)
+    out = {"deformation": deformation, "warp": (moved_points - points).astype(np.float32),
+           "moved": transforms.sample(moving, coords)}
+    if moving_seg is not None:
+        out["moved_seg"] = transforms.sample(moving_seg, coords, "nearest")
+    return out
