@@ -85,7 +85,9 @@ def image_terms(model: keras.Model, similarity: str | None = None) -> list[objec
         A trained model.
     similarity : {"ncc", "mse", "mi"}, optional
         Use this image similarity (``objective.image_similarity``) in place of the model's own,
-        e.g. mutual information for a pair of two contrasts; the weights stay the model's.
+        e.g. mutual information for a pair of two contrasts; the weights stay the model's. A
+        model trained from label maps (``--synth``) has none: it gets this one, of weight 1,
+        and its smoothness the weight ``objective.DEFAULT_LAMBDA`` gives this similarity.
 
     Raises
     ------
@@ -97,6 +99,12 @@ def image_terms(model: keras.Model, similarity: str | None = None) -> list[objec
                                 "model saved by training (main.py writes one)")
     terms = [term for term in model.terms if not set(term.args) & {
         *objective.TRAINING_INPUTS, *objective.TRAINING_OUTPUTS}]
+    if all(isinstance(term.loss, metrics.Grad) for term in terms):  # trained from label maps
+        if similarity is None:
+            raise volumes.UsageError("this model was trained from label maps and has no image "
+                                     "loss of its own: give --tune_loss (mi across contrasts)")
+        return [objective.Term("moved", objective.image_similarity(similarity), 1.0, ("static", "moved")),
+                *(term._replace(weight=objective.DEFAULT_LAMBDA[similarity]) for term in terms)]
     if similarity is None:
         return terms
     return [term if isinstance(term.loss, metrics.Grad) else

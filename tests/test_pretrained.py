@@ -1,0 +1,134 @@
+"""The shipped brain model: ``main.py register`` without ``--model`` (``pretrained.py``)."""
+import nibabel as nib
+import numpy as np
+import pytest
+import SimpleITK as sitk  # a test requirement (requirements.txt): these tests never skip
+
+import main
+import pretrained
+import scores
+import synthetic
+import transforms
+from test_transforms import sitk_resample, sitk_warp_transform, write
+
+TEMPLATE = np.diag([2.0, 2.0, 2.0, 1.0])  # the default data's grid (80x96x80 at 2 mm)
+TEMPLATE[:3, 3] = [-79.5, -112.5, -74.5]
+
+
+def rigid(degrees: float, shift_mm) -> np.ndarray:
+    """``(4, 4)`` rotation about the world's z axis by ``degrees``, then a shift (RAS mm)."""
+    matrix = np.eye(4)
+    matrix[:3, :3] = transforms.rotation_matrix(np.deg2rad([degrees, 0.0, 0.0]))
+    matrix[:3, 3] = shift_mm
+    return matrix
+
+
+def other_contrast(image: np.ndarray) -> np.ndarray:
+    """A T2-like image of a skull-stripped T1 in [0, 1]: the brain's intensities reversed."""
+    return np.where(image > 0.05, 1.1 - image, 0.0).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def scans(tmp_path_factory):
+    """Two default-data subjects as NIfTI scans: the static one on the template's grid, the
+    moving one of the other contrast on a 1.6 mm grid, rotated 10 degrees and shifted 12 mm in
+    the world (its label map likewise), so that world coordinates do not align them."""
+    folder = tmp_path_factory.mktemp("brains")
+    subjects = synthetic.default_validation_set(3)
+    template = transforms.Grid(subjects.shape, TEMPLATE)
+    fine = np.diag([1.6, 1.6, 1.6, 1.0])  # the same field of view, 100x120x100 at 1.6 mm
+    fine[:3, 3] = TEMPLATE[:3, 3] + (2.0 * (np.array(subjects.shape) - 1)
+                                     - 1.6 * (np.array([100, 120, 100]) - 1)) / 2
+    fine = transforms.Grid((100, 120, 100), fine)
+    moving = transforms.resample(other_contrast(subjects.vols[1]), template, fine)
+    moving_seg = transforms.resample(subjects.segs[1], template, fine, "nearest")
+    placed = rigid(10.0, [12.0, -6.0, 4.0]) @ fine.affine
+    return {"static": write(folder / "static.nii.gz", subjects.vols[0], TEMPLATE),
+            "static_seg": subjects.segs[0],
+            "moving": write(folder / "moving.nii.gz", moving, placed),
+            "moving_seg": write(folder / "moving_seg.nii.gz", moving_seg.astype(np.int16),
+                                placed)}
+
+
+@pytest.fixture(scope="module")
+def registered(scans, tmp_path_factory):
+    """``register`` of the pair with the shipped model: the output files."""
+    folder = tmp_path_factory.mktemp("registered")
+    outputs = {name: str(folder / f"{name}.{kind}") for name, kind in (
+        ("moved", "nii.gz"), ("moved_seg", "nii.gz"), ("warp", "nii.gz"), ("affine", "txt"))}
+    code = main.main(["register", "--moving", scans["moving"], "--static", scans["static"],
+                      "--moving_seg", scans["moving_seg"],
+                      *[arg for name, path in outputs.items() for arg in (f"--{name}", path)]])
+    assert code == 0
+    return outputs
+
+
+def mean_dice(labels: np.ndarray, static_seg: np.ndarray) -> float:
+    return float(np.mean(scores.dice(labels, static_seg, [1, 2, 3])))
+
+
+def through_world(scans, transform=None) -> np.ndarray:
+    """The moving label map on the static grid, through world space (or ``transform``)."""
+    return sitk_resample(scans["moving_seg"], scans["static"],
+                         transform or sitk.Transform(3, sitk.sitkIdentity), nearest=True)
+
+
+def test_register_without_a_model_aligns_brains_of_another_grid_pose_and_contrast(
+        scans, registered):
+    moved_seg = np.asanyarray(nib.load(registered["moved_seg"]).dataobj)
+    before = mean_dice(through_world(scans), scans["static_seg"])
+    after = mean_dice(moved_seg, scans["static_seg"])
+    assert moved_seg.shape == scans["static_seg"].shape
+    assert after > before + 0.15, (before, after)
+
+
+def test_simpleitk_applies_the_written_warp_as_register_moved_the_scan(scans, registered):
+    transform = sitk_warp_transform(registered["warp"])
+    itk_labels = through_world(scans, transform)
+    moved_seg = np.asanyarray(nib.load(registered["moved_seg"]).dataobj)
+    assert np.mean(itk_labels == moved_seg) >= 0.995
+    itk_image = sitk_resample(scans["moving"], scans["static"], transform, nearest=False)
+    moved = np.asanyarray(nib.load(registered["moved"]).dataobj)
+    assert np.mean(np.abs(moved - itk_image)) < 1e-3
+
+
+def test_simpleitk_applies_the_affine_stage_alone_closer_than_the_world(scans, registered):
+    affine = sitk.ReadTransform(registered["affine"])
+    before = mean_dice(through_world(scans), scans["static_seg"])
+    assert mean_dice(through_world(scans, affine), scans["static_seg"]) > before + 0.1
+
+
+def test_a_zero_field_maps_each_brain_centre_onto_the_other():
+    """With no displacement, the composition is the shift between the working grids: a scan
+    that is the static one shifted in the world comes back onto it."""
+    image = np.zeros((40, 44, 36), np.float32)
+    image[8:30, 10:34, 6:28] = np.linspace(0.2, 1.0, 22)[:, None, None]
+    static_grid = transforms.Grid(image.shape, np.diag([2.5, 2.5, 2.5, 1.0]))
+    moving_grid = transforms.Grid(image.shape, rigid(0.0, [17.0, -9.0, 5.0]) @ static_grid.affine)
+    centres = [pretrained.brain_centre(image, grid) for grid in (moving_grid, static_grid)]
+    grids = [pretrained.working_grid(centre) for centre in centres]
+    out = pretrained.on_static_grid(np.zeros((*pretrained.SHAPE, 3), np.float32), grids, image,
+                                    moving_grid, static_grid, None)
+    np.testing.assert_allclose(out["warp"][0, 0, 0], [-17.0, 9.0, 5.0], atol=1e-4)  # LPS
+    np.testing.assert_allclose(out["moved"], image, atol=1e-5)
+
+
+def test_finetuning_and_refinement_run_with_mutual_information(scans, tmp_path, capsys):
+    moved = tmp_path / "moved.nii.gz"
+    assert main.main(["register", "--moving", scans["moving"], "--static", scans["static"],
+                      "--moved", str(moved), "--finetune_steps", "2", "--refine_steps",
+                      "2"]) == 0
+    assert "2 fine-tuning steps" in capsys.readouterr().out and moved.exists()
+
+
+@pytest.mark.parametrize("case", ["2D", "small"])
+def test_scans_the_shipped_model_cannot_take_exit_2_writing_nothing(tmp_path, capsys, case):
+    shape, spacing = ((64, 64), 3.0) if case == "2D" else ((32, 32, 32), 2.0)
+    path = write(tmp_path / "scan.nii.gz", np.random.default_rng(0).random(shape, np.float32),
+                 np.diag([spacing] * 3 + [1.0]))
+    moved = tmp_path / "moved.nii.gz"
+    assert main.main(["register", "--moving", path, "--static", path, "--moved",
+                      str(moved)]) == 2
+    error = capsys.readouterr().err
+    assert ("shipped brain model is 3D" if case == "2D" else "at least 80 mm") in error
+    assert len(error.strip().splitlines()) == 1 and not moved.exists()
