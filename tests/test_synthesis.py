@@ -125,3 +125,30 @@ def test_synth_data_without_label_maps_is_one_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["main.py: error: --synth data needs label maps: 'segs' in --data"]
     assert not (tmp_path / "run").exists()
+
+
+def blob_maps(count: int, shape=(16, 16)) -> np.ndarray:
+    """``(count, *shape)`` label maps 0-3: a square of label 1 with a bar of 2 and a dot of 3."""
+    maps = np.zeros((count, *shape), np.int32)
+    maps[:, 3:13, 3:13], maps[:, 6:10, 5:11], maps[:, 7:9, 7:9] = 1, 2, 3
+    return maps
+
+
+def test_synth_data_trains_on_label_maps_alone_validated_on_val_data(tmp_path):
+    np.savez(tmp_path / "maps.npz", segs=blob_maps(3), labels=[1, 2, 3])  # no images at all
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "val.npz", vols=rng.random((2, 16, 16)), segs=blob_maps(2))
+    run = tmp_path / "run"
+    assert main.main(["--synth", "data", "--data", str(tmp_path / "maps.npz"), "--val_data",
+                      str(tmp_path / "val.npz"), "--ndim", "2", "--model", "vm1", "--epochs",
+                      "1", "--steps_per_epoch", "2", "--output", str(run)]) == 0
+    assert (run / "model.keras").exists()
+
+
+def test_label_maps_alone_without_val_data_are_one_line(tmp_path, capsys):
+    np.savez(tmp_path / "maps.npz", segs=blob_maps(3))
+    assert main.main(["--synth", "data", "--data", str(tmp_path / "maps.npz"), "--ndim", "2",
+                      "--output", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "holds label maps only" in err[0] and "--val_data" in err[0]
+    assert not (tmp_path / "run").exists()
