@@ -302,7 +302,9 @@ def _add_evaluate_parser(commands) -> None:
                     "Jacobian determinant <= 0, inverse consistency of the fixed-point inverse "
                     "(mm), seconds per pair. Writes eval.json, dice_per_structure.csv and "
                     "dice_boxplot.png.")
-    evaluate.add_argument("--model", required=True, help="trained model (.keras)")
+    evaluate.add_argument("--model", default=None,
+                          help="trained model (.keras); without it, the shipped brain model "
+                               "(docs/brain-model.md; needs --output)")
     _add_finetune_flags(evaluate)
     _add_data_flags(evaluate, "the default data's validation subjects")
     evaluate.add_argument("--labels", type=int, nargs="+", default=None,
@@ -480,26 +482,34 @@ def evaluation_set(data: str | None, atlas: str | None, pairs: str | None,
 
 def evaluate(args) -> str:
     """Score a trained model on every test pair; write eval.json, a CSV and a box plot."""
+    if args.model is None and args.output is None:
+        raise volumes.UsageError("evaluate with the shipped brain model (no --model) needs "
+                                 "--output, the folder to write its scores in")
     output = rundir.output_folder(args.output or os.path.dirname(os.path.abspath(args.model)))
-    model = rundir.load_model(args.model)
+    model = rundir.load_model(args.model) if args.model else pretrained.load()
     shape = models.input_shape(model)
     data = evaluation_set(args.data, args.atlas, args.pairs, shape, args.pairs_file)
     mode = datasets.pairing(data, args.pairs)
     pairs = datasets.make_pairs(data, mode, args.max_pairs)
     labels, names = datasets.scored_labels(data, args.labels)
-    print(f"evaluating {args.model} on {len(pairs)} {mode} pairs of shape {data.shape}, "
-          f"{len(labels)} labels")
-    results, _ = registration.evaluate_pairs(model, pairs, labels or None, spacing=data.spacing,
-                                             finetune_steps=args.finetune_steps,
-                                             finetune_lr=args.finetune_lr, inverse=True,
-                                             refiner=refiner(model, args),
-                                             tune_loss=args.tune_loss)
+    print(f"evaluating {args.model or 'the shipped brain model'} on {len(pairs)} {mode} pairs "
+          f"of shape {data.shape}, {len(labels)} labels")
+    if args.model:
+        results, _ = registration.evaluate_pairs(
+            model, pairs, labels or None, spacing=data.spacing,
+            finetune_steps=args.finetune_steps, finetune_lr=args.finetune_lr, inverse=True,
+            refiner=refiner(model, args), tune_loss=args.tune_loss)
+    else:
+        args.tune_loss = args.tune_loss or "mi"  # the scans may differ in contrast
+        results = pretrained.evaluate_pairs(model, pairs, labels or None, data.spacing,
+                                            args.finetune_steps, args.finetune_lr,
+                                            refiner(model, args), args.tune_loss)
     summary = scores.summarize(results)
     rundir.make_folder(output)
     per_pair = [{"moving": volume_name(data, moving), "static": volume_name(data, static),
                  **result} for (moving, static), result in zip(pairs.index, results)]
     evaluation = os.path.join(output, rundir.EVALUATION)
-    rundir.write_json(evaluation, {"model": args.model,
+    rundir.write_json(evaluation, {"model": args.model or pretrained.FILE,
                                    "data": args.pairs_file or args.data or "default",
                                    "pairs": mode, "labels": labels, "label_names": names,
                                    "spacing": data.spacing, "summary": summary,

@@ -21,6 +21,7 @@ import datasets
 import models
 import registration
 import rundir
+import scores
 import transforms
 import tuning
 import utils
@@ -189,3 +190,25 @@ def on_static_grid(field: np.ndarray, grids: list[transforms.Grid], moving: np.n
     if moving_seg is not None:
         out["moved_seg"] = transforms.sample(moving_seg, coords, "nearest")
     return out
+
+
+def evaluate_pairs(model: keras.Model, pairs, labels=None, spacing=None, finetune_steps: int = 0,
+                   finetune_lr: float = 1e-3, refiner: tuning.Refiner | None = None,
+                   tune_loss: str | None = "mi") -> list[dict]:
+    """``registration.evaluate_pairs`` with the shipped model: each pair of a set on one grid
+    of voxels of ``spacing`` mm (RAS axes) registered by :func:`register_brains` and scored
+    there (``scores.score_registration``), with the inverse consistency in mm."""
+    grid = transforms.spacing_grid(pairs.moving.shape[1:], spacing)
+    results = []
+    for moving, static, moving_seg, static_seg in pairs:
+        out = register_brains(model, moving, static, grid, grid, moving_seg, finetune_steps,
+                              finetune_lr, refiner, tune_loss, inverse=True)
+        scored = scores.score_registration(moving, static, out["moved"], out["deformation"],
+                                           moving_seg, static_seg, out.get("moved_seg"),
+                                           labels, spacing)
+        error = out["inverse_error"]
+        results.append({**scored, **{key: out[key] for key in (
+            "seconds", "finetune_seconds", "refine_seconds", "finetune_fallback",
+            "refine_fallback")}, "inverse_error": error["mean_voxels"],
+            "inverse_error_p95": error["p95_voxels"]})
+    return results

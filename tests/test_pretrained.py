@@ -1,4 +1,6 @@
 """The shipped brain model: ``main.py register`` without ``--model`` (``pretrained.py``)."""
+import json
+
 import nibabel as nib
 import numpy as np
 import pytest
@@ -132,3 +134,16 @@ def test_scans_the_shipped_model_cannot_take_exit_2_writing_nothing(tmp_path, ca
     error = capsys.readouterr().err
     assert ("shipped brain model is 3D" if case == "2D" else "at least 80 mm") in error
     assert len(error.strip().splitlines()) == 1 and not moved.exists()
+
+
+def test_evaluate_without_a_model_scores_the_shipped_model(tmp_path):
+    assert main.main(["evaluate", "--max_pairs", "1", "--output", str(tmp_path)]) == 0
+    evaluation = json.loads((tmp_path / "eval.json").read_text())
+    assert evaluation["model"] == pretrained.FILE and len(evaluation["per_pair"]) == 1
+    assert 0.0 < evaluation["summary"]["dice_after"]["mean"] <= 1.0
+
+
+def test_evaluate_without_a_model_or_output_is_one_line(capsys):
+    assert main.main(["evaluate"]) == 2
+    assert capsys.readouterr().err.strip().endswith("needs --output, the folder to write its "
+                                                    "scores in")
