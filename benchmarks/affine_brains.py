@@ -61,8 +61,9 @@ def grids(data: str):
     return full, transforms.Grid((64,) * 3, affine @ half), transforms.Grid((size,) * 3, other)
 
 
-def misaligned(full_set, pairs, grid, other, seed: int) -> list[dict]:
-    """Every pair's moving subject moved by a known random affine map, on the ``other`` grid.
+def misaligned(full_set, pairs, grid, other, seed: int, **limits) -> list[dict]:
+    """Every pair's moving subject moved by a known random affine map (of
+    ``augmentation.random_affine``, its ranges or ``limits``), on the ``other`` grid.
 
     Returns
     -------
@@ -78,7 +79,8 @@ def misaligned(full_set, pairs, grid, other, seed: int) -> list[dict]:
     points = other.world(other.coordinates())
     made = []
     for m, _ in pairs:
-        moved_by = transforms.world_matrix(augmentation.random_affine(rng, grid.shape, 1.5), grid)
+        moved_by = transforms.world_matrix(augmentation.random_affine(rng, grid.shape, 1.5,
+                                                                        **limits), grid)
         coords = grid.voxels(points @ moved_by[:3, :3].T + moved_by[:3, 3])
         made.append({"image": transforms.sample(vols[m], coords),
                      "seg": transforms.sample(segs[m], coords, "nearest"),

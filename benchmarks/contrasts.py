@@ -137,6 +137,26 @@ def ants_pairs(full, moving_full: np.ndarray, pairs, metric: str, iterations, co
     return {"per_pair": results}
 
 
+def figures(model, small: dict, moving_full: dict, full, pair: tuple[int, int], folder: str,
+            prefix: str) -> None:
+    """Overlays (moving, static, moved) and the deformation grid of one test pair registered by
+    ``model``, moving T1 and T2-like, at 128^3: ``{prefix}_{t1,t2}_{overlay,grid}.png``."""
+    import registration
+    import viz
+    from benchmarks import real_brains
+
+    m, s = pair
+    for contrast, tag in (("T1", "t1"), ("T2-like", "t2")):
+        deformation, _ = real_brains.register_full_resolution(model, small[contrast][m],
+                                                              small["T1"][s])
+        moved = registration.warped(moving_full[contrast][m], deformation)
+        viz.overlay_slices(moving_full[contrast][m], full[0][s], moved,
+                           ltitle=f"Moving ({contrast})", mtitle="Static (T1)",
+                           fname=os.path.join(folder, f"{prefix}_{tag}_overlay.png"))
+        viz.plot_deformation_grid(deformation, moved, fname=os.path.join(
+            folder, f"{prefix}_{tag}_grid.png"))
+
+
 def train(name: str, train_set: str, test_set: str, folder: str, args) -> float:
     """Train one row's network with ``main.py`` (reused when done, resumed when interrupted);
     return its training seconds. The test images only log a validation loss."""
@@ -195,6 +215,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max_pairs", type=int, default=None,
                         help="register only the first test pairs (default: all 6)")
     parser.add_argument("--output", default=os.path.join(ROOT, "runs", "contrasts"))
+    parser.add_argument("--figures", default=None,
+                        help="folder to draw the label-map model's registration of the first "
+                             "test pair into (within T1 and across contrasts), e.g. _images")
     return parser
 
 
@@ -227,6 +250,9 @@ def main() -> None:
             lambda: network_pairs(model, small[contrast], small["T1"], full,
                                   moving_full[contrast], pairs)) for contrast in small}
     trained = keras.models.load_model(os.path.join(args.output, "synth_data", rundir.MODEL))
+    if args.figures:
+        figures(models.registration_model(trained), small, moving_full, full, pairs[0],
+                args.figures, "contrasts")
     tuner = tuning.FineTuner(trained, args.finetune_steps, similarity="mi")
     refiner = tuning.Refiner(trained, args.refine_steps, similarity="mi")
     steps = f"{args.finetune_steps} + {args.refine_steps} steps"

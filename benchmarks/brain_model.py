@@ -1,0 +1,209 @@
+"""The shipped brain model (``pretrained/brain.keras``): its training data, export and scores.
+
+    python3 benchmarks/brain_model.py data --output runs/brain_model
+    python3 main.py --synth data --data runs/brain_model/label_maps.npz \
+        --val_data runs/brain_model/val.npz --transform joint --int_steps 7 --int_downsize 2 \
+        --epochs 200 --steps_per_epoch 50 --output runs/brain_model/run
+    python3 benchmarks/brain_model.py export --run runs/brain_model/run
+    python3 benchmarks/brain_model.py score --output runs/brain_model
+
+``data`` writes, on the network's 64^3 grid at 3 mm (every second voxel of the shared 128^3 MNI152 grid
+at 1.5 mm, as ``brains.downsample``):
+
+- ``label_maps.npz``: ``segs`` of the 20 public SynthSeg label maps
+  (``../shared/data/synthseg20_128.npz``, Apache-2.0) and of the benchmark's 6 training subjects
+  (``fstrain9_128.npz``; its 3 test subjects are left out), skull-stripped: the extra-cerebral
+  5xx labels and label 24 (CSF, which covers all extra-cerebral CSF in the SynthSeg maps and a
+  few hundred voxels in the benchmark's) set to 0. ``labels`` are the structures the loss
+  compares: the benchmark's 30 Dice labels less 24 and the choroid plexus (31, 63), which the
+  SynthSeg maps do not label.
+- ``val.npz``: images and label maps of the 6 training subjects, the validation pairs of the
+  run's log (their label maps also train; nothing is chosen on them).
+
+``export`` writes a run's last checkpoint (or ``model.keras``) as ``pretrained/brain.keras``,
+without the optimiser's state (a third of the size). ``score`` registers the benchmark's 6 test
+pairs (never seen in training) with it, scored at 128^3 by ``brains.score_pair``: aligned and
+unaligned (the moving scan moved by a random rigid map of up to ``ROTATION`` degrees and
+``SHIFT_MM`` mm per axis, on a FreeSurfer-like 176^3 grid at 1.25 mm, ``affine_brains.grids``),
+moving T1 or T2-like (``contrasts.t2_like``), static T1; and beside it, on the unaligned pairs,
+ANTs Affine + SyN (``SyN``) with MI and with CC at antspyx's default iterations (``--ants``).
+"""
+import argparse
+import hashlib
+import os
+import sys
+import time
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+from benchmarks import affine_brains, brains, contrasts  # noqa: E402
+
+SYNTHSEG = os.path.join(ROOT, "..", "shared", "data", "synthseg20_128.npz")
+NOT_BRAIN = 24  # CSF: extra-cerebral in the SynthSeg maps
+UNLABELLED = (24, 31, 63)  # Dice labels the SynthSeg maps do not hold
+ROTATION, SHIFT_MM = 15.0, 15.0  # the unaligned pairs' random rigid maps, per axis
+SEED = 2026  # of those maps
+
+
+def skull_stripped(segs: np.ndarray) -> np.ndarray:
+    """Label maps with the extra-cerebral labels (5xx and ``NOT_BRAIN``) set to 0, as uint8."""
+    return np.where((segs >= 500) | (segs == NOT_BRAIN), 0, segs).astype(np.uint8)
+
+
+def write_data(args) -> None:
+    """``data``: the two files of the training command, in ``--output``."""
+    for path in (args.data, args.synthseg):
+        if not os.path.exists(path):
+            sys.exit(f"brain_model.py: error: {path} not found (expected in ../shared/data)")
+    with np.load(args.data) as bench, np.load(args.synthseg) as public:
+        vols, segs = brains.downsample(bench["vols"][:brains.NUM_TRAIN],
+                                       bench["segs"][:brains.NUM_TRAIN], 2)
+        public_segs = public["segs"][:, 1::2, 1::2, 1::2]  # the voxels brains.downsample keeps
+        labels = [int(x) for x in bench["labels"] if x not in UNLABELLED]
+    os.makedirs(args.output, exist_ok=True)
+    maps = skull_stripped(np.concatenate([public_segs, segs]))
+    names = [brains.FREESURFER_NAMES[label] for label in labels]
+    for name, arrays in (("label_maps", {"segs": maps}),
+                         ("val", {"vols": vols, "segs": skull_stripped(segs)})):
+        path = os.path.join(args.output, f"{name}.npz")
+        np.savez(path + ".tmp.npz", **arrays, labels=labels, label_names=names, spacing=3.0)
+        os.replace(path + ".tmp.npz", path)
+        print(f"wrote {path}: {', '.join(f'{k} {v.shape}' for k, v in arrays.items())}")
+
+
+def export(args) -> None:
+    """``export``: the run's newest model, without its optimiser, as the shipped file."""
+    import glob
+
+    import runtime  # noqa: F401  (before TensorFlow: oneDNN on)
+    import pretrained
+    import rundir
+
+    found = sorted(glob.glob(os.path.join(args.run, "checkpoint-epoch*.keras")),
+                   key=lambda path: int(path.split("epoch")[-1].split(".")[0]))
+    source = os.path.join(args.run, rundir.MODEL)
+    source = source if os.path.exists(source) else found[-1]
+    model = rundir.load_model(source)
+    bare = model.__class__.from_config(model.get_config())
+    bare.set_weights(model.get_weights())
+    os.makedirs(os.path.dirname(pretrained.FILE), exist_ok=True)
+    bare.save(pretrained.FILE + ".tmp.keras")
+    os.replace(pretrained.FILE + ".tmp.keras", pretrained.FILE)
+    print(f"wrote {pretrained.FILE} ({os.path.getsize(pretrained.FILE) / 2**20:.1f} MB) "
+          f"from {source}")
+
+
+def cases(full, pairs, grids, seed: int) -> dict:
+    """The moving scans of every condition: ``(image, seg, grid)`` per pair, by name."""
+    grid, _, other = grids
+    unaligned = affine_brains.misaligned(full, pairs, grid, other, seed, rotation=ROTATION,
+                                         scaling=(1.0, 1.0), shear=0.0, translation=SHIFT_MM)
+    vols, segs = full[:2]
+    return {"aligned, T1": [(vols[m], segs[m], grid) for m, _ in pairs],
+            "aligned, T2-like": [(contrasts.t2_like(vols[m]), segs[m], grid) for m, _ in pairs],
+            "unaligned, T1": [(case["image"], case["seg"], other) for case in unaligned],
+            "unaligned, T2-like": [(contrasts.t2_like(case["image"]), case["seg"], other)
+                                   for case in unaligned]}
+
+
+def shipped(full, pairs, moving, grid) -> dict:
+    """The shipped model on every pair of one condition (one forward pass each)."""
+    import runtime  # noqa: F401  (before TensorFlow: oneDNN on)
+    import pretrained
+
+    model = pretrained.load()
+    results = []
+    for (m, s), (image, seg, moving_grid) in zip(pairs, moving):
+        out = pretrained.register_brains(model, image, full[0][s], moving_grid, grid, seg)
+        scored = brains.score_pair(full, m, s, out["moved_seg"], out["deformation"])
+        results.append({**scored, "seconds": out["seconds"]})
+        print(f"  pair {m}->{s}: Dice {np.nanmean(scored['dice']):.3f}", flush=True)
+    return {"per_pair": results}
+
+
+def ants_pairs(full, pairs, moving, grid, metric: str, folder: str) -> dict:
+    """ANTs Affine + SyN (``SyN``, ``metric``, default iterations) on every pair of one
+    condition; folding and SDlogJ from its SyN warp (its affine map has one Jacobian)."""
+    import ants
+
+    import transforms
+
+    results = []
+    for (m, s), (image, seg, moving_grid) in zip(pairs, moving):
+        fixed = affine_brains.ants_images(full[0][s], grid)
+        start = time.perf_counter()
+        registered = ants.registration(fixed, affine_brains.ants_images(image, moving_grid),
+                                       type_of_transform="SyN", syn_metric=metric,
+                                       syn_sampling={"CC": 4, "mattes": 32}[metric])
+        seconds = time.perf_counter() - start
+        moved_seg = ants.apply_transforms(fixed, affine_brains.ants_images(seg, moving_grid),
+                                          registered["fwdtransforms"],
+                                          interpolator="nearestNeighbor").numpy()
+        warp = [name for name in registered["fwdtransforms"] if name.endswith(".nii.gz")][0]
+        deformation = transforms.from_world(ants.image_read(warp).numpy(), grid)
+        scored = brains.score_pair(full, m, s, np.rint(moved_seg).astype(np.int32), deformation)
+        results.append({**scored, "seconds": seconds})
+        print(f"  ANTs {metric} pair {m}->{s}: Dice {np.nanmean(scored['dice']):.3f} in "
+              f"{seconds:.0f} s", flush=True)
+    return {"per_pair": results}
+
+
+def score(args) -> None:
+    """``score``: the shipped model (and ANTs) on the test pairs of every condition."""
+    full = brains.full_resolution_test_set(args.data)
+    grids = affine_brains.grids(args.data)
+    pairs = brains.test_pairs(len(full[0]), args.max_pairs)
+    moving = cases(full, pairs, grids, SEED)
+    os.makedirs(args.output, exist_ok=True)
+    with open(os.path.join(ROOT, "pretrained", "brain.keras"), "rb") as file:
+        model = {"model_md5": hashlib.md5(file.read()).hexdigest()}  # a new model scores anew
+    rows = []
+    for condition, scans in moving.items():
+        name = condition.replace(", ", "_")
+        if "shipped" in args.methods:
+            result = brains.cached(os.path.join(args.output, f"shipped_{name}.json"), pairs,
+                                   lambda: shipped(full, pairs, scans, grids[0]), model)
+            rows.append(("shipped model, one forward pass", condition, result))
+        ants = args.ants if "ants" in args.methods and condition.startswith("unaligned") else ()
+        for metric in ants:
+            result = brains.cached(os.path.join(args.output, f"ants_{metric}_{name}.json"),
+                                   pairs, lambda: ants_pairs(full, pairs, scans, grids[0],
+                                                             metric, args.output))
+            rows.append((f"ANTs Affine + SyN ({'MI' if metric == 'mattes' else 'CC'}), "
+                         f"default 40-20-0", condition, result))
+    print(f"\n{len(pairs)} test pairs, scored at 128^3; static T1\n")
+    print("| method | moving scan | mean Dice (30 structures) | HD95 (mm) | SDlogJ | "
+          "% det(J) <= 0 | s per pair (CPU) |\n|---|---|---|---|---|---|---|")
+    for method, condition, result in rows:
+        stats = brains.summary(result)
+        print(f"| {method} | {condition} | {stats['dice']['mean']:.3f} ± "
+              f"{stats['dice']['std']:.3f} | {stats['hd95_mm_mean']['mean']:.2f} | "
+              f"{stats['sdlogj']['mean']:.3f} | {100 * stats['folding_fraction']['mean']:.4f} "
+              f"| {stats['seconds']['mean']:.2f} |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    steps = parser.add_subparsers(dest="step", required=True)
+    data = steps.add_parser("data", help="write the training label maps")
+    data.add_argument("--synthseg", default=SYNTHSEG, help="the synthseg20_128.npz file")
+    data.add_argument("--output", required=True, help="folder to write the two files into")
+    run = steps.add_parser("export", help="write a run's model as pretrained/brain.keras")
+    run.add_argument("--run", required=True, help="the training's run folder")
+    scored = steps.add_parser("score", help="score the shipped model on the test pairs")
+    scored.add_argument("--output", default=os.path.join(ROOT, "runs", "brain_model"))
+    scored.add_argument("--ants", nargs="*", default=["mattes", "CC"], choices=["mattes", "CC"],
+                        help="ANTs Affine + SyN rows on the unaligned pairs (needs antspyx)")
+    scored.add_argument("--methods", nargs="+", default=["shipped", "ants"],
+                        choices=["shipped", "ants"])
+    scored.add_argument("--max_pairs", type=int, default=None)
+    for step in (data, scored):
+        step.add_argument("--data", default=brains.DATA, help="the fstrain9_128.npz file")
+    args = parser.parse_args()
+    {"data": write_data, "export": export, "score": score}[args.step](args)
+
+
+if __name__ == "__main__":
+    main()
