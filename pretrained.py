@@ -136,7 +136,7 @@ def register_brains(model: keras.Model, moving: np.ndarray, static: np.ndarray,
     tuner = (tuning.FineTuner(model, finetune_steps, finetune_lr, SHAPE, tune_loss)
              if finetune_steps else None)
     network, finetune_seconds, finetune_note = tuning.finetuned(network, tuner, *small)
-    registered = registration.register_padded(network, *small)
+    registered = registration.register(network, *small, traced=False)  # one pair: no graph
     field, refine_seconds, refine_note = registered["deformation"], 0.0, None
     if refiner is not None:
         grids = [working_grid(centre, REFINE_FACTOR) for centre in centres]

@@ -32,7 +32,8 @@ VECTORS = ("deformation", "inverse")  # the outputs whose last axis holds vector
 
 
 def register(model: keras.Model, moving: np.ndarray, static: np.ndarray,
-             moving_seg: np.ndarray | None = None, inverse: bool = False) -> dict:
+             moving_seg: np.ndarray | None = None, inverse: bool = False,
+             traced: bool = True) -> dict:
     """Register one pair of the model's input shape (one forward pass).
 
     Parameters
@@ -47,6 +48,9 @@ def register(model: keras.Model, moving: np.ndarray, static: np.ndarray,
         interpolation.
     inverse : bool
         Also compute the inverse displacement (:func:`inverse_displacement`).
+    traced : bool
+        Run the network as Keras' compiled predict function (fast from the second pair on);
+        False runs it eagerly, which spares the seconds of building that graph for one pair.
 
     Returns
     -------
@@ -62,7 +66,7 @@ def register(model: keras.Model, moving: np.ndarray, static: np.ndarray,
     inputs = {"moving": np.asarray(moving, np.float32)[None, ..., None],
               "static": np.asarray(static, np.float32)[None, ..., None]}
     start = time.perf_counter()
-    outputs = model.predict_on_batch(inputs)
+    outputs = model.predict_on_batch(inputs) if traced else model(inputs, training=False)
     seconds = time.perf_counter() - start
     deformation = np.asarray(outputs["deformation"])
     result = {"moved": np.asarray(outputs["moved"])[0, ..., 0],
