@@ -29,6 +29,16 @@ def test_ants_scores_are_kept_per_pair_and_dropped_for_other_iterations(tmp_path
     assert not os.path.exists(path + ".tmp")
 
 
+def test_t2_like_reverses_the_order_of_the_tissues_and_keeps_the_background():
+    from benchmarks import contrasts
+
+    csf, grey, white = 0.37, 0.69, 0.95  # the anchors' T1 intensities
+    t2 = contrasts.t2_like(np.array([0.0, 0.01, csf, grey, white]))
+    assert t2[0] == t2[1] == 0.0  # outside the brain
+    assert t2[2] > t2[3] > t2[4] > 0.0  # CSF brightest, white matter darkest
+    assert t2.dtype == np.float32 and t2.max() <= 1.0
+
+
 def test_test_pairs_are_every_ordered_pair_by_shift():
     from benchmarks import brains
 
@@ -92,3 +102,18 @@ def test_official_row_trains_in_its_own_environment_and_is_scored_here(tmp_path)
     with np.load(tmp_path / "official" / "flows.npz") as stored:
         assert stored["flows"].shape == (6, 32, 32, 32, 3)  # every ordered test pair
     assert "| official VoxelMorph 0.2" in result.stdout
+
+
+@needs_data
+def test_the_shipped_models_label_maps_are_skull_stripped_and_leave_the_test_subjects_out(
+        tmp_path):
+    script = os.path.join(ROOT, "benchmarks", "brain_model.py")
+    subprocess.run([sys.executable, script, "data", "--output", str(tmp_path)], check=True,
+                   capture_output=True)
+    with np.load(tmp_path / "label_maps.npz") as stored, np.load(DATA) as bench:
+        maps, labels = stored["segs"], list(stored["labels"])
+        test_maps = bench["segs"][6:, 1::2, 1::2, 1::2]
+    assert maps.shape == (26, 64, 64, 64)  # 20 SynthSeg maps and 6 training subjects
+    assert maps.max() < 500 and not np.any(maps == 24)
+    assert not any(np.array_equal(maps[i] > 0, test > 0) for i in range(26) for test in test_maps)
+    assert len(labels) == 27 and not {24, 31, 63} & set(labels)
