@@ -26,7 +26,10 @@ import datasets
 import utils
 
 SPACING = 8  # voxels between the control points of random velocities, bias fields and shapes
-WARP_STD = 4.0  # largest standard deviation of a random velocity, voxels
+WARP_STD = 2.0  # largest standard deviation of a random velocity, voxels
+# The random affine maps of the moving side for models with an affine stage: what is left after
+# ``pretrained.register_brains`` centres each brain (head tilt, head size), with a margin.
+AFFINE = {"rotation": 15.0, "scaling": (0.9, 1.1), "shear": 0.05, "translation": 10.0}
 INTEGRATION = 4  # random velocities are integrated on a grid this many times coarser
 BLUR = 1.0  # largest partial-volume blur, Gaussian sigma in voxels
 BIAS_STD = 0.2  # largest standard deviation of the bias field's log
@@ -159,8 +162,8 @@ class SynthLoader(dataloader.PairLoader):
         Seed; batch ``i`` of epoch ``e`` depends on ``(seed, e, i)`` alone.
     **kwargs
         Passed to ``dataloader.PairLoader``: with ``random_affine``, the moving side is also
-        moved by a random affine map (``augmentation.random_affine``), for models with an
-        affine stage.
+        moved by a random affine map (``augmentation.random_affine`` of the ranges
+        ``AFFINE``), for models with an affine stage.
     """
 
     def __init__(self, label_maps, shape: tuple[int, ...], labels, loss_labels,
@@ -191,7 +194,7 @@ class SynthLoader(dataloader.PairLoader):
         matrix = np.eye(len(self.shape), len(self.shape) + 1)
         if self.random_affine and where[-1] == 0:
             matrix = augmentation.random_affine(np.random.default_rng(where), self.shape,
-                                                self.spacing)
+                                                self.spacing, **AFFINE)
         seg = warped_map(label_map, seeds(*where), tf.constant(matrix[None], tf.float32))
         seg = seg.numpy()[0]
         image = synthesize(tf.constant(self.image_indices(seg)[None]), seeds(*where, 1),
