@@ -179,13 +179,14 @@ def on_static_grid(field: np.ndarray, grids: list[transforms.Grid], moving: np.n
         the moving-world point sampled), ``warp`` ``(*spatial, 3)`` LPS mm, ``moved`` and, with
         ``moving_seg``, ``moved_seg`` (nearest neighbour).
     """
-    voxels = static_grid.coordinates()
-    points = static_grid.world(voxels)
-    on_work = grids[1].voxels(points)
-    moved_points = grids[0].world(on_work + transforms.sample(field, on_work))
-    deformation = (static_grid.voxels(moved_points) - voxels).astype(np.float32)
-    coords = moving_grid.voxels(moved_points)
-    out = {"deformation": deformation, "warp": (moved_points - points).astype(np.float32),
+    axes = [np.arange(size, dtype=np.float32) for size in static_grid.shape]
+    voxels = np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1)  # float32: 16.7M at 256^3
+    on_work = mapped(np.linalg.inv(grids[1].matrix) @ static_grid.matrix, voxels)
+    on_moving_work = on_work + transforms.sample(field, on_work)
+    deformation = mapped(np.linalg.inv(static_grid.matrix) @ grids[0].matrix, on_moving_work)
+    deformation -= voxels
+    coords = mapped(np.linalg.inv(moving_grid.matrix) @ grids[0].matrix, on_moving_work)
+    out = {"deformation": deformation, "warp": transforms.to_world(deformation, static_grid),
            "moved": transforms.sample(moving, coords)}
     if moving_seg is not None:
         out["moved_seg"] = transforms.sample(moving_seg, coords, "nearest")
@@ -212,3 +213,8 @@ def evaluate_pairs(model: keras.Model, pairs, labels=None, spacing=None, finetun
             "refine_fallback")}, "inverse_error": error["mean_voxels"],
             "inverse_error_p95": error["p95_voxels"]})
     return results
+
+
+def mapped(matrix: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """``(..., 3)`` float32 points through the ``(4, 4)`` homogeneous ``matrix``."""
+    return points @ matrix[:3, :3].T.astype(np.float32) + matrix[:3, 3].astype(np.float32)
