@@ -328,6 +328,10 @@ def _loss_panels(history: dict) -> list[tuple[str, str, list[tuple[str, str]]]]:
         terms.append("$\\gamma$ soft Dice")
         panels.append(("segmentation", "soft-Dice loss of the warped label map",
                        [("moved_seg_loss", "")]))
+    if "mean_deformation_loss" in history:  # a template's centring term
+        terms.append("centring")
+        panels.append(("centring of the template", "$|$mean displacement$|^2$ (voxels$^2$)",
+                       [("mean_deformation_loss", "")]))
     total = "\n+ ".join(" + ".join(terms[i:i + 2]) for i in range(0, len(terms), 2))
     return [("total loss", total, [("loss", "")])] + panels
 
@@ -382,6 +386,39 @@ def plot_history(history, fname: str | None = None) -> Figure:
     if smoothness and min(smoothness) > 0:
         axes[2].set_yscale("log")
     fig.suptitle("Training history")
+    return _save(fig, fname)
+
+
+def plot_template(mean: np.ndarray, templates: np.ndarray, epochs, count: int = 4,
+                  fname: str | None = None) -> Figure:
+    """A learned template at several epochs beside the plain mean of the scans.
+
+    Parameters
+    ----------
+    mean : np.ndarray
+        ``(*spatial)`` voxelwise mean of the scans (the template's start), 2D or 3D.
+    templates : np.ndarray
+        ``(E, *spatial)`` the template after each epoch of ``epochs``.
+    epochs : sequence of int
+        The epoch of each template (from 1).
+    count : int
+        Epochs shown at most, evenly spread, the last one always.
+    fname : str, optional
+        PNG path to save to.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    shown = sorted(set(np.linspace(len(epochs) - 1, 0, min(count, len(epochs))).round()
+                       .astype(int).tolist()))
+    columns = [("mean of the scans", mean)] + [(f"template, epoch {epochs[i]}", templates[i])
+                                               for i in shown]
+    views = [_slices(datasets.min_max(image)) for _, image in columns]
+    fig, axes = _panels(len(views[0]), len(columns), "Learned template beside the mean")
+    for col, ((title, _), rows) in enumerate(zip(columns, views)):
+        for row, view in enumerate(rows):
+            _show(axes[row, col], view, title if row == 0 else "", cmap="gray", vmin=0, vmax=1)
     return _save(fig, fname)
 
 
