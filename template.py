@@ -49,6 +49,7 @@ import viz
 import volumes
 
 CENTRE_WEIGHT = 1.0  # weight of the centring term (voxels^-2)
+TEMPLATE_RATE = 10.0  # the template's learning rate relative to the network's (Template)
 MOMENTUM = 0.9  # of the running mean of the displacement: the weight of the batches before
 DEFAULT_STEPS = 100  # training steps per epoch
 DECODER_WIDTH = 16  # feature maps of the attribute decoder
@@ -60,16 +61,31 @@ FIGURE_EPOCHS = 4  # epochs shown in the figure of the template
 class Template(keras.layers.Layer):
     """A trainable image: the learned template, the same for every scan of a batch.
 
+    The weight holds the image divided by ``rate``: with Adam, whose steps are about the
+    learning rate whatever the gradient's scale, the image then learns ``rate`` times faster
+    than the network's weights (an intensity in [0, 1] moves by ``rate * lr`` a step).
+
     Parameters
     ----------
     shape : tuple of int
         Spatial shape of the template (the network's input shape).
+    rate : float
+        The image's learning rate relative to the optimizer's.
     """
 
-    def __init__(self, shape: tuple[int, ...], **kwargs):
+    def __init__(self, shape: tuple[int, ...], rate: float = TEMPLATE_RATE, **kwargs):
         super().__init__(**kwargs)
-        self.shape = tuple(shape)
-        self.image = self.add_weight(shape=(*self.shape, 1), initializer="zeros", name="image")
+        self.shape, self.rate = tuple(shape), rate
+        self.scaled = self.add_weight(shape=(*self.shape, 1), initializer="zeros", name="image")
+
+    @property
+    def image(self) -> tf.Tensor:
+        """``(*shape, 1)`` the template's intensities."""
+        return self.rate * tf.convert_to_tensor(self.scaled)
+
+    def assign(self, image: np.ndarray) -> None:
+        """Set the template to ``(*shape, 1)`` intensities."""
+        self.scaled.assign(np.asarray(image, np.float32) / self.rate)
 
     def call(self, scans):
         """``(B, *shape, 1)`` scans -> ``(B, *shape, 1)``: the template for each of them."""
@@ -79,7 +95,7 @@ class Template(keras.layers.Layer):
         return input_shape
 
     def get_config(self) -> dict:
-        return {**super().get_config(), "shape": self.shape}
+        return {**super().get_config(), "shape": self.shape, "rate": self.rate}
 
 
 @keras.saving.register_keras_serializable(package="voxelmorph")
@@ -208,7 +224,7 @@ def build_template_model(scans: np.ndarray | filelists.LazyVolumes, shape: tuple
                            options["bidir"], options["int_steps"], options["centre_weight"])
     model = objective.TrainingModel(inputs, outputs, "template", terms=terms)
     model.compile(optimizer=keras.optimizers.Adam(options["lr"]))
-    model.get_layer("template").image.assign(mean_image(scans)[..., None])
+    model.get_layer("template").assign(mean_image(scans)[..., None])
     return model
 
 
@@ -245,6 +261,7 @@ def registration_model(model: keras.Model, options: dict) -> objective.TrainingM
                                  options["bidir"], int_steps=options["int_steps"])
     trainable = objective.TrainingModel(network.input, network.output, network.name, terms=terms)
     trainable.compile(optimizer=keras.optimizers.Adam(options["lr"]))
+    trainable.optimizer.build(trainable.trainable_variables)  # saved with its moments, as trained
     return trainable
 
 
