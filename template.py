@@ -614,7 +614,7 @@ def write_for_value(run: str, value: float, output: str) -> str:
         raise volumes.UsageError(f"--value: the template of {run} is not conditional (learn "
                                  f"one with --condition FILE:COLUMN)")
     grid, reference = volumes.load_volume(reference_path)
-    padding = shapes.padding_to_shape(grid.shape, models.input_shape(model))
+    padding = shapes.padding_to_shape(grid.shape, model.get_layer("template").shape)
     volumes.save_volume(output, shapes.crop(template_image(model, value), padding), reference)
     return f"wrote the template of {run} for the value {value:g} to {output}"
 
