@@ -209,3 +209,21 @@ def test_value_of_a_template_that_is_not_conditional_is_refused(run, tmp_path, c
     output = tmp_path / "t70.nii.gz"
     line = refused(capsys, "template", "--model", run, "--value", "70", "--output", str(output))
     assert "not conditional" in line and not output.exists()
+
+
+def test_scans_read_from_files_give_a_template_in_their_world_space(tmp_path):
+    """A CSV list of NIfTI scans and label maps, read as batches need them: the template and
+    its label map take the first scan's affine (2 mm voxels, shifted origin)."""
+    affine = np.diag([2.0, 2.0, 2.0, 1.0])
+    affine[:3, 3] = [-30.0, 10.0, 5.0]
+    vols, segs = disks([5, 6, 7], [(0, 0), (1, -1), (-1, 1)])
+    rows = []
+    for i, (volume, seg) in enumerate(zip(vols, segs)):
+        nib.save(nib.Nifti1Image(volume, affine), tmp_path / f"s{i}.nii.gz")
+        nib.save(nib.Nifti1Image(seg.astype(np.uint8), affine), tmp_path / f"seg{i}.nii.gz")
+        rows.append(f"s{i}.nii.gz,seg{i}.nii.gz\n")
+    (tmp_path / "scans.csv").write_text("image,seg\n" + "".join(rows))
+    run_dir = learn(tmp_path, "run", str(tmp_path / "scans.csv"), *FAST)
+    for name in (rundir.TEMPLATE, rundir.TEMPLATE_SEG):
+        np.testing.assert_allclose(nib.load(os.path.join(run_dir, name)).affine, affine)
+    assert rundir.read_json(os.path.join(run_dir, rundir.METRICS))["mean_displacement"]["mm"] >= 0
