@@ -3,11 +3,12 @@
 Training writes ``ARGS`` (its flags, read back by ``--resume``, and what every resume changed:
 :func:`write_args`), a checkpoint at the end of every epoch, and at the end ``MODEL``,
 ``SAMPLES``, ``METRICS`` and the figures of ``viz.render_run``; ``main.py evaluate`` writes
-``EVALUATION``, ``DICE_CSV`` and ``DICE_PLOT``. Every file is written atomically
-(``volumes.atomic_path``), and read back here too (:func:`read_json`, :func:`read_history`,
-:func:`read_samples`, :func:`read_evaluation`): other modules use these names and readers. One
-process at a time trains into a run folder: it holds the lock of ``LOCK`` (:func:`locked`). A
-checkpoint (:class:`Checkpoint`) is:
+``EVALUATION``, ``DICE_CSV`` and ``DICE_PLOT``; ``main.py template`` (``template.py``) the
+same checkpoints, ``MODEL`` and ``METRICS``, and the ``TEMPLATE...`` files. Every file is
+written atomically (``volumes.atomic_path``), and read back here too (:func:`read_json`,
+:func:`read_history`, :func:`read_samples`, :func:`read_evaluation`): other modules use these
+names and readers. One process at a time trains into a run folder: it holds the lock of
+``LOCK`` (:func:`locked`). A checkpoint (:class:`Checkpoint`) is:
 
 - ``checkpoint-epoch<E>.keras`` (after epoch E) or ``checkpoint-epoch<E>-batch<B>.keras`` (B
   batches into the next epoch, saved when a signal stopped training, ``stopping.stop_signals``):

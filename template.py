@@ -54,7 +54,6 @@ MOMENTUM = 0.9  # of the running mean of the displacement: the weight of the bat
 DEFAULT_STEPS = 100  # training steps per epoch
 DECODER_WIDTH = 16  # feature maps of the attribute decoder
 DECODER_LEVELS = 3  # its upsamplings: it starts at 1/8 of the template's size
-FIGURE_EPOCHS = 4  # epochs shown in the figure of the template
 
 
 @keras.saving.register_keras_serializable(package="voxelmorph")
@@ -167,8 +166,8 @@ def attribute_decoder(shape: tuple[int, ...], values: np.ndarray) -> keras.Model
     x = keras.layers.LeakyReLU(0.2)(keras.layers.Reshape((*coarse, DECODER_WIDTH))(x))
     for _ in range(DECODER_LEVELS):
         x = keras.layers.LeakyReLU(0.2)(conv(DECODER_WIDTH, 3, padding="same")(upsampling(2)(x)))
-    image = conv(1, 3, padding="same", kernel_initializer=keras.initializers.RandomNormal(0.0, 1e-5),
-                 name="attribute_image")(x)
+    image = conv(1, 3, padding="same", name="attribute_image",
+                 kernel_initializer=keras.initializers.RandomNormal(0.0, 1e-5))(x)
     return keras.Model(attribute, image, name="attribute_decoder")
 
 
@@ -293,7 +292,8 @@ class ScanLoader(dataloader.PairLoader):
         return self.steps
 
     def __getitem__(self, index: int) -> dict[str, np.ndarray]:
-        """``static`` ``(B, *spatial, 1)`` float32 and, with attributes, ``attribute`` ``(B, 1)``."""
+        """``static`` ``(B, *spatial, 1)`` float32 and, with attributes, ``attribute``
+        ``(B, 1)``."""
         chosen = np.random.default_rng(self.seed_of(index)).integers(len(self.scans),
                                                                      size=self.batch_size)
         batch = {"static": filelists.take(self.scans, chosen)[..., None].astype(np.float32)}
@@ -308,8 +308,11 @@ class TemplateSnapshots(keras.callbacks.Callback):
     Parameters
     ----------
     path : str
-        The file (written atomically at every epoch's end); a resumed run keeps the epochs its
-        checkpoint has done.
+        The file (written atomically at every epoch's end): ``epochs`` ``(E,)``, ``templates``
+        ``(E, *spatial)`` and ``mean`` ``(*spatial)``, the mean of the scans; a resumed run
+        keeps the epochs its checkpoint has done.
+    mean : np.ndarray
+        ``(*spatial)`` the mean of the scans, on their own grid.
     padding : list of (int, int)
         The data's padding, cropped away.
     epochs_done : int
@@ -318,10 +321,10 @@ class TemplateSnapshots(keras.callbacks.Callback):
         The attribute of a conditional template's snapshot (the scans' mean).
     """
 
-    def __init__(self, path: str, padding: list[tuple[int, int]], epochs_done: int = 0,
-                 value: float | None = None):
+    def __init__(self, path: str, mean: np.ndarray, padding: list[tuple[int, int]],
+                 epochs_done: int = 0, value: float | None = None):
         super().__init__()
-        self.path, self.padding, self.value = path, padding, value
+        self.path, self.mean, self.padding, self.value = path, mean, padding, value
         self.epochs, self.templates = [], []
         if epochs_done and os.path.exists(path):
             stored = rundir.read_samples(path)
@@ -334,7 +337,7 @@ class TemplateSnapshots(keras.callbacks.Callback):
         self.templates.append(shapes.crop(template_image(self.model, self.value), self.padding))
         with volumes.atomic_path(self.path) as tmp:
             np.savez_compressed(tmp, epochs=np.array(self.epochs),
-                                templates=np.stack(self.templates))
+                                templates=np.stack(self.templates), mean=self.mean)
 
 
 def read_condition(spec: str, data: datasets.Dataset) -> np.ndarray:
@@ -484,7 +487,8 @@ def _locked_train(args, lock: contextlib.ExitStack) -> dict:
           + (f", conditioned on {args.condition}" if args.condition else "")
           + f", output in {output}" + (f", resumed {rundir.position(state)}" if state else ""))
     value = None if attributes is None else float(np.mean(attributes))
-    snapshots = TemplateSnapshots(os.path.join(run_dir, rundir.TEMPLATE_EPOCHS), padding,
+    snapshots = TemplateSnapshots(os.path.join(run_dir, rundir.TEMPLATE_EPOCHS),
+                                  shapes.crop(mean_image(data.vols), padding), padding,
                                   state["epoch"] if state else 0, value)
     seconds, _ = training.fit_run(
         model, loader, None, args.epochs, args.steps_per_epoch, output, run_dir, state,
@@ -585,11 +589,7 @@ def write_outputs(model: keras.Model, data: datasets.Dataset, padding: list[tupl
         volumes.save_volume(path(rundir.TEMPLATE_PROBABILITIES), probabilities.reshape(
             *probabilities.shape[:ndim], *(1,) * (3 - ndim), -1), reference)
         summary["labels"] = fused["labels"].tolist()
-    history = rundir.read_history(path(rundir.HISTORY))
-    viz.plot_history(history, path(rundir.LOSS_PLOT))
-    snapshots = rundir.read_samples(path(rundir.TEMPLATE_EPOCHS))
-    viz.plot_template(shapes.crop(mean_image(data.vols), padding), snapshots["templates"],
-                      snapshots["epochs"], FIGURE_EPOCHS, path(rundir.TEMPLATE_PLOT))
+    viz.render_run(output, figures=("loss", "template"))
     rundir.write_json(path(rundir.METRICS), summary)
     return summary
 

@@ -42,7 +42,9 @@ JACOBIAN_RANGE = (0.0, 2.0)  # colour scale of the Jacobian determinant, centred
 FOLDING_COLOUR = "#00e000"  # voxels with Jacobian determinant <= 0
 GRID_COLOUR = "#ff8c00"
 BEFORE_COLOUR, AFTER_COLOUR = "#bbbbbb", "#1f77b4"  # Dice before / after registration
-FIGURES = ("loss", "overlay", "grid", "displacement", "jacobian", "dice")  # kinds in a run
+FIGURES = ("loss", "overlay", "grid", "displacement", "jacobian", "dice",
+           "template")  # kinds in a run
+TEMPLATE_EPOCHS_SHOWN = 4  # epochs of a learned template in its figure
 
 
 def _slices(volume: np.ndarray, slice_index=None) -> list[np.ndarray]:
@@ -518,6 +520,12 @@ def _run_figures(run_dir: str, pairs: int | None = None):
             yield "displacement", rundir.DISPLACEMENT_PLOT.format(i), partial(plot_displacement,
                                                                               deformation)
             yield "jacobian", rundir.JACOBIAN_PLOT.format(i), partial(plot_jacobian, deformation)
+    snapshots = os.path.join(run_dir, rundir.TEMPLATE_EPOCHS)
+    if os.path.exists(snapshots):
+        arrays = rundir.read_samples(snapshots)
+        yield "template", rundir.TEMPLATE_PLOT, partial(
+            plot_template, arrays["mean"], arrays["templates"], arrays["epochs"],
+            TEMPLATE_EPOCHS_SHOWN)
     evaluation = os.path.join(run_dir, rundir.EVALUATION)
     if os.path.exists(evaluation) and \
             "dice_after" in rundir.read_evaluation(evaluation)["summary"]:
@@ -530,8 +538,9 @@ def render_run(run_dir: str, output: str | None = None, prefix: str = "",
 
     ``history.csv`` gives ``loss.png``; ``samples.npz`` (registered validation pairs) gives
     ``overlay_<i>.png``, ``grid_<i>.png``, ``displacement_<i>.png`` and ``jacobian_<i>.png``;
-    ``eval.json`` (of ``main.py evaluate``, with Dice) gives ``dice_boxplot.png``. Missing
-    inputs are skipped.
+    ``eval.json`` (of ``main.py evaluate``, with Dice) gives ``dice_boxplot.png``;
+    ``template_epochs.npz`` (of ``main.py template``) gives ``template.png``. Missing inputs are
+    skipped.
 
     Parameters
     ----------
@@ -566,7 +575,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="viz.py",
         description="Draw the figures of a main.py run folder (training curves, registered "
-                    "validation pairs, Dice box plot).")
+                    "validation pairs, Dice box plot, a learned template).")
     parser.add_argument("run_dir", help="folder written by main.py")
     parser.add_argument("--output", default=None, help="folder to write into (default: RUN_DIR)")
     parser.add_argument("--prefix", default="", help="prefix of every file name (default: none)")
