@@ -181,17 +181,15 @@ def template_terms(loss: str, lamda: float | None, ncc_window: int, bidir: bool,
                                    ("mean_deformation",))]
 
 
-def build_template_model(scans: np.ndarray | filelists.LazyVolumes, shape: tuple[int, ...],
-                         options: dict, attributes: np.ndarray | None = None
-                         ) -> objective.TrainingModel:
+def build_template_model(initial: np.ndarray, options: dict,
+                         attributes: np.ndarray | None = None) -> objective.TrainingModel:
     """The template and the network that registers it to each scan, compiled with Adam.
 
     Parameters
     ----------
-    scans : np.ndarray or filelists.LazyVolumes
-        ``(N, *shape)`` training scans in [0, 1], whose mean starts the template.
-    shape : tuple of int
-        Spatial shape, each size divisible by ``models.DIVISOR``.
+    initial : np.ndarray
+        ``(*shape)`` the template's start, the mean of the scans (:func:`mean_image`); each
+        size divisible by ``models.DIVISOR``.
     options : dict
         ``loss``, ``lamda``, ``ncc_window``, ``bidir``, ``int_steps``, ``int_downsize``,
         ``centre_weight``, ``momentum`` and ``lr``, as the flags of ``main.py template``.
@@ -207,6 +205,7 @@ def build_template_model(scans: np.ndarray | filelists.LazyVolumes, shape: tuple
         template registered to the scan (``moved``, ``deformation``, ``velocity``, with
         ``bidir`` ``moved_static``) and ``mean_deformation``, their running mean.
     """
+    shape = initial.shape
     scan = keras.Input((*shape, 1), name="static")
     inputs = {"static": scan}
     template = Template(shape, name="template", dtype=models.F32)(scan)
@@ -223,7 +222,7 @@ def build_template_model(scans: np.ndarray | filelists.LazyVolumes, shape: tuple
                            options["bidir"], options["int_steps"], options["centre_weight"])
     model = objective.TrainingModel(inputs, outputs, "template", terms=terms)
     model.compile(optimizer=keras.optimizers.Adam(options["lr"]))
-    model.get_layer("template").assign(mean_image(scans)[..., None])
+    model.get_layer("template").assign(initial[..., None])
     return model
 
 
@@ -450,6 +449,19 @@ def train(args) -> dict:
         return _locked_train(args, lock)
 
 
+def padded_scans(args) -> tuple[datasets.Dataset, np.ndarray | None, list[tuple[int, int]]]:
+    """The scans of ``--data`` zero-padded to sizes the network takes, the attribute of each
+    (``--condition``; None without), and the padding per axis."""
+    data = load_scans(args.data, args.ndim)
+    attributes = read_condition(args.condition, data) if args.condition else None
+    shape = shapes.padded_shape(data.shape, models.DIVISOR)
+    if args.int_downsize > 1 and any(size % args.int_downsize for size in shape):
+        raise volumes.UsageError(f"--int_downsize {args.int_downsize} must divide the padded "
+                                 f"shape {shape}")
+    return (datasets.pad_dataset(data, shape), attributes,
+            shapes.padding_to_shape(data.shape, shape))
+
+
 def _locked_train(args, lock: contextlib.ExitStack) -> dict:
     """:func:`train`, the run folder's lock taken into ``lock`` (``training.locked_train``)."""
     strategy = distribution.distribution_strategy(None, args.batch_size)
@@ -458,23 +470,15 @@ def _locked_train(args, lock: contextlib.ExitStack) -> dict:
                              else args.output or "the chief's run folder")
     if args.resume and chief:
         lock.enter_context(rundir.locked(output))
-    data = load_scans(args.data, args.ndim)
-    attributes = read_condition(args.condition, data) if args.condition else None
-    original = data.shape
-    shape = shapes.padded_shape(original, models.DIVISOR)
-    padding = shapes.padding_to_shape(original, shape)
-    data = datasets.pad_dataset(data, shape)
-    if args.int_downsize > 1 and any(size % args.int_downsize for size in shape):
-        raise volumes.UsageError(f"--int_downsize {args.int_downsize} must divide the padded "
-                                 f"shape {shape}")
+    data, attributes, padding = padded_scans(args)
+    mean = mean_image(data.vols)
     keras.utils.set_random_seed(args.seed)
     options = {key: getattr(args, key) for key in ("loss", "lamda", "ncc_window", "bidir",
                                                    "int_steps", "int_downsize", "centre_weight",
                                                    "lr")}
     with strategy.scope():
         model, state = rundir.load_checkpoint(output, chief) if args.resume else (
-            build_template_model(data.vols, shape, {**options, "momentum": MOMENTUM},
-                                 attributes), None)
+            build_template_model(mean, {**options, "momentum": MOMENTUM}, attributes), None)
     if state:
         training.check_resumed_epochs(args.epochs, state, output)
         model.optimizer.learning_rate = args.lr
@@ -482,13 +486,13 @@ def _locked_train(args, lock: contextlib.ExitStack) -> dict:
     loader = ScanLoader(data.vols, args.batch_size, args.steps_per_epoch, args.seed, attributes,
                         workers=2 if lazy else 1)
     run_dir = training.claim_run_folder(output, args, chief, lock, state)
-    print(f"template of {len(data.vols)} scans of shape {original}"
-          + (f" (padded to {shape})" if shape != original else "")
+    print(f"template of {len(data.vols)} scans of shape {shapes.crop(mean, padding).shape}"
+          + (f" (padded to {data.shape})" if any(sum(axis) for axis in padding) else "")
           + (f", conditioned on {args.condition}" if args.condition else "")
           + f", output in {output}" + (f", resumed {rundir.position(state)}" if state else ""))
     value = None if attributes is None else float(np.mean(attributes))
     snapshots = TemplateSnapshots(os.path.join(run_dir, rundir.TEMPLATE_EPOCHS),
-                                  shapes.crop(mean_image(data.vols), padding), padding,
+                                  shapes.crop(mean, padding), padding,
                                   state["epoch"] if state else 0, value)
     seconds, _ = training.fit_run(
         model, loader, None, args.epochs, args.steps_per_epoch, output, run_dir, state,
@@ -497,9 +501,10 @@ def _locked_train(args, lock: contextlib.ExitStack) -> dict:
         training.training_callbacks(run_dir, state) + [snapshots])
     if not chief:
         return distribution.worker_summary(model, strategy, seconds)
-    return write_outputs(model, data, padding, world_reference(data, original), output,
+    reference = world_reference(data, shapes.crop(mean, padding).shape)
+    return write_outputs(model, data, mean, padding, reference, output,
                          {"args": vars(args), "output": output,
-                          "train_seconds": round(seconds, 1), "shape": shape}, options, value)
+                          "train_seconds": round(seconds, 1), "shape": data.shape}, options, value)
 
 
 def fuse_labels(network: keras.Model, template: np.ndarray, data: datasets.Dataset
@@ -558,9 +563,9 @@ def mean_displacement(field: np.ndarray, spacing: tuple[float, ...] | None) -> d
     return result
 
 
-def write_outputs(model: keras.Model, data: datasets.Dataset, padding: list[tuple[int, int]],
-                  reference, output: str, facts: dict, options: dict,
-                  value: float | None) -> dict:
+def write_outputs(model: keras.Model, data: datasets.Dataset, mean: np.ndarray,
+                  padding: list[tuple[int, int]], reference, output: str, facts: dict,
+                  options: dict, value: float | None) -> dict:
     """Write a learned template's run folder; return its summary (``rundir.METRICS``).
 
     ``TEMPLATE`` (cropped to the data's grid, in its world space: ``reference``), the fused
@@ -568,7 +573,9 @@ def write_outputs(model: keras.Model, data: datasets.Dataset, padding: list[tupl
     NIfTI, one volume per label) when the scans have label maps, ``TEMPLATE_MODEL`` (the
     template with its network), ``MODEL`` (the network that registers the template, moving,
     to a scan, static, for ``register``/``evaluate``), the loss curves and ``TEMPLATE_PLOT``.
-    A conditional template is written for the scans' mean attribute ``value``.
+    A conditional template is written for the scans' mean attribute ``value``. ``data`` and
+    ``mean`` (the mean of the scans) are on the network's grid, ``padding`` away from the
+    data's; ``facts`` go into the summary as they are; ``options`` are the flags of the loss.
     """
     path = functools.partial(os.path.join, output)
     template = template_image(model, value)
@@ -580,7 +587,7 @@ def write_outputs(model: keras.Model, data: datasets.Dataset, padding: list[tupl
                "mean_displacement": mean_displacement(
                    shapes.crop(fused["mean_deformation"], padding + [(0, 0)]), data.spacing),
                "sharpness": {"template": sharpness(shapes.crop(template, padding)),
-                             "mean": sharpness(shapes.crop(mean_image(data.vols), padding))}}
+                             "mean": sharpness(shapes.crop(mean, padding))}}
     if "seg" in fused:
         probabilities = shapes.crop(fused["probabilities"], padding + [(0, 0)])
         ndim = len(padding)

@@ -79,7 +79,7 @@ def test_template_model_saves_and_loads(tmp_path, conditional):
     scans = np.random.default_rng(0).random((3, 16, 16)).astype(np.float32)
     options = {"loss": "ncc", "lamda": None, "ncc_window": 9, "bidir": True, "int_steps": 7,
                "int_downsize": 1, "centre_weight": 1.0, "momentum": 0.9, "lr": 1e-3}
-    model = template.build_template_model(scans, (16, 16), options,
+    model = template.build_template_model(scans.mean(0), options,
                                           np.array([20.0, 50.0, 80.0]) if conditional else None)
     np.testing.assert_allclose(template.template_image(model, 50.0), scans.mean(0), atol=1e-4)
     rundir.save_model(model, str(tmp_path / "model.keras"))
