@@ -227,3 +227,14 @@ def test_scans_read_from_files_give_a_template_in_their_world_space(tmp_path):
     for name in (rundir.TEMPLATE, rundir.TEMPLATE_SEG):
         np.testing.assert_allclose(nib.load(os.path.join(run_dir, name)).affine, affine)
     assert rundir.read_json(os.path.join(run_dir, rundir.METRICS))["mean_displacement"]["mm"] >= 0
+
+
+def test_3d_scans_give_a_3d_template_and_label_maps(tmp_path):
+    rng = np.random.default_rng(0)
+    vols = rng.random((3, 12, 16, 16)).astype(np.float32)  # 12: padded to 16 for the network
+    np.savez(tmp_path / "cubes.npz", vols=vols, segs=(vols > 0.5).astype(np.int32))
+    assert main.main(["template", "--data", str(tmp_path / "cubes.npz"), "--output",
+                      str(tmp_path / "run"), "--epochs", "1", "--steps_per_epoch", "2"]) == 0
+    assert image(tmp_path / "run" / rundir.TEMPLATE).shape == (12, 16, 16)
+    assert image(tmp_path / "run" / rundir.TEMPLATE_SEG).shape == (12, 16, 16)
+    assert image(tmp_path / "run" / rundir.TEMPLATE_PROBABILITIES).shape == (12, 16, 16, 2)
