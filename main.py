@@ -1,4 +1,5 @@
-"""VoxelMorph (CVPR 2018) from the command line: train, register a pair, evaluate a model.
+"""VoxelMorph (CVPR 2018) from the command line: train, register a pair, evaluate a model, learn
+a template.
 
     python3 main.py                                   # train on the default data
     python3 main.py --epochs 60 --batch_size 1 --lr 1e-3
@@ -7,15 +8,16 @@
         --moved moved.nii.gz --warp warp.nii.gz --inverse_warp inverse.nii.gz
     python3 main.py apply --warp warp.nii.gz --moving aseg.mgz --output moved_aseg.nii.gz
     python3 main.py evaluate --model RUN/model.keras --data test.npz
+    python3 main.py template --data scans/ --output RUN
 
 This module is the command line only: its parsers, and for each command the inputs it reads and
 the files it writes (the output files checked first, ``volumes.check_output_files``; evaluate's
 Dice CSV by :func:`write_dice_csv`). Training is ``training.train``, whose data rules evaluate
 shares (``training.data_source``); registering and scoring pairs are in ``registration.py``;
-world-space warps are ``transforms.py``'s; the run folder's files (``rundir.py``) are written
-atomically. ``python3 main.py COMMAND --help`` lists every option.
+world-space warps are ``transforms.py``'s; learning templates is ``template.py``'s; the run
+folder's files (``rundir.py``) are written atomically. ``python3 main.py COMMAND --help`` lists every option.
 
-At some 560 lines it is longer than the others: half of it is the parsers of its four commands,
+At some 620 lines it is longer than the others: half of it is the parsers of its five commands,
 whose help texts are the options' documentation.
 """
 import argparse
