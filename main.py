@@ -15,7 +15,8 @@ the files it writes (the output files checked first, ``volumes.check_output_file
 Dice CSV by :func:`write_dice_csv`). Training is ``training.train``, whose data rules evaluate
 shares (``training.data_source``); registering and scoring pairs are in ``registration.py``;
 world-space warps are ``transforms.py``'s; learning templates is ``template.py``'s; the run
-folder's files (``rundir.py``) are written atomically. ``python3 main.py COMMAND --help`` lists every option.
+folder's files (``rundir.py``) are written atomically. ``python3 main.py COMMAND --help``
+lists every option.
 
 At some 620 lines it is longer than the others: half of it is the parsers of its five commands,
 whose help texts are the options' documentation.
