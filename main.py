@@ -1,4 +1,5 @@
-"""VoxelMorph (CVPR 2018) from the command line: train, register a pair, evaluate a model.
+"""VoxelMorph (CVPR 2018) from the command line: train, register a pair, evaluate a model, learn
+a template.
 
     python3 main.py                                   # train on the default data
     python3 main.py --epochs 60 --batch_size 1 --lr 1e-3
@@ -7,15 +8,17 @@
         --moved moved.nii.gz --warp warp.nii.gz --inverse_warp inverse.nii.gz
     python3 main.py apply --warp warp.nii.gz --moving aseg.mgz --output moved_aseg.nii.gz
     python3 main.py evaluate --model RUN/model.keras --data test.npz
+    python3 main.py template --data scans/ --output RUN
 
 This module is the command line only: its parsers, and for each command the inputs it reads and
 the files it writes (the output files checked first, ``volumes.check_output_files``; evaluate's
 Dice CSV by :func:`write_dice_csv`). Training is ``training.train``, whose data rules evaluate
 shares (``training.data_source``); registering and scoring pairs are in ``registration.py``;
-world-space warps are ``transforms.py``'s; the run folder's files (``rundir.py``) are written
-atomically. ``python3 main.py COMMAND --help`` lists every option.
+world-space warps are ``transforms.py``'s; learning templates is ``template.py``'s; the run
+folder's files (``rundir.py``) are written atomically. ``python3 main.py COMMAND --help``
+lists every option.
 
-At some 560 lines it is longer than the others: half of it is the parsers of its four commands,
+At some 620 lines it is longer than the others: half of it is the parsers of its five commands,
 whose help texts are the options' documentation.
 """
 import argparse
@@ -36,6 +39,7 @@ import pretrained
 import registration
 import rundir
 import synthetic
+import template
 import training
 import transforms
 import tuning
@@ -211,12 +215,68 @@ def build_parser() -> argparse.ArgumentParser:
                              "flags stored in RUN_DIR/args.json; only --epochs (to train longer) "
                              "and --lr may be given")
 
-    commands = parser.add_subparsers(dest="command", metavar="{register,apply,evaluate}",
+    commands = parser.add_subparsers(dest="command",
+                                     metavar="{register,apply,evaluate,template}",
                                      title="other commands (python3 main.py COMMAND --help)")
     _add_register_parser(commands)
     _add_apply_parser(commands)
     _add_evaluate_parser(commands)
+    _add_template_parser(commands)
     return parser
+
+
+def _add_template_parser(commands) -> argparse.ArgumentParser:
+    """``main.py template``: learn a template of a set of scans (``template.py``)."""
+    learn = commands.add_parser(
+        "template", formatter_class=_HelpFormatter,
+        help="learn a template (an unbiased atlas) of a set of scans",
+        description="Learn a template of a set of scans jointly with a diffeomorphic VoxelMorph "
+                    "that registers it to each scan (Dalca et al., NeurIPS 2019), centred in "
+                    "the population; or, with --model and --value, write a conditional "
+                    "template for one value of its attribute.")
+    learn.add_argument("--data", default=None,
+                       help="the scans, in a format of training's --data (2 or more; their "
+                            "'segs' or a CSV's seg column are fused onto the template)")
+    learn.add_argument("--ndim", type=int, choices=(2, 3), default=None,
+                       help="dimension of the scans, for a 3-axis array")
+    learn.add_argument("--condition", default=None, metavar="FILE:COLUMN",
+                       help="learn a template that is a function of an attribute: a CSV with "
+                            "a column 'scan' (each scan's index from 0, or file name) and the "
+                            "numeric COLUMN")
+    learn.add_argument("--output", default=None,
+                       help="output folder, new or empty (default: runs/<date>-<time>); with "
+                            "--value, the template file")
+    learn.add_argument("--model", default=None, metavar="RUN",
+                       help="with --value: the folder of a conditional template run")
+    learn.add_argument("--value", type=_number(float, -np.inf), default=None,
+                       help="with --model: write the template for this attribute value")
+    learn.add_argument("--epochs", type=_positive(int), default=8, help="training epochs")
+    learn.add_argument("--steps_per_epoch", type=_positive(int), default=template.DEFAULT_STEPS,
+                       help="training steps per epoch")
+    learn.add_argument("--batch_size", type=_positive(int), default=1, help="scans per step")
+    learn.add_argument("--lr", type=_positive(float), default=1e-3, help="Adam learning rate")
+    learn.add_argument("--loss", choices=objective.LOSSES, default="ncc",
+                       help="image similarity of the warped template and each scan")
+    learn.add_argument("--lamda", type=_number(float, 0, low_open=False), default=None,
+                       help="weight of the smoothness loss (default: 1.0 for ncc, 0.01 for mse)")
+    learn.add_argument("--ncc_window", type=_positive(int), default=9,
+                       help="width of the local NCC window in voxels, per axis")
+    learn.add_argument("--int_steps", type=_positive(int), default=7,
+                       help="scaling and squaring steps of the velocity field (diffeomorphic)")
+    learn.add_argument("--int_downsize", type=_positive(int), default=1,
+                       help="integrate at 1/F resolution, then resize")
+    learn.add_argument("--bidir", action="store_true",
+                       help="also compare each scan warped back onto the template with it")
+    learn.add_argument("--centre_weight", type=_positive(float, zero=True),
+                       default=template.CENTRE_WEIGHT,
+                       help="weight of the centring term: the squared mean displacement from the "
+                            "template to the scans (running mean over recent batches)")
+    learn.add_argument("--seed", type=_number(int, 0, 2**32, low_open=False), default=0,
+                       help="random seed, in [0, 2^32)")
+    learn.add_argument("--resume", default=None, metavar="RUN_DIR",
+                       help="continue the template run in RUN_DIR from its last checkpoint; only "
+                            "--epochs and --lr may be given")
+    return learn
 
 
 def _add_register_parser(commands) -> None:
@@ -561,13 +621,17 @@ def _print_warning(message, category, filename, lineno, file=None, line=None) ->
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    command = {"register": register, "apply": apply, "evaluate": evaluate}.get(args.command,
-                                                                                train)
+    command = {"register": register, "apply": apply, "evaluate": evaluate,
+               "template": template.command}.get(args.command, train)
     with warnings.catch_warnings():
         warnings.showwarning = _print_warning
         try:
             if args.command is None and args.resume:
                 args = resumed_args(args, parser, argv)
+            elif args.command == "template" and args.resume:
+                argv = sys.argv[1:] if argv is None else argv
+                args = resumed_args(args, _add_template_parser(argparse.ArgumentParser(
+                    prog="main.py").add_subparsers()), argv[argv.index("template") + 1:])
             print(command(args))
         except rundir.Stopped as stop:
             print(f"main.py: {stop}", file=sys.stderr)

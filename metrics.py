@@ -10,7 +10,8 @@ original script's names return configured instances:
 - :func:`global_normalized_cross_correlation_loss`: NCC over the whole image;
 - :func:`mse_loss`: mean squared error, Eq. (4);
 - :class:`MutualInformation`: mutual information, across contrasts;
-- :func:`gradient_loss`: smoothness of the displacement, Eq. (3) and (6), weighted by lambda.
+- :func:`gradient_loss`: smoothness of the displacement, Eq. (3) and (6), weighted by lambda;
+- :class:`SquaredNorm`: the centring term of a learned template.
 """
 import runtime  # noqa: F401  (TensorFlow's settings: before its first import)
 import keras
@@ -167,6 +168,26 @@ class Grad:
 
     @classmethod
     def from_config(cls, config: dict) -> "Grad":
+        return cls(**config)
+
+
+@keras.saving.register_keras_serializable(package="voxelmorph")
+class SquaredNorm:
+    """Mean squared length of a field's vectors, ``L = mean_x |m(x)|^2``: the centring term of a
+    learned template (``template.py``), ``m`` the running mean of the displacements from the
+    template to the scans, which it drives to zero. A regulariser of one field, as :class:`Grad`.
+    """
+
+    def call(self, field: tf.Tensor) -> tf.Tensor:
+        """``(B, *spatial, ndim)`` field in voxels -> ``(B,)`` loss in voxels^2."""
+        field = tf.cast(field, tf.float32)
+        return _spatial_mean(tf.reduce_sum(tf.square(field), axis=-1, keepdims=True))
+
+    def get_config(self) -> dict:
+        return {}
+
+    @classmethod
+    def from_config(cls, config: dict) -> "SquaredNorm":
         return cls(**config)
 
 

@@ -3,11 +3,12 @@
 Training writes ``ARGS`` (its flags, read back by ``--resume``, and what every resume changed:
 :func:`write_args`), a checkpoint at the end of every epoch, and at the end ``MODEL``,
 ``SAMPLES``, ``METRICS`` and the figures of ``viz.render_run``; ``main.py evaluate`` writes
-``EVALUATION``, ``DICE_CSV`` and ``DICE_PLOT``. Every file is written atomically
-(``volumes.atomic_path``), and read back here too (:func:`read_json`, :func:`read_history`,
-:func:`read_samples`, :func:`read_evaluation`): other modules use these names and readers. One
-process at a time trains into a run folder: it holds the lock of ``LOCK`` (:func:`locked`). A
-checkpoint (:class:`Checkpoint`) is:
+``EVALUATION``, ``DICE_CSV`` and ``DICE_PLOT``; ``main.py template`` (``template.py``) the
+same checkpoints, ``MODEL`` and ``METRICS``, and the ``TEMPLATE...`` files. Every file is
+written atomically (``volumes.atomic_path``), and read back here too (:func:`read_json`,
+:func:`read_history`, :func:`read_samples`, :func:`read_evaluation`): other modules use these
+names and readers. One process at a time trains into a run folder: it holds the lock of
+``LOCK`` (:func:`locked`). A checkpoint (:class:`Checkpoint`) is:
 
 - ``checkpoint-epoch<E>.keras`` (after epoch E) or ``checkpoint-epoch<E>-batch<B>.keras`` (B
   batches into the next epoch, saved when a signal stopped training, ``stopping.stop_signals``):
@@ -67,6 +68,12 @@ OVERLAY_PLOT = "overlay_{}.png"  # the figures of sample i of SAMPLES (viz.rende
 GRID_PLOT = "grid_{}.png"
 DISPLACEMENT_PLOT = "displacement_{}.png"
 JACOBIAN_PLOT = "jacobian_{}.png"
+TEMPLATE = "template.nii.gz"  # of main.py template: the learned template in world space
+TEMPLATE_SEG = "template_seg.nii.gz"  # the scans' label maps on it, majority vote
+TEMPLATE_PROBABILITIES = "template_probabilities.nii.gz"  # one channel per label
+TEMPLATE_MODEL = "template_model.keras"  # the template with its network (--value reads it)
+TEMPLATE_EPOCHS = "template_epochs.npz"  # the template after each epoch, for its figure
+TEMPLATE_PLOT = "template.png"
 EVALUATION = "eval.json"  # of main.py evaluate
 DICE_CSV = "dice_per_structure.csv"
 DICE_PLOT = "dice_boxplot.png"

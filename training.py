@@ -264,12 +264,13 @@ def training_loader(train_set: datasets.Dataset, mode: str, default_data: bool,
     return loader
 
 
-def training_callbacks(args, output: str, state: dict | None) -> list:
-    """Checkpoints, the divergence stop and, with --tensorboard, TensorBoard logs."""
+def training_callbacks(run_dir: str, state: dict | None, keep_best: bool = False,
+                       tensorboard: bool = False) -> list:
+    """The divergence stop, checkpoints into ``run_dir`` and, with ``tensorboard``, its logs."""
     callbacks = [stopping.StopOnDivergence(state["batch"] if state else 0),
-                 rundir.Checkpoint(output, state, args.keep_best)]
-    if args.tensorboard:
-        callbacks.append(keras.callbacks.TensorBoard(os.path.join(output, rundir.TENSORBOARD)))
+                 rundir.Checkpoint(run_dir, state, keep_best)]
+    if tensorboard:
+        callbacks.append(keras.callbacks.TensorBoard(os.path.join(run_dir, rundir.TENSORBOARD)))
     return callbacks
 
 
@@ -282,37 +283,95 @@ def check_resumed_epochs(epochs: int, state: dict, output: str) -> None:
                                  f"more")
 
 
-def diverged_message(where: tuple, args, output: str, state: dict) -> str:
-    """One line: where training diverged, the likely cause, and what was kept."""
+def divergence_hint(lr: float, lamda: float | None, default_lamda: float) -> str:
+    """What to try when training diverged: a lower ``--lr``, another ``--lamda``."""
+    lamda = default_lamda if lamda is None else lamda
+    return f"lower --lr (now {lr:g}) or check --lamda (now {lamda:g})"
+
+
+def diverged_message(where: tuple, hint: str, output: str, state: dict) -> str:
+    """One line: where training diverged, what to try (``hint``), and what was kept."""
     epoch, step, loss = where
-    default = objective.SYNTH_LAMBDA if args.synth else objective.DEFAULT_LAMBDA[args.loss]
-    lamda = default if args.lamda is None else args.lamda
-    return (f"training diverged at epoch {epoch} step {step} (loss {loss}); lower --lr (now "
-            f"{args.lr:g}) or check --lamda (now {lamda:g}); {rundir.kept(output, state)}")
+    return (f"training diverged at epoch {epoch} step {step} (loss {loss}); {hint}; "
+            f"{rundir.kept(output, state)}")
 
 
-def fit(model: keras.Model, loader: keras.utils.PyDataset, val_loader, args, callbacks: list,
-        state: dict | None) -> None:
-    """``model.fit`` from the checkpoint ``state`` (or the start) to ``args.epochs``: the rest
+def fit(model: keras.Model, loader: keras.utils.PyDataset, val_loader, epochs: int,
+        steps: int | None, callbacks: list, state: dict | None) -> None:
+    """``model.fit`` from the checkpoint ``state`` (or the start) to ``epochs``: the rest
     of an epoch stopped in its middle first (its batches from ``state["batch"]`` on), then the
-    next epochs; none once the divergence stop or a signal stopped training."""
+    next epochs of ``steps`` batches (None: the loader's length); none once the divergence stop
+    or a signal stopped training."""
     epoch, batch = (state["epoch"], state["batch"]) if state else (0, 0)
     stop, saver = callbacks[:2]
-    fit_epochs = functools.partial(model.fit, validation_data=val_loader, epochs=args.epochs,
+    fit_epochs = functools.partial(model.fit, validation_data=val_loader, epochs=epochs,
                                    shuffle=False,  # the loaders shuffle by (seed, epoch)
                                    verbose=1 if sys.stdout.isatty() else 2)
     if batch:
         loader.epoch = epoch  # batches depend on (seed, epoch, index): the same as unbroken
         one_epoch = keras.callbacks.LambdaCallback(
             on_epoch_end=lambda *_: setattr(model, "stop_training", True))
-        fit_epochs(dataloader.RestOfEpoch(loader, batch, args.steps_per_epoch or len(loader)),
+        fit_epochs(dataloader.RestOfEpoch(loader, batch, steps or len(loader)),
                    initial_epoch=epoch, callbacks=callbacks + [one_epoch])
         epoch += 1
     if not (stop.diverged or saver.signal):
         loader.epoch = epoch
-        fit_epochs(loader, initial_epoch=epoch, callbacks=callbacks,
-                   steps_per_epoch=args.steps_per_epoch if args.data or args.pairs_file
-                   else None)
+        fit_epochs(loader, initial_epoch=epoch, callbacks=callbacks, steps_per_epoch=steps)
+
+
+def fit_run(model: keras.Model, loader: keras.utils.PyDataset, val_loader, epochs: int,
+            steps: int | None, output: str, run_dir: str, state: dict | None,
+            strategy: tf.distribute.Strategy, hint: str, callbacks: list) -> tuple[float, dict]:
+    """:func:`fit` under ``strategy`` with the divergence stop and checkpoints into ``run_dir``
+    first in ``callbacks`` (:func:`training_callbacks`), SIGTERM and SIGINT stopping it at a
+    checkpoint (``stopping.stop_signals``).
+
+    Returns
+    -------
+    seconds : float
+        Time spent in ``fit``.
+    state : dict
+        The checkpoint committed last (``rundir.Checkpoint.state``).
+
+    Raises
+    ------
+    rundir.Diverged
+        If a loss turned NaN or Inf: one line, with ``hint`` (what to try) and what was kept.
+    rundir.Stopped
+        If a signal stopped training, once its checkpoint was written; named by ``output``,
+        the chief's run folder, on every worker.
+    """
+    stop, saver = callbacks[:2]
+    start = time.perf_counter()
+    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        distribution.fit_across_workers(model)
+    with stopping.stop_signals(saver), strategy.scope():
+        try:
+            fit(model, loader, val_loader, epochs, steps, callbacks, state)
+        except rundir.Stopped as stopped:  # named by the chief's folder on every worker
+            raise rundir.Stopped(stopped.signum, saver.state, output) from None
+    seconds = time.perf_counter() - start
+    if stop.diverged:
+        raise rundir.Diverged(diverged_message(stop.diverged, hint, output, saver.state))
+    if saver.signal:  # it came at the end of an epoch, or after the last one
+        raise rundir.Stopped(saver.signal, saver.state, output)
+    return seconds, saver.state
+
+
+def claim_run_folder(output: str, args, chief: bool, lock: contextlib.ExitStack,
+                     state: dict | None) -> str:
+    """The folder this process checkpoints into, once every check has passed: the chief's
+    ``output``, locked into ``lock`` (a resumed run's lock is held already) with the flags
+    ``args`` written (``rundir.write_args``); another worker's, a temporary folder of its own,
+    removed when ``lock`` closes."""
+    if not chief:
+        return lock.enter_context(tempfile.TemporaryDirectory(prefix="vxm-worker-"))
+    if not args.resume:
+        lock.enter_context(rundir.locked(output))
+        rundir.new_run_folder(output)  # still: another process may have begun a run in it
+    rundir.write_args(output, {key: value for key, value in vars(args).items()
+                               if key not in ("resume", "command")}, state)
+    return output
 
 
 def train(args) -> dict:
@@ -401,41 +460,24 @@ def locked_train(args, lock: contextlib.ExitStack) -> dict:
     val_loader = dataloader.RegistrationDataLoader(
         padded.moving, padded.static, args.batch_size, moving_segs=padded.moving_segs,
         static_segs=padded.static_segs, labels=labels)
-    run_dir = output  # another worker's checkpoints go to a folder of its own, removed at the end
-    if not chief:
-        run_dir = lock.enter_context(tempfile.TemporaryDirectory(prefix="vxm-worker-"))
-    elif not args.resume:
-        lock.enter_context(rundir.locked(output))
-        rundir.new_run_folder(output)  # still: another process may have begun a run in it
-    if chief:
-        rundir.write_args(output, {key: value for key, value in vars(args).items()
-                                   if key not in ("resume", "command")}, state)
+    run_dir = claim_run_folder(output, args, chief, lock, state)
     kind = {"deformable": args.model, "joint": f"joint ({args.model})"}.get(args.transform,
                                                                           args.transform)
     print(f"{kind} on {strategy.num_replicas_in_sync} {device}(s), {mode} pairs of shape "
           f"{shape}, {len(val_pairs)} validation pairs, output in {output}"
           + (f", resumed {rundir.position(state)}" if state else ""))
 
-    callbacks = training_callbacks(args, run_dir, state)
-    start = time.perf_counter()
-    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
-        distribution.fit_across_workers(model)
-    with stopping.stop_signals(callbacks[1]), strategy.scope():
-        try:
-            fit(model, loader, val_loader, args, callbacks, state)
-        except rundir.Stopped as stopped:  # named by the chief's folder on every worker
-            raise rundir.Stopped(stopped.signum, callbacks[1].state, output) from None
-    train_seconds = time.perf_counter() - start
-    stop, saver = callbacks[:2]
-    if stop.diverged:
-        raise rundir.Diverged(diverged_message(stop.diverged, args, output, saver.state))
-    if saver.signal:  # it came at the end of an epoch, or after the last one
-        raise rundir.Stopped(saver.signal, saver.state, output)
+    default_lamda = objective.SYNTH_LAMBDA if args.synth else objective.DEFAULT_LAMBDA[args.loss]
+    train_seconds, last = fit_run(
+        model, loader, val_loader, args.epochs,
+        args.steps_per_epoch if args.data or args.pairs_file else None, output, run_dir, state,
+        strategy, divergence_hint(args.lr, args.lamda, default_lamda),
+        training_callbacks(run_dir, state, args.keep_best, args.tensorboard))
     if not chief:
         return distribution.worker_summary(model, strategy, train_seconds)
 
-    if args.keep_best and saver.state["best_epoch"]:
-        model = rundir.load_model(os.path.join(output, saver.state["best_model"]))
+    if args.keep_best and last["best_epoch"]:
+        model = rundir.load_model(os.path.join(output, last["best_model"]))
     rundir.save_model(model, os.path.join(output, rundir.MODEL))
     results, samples = registration.evaluate_pairs(model, val_pairs, val_set.labels, NUM_SAMPLES,
                                                    val_set.spacing)
@@ -444,7 +486,7 @@ def locked_train(args, lock: contextlib.ExitStack) -> dict:
     summary = {"args": vars(args), "pairs": mode, "shape": shape, "device": device,
                "replicas": strategy.num_replicas_in_sync,
                "train_seconds": round(train_seconds, 1), "validation_pairs": len(results),
-               "epochs_completed": saver.state["epoch"], "best_epoch": saver.state["best_epoch"],
+               "epochs_completed": last["epoch"], "best_epoch": last["best_epoch"],
                **scores.summarize(results)}
     rundir.write_json(os.path.join(output, rundir.METRICS), summary)
     return summary

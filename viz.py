@@ -42,7 +42,9 @@ JACOBIAN_RANGE = (0.0, 2.0)  # colour scale of the Jacobian determinant, centred
 FOLDING_COLOUR = "#00e000"  # voxels with Jacobian determinant <= 0
 GRID_COLOUR = "#ff8c00"
 BEFORE_COLOUR, AFTER_COLOUR = "#bbbbbb", "#1f77b4"  # Dice before / after registration
-FIGURES = ("loss", "overlay", "grid", "displacement", "jacobian", "dice")  # kinds in a run
+FIGURES = ("loss", "overlay", "grid", "displacement", "jacobian", "dice",
+           "template")  # kinds in a run
+TEMPLATE_EPOCHS_SHOWN = 4  # epochs of a learned template in its figure
 
 
 def _slices(volume: np.ndarray, slice_index=None) -> list[np.ndarray]:
@@ -328,6 +330,10 @@ def _loss_panels(history: dict) -> list[tuple[str, str, list[tuple[str, str]]]]:
         terms.append("$\\gamma$ soft Dice")
         panels.append(("segmentation", "soft-Dice loss of the warped label map",
                        [("moved_seg_loss", "")]))
+    if "mean_deformation_loss" in history:  # a template's centring term
+        terms.append("centring")
+        panels.append(("centring of the template", "$|$mean displacement$|^2$ (voxels$^2$)",
+                       [("mean_deformation_loss", "")]))
     total = "\n+ ".join(" + ".join(terms[i:i + 2]) for i in range(0, len(terms), 2))
     return [("total loss", total, [("loss", "")])] + panels
 
@@ -382,6 +388,39 @@ def plot_history(history, fname: str | None = None) -> Figure:
     if smoothness and min(smoothness) > 0:
         axes[2].set_yscale("log")
     fig.suptitle("Training history")
+    return _save(fig, fname)
+
+
+def plot_template(mean: np.ndarray, templates: np.ndarray, epochs, count: int = 4,
+                  fname: str | None = None) -> Figure:
+    """A learned template at several epochs beside the plain mean of the scans.
+
+    Parameters
+    ----------
+    mean : np.ndarray
+        ``(*spatial)`` voxelwise mean of the scans (the template's start), 2D or 3D.
+    templates : np.ndarray
+        ``(E, *spatial)`` the template after each epoch of ``epochs``.
+    epochs : sequence of int
+        The epoch of each template (from 1).
+    count : int
+        Epochs shown at most, evenly spread, the last one always.
+    fname : str, optional
+        PNG path to save to.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    shown = sorted(set(np.linspace(len(epochs) - 1, 0, min(count, len(epochs))).round()
+                       .astype(int).tolist()))
+    columns = [("mean of the scans", mean)] + [(f"template, epoch {epochs[i]}", templates[i])
+                                               for i in shown]
+    views = [_slices(datasets.min_max(image)) for _, image in columns]
+    fig, axes = _panels(len(views[0]), len(columns), "Learned template beside the mean")
+    for col, ((title, _), rows) in enumerate(zip(columns, views)):
+        for row, view in enumerate(rows):
+            _show(axes[row, col], view, title if row == 0 else "", cmap="gray", vmin=0, vmax=1)
     return _save(fig, fname)
 
 
@@ -481,6 +520,12 @@ def _run_figures(run_dir: str, pairs: int | None = None):
             yield "displacement", rundir.DISPLACEMENT_PLOT.format(i), partial(plot_displacement,
                                                                               deformation)
             yield "jacobian", rundir.JACOBIAN_PLOT.format(i), partial(plot_jacobian, deformation)
+    snapshots = os.path.join(run_dir, rundir.TEMPLATE_EPOCHS)
+    if os.path.exists(snapshots):
+        arrays = rundir.read_samples(snapshots)
+        yield "template", rundir.TEMPLATE_PLOT, partial(
+            plot_template, arrays["mean"], arrays["templates"], arrays["epochs"],
+            TEMPLATE_EPOCHS_SHOWN)
     evaluation = os.path.join(run_dir, rundir.EVALUATION)
     if os.path.exists(evaluation) and \
             "dice_after" in rundir.read_evaluation(evaluation)["summary"]:
@@ -493,8 +538,9 @@ def render_run(run_dir: str, output: str | None = None, prefix: str = "",
 
     ``history.csv`` gives ``loss.png``; ``samples.npz`` (registered validation pairs) gives
     ``overlay_<i>.png``, ``grid_<i>.png``, ``displacement_<i>.png`` and ``jacobian_<i>.png``;
-    ``eval.json`` (of ``main.py evaluate``, with Dice) gives ``dice_boxplot.png``. Missing
-    inputs are skipped.
+    ``eval.json`` (of ``main.py evaluate``, with Dice) gives ``dice_boxplot.png``;
+    ``template_epochs.npz`` (of ``main.py template``) gives ``template.png``. Missing inputs are
+    skipped.
 
     Parameters
     ----------
@@ -529,7 +575,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="viz.py",
         description="Draw the figures of a main.py run folder (training curves, registered "
-                    "validation pairs, Dice box plot).")
+                    "validation pairs, Dice box plot, a learned template).")
     parser.add_argument("run_dir", help="folder written by main.py")
     parser.add_argument("--output", default=None, help="folder to write into (default: RUN_DIR)")
     parser.add_argument("--prefix", default="", help="prefix of every file name (default: none)")

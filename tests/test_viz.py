@@ -33,6 +33,8 @@ FIGURES = {
         folded_field(shape), images(shape)[0], fname=fname),
     "displacement": lambda shape, fname: viz.plot_displacement(folded_field(shape), fname=fname),
     "jacobian": lambda shape, fname: viz.plot_jacobian(folded_field(shape), fname=fname),
+    "template": lambda shape, fname: viz.plot_template(
+        images(shape)[0], np.stack(images(shape, 6)), range(1, 7), 4, fname=fname),
 }
 
 
