@@ -20,6 +20,7 @@ from typing import NamedTuple
 import runtime  # noqa: F401  (TensorFlow's settings: before its first import)
 import numpy as np
 import tensorflow as tf
+from scipy import ndimage
 
 import utils
 import volumes
@@ -129,7 +130,8 @@ def sample(volume: np.ndarray, coords: np.ndarray, interpolation: str = "linear"
     coords : np.ndarray
         ``(*out_spatial, ndim)`` voxel coordinates of ``volume``, 'ij' order. A point is
         inside when every coordinate is in ``[-0.5, size - 0.5]``; within that, values beyond
-        the edge voxels' centres are the edge's (``utils.interpolate``).
+        the edge voxels' centres are the edge's, as ``utils.interpolate`` samples (here by
+        scipy's ``map_coordinates``, several times faster on a CPU for large volumes).
     interpolation : {"linear", "nearest"}
         N-linear (float32 output) or nearest neighbour (``volume``'s dtype kept: label maps).
 
@@ -141,11 +143,19 @@ def sample(volume: np.ndarray, coords: np.ndarray, interpolation: str = "linear"
     ndim = coords.shape[-1]
     vector = volume.ndim == ndim + 1
     values = volume if vector else volume[..., None]
-    values = values.astype(utils.sampling_dtype(values.dtype, interpolation))
-    sampled = utils.interpolate(values[None], coords[None].astype(np.float32), interpolation)
-    sampled = np.asarray(sampled)[0]
+    values = values.astype(utils.sampling_dtype(values.dtype, interpolation), copy=False)
     size = np.array(volume.shape[:ndim])
+    coords = np.nan_to_num(np.asarray(coords, np.float32), nan=-1.0)  # NaN: outside
     inside = np.all((coords >= -0.5) & (coords <= size - 0.5), axis=-1)
+    if interpolation == "nearest":  # the nearest voxel centre, clamped to the volume
+        index = tuple(np.clip(np.floor(coords[..., d] + 0.5), 0, size[d] - 1).astype(np.intp)
+                      for d in range(ndim))
+        sampled = values[index]
+    else:  # N-linear, beyond the edge voxels' centres the edge's values
+        points = np.moveaxis(coords, -1, 0)
+        sampled = np.stack([ndimage.map_coordinates(values[..., c], points, order=1,
+                                                    mode="nearest")
+                            for c in range(values.shape[-1])], axis=-1)
     sampled = np.where(inside[..., None], sampled, 0)
     sampled = sampled if vector else sampled[..., 0]
     return sampled.astype(volume.dtype if interpolation == "nearest" else np.float32)
