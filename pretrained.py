@@ -179,13 +179,17 @@ def on_static_grid(field: np.ndarray, grids: list[transforms.Grid], moving: np.n
         the moving-world point sampled), ``warp`` ``(*spatial, 3)`` LPS mm, ``moved`` and, with
         ``moving_seg``, ``moved_seg`` (nearest neighbour).
     """
-    axes = [np.arange(size, dtype=np.float32) for size in static_grid.shape]
-    voxels = np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1)  # float32: 16.7M at 256^3
-    on_work = mapped(np.linalg.inv(grids[1].matrix) @ static_grid.matrix, voxels)
-    on_moving_work = on_work + transforms.sample(field, on_work)
-    deformation = mapped(np.linalg.inv(static_grid.matrix) @ grids[0].matrix, on_moving_work)
-    deformation -= voxels
-    coords = mapped(np.linalg.inv(moving_grid.matrix) @ grids[0].matrix, on_moving_work)
+    shape = static_grid.shape
+    to_work = np.linalg.inv(grids[1].matrix) @ static_grid.matrix
+    on_work = grid_points(to_work, shape)
+    field = np.moveaxis(transforms.sample(field, np.moveaxis(on_work, 0, -1)), -1, 0)
+    del on_work
+    # moving-side working voxel r = on_work + field, taken to static voxels and moving voxels
+    to_static, to_moving = (np.linalg.inv(grid.matrix) @ grids[0].matrix
+                            for grid in (static_grid, moving_grid))
+    shift = to_static @ to_work - np.diag([1.0, 1.0, 1.0, 0.0])  # minus the voxel itself
+    deformation = np.moveaxis(grid_points(shift, shape) + linear(to_static, field), 0, -1)
+    coords = np.moveaxis(grid_points(to_moving @ to_work, shape) + linear(to_moving, field), 0, -1)
     out = {"deformation": deformation, "warp": transforms.to_world(deformation, static_grid),
            "moved": transforms.sample(moving, coords)}
     if moving_seg is not None:
@@ -215,6 +219,18 @@ def evaluate_pairs(model: keras.Model, pairs, labels=None, spacing=None, finetun
     return results
 
 
-def mapped(matrix: np.ndarray, points: np.ndarray) -> np.ndarray:
-    """``(..., 3)`` float32 points through the ``(4, 4)`` homogeneous ``matrix``."""
-    return points @ matrix[:3, :3].T.astype(np.float32) + matrix[:3, 3].astype(np.float32)
+def grid_points(matrix: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """``(3, *shape)`` float32: every voxel of a grid of ``shape`` through the ``(4, 4)``
+    homogeneous ``matrix``, built axis by axis (no ``(*shape, 3)`` array of voxels)."""
+    axes = np.ix_(*(np.arange(size, dtype=np.float32) for size in shape))
+    points = np.empty((3, *shape), np.float32)
+    for row in range(3):
+        points[row] = matrix[row, 3]
+        for axis, values in enumerate(axes):
+            points[row] += np.float32(matrix[row, axis]) * values
+    return points
+
+
+def linear(matrix: np.ndarray, vectors: np.ndarray) -> np.ndarray:
+    """``(3, *spatial)`` float32 vectors through the linear part of the ``(4, 4)`` ``matrix``."""
+    return np.einsum("ij,j...->i...", matrix[:3, :3].astype(np.float32), vectors)

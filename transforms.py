@@ -145,7 +145,9 @@ def sample(volume: np.ndarray, coords: np.ndarray, interpolation: str = "linear"
     values = volume if vector else volume[..., None]
     values = values.astype(utils.sampling_dtype(values.dtype, interpolation), copy=False)
     size = np.array(volume.shape[:ndim])
-    coords = np.nan_to_num(np.asarray(coords, np.float32), nan=-1.0)  # NaN: outside
+    coords = np.asarray(coords, np.float32)
+    if np.isnan(coords).any():
+        coords = np.nan_to_num(coords, nan=-1.0)  # NaN: outside
     inside = np.all((coords >= -0.5) & (coords <= size - 0.5), axis=-1)
     if interpolation == "nearest":  # the nearest voxel centre, clamped to the volume
         index = tuple(np.clip(np.floor(coords[..., d] + 0.5), 0, size[d] - 1).astype(np.intp)
