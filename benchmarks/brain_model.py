@@ -76,16 +76,14 @@ def write_data(args) -> None:
 
 def export(args) -> None:
     """``export``: the run's newest model, without its optimiser, as the shipped file."""
-    import glob
-
     import runtime  # noqa: F401  (before TensorFlow: oneDNN on)
     import pretrained
     import rundir
 
-    found = sorted(glob.glob(os.path.join(args.run, "checkpoint-epoch*.keras")),
-                   key=lambda path: int(path.split("epoch")[-1].split(".")[0]))
-    source = os.path.join(args.run, rundir.MODEL)
-    source = source if os.path.exists(source) else found[-1]
+    source = os.path.join(args.run, rundir.MODEL)  # else the newest checkpoint
+    if not os.path.exists(source):
+        source = os.path.join(args.run, rundir.read_json(os.path.join(
+            args.run, rundir.STATE))["model"])
     model = rundir.load_model(source)
     bare = model.__class__.from_config(model.get_config())
     bare.set_weights(model.get_weights())

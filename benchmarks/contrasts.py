@@ -237,14 +237,15 @@ def main() -> None:
     import keras
 
     import models
+    import registration
     import rundir
     import tuning
 
     for name in TRAININGS:
         seconds = train(name, train_set, test_set, args.output, args)
         minutes[name] = seconds / 60
-        model = models.registration_model(keras.models.load_model(
-            os.path.join(args.output, name, rundir.MODEL)))
+        model = registration.network_for(keras.models.load_model(  # shapes: another grid
+            os.path.join(args.output, name, rundir.MODEL)), small["T1"].shape[1:])
         results[name] = {contrast: brains.cached(
             os.path.join(args.output, f"{name}_{contrast}.json"), pairs,
             lambda: network_pairs(model, small[contrast], small["T1"], full,
