@@ -1,7 +1,11 @@
 """Templates (template.py, main.py template): the layers, the learned template and its outputs,
-resume, conditional templates, and bad input refused in one line with nothing written."""
+resume, conditional templates, and bad input refused in one line with nothing written.
+
+Building and tracing a model costs far more than its steps, so most tests inspect the same two
+learned runs (module fixtures ``run`` and ``uncentred``) rather than learning their own."""
 import csv
 import os
+import signal
 
 import nibabel as nib
 import numpy as np
@@ -12,7 +16,10 @@ import rundir
 import template
 
 SIZE = 32  # 2D images of SIZE x SIZE
-FAST = ["--epochs", "2", "--steps_per_epoch", "3"]  # the runs that test files, not learning
+# The learning runs: few enough steps to keep the file quick, enough for the template to sharpen.
+TRAIN = ["--epochs", "2", "--steps_per_epoch", "50"]
+CENTRED = ["--centre_weight", "10"]  # the other flags of the shared run (fixture ``run``)
+AFFINE = np.array([[2.0, 0, 0, -30], [0, 2, 0, 10], [0, 0, 2, 5], [0, 0, 0, 1]])  # 2 mm voxels
 
 
 def disks(radii, centres, seed=0) -> tuple[np.ndarray, np.ndarray]:
@@ -27,14 +34,6 @@ def disks(radii, centres, seed=0) -> tuple[np.ndarray, np.ndarray]:
         vols.append(0.1 + 0.8 * disk + 0.02 * rng.standard_normal((SIZE, SIZE)))
         segs.append((distance < radius).astype(np.int32) + (distance < radius / 2))
     return np.array(vols, np.float32), np.array(segs)
-
-
-def population(path, count=6, seed=0) -> str:
-    """An .npz of ``count`` disks of random radius (5 to 8 voxels) and position (+-3 voxels)."""
-    rng = np.random.default_rng(seed)
-    vols, segs = disks(rng.uniform(5, 8, count), rng.uniform(-3, 3, (count, 2)), seed)
-    np.savez(path, vols=vols, segs=segs)
-    return str(path)
 
 
 def learn(tmp_path, name, data, *flags) -> str:
@@ -58,11 +57,35 @@ def image(path) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    """A template of 6 labelled disks, learned for 4 epochs of 50 steps."""
-    folder = tmp_path_factory.mktemp("template")
-    return learn(folder, "run", population(folder / "disks.npz"), "--epochs", "4",
-                 "--steps_per_epoch", "50")
+def shifted(tmp_path_factory) -> dict:
+    """Six labelled disks, four shifted right and two left (a template without the centring term
+    settles nearer the majority): an .npz, and the same scans as NIfTI files of 2 mm voxels
+    (shifted origin) listed with their label maps in a CSV. Returns ``folder``, ``npz``,
+    ``csv``."""
+    folder = tmp_path_factory.mktemp("shifted")
+    vols, segs = disks([6] * 6, [(0, 4)] * 4 + [(0, -4)] * 2)
+    np.savez(folder / "shifted.npz", vols=vols, segs=segs)
+    rows = []
+    for i, (volume, seg) in enumerate(zip(vols, segs)):
+        nib.save(nib.Nifti1Image(volume, AFFINE), folder / f"s{i}.nii.gz")
+        nib.save(nib.Nifti1Image(seg.astype(np.uint8), AFFINE), folder / f"seg{i}.nii.gz")
+        rows.append(f"s{i}.nii.gz,seg{i}.nii.gz\n")
+    (folder / "scans.csv").write_text("image,seg\n" + "".join(rows))
+    return {"folder": folder, "npz": str(folder / "shifted.npz"),
+            "csv": str(folder / "scans.csv")}
+
+
+@pytest.fixture(scope="module")
+def run(shifted):
+    """The template of the shifted disks (.npz), with a strong centring term: the run folder
+    that most tests inspect."""
+    return learn(shifted["folder"], "run", shifted["npz"], *TRAIN, *CENTRED)
+
+
+@pytest.fixture(scope="module")
+def uncentred(shifted):
+    """The same scans read from their NIfTI files (CSV), without the centring term."""
+    return learn(shifted["folder"], "uncentred", shifted["csv"], *TRAIN, "--centre_weight", "0")
 
 
 def test_running_mean_updates_in_training_only():
@@ -113,7 +136,7 @@ def test_the_run_writes_its_curves_figure_and_a_model_that_register_uses(run, tm
     for name in (rundir.HISTORY, rundir.LOSS_PLOT, rundir.TEMPLATE_PLOT, rundir.TEMPLATE_MODEL):
         assert os.path.isfile(os.path.join(run, name)), name
     scan = tmp_path / "scan.npy"
-    np.save(scan, disks([6.5], [(2, -2)])[0][0])
+    np.save(scan, disks([6.5], [(1, 4)])[0][0])  # a new scan like the majority of the disks
     moved = str(tmp_path / "moved.nii.gz")
     assert main.main(["register", "--model", os.path.join(run, rundir.MODEL), "--moving",
                       os.path.join(run, rundir.TEMPLATE), "--static", str(scan),
@@ -123,31 +146,41 @@ def test_the_run_writes_its_curves_figure_and_a_model_that_register_uses(run, tm
     assert after[0, 1] > before[0, 1]
 
 
-def test_centring_term_reduces_the_mean_displacement(tmp_path):
+def test_centring_term_reduces_the_mean_displacement(run, uncentred):
     """Four disks to the right and two to the left: without the centring term the template
     settles nearer the majority, and the mean displacement to the scans grows."""
-    vols, segs = disks([6] * 6, [(0, 4)] * 4 + [(0, -4)] * 2)
-    np.savez(tmp_path / "shifted.npz", vols=vols, segs=segs)
-    shifts = {}
-    for weight in ("0", "10"):
-        run_dir = learn(tmp_path, f"w{weight}", str(tmp_path / "shifted.npz"), "--epochs", "3",
-                        "--steps_per_epoch", "50", "--centre_weight", weight)
-        shifts[weight] = rundir.read_json(os.path.join(run_dir, rundir.METRICS))[
-            "mean_displacement"]["voxels"]
-    assert shifts["10"] < 0.5 * shifts["0"], shifts
+    shifts = [rundir.read_json(os.path.join(folder, rundir.METRICS))["mean_displacement"]
+              ["voxels"] for folder in (run, uncentred)]
+    assert shifts[0] < 0.5 * shifts[1], shifts
 
 
-def test_resumed_run_ends_as_an_unbroken_one(tmp_path):
-    data = population(tmp_path / "disks.npz")
-    unbroken = learn(tmp_path, "unbroken", data, *FAST)
-    broken = learn(tmp_path, "broken", data, "--epochs", "1", "--steps_per_epoch", "3")
-    assert main.main(["template", "--resume", broken, "--epochs", "2"]) == 0
+def test_resumed_run_ends_as_an_unbroken_one(run, shifted, monkeypatch, capsys):
+    """``run``'s flags, stopped by SIGINT in the first batch of epoch 2 (nothing but the
+    checkpoint written), then resumed: the template, its history and epochs are the unbroken
+    run's."""
+    save_batch = rundir.Checkpoint.on_train_batch_end
+
+    def interrupt_in_epoch_2(self, batch, logs=None):
+        if (self.state["epoch"], batch) == (1, 0):
+            os.kill(os.getpid(), signal.SIGINT)  # as Ctrl-C during the first batch of epoch 2
+        save_batch(self, batch, logs)
+
+    monkeypatch.setattr(rundir.Checkpoint, "on_train_batch_end", interrupt_in_epoch_2)
+    broken = str(shifted["folder"] / "broken")
+    assert main.main(["template", "--data", shifted["npz"], "--ndim", "2", "--output", broken,
+                      *TRAIN, *CENTRED]) == 130
+    assert "stopped by SIGINT at epoch 2, batch 1" in capsys.readouterr().err
+    assert not os.path.exists(os.path.join(broken, rundir.TEMPLATE))
+    monkeypatch.setattr(rundir.Checkpoint, "on_train_batch_end", save_batch)
+    assert main.main(["template", "--resume", broken]) == 0
     history = rundir.read_history(os.path.join(broken, rundir.HISTORY))
-    assert len(history["loss"]) == 2
+    np.testing.assert_allclose(history["loss"],
+                               rundir.read_history(os.path.join(run, rundir.HISTORY))["loss"],
+                               rtol=1e-5)
     np.testing.assert_array_equal(
         rundir.read_samples(os.path.join(broken, rundir.TEMPLATE_EPOCHS))["epochs"], [1, 2])
     np.testing.assert_allclose(image(os.path.join(broken, rundir.TEMPLATE)),
-                               image(os.path.join(unbroken, rundir.TEMPLATE)), atol=1e-4)
+                               image(os.path.join(run, rundir.TEMPLATE)), atol=1e-4)
 
 
 def write_condition(path, names, values, column="age") -> str:
@@ -167,7 +200,8 @@ def test_conditional_template_follows_the_attribute(tmp_path):
     np.savez(tmp_path / "ages.npz", vols=vols, segs=segs)
     condition = write_condition(tmp_path / "ages.csv", range(8), ages)
     run_dir = learn(tmp_path, "run", str(tmp_path / "ages.npz"), "--condition", condition,
-                    "--epochs", "3", "--steps_per_epoch", "50", "--loss", "mse", "--lamda", "1")
+                    "--epochs", "2", "--steps_per_epoch", "25", "--loss", "mse", "--lamda", "1",
+                    "--int_steps", "1")  # one squaring: a graph half as costly to trace
     areas = []
     for value in (20, 35, 50, 65, 80):
         output = str(tmp_path / f"t{value}.nii.gz")
@@ -211,22 +245,13 @@ def test_value_of_a_template_that_is_not_conditional_is_refused(run, tmp_path, c
     assert "not conditional" in line and not output.exists()
 
 
-def test_scans_read_from_files_give_a_template_in_their_world_space(tmp_path):
+def test_scans_read_from_files_give_a_template_in_their_world_space(uncentred):
     """A CSV list of NIfTI scans and label maps, read as batches need them: the template and
     its label map take the first scan's affine (2 mm voxels, shifted origin)."""
-    affine = np.diag([2.0, 2.0, 2.0, 1.0])
-    affine[:3, 3] = [-30.0, 10.0, 5.0]
-    vols, segs = disks([5, 6, 7], [(0, 0), (1, -1), (-1, 1)])
-    rows = []
-    for i, (volume, seg) in enumerate(zip(vols, segs)):
-        nib.save(nib.Nifti1Image(volume, affine), tmp_path / f"s{i}.nii.gz")
-        nib.save(nib.Nifti1Image(seg.astype(np.uint8), affine), tmp_path / f"seg{i}.nii.gz")
-        rows.append(f"s{i}.nii.gz,seg{i}.nii.gz\n")
-    (tmp_path / "scans.csv").write_text("image,seg\n" + "".join(rows))
-    run_dir = learn(tmp_path, "run", str(tmp_path / "scans.csv"), *FAST)
     for name in (rundir.TEMPLATE, rundir.TEMPLATE_SEG):
-        np.testing.assert_allclose(nib.load(os.path.join(run_dir, name)).affine, affine)
-    assert rundir.read_json(os.path.join(run_dir, rundir.METRICS))["mean_displacement"]["mm"] >= 0
+        np.testing.assert_allclose(nib.load(os.path.join(uncentred, name)).affine, AFFINE)
+    shift = rundir.read_json(os.path.join(uncentred, rundir.METRICS))["mean_displacement"]
+    assert shift["voxels"] > 0 and shift["mm"] == pytest.approx(2 * shift["voxels"], rel=1e-4)
 
 
 def test_3d_scans_give_a_3d_template_and_label_maps(tmp_path):
@@ -234,7 +259,8 @@ def test_3d_scans_give_a_3d_template_and_label_maps(tmp_path):
     vols = rng.random((3, 12, 16, 16)).astype(np.float32)  # 12: padded to 16 for the network
     np.savez(tmp_path / "cubes.npz", vols=vols, segs=(vols > 0.5).astype(np.int32))
     assert main.main(["template", "--data", str(tmp_path / "cubes.npz"), "--output",
-                      str(tmp_path / "run"), "--epochs", "1", "--steps_per_epoch", "2"]) == 0
+                      str(tmp_path / "run"), "--epochs", "1", "--steps_per_epoch", "2",
+                      "--int_steps", "1"]) == 0  # one squaring: half the cost of tracing 3D
     assert image(tmp_path / "run" / rundir.TEMPLATE).shape == (12, 16, 16)
     assert image(tmp_path / "run" / rundir.TEMPLATE_SEG).shape == (12, 16, 16)
     assert image(tmp_path / "run" / rundir.TEMPLATE_PROBABILITIES).shape == (12, 16, 16, 2)
