@@ -216,7 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="register only the first test pairs (default: all 6)")
     parser.add_argument("--output", default=os.path.join(ROOT, "runs", "contrasts"))
     parser.add_argument("--figures", default=None,
-                        help="folder to draw the label-map model's registration of the first "
+                        help="folder to draw the T1-trained VM-2's registration of the first "
                              "test pair into (within T1 and across contrasts), e.g. _images")
     return parser
 
@@ -250,10 +250,11 @@ def main() -> None:
             os.path.join(args.output, f"{name}_{contrast}.json"), pairs,
             lambda: network_pairs(model, small[contrast], small["T1"], full,
                                   moving_full[contrast], pairs)) for contrast in small}
+    if args.figures:  # the T1-trained VM-2: within T1, and its failure across contrasts
+        figures(models.registration_model(keras.models.load_model(
+            os.path.join(args.output, "vm2", rundir.MODEL))), small, moving_full, full,
+            pairs[0], args.figures, "contrasts_vm2")
     trained = keras.models.load_model(os.path.join(args.output, "synth_data", rundir.MODEL))
-    if args.figures:
-        figures(models.registration_model(trained), small, moving_full, full, pairs[0],
-                args.figures, "contrasts")
     tuner = tuning.FineTuner(trained, args.finetune_steps, similarity="mi")
     refiner = tuning.Refiner(trained, args.refine_steps, similarity="mi")
     steps = f"{args.finetune_steps} + {args.refine_steps} steps"
