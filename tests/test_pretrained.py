@@ -115,12 +115,12 @@ def test_a_zero_field_maps_each_brain_centre_onto_the_other():
     np.testing.assert_allclose(out["moved"], image, atol=1e-5)
 
 
-def test_finetuning_and_refinement_run_with_mutual_information(scans, tmp_path, capsys):
-    moved = tmp_path / "moved.nii.gz"
+def test_refinement_on_the_finer_working_grids_runs_with_mutual_information(scans, tmp_path,
+                                                                            capsys):
+    moved = tmp_path / "moved.nii.gz"  # fine-tuning: tuning.FineTuner's own tests
     assert main.main(["register", "--moving", scans["moving"], "--static", scans["static"],
-                      "--moved", str(moved), "--finetune_steps", "2", "--refine_steps",
-                      "2"]) == 0
-    assert "2 fine-tuning steps" in capsys.readouterr().out and moved.exists()
+                      "--moved", str(moved), "--refine_steps", "2"]) == 0
+    assert "refined in 2 steps" in capsys.readouterr().out and moved.exists()
 
 
 @pytest.mark.parametrize("case", ["2D", "small"])

@@ -10,8 +10,10 @@ import dataloader
 import main
 import metrics
 import models
+import objective
 import registration
 import tuning
+import volumes
 from test_registration import trained_like
 
 
@@ -251,3 +253,14 @@ def test_instance_optimisation_may_use_another_similarity_with_the_models_weight
     assert refiner.lamda == pytest.approx(0.3 / 0.5)
     tuner = tuning.FineTuner(model, steps=1, similarity="mse")
     assert {type(term.loss).__name__ for term in tuner.network.terms} == {"MSE", "Grad"}
+
+
+def test_a_model_trained_from_label_maps_is_tuned_by_the_similarity_given():
+    model = models.build_model((16, 16), "vm1", num_labels=3, synth=True)
+    terms = {term.name: term for term in tuning.image_terms(model, "mi")}
+    assert isinstance(terms["moved"].loss, metrics.MutualInformation)
+    assert terms["moved"].weight == 1.0 and terms["moved"].args == ("static", "moved")
+    smooth = [term for name, term in terms.items() if name != "moved"]
+    assert len(smooth) == 1 and smooth[0].weight == objective.DEFAULT_LAMBDA["mi"]
+    with pytest.raises(volumes.UsageError, match="give --tune_loss"):
+        tuning.image_terms(model)
