@@ -18,7 +18,6 @@ import runtime  # noqa: F401  (TensorFlow's settings: before its first import)
 import keras
 
 import datasets
-import models
 import registration
 import rundir
 import scores

@@ -115,11 +115,12 @@ def affine_only(full, pairs) -> dict:
 
 
 def train(name: str, flags: list[str], train_set: str, test_set: str, folder: str,
-          args) -> float:
+          args, data: list[str] | None = None) -> float:
     """Train VoxelMorph-2 with ``main.py`` and the given flags; return the training seconds.
 
     A finished run in ``folder/name`` is reused, an interrupted one resumed. The test pairs
     serve as ``--val_data`` only for the logged validation loss; nothing is selected on them.
+    ``data`` replaces the data flags (scan-to-scan pairs of ``train_set``), e.g. for ``--synth``.
     """
     import main
     import rundir
@@ -127,9 +128,10 @@ def train(name: str, flags: list[str], train_set: str, test_set: str, folder: st
     run = os.path.join(folder, name)
     if not os.path.exists(os.path.join(run, rundir.METRICS)):
         resume = os.path.exists(os.path.join(run, rundir.ARGS))  # an interrupted training
+        if data is None:
+            data = ["--data", train_set, "--val_data", test_set, "--pairs", "scan_to_scan"]
         code = main.main(["--resume", run] if resume else [
-            "--data", train_set, "--val_data", test_set, "--pairs", "scan_to_scan",
-            "--model", "vm2", "--epochs", str(args.epochs), "--steps_per_epoch",
+            *data, "--model", "vm2", "--epochs", str(args.epochs), "--steps_per_epoch",
             str(args.steps_per_epoch), "--lr", str(args.lr), "--output", run, "--seed",
             str(args.seed), *flags])
         if code:

@@ -35,8 +35,7 @@ from benchmarks import ants_syn, brains  # noqa: E402  (numpy only)
 T1_ANCHORS = (0.02, 0.37, 0.69, 0.95, 1.0)
 T2_ANCHORS = (0.75, 1.0, 0.6, 0.3, 0.28)
 SYNTH = ["--int_steps", "7", "--int_downsize", "2"]
-TRAININGS = {"vm2": ["--pairs", "scan_to_scan"],
-             "mi": ["--pairs", "scan_to_scan", "--loss", "mi", "--augment", "intensity"],
+TRAININGS = {"vm2": [], "mi": ["--loss", "mi", "--augment", "intensity"],
              "synth_data": ["--synth", "data", *SYNTH],
              "synth_shapes": ["--synth", "shapes", *SYNTH]}
 NAMES = {"affine": "affine only", "vm2": "VM-2 trained on T1 images (NCC)",
@@ -158,22 +157,11 @@ def figures(model, small: dict, moving_full: dict, full, pair: tuple[int, int], 
 
 
 def train(name: str, train_set: str, test_set: str, folder: str, args) -> float:
-    """Train one row's network with ``main.py`` (reused when done, resumed when interrupted);
-    return its training seconds. The test images only log a validation loss."""
-    import main
-    import rundir
-
-    run = os.path.join(folder, name)
-    if not os.path.exists(os.path.join(run, rundir.METRICS)):
-        resume = os.path.exists(os.path.join(run, rundir.ARGS))
-        data = [] if name == "synth_shapes" else ["--data", train_set, "--val_data", test_set]
-        code = main.main(["--resume", run] if resume else [
-            *data, "--model", "vm2", "--epochs", str(args.epochs), "--steps_per_epoch",
-            str(args.steps_per_epoch), "--lr", str(args.lr), "--seed", str(args.seed),
-            "--output", run, *TRAININGS[name]])
-        if code:
-            sys.exit(f"error: training {name} failed")
-    return rundir.read_json(os.path.join(run, rundir.METRICS))["train_seconds"]
+    """Train one row's network by ``brains.train``: scan-to-scan pairs of T1 images, the
+    training subjects' label maps (``--synth data``) or random shapes (no data)."""
+    data = {"synth_data": ["--data", train_set, "--val_data", test_set],
+            "synth_shapes": []}.get(name)
+    return brains.train(name, TRAININGS[name], train_set, test_set, folder, args, data)
 
 
 def table(results: dict, minutes: dict, names: dict) -> str:

@@ -83,19 +83,11 @@ def voxelmorph(model_path: str, test_set: str, full, pairs) -> dict:
 
     import datasets
     import models
-    import registration
+    from benchmarks import contrasts
 
     model = models.registration_model(keras.models.load_model(model_path))  # built once
     small = datasets.load_dataset(test_set).vols
-    register_full_resolution(model, small[0], small[1])  # its graph, untimed
-    results = []
-    for m, s in pairs:
-        deformation, seconds = register_full_resolution(model, small[m], small[s])
-        moved_seg = registration.warped(full[1][m].astype(np.int32), deformation, "nearest")
-        scored = brains.score_pair(full, m, s, moved_seg, deformation)
-        results.append({**scored, "seconds": seconds})
-        print(f"  pair {m}->{s}: Dice {np.nanmean(scored['dice']):.3f}", flush=True)
-    return {"per_pair": results}
+    return contrasts.network_pairs(model, small, small, full, full[0], pairs)
 
 
 def instance_optimisation(model_path: str, test_set: str, full, pairs, args) -> dict:
