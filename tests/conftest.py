@@ -22,3 +22,23 @@ def make_labelled_pair(shape=(32, 32)):
 def labelled_pair():
     """:func:`make_labelled_pair`, for tests that need a small registration problem."""
     return make_labelled_pair
+
+
+@pytest.fixture
+def sigint_in_epoch_2(monkeypatch):
+    """Training sends itself SIGINT, as Ctrl-C would, during the first batch of its second
+    epoch (``rundir.Checkpoint`` then saves the run where it stopped); the fixture's value is
+    the monkeypatch, whose ``undo()`` ends the interruptions (to resume)."""
+    import signal
+
+    import rundir
+
+    save_batch = rundir.Checkpoint.on_train_batch_end
+
+    def interrupt_in_epoch_2(self, batch, logs=None):
+        if (self.state["epoch"], batch) == (1, 0):
+            os.kill(os.getpid(), signal.SIGINT)
+        save_batch(self, batch, logs)
+
+    monkeypatch.setattr(rundir.Checkpoint, "on_train_batch_end", interrupt_in_epoch_2)
+    return monkeypatch

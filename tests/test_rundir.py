@@ -348,22 +348,14 @@ def test_a_half_written_checkpoint_falls_back_to_the_previous_one(tmp_path, monk
 
 
 def test_sigint_in_an_epoch_saves_it_and_the_resumed_run_ends_as_an_unbroken_one(
-        tmp_path, tiny_set, unbroken, monkeypatch, capsys):
-    save_batch = rundir.Checkpoint.on_train_batch_end
-
-    def interrupt_in_epoch_2(self, batch, logs=None):
-        if (self.state["epoch"], batch) == (1, 0):
-            os.kill(os.getpid(), signal.SIGINT)  # as Ctrl-C during the first batch of epoch 2
-        save_batch(self, batch, logs)
-
-    monkeypatch.setattr(rundir.Checkpoint, "on_train_batch_end", interrupt_in_epoch_2)
+        tmp_path, tiny_set, unbroken, sigint_in_epoch_2, capsys):
     run = str(tmp_path / "run")
     assert main.main(tiny_set + ["--epochs", "4", "--output", run]) == 130
     assert capsys.readouterr().err.splitlines() == [
         f"main.py: stopped by SIGINT at epoch 2, batch 1: resume with python3 main.py "
         f"--resume {run}"]
     assert (state(run)["epoch"], state(run)["batch"]) == (1, 1)
-    monkeypatch.setattr(rundir.Checkpoint, "on_train_batch_end", save_batch)
+    sigint_in_epoch_2.undo()
     assert main.main(["--resume", run]) == 0
     assert_ends_as(run, unbroken)
 

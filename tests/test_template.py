@@ -5,7 +5,6 @@ Building and tracing a model costs far more than its steps, so most tests inspec
 learned runs (module fixtures ``run`` and ``uncentred``) rather than learning their own."""
 import csv
 import os
-import signal
 
 import nibabel as nib
 import numpy as np
@@ -154,24 +153,16 @@ def test_centring_term_reduces_the_mean_displacement(run, uncentred):
     assert shifts[0] < 0.5 * shifts[1], shifts
 
 
-def test_resumed_run_ends_as_an_unbroken_one(run, shifted, monkeypatch, capsys):
+def test_resumed_run_ends_as_an_unbroken_one(run, shifted, sigint_in_epoch_2, capsys):
     """``run``'s flags, stopped by SIGINT in the first batch of epoch 2 (nothing but the
     checkpoint written), then resumed: the template, its history and epochs are the unbroken
     run's."""
-    save_batch = rundir.Checkpoint.on_train_batch_end
-
-    def interrupt_in_epoch_2(self, batch, logs=None):
-        if (self.state["epoch"], batch) == (1, 0):
-            os.kill(os.getpid(), signal.SIGINT)  # as Ctrl-C during the first batch of epoch 2
-        save_batch(self, batch, logs)
-
-    monkeypatch.setattr(rundir.Checkpoint, "on_train_batch_end", interrupt_in_epoch_2)
     broken = str(shifted["folder"] / "broken")
     assert main.main(["template", "--data", shifted["npz"], "--ndim", "2", "--output", broken,
                       *TRAIN, *CENTRED]) == 130
     assert "stopped by SIGINT at epoch 2, batch 1" in capsys.readouterr().err
     assert not os.path.exists(os.path.join(broken, rundir.TEMPLATE))
-    monkeypatch.setattr(rundir.Checkpoint, "on_train_batch_end", save_batch)
+    sigint_in_epoch_2.undo()
     assert main.main(["template", "--resume", broken]) == 0
     history = rundir.read_history(os.path.join(broken, rundir.HISTORY))
     np.testing.assert_allclose(history["loss"],
