@@ -114,9 +114,16 @@ def _add_finetune_flags(parser: argparse.ArgumentParser) -> None:
                              "the model's own; mi for scans of two contrasts)")
 
 
+def tune_loss(args: argparse.Namespace) -> str | None:
+    """The similarity of instance optimisation: ``--tune_loss``; by default the model's own,
+    or mutual information for the shipped brain model (no --model), whose scans may differ in
+    contrast and which has no image loss of its own."""
+    return args.tune_loss or (None if args.model else "mi")
+
+
 def refiner(model, args: argparse.Namespace) -> tuning.Refiner | None:
     """The ``--refine_steps`` refiner of ``model``, or None."""
-    return (tuning.Refiner(model, args.refine_steps, args.refine_lr, args.tune_loss)
+    return (tuning.Refiner(model, args.refine_steps, args.refine_lr, tune_loss(args))
             if args.refine_steps else None)
 
 
@@ -459,10 +466,9 @@ def register(args) -> str:
             args.finetune_lr, inverse=args.inverse_warp is not None,
             refiner=refiner(model, args), tune_loss=args.tune_loss)
     else:
-        args.tune_loss = args.tune_loss or "mi"  # the scans may differ in contrast
         registered = pretrained.register_brains(
             model, moving, static, moving_grid, static_grid, moving_seg, args.finetune_steps,
-            args.finetune_lr, refiner(model, args), args.tune_loss, args.inverse_warp is not None)
+            args.finetune_lr, refiner(model, args), tune_loss(args), args.inverse_warp is not None)
     reference = static_grid.affine if static_image is None else static_image
     for path, key in ((args.moved, "moved"), (args.deformation, "deformation"),
                       (args.moved_seg, "moved_seg")):
@@ -560,10 +566,9 @@ def evaluate(args) -> str:
             finetune_steps=args.finetune_steps, finetune_lr=args.finetune_lr, inverse=True,
             refiner=refiner(model, args), tune_loss=args.tune_loss)
     else:
-        args.tune_loss = args.tune_loss or "mi"  # the scans may differ in contrast
         results = pretrained.evaluate_pairs(model, pairs, labels or None, data.spacing,
                                             args.finetune_steps, args.finetune_lr,
-                                            refiner(model, args), args.tune_loss)
+                                            refiner(model, args), tune_loss(args))
     summary = scores.summarize(results)
     rundir.make_folder(output)
     per_pair = [{"moving": volume_name(data, moving), "static": volume_name(data, static),

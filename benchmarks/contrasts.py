@@ -167,7 +167,7 @@ def train(name: str, train_set: str, test_set: str, folder: str, args) -> float:
 def table(results: dict, minutes: dict, names: dict) -> str:
     """Markdown table: one line per method and moving contrast."""
     lines = ["| method | moving | mean Dice (30 structures) | HD95 (mm) | SDlogJ | "
-             "% det(J) <= 0 | s per pair (CPU) | training (min) |", "|---|---|---|---|---|---|---|---|"]
+             "% det(J) <= 0 | s per pair (CPU) | training (min) |", "|---" * 8 + "|"]
     for name, by_contrast in results.items():
         for contrast, result in by_contrast.items():
             stats = brains.summary(result)
