@@ -8,8 +8,7 @@
     python3 benchmarks/brain_model.py score --output runs/brain_model
 
 ``data`` writes, on the network's 64^3 grid at 3 mm (every second voxel of the shared 128^3
-MNI152 grid
-at 1.5 mm, as ``brains.downsample``):
+MNI152 grid at 1.5 mm, as ``brains.downsample``):
 
 - ``label_maps.npz``: ``segs`` of the 20 public SynthSeg label maps
   (``../shared/data/synthseg20_128.npz``, Apache-2.0) and of the benchmark's 6 training subjects
