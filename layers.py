@@ -58,6 +58,8 @@ class IntegrateVelocity(keras.layers.Layer):
 
     def call(self, velocity):
         """``(B, *spatial, ndim)`` velocity in voxels -> ``(B, *spatial, ndim)`` displacement."""
+        if tf.executing_eagerly():  # one eager call (a single pair): no graph to build
+            return utils.integrate_velocity.python_function(velocity, self.steps)
         return utils.integrate_velocity(velocity, self.steps)
 
     def compute_output_shape(self, input_shape):

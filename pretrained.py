@@ -180,20 +180,40 @@ def on_static_grid(field: np.ndarray, grids: list[transforms.Grid], moving: np.n
     """
     shape = static_grid.shape
     to_work = np.linalg.inv(grids[1].matrix) @ static_grid.matrix
-    on_work = grid_points(to_work, shape)
-    field = np.moveaxis(transforms.sample(field, np.moveaxis(on_work, 0, -1)), -1, 0)
-    del on_work
+    field = field_on(field, to_work, shape)
     # moving-side working voxel r = on_work + field, taken to static voxels and moving voxels
     to_static, to_moving = (np.linalg.inv(grid.matrix) @ grids[0].matrix
                             for grid in (static_grid, moving_grid))
     shift = to_static @ to_work - np.diag([1.0, 1.0, 1.0, 0.0])  # minus the voxel itself
-    deformation = np.moveaxis(grid_points(shift, shape) + linear(to_static, field), 0, -1)
-    coords = np.moveaxis(grid_points(to_moving @ to_work, shape) + linear(to_moving, field), 0, -1)
-    out = {"deformation": deformation, "warp": transforms.to_world(deformation, static_grid),
-           "moved": transforms.sample(moving, coords)}
+    deformation = grid_points(shift, shape, linear(to_static, field))
+    coords = np.moveaxis(grid_points(to_moving @ to_work, shape, linear(to_moving, field)), 0, -1)
+    del field
+    out = {"deformation": np.moveaxis(deformation, 0, -1),
+           "moved": transforms.sample(moving, coords),
+           "warp": np.moveaxis(linear(static_grid.matrix, deformation), 0, -1)}  # LPS mm
     if moving_seg is not None:
         out["moved_seg"] = transforms.sample(moving_seg, coords, "nearest")
     return out
+
+
+def field_on(field: np.ndarray, to_work: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """The working grid's ``(*work, 3)`` field sampled at every voxel of a grid of ``shape``
+    (``to_work``: ``(4, 4)``, its voxels to working voxels); ``(3, *shape)`` float32.
+
+    When the two grids' axes are parallel (``to_work`` permutes and scales them, as for a scan
+    stored in any of the 48 axis orders), it is sampled axis by axis
+    (``transforms.sample_axes``), several times faster; otherwise voxel by voxel."""
+    linear_part = to_work[:3, :3]
+    axes = np.argmax(np.abs(linear_part), axis=0)  # the working axis along each grid axis
+    parallel = (sorted(axes) == [0, 1, 2] and np.allclose(
+        np.delete(linear_part.T.ravel(), axes + np.arange(3) * 3), 0, atol=1e-6))
+    if not parallel:
+        points = np.moveaxis(grid_points(to_work, shape), 0, -1)
+        return np.ascontiguousarray(np.moveaxis(transforms.sample(field, points), -1, 0))
+    coords = [to_work[axes[a], a] * np.arange(size) + to_work[axes[a], 3]
+              for a, size in enumerate(shape)]
+    return np.stack([transforms.sample_axes(np.transpose(field[..., c], axes), coords)
+                     for c in range(3)])
 
 
 def evaluate_pairs(model: keras.Model, pairs, labels=None, spacing=None, finetune_steps: int = 0,
@@ -218,16 +238,19 @@ def evaluate_pairs(model: keras.Model, pairs, labels=None, spacing=None, finetun
     return results
 
 
-def grid_points(matrix: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+def grid_points(matrix: np.ndarray, shape: tuple[int, ...], out: np.ndarray | None = None
+                ) -> np.ndarray:
     """``(3, *shape)`` float32: every voxel of a grid of ``shape`` through the ``(4, 4)``
-    homogeneous ``matrix``, built axis by axis (no ``(*shape, 3)`` array of voxels)."""
+    homogeneous ``matrix``, added to ``out`` (in place) when given; built axis by axis (no
+    ``(*shape, 3)`` array of voxels)."""
     axes = np.ix_(*(np.arange(size, dtype=np.float32) for size in shape))
-    points = np.empty((3, *shape), np.float32)
+    if out is None:
+        out = np.zeros((3, *shape), np.float32)
     for row in range(3):
-        points[row] = matrix[row, 3]
+        out[row] += np.float32(matrix[row, 3])
         for axis, values in enumerate(axes):
-            points[row] += np.float32(matrix[row, axis]) * values
-    return points
+            out[row] += np.float32(matrix[row, axis]) * values
+    return out
 
 
 def linear(matrix: np.ndarray, vectors: np.ndarray) -> np.ndarray:

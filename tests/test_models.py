@@ -201,6 +201,18 @@ def test_integrated_outputs_are_the_velocity_and_its_diffeomorphic_displacement(
                                                          ("velocity", ("velocity",))]
 
 
+def test_an_eager_call_integrates_the_velocity_as_the_compiled_model():
+    keras.utils.set_random_seed(0)
+    model = models.VoxelMorph1((16, 16), int_steps=7)
+    rng = np.random.default_rng(0)
+    for weight in model.weights:
+        weight.assign(weight.numpy() + rng.normal(0, 0.05, weight.shape))
+    pair = {key: rng.random((1, 16, 16, 1)).astype(np.float32) for key in ("moving", "static")}
+    compiled = model.predict_on_batch(pair)["deformation"]
+    assert np.abs(compiled).max() > 0.5
+    np.testing.assert_allclose(model(pair)["deformation"], compiled, atol=1e-5)
+
+
 def test_coarse_integration_resizes_the_velocity_down_and_its_displacement_back_up():
     keras.utils.set_random_seed(0)  # the initial weights too: the field's size depends on them
     model = models.VoxelMorph1((32, 32), int_steps=7, int_downsize=2)

@@ -115,6 +115,16 @@ def test_a_zero_field_maps_each_brain_centre_onto_the_other():
     np.testing.assert_allclose(out["moved"], image, atol=1e-5)
 
 
+def test_a_field_onto_a_grid_of_permuted_flipped_axes_is_sampled_as_voxel_by_voxel():
+    field = np.random.default_rng(0).random((8, 9, 10, 3)).astype(np.float32)
+    to_work = np.array([[0.0, 0.9, 0.0, 7.5], [0.0, 0.0, 1.3, -1.0], [-0.7, 0.0, 0.0, 2.0],
+                        [0.0, 0.0, 0.0, 1.0]])  # a scan's axes onto the working grid's
+    points = np.moveaxis(pretrained.grid_points(to_work, (11, 12, 9)), 0, -1)
+    expected = np.moveaxis(transforms.sample(field, points), -1, 0)
+    np.testing.assert_allclose(pretrained.field_on(field, to_work, (11, 12, 9)), expected,
+                               atol=1e-6)
+
+
 def test_refinement_on_the_finer_working_grids_runs_with_mutual_information(scans, tmp_path,
                                                                             capsys):
     moved = tmp_path / "moved.nii.gz"  # fine-tuning: tuning.FineTuner's own tests
