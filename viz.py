@@ -416,11 +416,27 @@ def plot_template(mean: np.ndarray, templates: np.ndarray, epochs, count: int = 
                        .astype(int).tolist()))
     columns = [("mean of the scans", mean)] + [(f"template, epoch {epochs[i]}", templates[i])
                                                for i in shown]
+    return plot_images(columns, "Learned template beside the mean", fname)
+
+
+def plot_images(columns: list[tuple[str, np.ndarray]], title: str, fname: str | None = None
+                ) -> Figure:
+    """Images side by side, one column each (each scaled to [0, 1]); the three views in 3D.
+
+    Parameters
+    ----------
+    columns : list of (str, np.ndarray)
+        Each column's title and ``(*spatial)`` image, 2D or 3D, all of one dimension.
+    title : str
+        The figure's title.
+    fname : str, optional
+        PNG path to save to.
+    """
     views = [_slices(datasets.min_max(image)) for _, image in columns]
-    fig, axes = _panels(len(views[0]), len(columns), "Learned template beside the mean")
-    for col, ((title, _), rows) in enumerate(zip(columns, views)):
+    fig, axes = _panels(len(views[0]), len(columns), title)
+    for col, ((name, _), rows) in enumerate(zip(columns, views)):
         for row, view in enumerate(rows):
-            _show(axes[row, col], view, title if row == 0 else "", cmap="gray", vmin=0, vmax=1)
+            _show(axes[row, col], view, name if row == 0 else "", cmap="gray", vmin=0, vmax=1)
     return _save(fig, fname)
 
 

@@ -46,6 +46,13 @@ def test_test_pairs_are_every_ordered_pair_by_shift():
     assert brains.test_pairs(4, 5) == [(0, 1), (1, 2), (2, 3), (3, 0), (0, 2)]
 
 
+def test_an_atlas_label_map_is_the_majority_vote_the_lowest_label_on_a_tie():
+    from benchmarks import templates
+
+    maps = [np.array([[3, 2, 0]]), np.array([[3, 5, 2]]), np.array([[4, 5, 7]])]
+    np.testing.assert_array_equal(templates.vote(maps), [[3, 5, 0]])
+
+
 def test_options_that_helped_combine_into_one_command_line():
     from benchmarks import real_brains
 
