@@ -31,6 +31,8 @@ import volumes
 from shapes import pad, padding_to_shape
 from volumes import DataError, DataWarning
 
+FLOAT32_MAX = float(np.finfo(np.float32).max)  # larger intensities overflow float32
+
 @dataclasses.dataclass
 class Dataset:
     """Volumes, optional label maps and an optional atlas, all on one grid.
@@ -94,23 +96,27 @@ def normalize(volume: np.ndarray, name: str = "volume") -> np.ndarray:
         export): similarity losses (NCC, MI) are undefined on it, so nothing could register it.
     """
     volumes.check_numbers(volume, name)
-    volume = np.asarray(volume, dtype=np.float32)
-    if not np.all(np.isfinite(volume)):
+    volume = np.asarray(volume)
+    low, high = volume.min(), volume.max()  # NaN if any is; no copy of the volume
+    if not (np.isfinite(low) and np.isfinite(high)) or max(-float(low), float(high)) > FLOAT32_MAX:
         raise DataError(f"{name} contains NaN or Inf values")
-    scaled = min_max(volume)
-    if not scaled.any():  # min-max scaling gives 1 somewhere unless the volume is constant
+    if not high > low:
         raise DataError(f"{name} has no intensity range (every voxel is {volume.flat[0]:g}): "
                         f"there is nothing to register in it (an empty export or a failed "
                         f"skull strip?)")
-    return scaled
+    return min_max(volume)
 
 
 def min_max(volume: np.ndarray) -> np.ndarray:
     """``volume`` scaled to [0, 1] as float32, its minimum to 0 and maximum to 1 (a constant
     one to zeros): the scaling of :func:`normalize`, without its checks (for figures)."""
-    volume = np.asarray(volume, dtype=np.float32)
-    low, high = volume.min(), volume.max()
-    return (volume - low) / (high - low) if high > low else np.zeros_like(volume)
+    scaled = np.array(volume, dtype=np.float32)  # one copy, scaled in place
+    low, high = scaled.min(), scaled.max()
+    if not high > low:
+        return np.zeros_like(scaled)
+    scaled -= low
+    scaled /= high - low
+    return scaled
 
 
 CACHE_SIZE = 8  # volumes a lazy stack (and its views) keeps after reading them

@@ -15,6 +15,8 @@ Conventions:
   grid's world is the plane of its first two axes, and its vectors have two components.
 """
 import itertools
+import os
+from concurrent import futures
 from typing import NamedTuple
 
 import runtime  # noqa: F401  (TensorFlow's settings: before its first import)
@@ -158,12 +160,26 @@ def sample(volume: np.ndarray, coords: np.ndarray, interpolation: str = "linear"
         sampled = values[index]
     else:  # N-linear, beyond the edge voxels' centres the edge's values
         points = np.moveaxis(coords, -1, 0)
-        channels = [ndimage.map_coordinates(values[..., c], points, order=1, mode="nearest")
-                    for c in range(values.shape[-1])]
+        channels = [_map_coordinates(values[..., c], points) for c in range(values.shape[-1])]
         sampled = channels[0][..., None] if len(channels) == 1 else np.stack(channels, axis=-1)
     sampled[~inside] = 0
     sampled = sampled if vector else sampled[..., 0]
     return sampled.astype(volume.dtype if interpolation == "nearest" else np.float32, copy=False)
+
+
+def _map_coordinates(values: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """scipy's N-linear ``map_coordinates`` (edge values beyond the edge centres) of ``values``
+    at ``(ndim, *out_spatial)`` points, in float32, its output split into one block per CPU
+    core (scipy releases Python's lock while it samples)."""
+    out = np.empty(points.shape[1:], np.float32)
+    if not out.size:
+        return out
+    blocks = [slice(part[0], part[-1] + 1) for part in
+              np.array_split(np.arange(len(out)), min(len(os.sched_getaffinity(0)), len(out)))]
+    with futures.ThreadPoolExecutor(len(blocks)) as pool:
+        list(pool.map(lambda block: ndimage.map_coordinates(
+            values, points[:, block], output=out[block], order=1, mode="nearest"), blocks))
+    return out
 
 
 def sample_axes(volume: np.ndarray, coords: list[np.ndarray]) -> np.ndarray:
