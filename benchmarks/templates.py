@@ -153,6 +153,7 @@ def make_atlases(vols: np.ndarray, small_segs: np.ndarray, train_segs: np.ndarra
     ``train_segs`` at 128^3): ``image`` (64^3), ``seg`` (128^3), ``seconds`` to make it,
     :func:`sharpness` and, for templates, their ``displacement_mm`` to the subjects (by ANTs;
     ``own_displacement_mm`` by the learned template's network)."""
+    import runtime  # noqa: F401  (before TensorFlow: oneDNN on)
     import keras
     import models
     import rundir
