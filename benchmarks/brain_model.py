@@ -107,17 +107,23 @@ def cases(full, pairs, grids, seed: int) -> dict:
                                    for case in unaligned]}
 
 
-def shipped(full, pairs, moving, grid) -> dict:
-    """The shipped model on every pair of one condition (one forward pass each)."""
+def shipped(full, pairs, moving, grid, finetune_steps: int = 0, refine_steps: int = 0) -> dict:
+    """The shipped model on every pair of one condition: one forward pass each, or after
+    ``finetune_steps`` and ``refine_steps`` of instance optimisation by MI (as ``register``)."""
     import runtime  # noqa: F401  (before TensorFlow: oneDNN on)
     import pretrained
+    import tuning
 
     model = pretrained.load()
+    refiner = tuning.Refiner(model, refine_steps, similarity="mi") if refine_steps else None
     results = []
     for (m, s), (image, seg, moving_grid) in zip(pairs, moving):
-        out = pretrained.register_brains(model, image, full[0][s], moving_grid, grid, seg)
+        start = time.perf_counter()
+        out = pretrained.register_brains(model, image, full[0][s], moving_grid, grid, seg,
+                                         finetune_steps, refiner=refiner)
         scored = brains.score_pair(full, m, s, out["moved_seg"], out["deformation"])
-        results.append({**scored, "seconds": out["seconds"]})
+        results.append({**scored, "seconds": out["seconds"] if not (
+            finetune_steps or refine_steps) else time.perf_counter() - start})
         print(f"  pair {m}->{s}: Dice {np.nanmean(scored['dice']):.3f}", flush=True)
     return {"per_pair": results}
 
@@ -165,6 +171,13 @@ def score(args) -> None:
             result = brains.cached(os.path.join(args.output, f"shipped_{name}.json"), pairs,
                                    lambda: shipped(full, pairs, scans, grids[0]), model)
             rows.append(("shipped model, one forward pass", condition, result))
+        if "tuned" in args.methods and condition.startswith("unaligned"):
+            steps = {"finetune_steps": args.finetune_steps, "refine_steps": args.refine_steps}
+            result = brains.cached(
+                os.path.join(args.output, f"tuned_{name}.json"), pairs,
+                lambda: shipped(full, pairs, scans, grids[0], **steps), {**model, **steps})
+            rows.append((f"shipped model + --finetune_steps {args.finetune_steps} "
+                         f"--refine_steps {args.refine_steps} (MI)", condition, result))
         ants = {"unaligned, T1": ["mattes"], "unaligned, T2-like": args.ants}.get(
             condition, []) if "ants" in args.methods else []  # CC within T1: results.md
         for metric in ants:
@@ -239,7 +252,11 @@ def main() -> None:
     scored.add_argument("--ants", nargs="*", default=["mattes", "CC"], choices=["mattes", "CC"],
                         help="ANTs Affine + SyN rows on the unaligned pairs (needs antspyx)")
     scored.add_argument("--methods", nargs="+", default=["shipped", "ants"],
-                        choices=["shipped", "ants"])
+                        choices=["shipped", "tuned", "ants"],
+                        help="'tuned': the shipped model with instance optimisation by MI, on "
+                             "the unaligned pairs")
+    scored.add_argument("--finetune_steps", type=int, default=50, help="of the 'tuned' rows")
+    scored.add_argument("--refine_steps", type=int, default=20, help="of the 'tuned' rows")
     scored.add_argument("--max_pairs", type=int, default=None)
     timed = steps.add_parser("speed", help="time main.py register with the shipped model")
     timed.add_argument("--output", default=os.path.join(ROOT, "runs", "brain_model"))
