@@ -205,17 +205,20 @@ def field_on(field: np.ndarray, to_work: np.ndarray, shape: tuple[int, ...]) -> 
 
     When the two grids' axes are parallel (``to_work`` permutes and scales them, as for a scan
     stored in any of the 48 axis orders), it is sampled axis by axis
-    (``transforms.sample_axes``), several times faster; otherwise voxel by voxel."""
+    (``transforms.sample_axes``), several times faster; otherwise voxel by voxel. Beyond the
+    working grid the field keeps its edge's values: dropping to zero there would tear the map
+    (fold it) wherever the affine stage moved the scan."""
     linear_part = to_work[:3, :3]
     axes = np.argmax(np.abs(linear_part), axis=0)  # the working axis along each grid axis
     parallel = (sorted(axes) == [0, 1, 2] and np.allclose(
         np.delete(linear_part.T.ravel(), axes + np.arange(3) * 3), 0, atol=1e-6))
     if not parallel:
         points = np.moveaxis(grid_points(to_work, shape), 0, -1)
-        return np.ascontiguousarray(np.moveaxis(transforms.sample(field, points), -1, 0))
+        return np.ascontiguousarray(np.moveaxis(transforms.sample(field, points, edge=True),
+                                                -1, 0))
     coords = [to_work[axes[a], a] * np.arange(size) + to_work[axes[a], 3]
               for a, size in enumerate(shape)]
-    return np.stack([transforms.sample_axes(np.transpose(field[..., c], axes), coords)
+    return np.stack([transforms.sample_axes(np.transpose(field[..., c], axes), coords, edge=True)
                      for c in range(3)])
 
 

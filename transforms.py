@@ -122,7 +122,8 @@ def spacing_grid(shape: tuple[int, ...], spacing=None) -> Grid:
     return Grid(tuple(shape), np.diag([*sizes, *[1.0] * (4 - len(shape))]))
 
 
-def sample(volume: np.ndarray, coords: np.ndarray, interpolation: str = "linear") -> np.ndarray:
+def sample(volume: np.ndarray, coords: np.ndarray, interpolation: str = "linear",
+           edge: bool = False) -> np.ndarray:
     """Sample ``volume`` at voxel coordinates, zero outside it (as ITK's resampling does).
 
     Parameters
@@ -136,6 +137,9 @@ def sample(volume: np.ndarray, coords: np.ndarray, interpolation: str = "linear"
         scipy's ``map_coordinates``, several times faster on a CPU for large volumes).
     interpolation : {"linear", "nearest"}
         N-linear (float32 output) or nearest neighbour (``volume``'s dtype kept: label maps).
+    edge : bool
+        Outside the volume, the nearest edge voxel's value instead of zero (a displacement
+        field extended beyond its grid without a jump).
 
     Returns
     -------
@@ -162,7 +166,8 @@ def sample(volume: np.ndarray, coords: np.ndarray, interpolation: str = "linear"
         points = np.moveaxis(coords, -1, 0)
         channels = [_map_coordinates(values[..., c], points) for c in range(values.shape[-1])]
         sampled = channels[0][..., None] if len(channels) == 1 else np.stack(channels, axis=-1)
-    sampled[~inside] = 0
+    if not edge:
+        sampled[~inside] = 0
     sampled = sampled if vector else sampled[..., 0]
     return sampled.astype(volume.dtype if interpolation == "nearest" else np.float32, copy=False)
 
@@ -182,7 +187,7 @@ def _map_coordinates(values: np.ndarray, points: np.ndarray) -> np.ndarray:
     return out
 
 
-def sample_axes(volume: np.ndarray, coords: list[np.ndarray]) -> np.ndarray:
+def sample_axes(volume: np.ndarray, coords: list[np.ndarray], edge: bool = False) -> np.ndarray:
     """N-linear sampling at the points of a lattice, one axis at a time (as :func:`sample`).
 
     When the points form a lattice along the volume's own axes (grids whose axes are parallel,
@@ -195,6 +200,8 @@ def sample_axes(volume: np.ndarray, coords: list[np.ndarray]) -> np.ndarray:
         ``(*in_spatial)`` values.
     coords : list of np.ndarray
         For each axis of ``volume``, the ``(n_d,)`` voxel coordinates along it.
+    edge : bool
+        Outside the volume, the edge's values instead of zero (as :func:`sample`).
 
     Returns
     -------
@@ -205,17 +212,17 @@ def sample_axes(volume: np.ndarray, coords: list[np.ndarray]) -> np.ndarray:
     values = np.asarray(volume, np.float32)
     growth = [len(c) / size for c, size in zip(coords, volume.shape)]
     for axis in sorted(range(values.ndim), key=lambda a: (growth[a], -a)):  # last axes first
-        values = _along_axis(values, np.asarray(coords[axis], np.float64), axis)
+        values = _along_axis(values, np.asarray(coords[axis], np.float64), axis, edge)
     return values
 
 
-def _along_axis(values: np.ndarray, coords: np.ndarray, axis: int) -> np.ndarray:
+def _along_axis(values: np.ndarray, coords: np.ndarray, axis: int, edge: bool) -> np.ndarray:
     """Linear interpolation of ``values`` along one ``axis`` at ``coords`` (edge values up to
-    half a voxel beyond the edge centres, zero further out)."""
+    half a voxel beyond the edge centres, then zero, or the edge's with ``edge``)."""
     size = values.shape[axis]
     shape = [1] * values.ndim
     shape[axis] = -1
-    inside = (coords >= -0.5) & (coords <= size - 0.5)
+    inside = edge | ((coords >= -0.5) & (coords <= size - 0.5))
     coords = np.clip(coords, 0, size - 1)
     low = np.minimum(np.floor(coords).astype(np.intp), max(size - 2, 0))
     weight = coords - low

@@ -120,9 +120,23 @@ def test_a_field_onto_a_grid_of_permuted_flipped_axes_is_sampled_as_voxel_by_vox
     to_work = np.array([[0.0, 0.9, 0.0, 7.5], [0.0, 0.0, 1.3, -1.0], [-0.7, 0.0, 0.0, 2.0],
                         [0.0, 0.0, 0.0, 1.0]])  # a scan's axes onto the working grid's
     points = np.moveaxis(pretrained.grid_points(to_work, (11, 12, 9)), 0, -1)
-    expected = np.moveaxis(transforms.sample(field, points), -1, 0)
+    expected = np.moveaxis(transforms.sample(field, points, edge=True), -1, 0)
+    assert (points[..., 0] > 7.5).any()  # beyond the field's grid too: its edge's values
     np.testing.assert_allclose(pretrained.field_on(field, to_work, (11, 12, 9)), expected,
                                atol=1e-6)
+
+
+def test_a_map_of_the_affine_stage_stays_unfolded_beyond_the_working_grid():
+    work = transforms.Grid((12, 12, 12), np.diag([3.0, 3.0, 3.0, 1.0]))
+    wider = np.diag([3.0, 3.0, 3.0, 1.0])
+    wider[:3, 3] = -12.0  # the static scan reaches 4 voxels beyond the working grid each side
+    static = transforms.Grid((20, 20, 20), wider)
+    voxels = np.stack(np.meshgrid(*[np.arange(12.0)] * 3, indexing="ij"), axis=-1) - 5.5
+    rotation = transforms.rotation_matrix(np.radians([20.0, 0.0, 0.0]))
+    field = (voxels @ rotation.T - voxels + [2.5, 0.0, 0.0]).astype(np.float32)  # and a shift
+    out = pretrained.on_static_grid(field, [work, work], np.ones((20, 20, 20), np.float32),
+                                    static, static, None)
+    assert scores.folding_fraction(out["deformation"]) == 0.0
 
 
 def test_refinement_on_the_finer_working_grids_runs_with_mutual_information(scans, tmp_path,

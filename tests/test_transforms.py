@@ -152,3 +152,8 @@ def test_sampling_axis_by_axis_equals_sampling_point_by_point():
     expected = transforms.sample(volume, np.stack(np.meshgrid(*coords, indexing="ij"), axis=-1))
     assert (expected == 0).any() and (expected > 0).any()
     np.testing.assert_allclose(transforms.sample_axes(volume, coords), expected, atol=1e-6)
+    extended = transforms.sample(volume, np.stack(np.meshgrid(*coords, indexing="ij"), axis=-1),
+                                 edge=True)
+    assert (extended > 0).all()  # the edge's values beyond the edge
+    np.testing.assert_allclose(transforms.sample_axes(volume, coords, edge=True), extended,
+                               atol=1e-6)
