@@ -549,9 +549,11 @@ def fuse_labels(network: keras.Model, template: np.ndarray, data: datasets.Datas
     return fused
 
 
-def sharpness(image: np.ndarray) -> float:
-    """Mean gradient magnitude of an image (intensity per voxel): higher is sharper."""
-    return float(np.mean(np.linalg.norm(np.stack(np.gradient(image.astype(np.float64))), axis=0)))
+def sharpness(image: np.ndarray, where: np.ndarray | None = None) -> float:
+    """Mean gradient magnitude of an image (intensity per voxel), over the voxels ``where`` is
+    true (a boolean mask) or every voxel: higher is sharper."""
+    magnitude = np.linalg.norm(np.stack(np.gradient(image.astype(np.float64))), axis=0)
+    return float(np.mean(magnitude if where is None else magnitude[where]))
 
 
 def mean_displacement(field: np.ndarray, spacing: tuple[float, ...] | None) -> dict:

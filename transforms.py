@@ -154,10 +154,6 @@ def sample(volume: np.ndarray, coords: np.ndarray, interpolation: str = "linear"
     coords = np.asarray(coords, np.float32)
     if np.isnan(np.sum(coords)):  # one pass, no copy
         coords = np.nan_to_num(coords, nan=-1.0)  # NaN: outside
-    inside = np.ones(coords.shape[:-1], bool)
-    for d in range(ndim):  # axis by axis: no (*out_spatial, ndim) temporaries
-        inside &= coords[..., d] >= -0.5
-        inside &= coords[..., d] <= size[d] - 0.5
     if interpolation == "nearest":  # the nearest voxel centre, clamped to the volume
         index = tuple(np.clip(np.floor(coords[..., d] + 0.5), 0, size[d] - 1).astype(np.intp)
                       for d in range(ndim))
@@ -167,9 +163,19 @@ def sample(volume: np.ndarray, coords: np.ndarray, interpolation: str = "linear"
         channels = [_map_coordinates(values[..., c], points) for c in range(values.shape[-1])]
         sampled = channels[0][..., None] if len(channels) == 1 else np.stack(channels, axis=-1)
     if not edge:
-        sampled[~inside] = 0
+        sampled[~_inside(coords, size)] = 0
     sampled = sampled if vector else sampled[..., 0]
     return sampled.astype(volume.dtype if interpolation == "nearest" else np.float32, copy=False)
+
+
+def _inside(coords: np.ndarray, size: np.ndarray) -> np.ndarray:
+    """``(*out_spatial)``: whether each point's every coordinate is in ``[-0.5, size - 0.5]``
+    (built axis by axis: no ``(*out_spatial, ndim)`` temporaries)."""
+    inside = np.ones(coords.shape[:-1], bool)
+    for d in range(coords.shape[-1]):
+        inside &= coords[..., d] >= -0.5
+        inside &= coords[..., d] <= size[d] - 0.5
+    return inside
 
 
 def _map_coordinates(values: np.ndarray, points: np.ndarray) -> np.ndarray:

@@ -125,26 +125,21 @@ def learn_template(train_set: str, folder: str, args) -> str:
     return run
 
 
-def network_fields(network, template: np.ndarray, vols: np.ndarray) -> list[dict]:
-    """Register ``template`` (moving) to each of ``vols`` with a network: ``deformation`` and
-    ``inverse`` of each, in voxels."""
-    import registration
-
-    return [registration.register(network, template, v, inverse=True) for v in vols]
-
-
 def mean_displacement_mm(fields: list[np.ndarray]) -> float:
     """Length of the mean of displacements (voxels of 3 mm), averaged over voxels, in mm."""
-    return float(np.mean(np.linalg.norm(np.mean(fields, axis=0), axis=-1)) * 3.0)
+    import template
+
+    return template.mean_displacement(np.mean(fields, axis=0), (3.0,) * 3)["mm"]
 
 
 def sharpness(image: np.ndarray, brain: np.ndarray) -> float:
-    """Mean gradient magnitude (per voxel) over the ``brain`` voxels, the image first scaled so
-    that the brain's 1st and 99th percentiles are 0 and 1 (an NCC template's intensities are
-    free up to a scale, and its background is not learned)."""
+    """``template.sharpness`` over the ``brain`` voxels, the image first scaled so that the
+    brain's 1st and 99th percentiles are 0 and 1 (an NCC template's intensities are free up to
+    a scale, and its background is not learned)."""
+    import template
+
     low, high = np.percentile(image[brain], [1, 99])
-    gradient = np.stack(np.gradient((image.astype(np.float64) - low) / (high - low)))
-    return float(np.mean(np.linalg.norm(gradient, axis=0)[brain]))
+    return template.sharpness((image.astype(np.float64) - low) / (high - low), brain)
 
 
 def make_atlases(vols: np.ndarray, small_segs: np.ndarray, train_segs: np.ndarray, run: str,
@@ -156,6 +151,7 @@ def make_atlases(vols: np.ndarray, small_segs: np.ndarray, train_segs: np.ndarra
     import runtime  # noqa: F401  (before TensorFlow: oneDNN on)
     import keras
     import models
+    import registration
     import rundir
     import volumes
 
@@ -174,7 +170,7 @@ def make_atlases(vols: np.ndarray, small_segs: np.ndarray, train_segs: np.ndarra
     network = models.registration_model(keras.models.load_model(
         os.path.join(run, rundir.MODEL), compile=False))
     image = volumes.load_volume(os.path.join(run, rundir.TEMPLATE))[0].astype(np.float32)
-    own = network_fields(network, image, vols)
+    own = [registration.register(network, image, v, inverse=True) for v in vols]
     atlases["learned template"] = {
         "image": image, "seconds": rundir.read_json(os.path.join(run, rundir.METRICS))[
             "train_seconds"], "network": network,
