@@ -33,6 +33,7 @@ from volumes import DataError, DataWarning
 
 FLOAT32_MAX = float(np.finfo(np.float32).max)  # larger intensities overflow float32
 
+
 @dataclasses.dataclass
 class Dataset:
     """Volumes, optional label maps and an optional atlas, all on one grid.

@@ -464,7 +464,7 @@ def register(args) -> str:
         registered = registration.register_scans(
             model, moving, static, moving_grid, static_grid, moving_seg, args.finetune_steps,
             args.finetune_lr, inverse=args.inverse_warp is not None,
-            refiner=refiner(model, args), tune_loss=args.tune_loss)
+            refiner=refiner(model, args), tune_loss=tune_loss(args))
     else:
         registered = pretrained.register_brains(
             model, moving, static, moving_grid, static_grid, moving_seg, args.finetune_steps,
@@ -564,7 +564,7 @@ def evaluate(args) -> str:
         results, _ = registration.evaluate_pairs(
             model, pairs, labels or None, spacing=data.spacing,
             finetune_steps=args.finetune_steps, finetune_lr=args.finetune_lr, inverse=True,
-            refiner=refiner(model, args), tune_loss=args.tune_loss)
+            refiner=refiner(model, args), tune_loss=tune_loss(args))
     else:
         results = pretrained.evaluate_pairs(model, pairs, labels or None, data.spacing,
                                             args.finetune_steps, args.finetune_lr,

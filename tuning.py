@@ -103,7 +103,8 @@ def image_terms(model: keras.Model, similarity: str | None = None) -> list[objec
         if similarity is None:
             raise volumes.UsageError("this model was trained from label maps and has no image "
                                      "loss of its own: give --tune_loss (mi across contrasts)")
-        return [objective.Term("moved", objective.image_similarity(similarity), 1.0, ("static", "moved")),
+        return [objective.Term("moved", objective.image_similarity(similarity), 1.0,
+                               ("static", "moved")),
                 *(term._replace(weight=objective.DEFAULT_LAMBDA[similarity]) for term in terms)]
     if similarity is None:
         return terms
