@@ -13,6 +13,7 @@ seed alone.
 """
 import numpy as np
 
+import sampling
 import shapes
 import transforms
 import utils
@@ -170,4 +171,4 @@ def affine_moved(volume: np.ndarray, matrix: np.ndarray, interpolation: str = "l
     """``volume`` resampled by an affine map of its voxels: ``moved[x] = volume[A x + b]``
     (zero outside), e.g. to misalign a moving image by :func:`random_affine`."""
     coords = transforms.spacing_grid(volume.shape).coordinates()
-    return transforms.sample(volume, coords @ matrix[:, :-1].T + matrix[:, -1], interpolation)
+    return sampling.sample(volume, coords @ matrix[:, :-1].T + matrix[:, -1], interpolation)

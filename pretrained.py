@@ -20,6 +20,7 @@ import keras
 import datasets
 import registration
 import rundir
+import sampling
 import scores
 import transforms
 import tuning
@@ -192,9 +193,9 @@ def on_static_grid(field: np.ndarray, grids: list[transforms.Grid], moving: np.n
     to_moving = np.linalg.inv(moving_grid.matrix) @ static_grid.matrix
     coords = grid_points(to_moving, shape, linear(to_moving, deformation, out=field))
     out = {"deformation": np.moveaxis(deformation, 0, -1),
-           "moved": transforms.sample(moving, np.moveaxis(coords, 0, -1))}
+           "moved": sampling.sample(moving, np.moveaxis(coords, 0, -1))}
     if moving_seg is not None:
-        out["moved_seg"] = transforms.sample(moving_seg, np.moveaxis(coords, 0, -1), "nearest")
+        out["moved_seg"] = sampling.sample(moving_seg, np.moveaxis(coords, 0, -1), "nearest")
     out["warp"] = np.moveaxis(linear(static_grid.matrix, deformation, out=coords), 0, -1)  # LPS mm
     return out
 
@@ -205,7 +206,7 @@ def field_on(field: np.ndarray, to_work: np.ndarray, shape: tuple[int, ...]) -> 
 
     When the two grids' axes are parallel (``to_work`` permutes and scales them, as for a scan
     stored in any of the 48 axis orders), it is sampled axis by axis
-    (``transforms.sample_axes``), several times faster; otherwise voxel by voxel. Beyond the
+    (``sampling.sample_axes``), several times faster; otherwise voxel by voxel. Beyond the
     working grid the field keeps its edge's values: dropping to zero there would tear the map
     (fold it) wherever the affine stage moved the scan."""
     linear_part = to_work[:3, :3]
@@ -214,11 +215,11 @@ def field_on(field: np.ndarray, to_work: np.ndarray, shape: tuple[int, ...]) -> 
         np.delete(linear_part.T.ravel(), axes + np.arange(3) * 3), 0, atol=1e-6))
     if not parallel:
         points = np.moveaxis(grid_points(to_work, shape), 0, -1)
-        return np.ascontiguousarray(np.moveaxis(transforms.sample(field, points, edge=True),
+        return np.ascontiguousarray(np.moveaxis(sampling.sample(field, points, edge=True),
                                                 -1, 0))
     coords = [to_work[axes[a], a] * np.arange(size) + to_work[axes[a], 3]
               for a, size in enumerate(shape)]
-    return np.stack([transforms.sample_axes(np.transpose(field[..., c], axes), coords, edge=True)
+    return np.stack([sampling.sample_axes(np.transpose(field[..., c], axes), coords, edge=True)
                      for c in range(3)])
 
 

@@ -20,6 +20,7 @@ import keras
 import numpy as np
 
 import datasets
+import sampling
 import scores
 import models
 import shapes
@@ -299,9 +300,9 @@ def register_scans(model: keras.Model, moving: np.ndarray, static: np.ndarray,
     coords = static_grid.coordinates() + deformation
     if not same:  # the resampling composed with the displacement: one interpolation
         coords = moving_grid.voxels(static_grid.world(coords))
-    registered["moved"] = transforms.sample(moving, coords)
+    registered["moved"] = sampling.sample(moving, coords)
     if moving_seg is not None:
-        registered["moved_seg"] = transforms.sample(moving_seg, coords, "nearest")
+        registered["moved_seg"] = sampling.sample(moving_seg, coords, "nearest")
     registered["warp"] = transforms.to_world(deformation, static_grid)
     if "affine" in registered:  # moving-image voxels are the static grid's, resampled or not
         registered["affine_world"] = transforms.world_matrix(registered["affine"], static_grid)

@@ -72,6 +72,7 @@ def misaligned(full_set, pairs, grid, other, seed: int, **limits) -> list[dict]:
         the points of the misaligned scan that match them.
     """
     import augmentation
+    import sampling
     import transforms
 
     vols, segs = full_set[:2]
@@ -82,8 +83,8 @@ def misaligned(full_set, pairs, grid, other, seed: int, **limits) -> list[dict]:
         moved_by = transforms.world_matrix(augmentation.random_affine(rng, grid.shape, 1.5,
                                                                         **limits), grid)
         coords = grid.voxels(points @ moved_by[:3, :3].T + moved_by[:3, 3])
-        made.append({"image": transforms.sample(vols[m], coords),
-                     "seg": transforms.sample(segs[m], coords, "nearest"),
+        made.append({"image": sampling.sample(vols[m], coords),
+                     "seg": sampling.sample(segs[m], coords, "nearest"),
                      "truth": np.linalg.inv(moved_by)})
     return made
 
@@ -97,10 +98,10 @@ def recovery(world: np.ndarray, truth: np.ndarray, points: np.ndarray) -> dict:
 def score(full_set, m: int, s: int, grid, other, case: dict, deformation: np.ndarray) -> dict:
     """Scores of a registration given as a displacement on the 128^3 grid, in its voxels, of the
     static points to the misaligned scan's world."""
-    import transforms
+    import sampling
 
     points = grid.world(grid.coordinates() + deformation)
-    moved_seg = transforms.sample(case["seg"], other.voxels(points), "nearest")
+    moved_seg = sampling.sample(case["seg"], other.voxels(points), "nearest")
     return brains.score_pair(full_set, m, s, moved_seg, deformation)
 
 

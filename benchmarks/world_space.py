@@ -34,6 +34,7 @@ sys.path.insert(0, ROOT)
 import runtime  # noqa: E402, F401  (TensorFlow's settings: before its first import)
 import main  # noqa: E402
 from benchmarks import brains  # noqa: E402
+import sampling  # noqa: E402
 import scores  # noqa: E402
 import transforms  # noqa: E402
 import volumes  # noqa: E402
@@ -120,7 +121,7 @@ def file_consistency(warp: str, inverse: str) -> np.ndarray:
     forward, grid = transforms.load_warp(warp)
     backward, moving_grid = transforms.load_warp(inverse)
     points = transforms.warped_points(forward, grid)
-    back = points + transforms.sample(backward, moving_grid.voxels(points))
+    back = points + sampling.sample(backward, moving_grid.voxels(points))
     return np.linalg.norm(back - grid.world(grid.coordinates()), axis=-1)
 
 

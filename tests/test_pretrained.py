@@ -8,6 +8,7 @@ import SimpleITK as sitk  # a test requirement (requirements.txt): these tests n
 
 import main
 import pretrained
+import sampling
 import scores
 import synthetic
 import transforms
@@ -120,7 +121,7 @@ def test_a_field_onto_a_grid_of_permuted_flipped_axes_is_sampled_as_voxel_by_vox
     to_work = np.array([[0.0, 0.9, 0.0, 7.5], [0.0, 0.0, 1.3, -1.0], [-0.7, 0.0, 0.0, 2.0],
                         [0.0, 0.0, 0.0, 1.0]])  # a scan's axes onto the working grid's
     points = np.moveaxis(pretrained.grid_points(to_work, (11, 12, 9)), 0, -1)
-    expected = np.moveaxis(transforms.sample(field, points, edge=True), -1, 0)
+    expected = np.moveaxis(sampling.sample(field, points, edge=True), -1, 0)
     assert (points[..., 0] > 7.5).any()  # beyond the field's grid too: its edge's values
     np.testing.assert_allclose(pretrained.field_on(field, to_work, (11, 12, 9)), expected,
                                atol=1e-6)

@@ -143,17 +143,3 @@ def test_inverse_consistency_of_a_map_that_leaves_the_grid_is_nan_not_an_error()
     error = transforms.inverse_consistency(far, -far, grid)
     assert set(error) == {"mean_mm", "p95_mm", "mean_voxels", "p95_voxels"}
     assert all(np.isnan(value) for value in error.values())
-
-
-def test_sampling_axis_by_axis_equals_sampling_point_by_point():
-    volume = np.random.default_rng(0).random((7, 9, 5)).astype(np.float32)
-    coords = [np.linspace(-1.2, 7.3, 11), np.linspace(8.6, -0.6, 13),
-              np.array([0.0, 1.5, 4.49, 4.51, -0.49])]  # some outside the volume, reversed
-    expected = transforms.sample(volume, np.stack(np.meshgrid(*coords, indexing="ij"), axis=-1))
-    assert (expected == 0).any() and (expected > 0).any()
-    np.testing.assert_allclose(transforms.sample_axes(volume, coords), expected, atol=1e-6)
-    extended = transforms.sample(volume, np.stack(np.meshgrid(*coords, indexing="ij"), axis=-1),
-                                 edge=True)
-    assert (extended > 0).all()  # the edge's values beyond the edge
-    np.testing.assert_allclose(transforms.sample_axes(volume, coords, edge=True), extended,
-                               atol=1e-6)
