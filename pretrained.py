@@ -4,12 +4,15 @@
 diffeomorphic VoxelMorph trained from label maps alone (``--synth data``), so it takes
 skull-stripped brain MRI of any contrast. It works on a grid of ``SHAPE`` voxels of
 ``SPACING_MM`` mm with RAS axes. :func:`register_brains` places such a grid on each scan,
-centred on the scan's brain (:func:`brain_centre`), so scans of any grid, orientation, voxel size
-and field of view, not aligned, come to the network as training showed them: two brains of
-unknown relative pose on one grid, which its affine stage then aligns. Every output is on the
-static scan's own grid and world space, the resamplings and the network's field composed into
-one map from static points to moving points.
+centred on the scan's brain, the moving scan's grid turned so that the principal axes of the
+two brains meet (:func:`brain_moments`, :func:`principal_rotation`: contrast-free, from the
+voxels that are brain). Scans of any grid, orientation, voxel size and field of view, not
+aligned, so come to the network as training showed them: two brains roughly in one pose on one
+grid, which its affine stage then aligns. Every output is on the static scan's own grid and
+world space, the resamplings and the network's field composed into one map from static points
+to moving points.
 """
+import itertools
 import os
 
 import numpy as np
@@ -33,7 +36,8 @@ SPACING_MM = 3.0  # its voxel size
 REFINE_FACTOR = 2  # --refine_steps refine the field on a grid this many times finer (1.5 mm)
 MIN_EXTENT_MM = 80.0  # a scan narrower than this along an axis cannot hold a brain
 BRIGHT = 99.5  # intensities are scaled to [0, 1] by this percentile of the brain's, then clipped
-BRAIN = 0.1  # share of that percentile above which a voxel counts as brain for the centre
+BRAIN = 0.1  # share of that percentile above which a voxel counts as brain (centre, axes)
+MAX_ROTATION = 30.0  # degrees: a larger turn between two brains' principal axes is not trusted
 LPS_TO_RAS = np.array([-1.0, -1.0, 1.0])
 
 
@@ -65,24 +69,67 @@ def scaled(image: np.ndarray, name: str) -> np.ndarray:
     return np.clip(image, 0.0, 1.0, out=image)
 
 
-def brain_centre(image: np.ndarray, grid: transforms.Grid) -> np.ndarray:
-    """``(3,)`` LPS point in mm: the centre of the voxels brighter than ``BRAIN`` of the
-    scaled image (:func:`scaled`)."""
+def brain_moments(image: np.ndarray, grid: transforms.Grid) -> tuple[np.ndarray, np.ndarray]:
+    """The centre and spread of a scan's brain: the voxels brighter than ``BRAIN`` of the scaled
+    image (:func:`scaled`), whatever its contrast.
+
+    Returns
+    -------
+    centre : np.ndarray
+        ``(3,)`` LPS point in mm, their mean.
+    covariance : np.ndarray
+        ``(3, 3)`` their covariance in LPS mm^2, from sums along the scan's axes (exact; no
+        list of voxels is made).
+    """
     brain = image > BRAIN
-    others = [tuple(a for a in range(brain.ndim) if a != axis) for axis in range(brain.ndim)]
-    return grid.world(np.array([np.arange(size) @ brain.sum(axis=axes) / brain.sum()
-                                for size, axes in zip(brain.shape, others)]))
+    count = brain.sum()
+    index = [np.arange(size, dtype=np.float64) for size in brain.shape]
+    lines = [brain.sum(axis=tuple(b for b in range(3) if b != a)) for a in range(3)]
+    mean = np.array([index[a] @ lines[a] for a in range(3)]) / count
+    second = np.diag([index[a] ** 2 @ lines[a] for a in range(3)])
+    for a, b in ((0, 1), (0, 2), (1, 2)):
+        second[a, b] = second[b, a] = index[a] @ brain.sum(axis=3 - a - b) @ index[b]
+    covariance = second / count - np.outer(mean, mean)  # in voxels^2
+    linear_part = grid.matrix[:3, :3]
+    return grid.world(mean), linear_part @ covariance @ linear_part.T
 
 
-def working_grid(centre: np.ndarray, factor: int = 1) -> transforms.Grid:
-    """The network's grid (``SHAPE`` at ``SPACING_MM``, or ``factor`` times finer), RAS axes,
-    centred on the LPS point ``centre``; its voxel centres are those ``utils.resize_displacement``
-    maps between the two."""
+def principal_rotation(moving: np.ndarray, static: np.ndarray) -> np.ndarray:
+    """``(3, 3)`` rotation of LPS directions that takes the static brain's principal axes onto
+    the moving brain's (eigenvectors of the ``(3, 3)`` covariances of :func:`brain_moments`),
+    the one of the eight sign choices nearest the identity; the identity when even that one
+    turns by more than ``MAX_ROTATION`` degrees (axes of near-equal spread, or a scan that is
+    not a brain)."""
+    moving_axes, static_axes = np.linalg.eigh(moving)[1], np.linalg.eigh(static)[1]
+    best = max((rotation for rotation in (moving_axes @ np.diag(signs) @ static_axes.T
+                                          for signs in itertools.product((1.0, -1.0), repeat=3))
+                if np.linalg.det(rotation) > 0), key=np.trace)
+    turned = np.degrees(np.arccos(np.clip((np.trace(best) - 1.0) / 2.0, -1.0, 1.0)))
+    return best if turned <= MAX_ROTATION else np.eye(3)
+
+
+def working_grid(centre: np.ndarray, factor: int = 1, rotation: np.ndarray | None = None
+                 ) -> transforms.Grid:
+    """The network's grid (``SHAPE`` at ``SPACING_MM``, or ``factor`` times finer), centred on
+    the LPS point ``centre``, its axes RAS or, with ``rotation`` (``(3, 3)``, of LPS directions),
+    RAS turned by it; its voxel centres are those ``utils.resize_displacement`` maps between
+    the two."""
     shape = tuple(size * factor for size in SHAPE)
     spacing = SPACING_MM / factor
-    affine = np.diag([spacing] * 3 + [1.0])
-    affine[:3, 3] = centre * LPS_TO_RAS - spacing * (np.array(shape) - 1) / 2
+    turn = np.eye(3) if rotation is None else LPS_TO_RAS[:, None] * rotation * LPS_TO_RAS
+    affine = np.eye(4)
+    affine[:3, :3] = turn * spacing
+    affine[:3, 3] = centre * LPS_TO_RAS - turn @ (spacing * (np.array(shape) - 1) / 2)
     return transforms.Grid(shape, affine)
+
+
+def working_grids(poses: list[tuple[np.ndarray, np.ndarray]], rotation: np.ndarray,
+                  factor: int = 1) -> list[transforms.Grid]:
+    """The working grids of a pair (moving, static) from their :func:`brain_moments`: each
+    centred on its brain, the moving one turned by ``rotation`` (:func:`principal_rotation`),
+    so that one voxel of both grids is one point of the two brains once their centres and
+    principal axes meet."""
+    return [working_grid(poses[0][0], factor, rotation), working_grid(poses[1][0], factor)]
 
 
 def register_brains(model: keras.Model, moving: np.ndarray, static: np.ndarray,
@@ -93,10 +140,11 @@ def register_brains(model: keras.Model, moving: np.ndarray, static: np.ndarray,
     """Register two brain scans of any grids with the shipped model (or one like it).
 
     Each scan is scaled (:func:`scaled`) and resampled onto a :func:`working_grid` centred on
-    its brain; the network registers the two; ``finetune_steps`` first tune it on the pair and
-    ``refiner`` then refines its field on grids ``REFINE_FACTOR`` times finer. The outputs
-    compose: static voxel -> static world -> working grid -> field -> the moving side's
-    working grid -> moving world -> moving voxel, sampled once.
+    its brain, the moving one turned onto the static brain's principal axes
+    (:func:`working_grids`); the network registers the two; ``finetune_steps`` first tune it
+    on the pair and ``refiner`` then refines its field on grids ``REFINE_FACTOR`` times finer.
+    The outputs compose: static voxel -> static world -> working grid -> field -> the moving
+    side's working grid -> moving world -> moving voxel, sampled once.
 
     Parameters
     ----------
@@ -129,9 +177,10 @@ def register_brains(model: keras.Model, moving: np.ndarray, static: np.ndarray,
         check_scan(image, grid, name)
     moving_seg = registration.moving_label_map(moving_seg, moving.shape)
     images = [scaled(moving, "moving image"), scaled(static, "static image")]
-    centres = [brain_centre(image, grid) for image, grid in zip(images, (moving_grid,
-                                                                         static_grid))]
-    grids = [working_grid(centre) for centre in centres]
+    poses = [brain_moments(image, grid) for image, grid in zip(images, (moving_grid,
+                                                                       static_grid))]
+    rotation = principal_rotation(poses[0][1], poses[1][1])
+    grids = working_grids(poses, rotation)
     small = [transforms.resample(image, grid, work)
              for image, grid, work in zip(images, (moving_grid, static_grid), grids)]
     network = registration.network_for(model, SHAPE)
@@ -141,7 +190,7 @@ def register_brains(model: keras.Model, moving: np.ndarray, static: np.ndarray,
     registered = registration.register(network, *small, traced=False)  # one pair: no graph
     field, refine_seconds, refine_note = registered["deformation"], 0.0, None
     if refiner is not None:
-        grids = [working_grid(centre, REFINE_FACTOR) for centre in centres]
+        grids = working_grids(poses, rotation, REFINE_FACTOR)
         fine = [transforms.resample(image, grid, work)
                 for image, grid, work in zip(images, (moving_grid, static_grid), grids)]
         field = np.asarray(utils.resize_displacement(field[None], grids[1].shape))[0]
@@ -150,11 +199,10 @@ def register_brains(model: keras.Model, moving: np.ndarray, static: np.ndarray,
     out.update(seconds=registered["seconds"], finetune_seconds=finetune_seconds,
                refine_seconds=refine_seconds, finetune_fallback=finetune_note,
                refine_fallback=refine_note)
-    if "affine" in registered:
-        shift = np.eye(4)
-        shift[:3, 3] = centres[0] - centres[1]  # the moving working grid's offset, LPS mm
-        out["affine_world"] = shift @ transforms.world_matrix(registered["affine"],
-                                                              working_grid(centres[1]))
+    if "affine" in registered:  # static world -> static working voxel -> moving working grid
+        static_work, moving_work = working_grids(poses, rotation)[::-1]
+        out["affine_world"] = (moving_work.matrix @ np.linalg.inv(static_work.matrix)
+                               @ transforms.world_matrix(registered["affine"], static_work))
     if inverse:
         out["inverse"] = transforms.invert(out["deformation"])
         out["inverse_error"] = transforms.inverse_consistency(out["deformation"], out["inverse"],
