@@ -305,7 +305,7 @@ def save_warp(path: str, warp: np.ndarray, grid: Grid) -> None:
     image.set_qform(grid.affine, code=1)
     image.set_sform(grid.affine, code=1)
     with volumes.atomic_path(path) as tmp:
-        nib.save(image, tmp)
+        volumes.write_image(image, tmp)
 
 
 def load_warp(path: str) -> tuple[np.ndarray, Grid]:

@@ -2,6 +2,7 @@
 import errno
 import os
 import tempfile
+import zlib
 
 import hypothesis
 import hypothesis.extra.numpy as hnp
@@ -125,6 +126,26 @@ def test_a_failed_write_is_a_write_error_and_keeps_the_old_file(tmp_path, monkey
         volumes.save_volume(path, np.ones(3))
     assert os.listdir(tmp_path) == ["vol.npy"]  # no temporary file left
     np.testing.assert_array_equal(volumes.read_npy(path), np.zeros(3))
+
+
+def test_a_nifti_gz_compressed_in_blocks_is_one_image_to_itk_and_nibabel(tmp_path):
+    """``write_image`` cuts a ``.nii.gz`` into gzip members compressed on several threads;
+    SimpleITK (zlib's ``gzread``, as ANTs) and nibabel read them as one file."""
+    import SimpleITK as sitk
+
+    vectors = np.random.default_rng(0).normal(size=(9, 8, 7, 1, 3)).astype(np.float32)
+    affine = np.diag([1.5, 2.0, 2.5, 1.0])
+    path = str(tmp_path / "vectors.nii.gz")
+    image = nib.Nifti1Image(vectors, affine)
+    image.header.set_intent("vector")  # read as a 3D image of vectors, as a warp
+    volumes.write_image(image, path, block=1000)
+    with open(path, "rb") as file:
+        first = zlib.decompressobj(31)
+        first.decompress(file.read())
+    assert len(first.unused_data) > 0  # more than one member follows the first
+    np.testing.assert_array_equal(nib.load(path).get_fdata(dtype=np.float32), vectors)
+    read = sitk.GetArrayFromImage(sitk.ReadImage(path))  # (z, y, x, components)
+    np.testing.assert_array_equal(np.transpose(read, (2, 1, 0, 3)), vectors[:, :, :, 0])
 
 
 def test_voxel_size_is_one_value_for_every_axis_or_one_per_axis():
