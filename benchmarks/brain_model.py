@@ -77,6 +77,7 @@ def write_data(args) -> None:
 def export(args) -> None:
     """``export``: the run's newest model, without its optimiser, as the shipped file."""
     import runtime  # noqa: F401  (before TensorFlow: oneDNN on)
+    import models
     import pretrained
     import rundir
 
@@ -87,6 +88,10 @@ def export(args) -> None:
     model = rundir.load_model(source)
     bare = model.__class__.from_config(model.get_config())
     bare.set_weights(model.get_weights())
+    for path in args.stages:  # a stage trained on its own replaces the run's
+        stage = rundir.load_model(path)
+        models.initialise(bare, stage)
+        source += f" with the {models.transform(models.registration_model(stage))} stage of {path}"
     os.makedirs(os.path.dirname(pretrained.FILE), exist_ok=True)
     bare.save(pretrained.FILE + ".tmp.keras")
     os.replace(pretrained.FILE + ".tmp.keras", pretrained.FILE)
@@ -247,6 +252,9 @@ def main() -> None:
     data.add_argument("--output", required=True, help="folder to write the two files into")
     run = steps.add_parser("export", help="write a run's model as pretrained/brain.keras")
     run.add_argument("--run", required=True, help="the training's run folder")
+    run.add_argument("--stages", nargs="*", default=[],
+                     help="model files whose weights replace the matching stage of the run's "
+                          "model (e.g. a deformable stage trained on its own)")
     scored = steps.add_parser("score", help="score the shipped model on the test pairs")
     scored.add_argument("--output", default=os.path.join(ROOT, "runs", "brain_model"))
     scored.add_argument("--ants", nargs="*", default=["mattes", "CC"], choices=["mattes", "CC"],
