@@ -27,7 +27,8 @@ unaligned (the moving scan moved by a random rigid map of up to ``ROTATION`` deg
 ``SHIFT_MM`` mm per axis, on a FreeSurfer-like 176^3 grid at 1.25 mm, ``affine_brains.grids``),
 moving T1 or T2-like (``contrasts.t2_like``), static T1; and beside it, on the unaligned pairs,
 ANTs Affine + SyN (``SyN``) at antspyx's default iterations: with MI, and across contrasts also
-with CC (``--ants``).
+with CC (``--ants``). ``poses`` measures how far each stage of ``register`` brings the unaligned
+T1 scans to their true pose (the data's alignment), in mm over the static brain's voxels.
 """
 import argparse
 import hashlib
@@ -244,6 +245,42 @@ def speed(args) -> None:
           f"{os.cpu_count()} cores")
 
 
+def poses(args) -> None:
+    """``poses``: the distance (mean mm over every 50th voxel of the static brain) between the
+    true map of the unaligned T1 pairs and the map of: the brain centres alone, the centres and
+    principal axes (``pretrained.principal_rotation``), and those with the network's affine
+    stage (``register``'s ``--affine``)."""
+    import runtime  # noqa: F401  (before TensorFlow: oneDNN on)
+    import pretrained
+
+    full = brains.full_resolution_test_set(args.data)
+    grid, _, other = affine_brains.grids(args.data)
+    pairs = brains.test_pairs(len(full[0]), None)
+    unaligned = affine_brains.misaligned(full, pairs, grid, other, SEED, rotation=ROTATION,
+                                         scaling=(1.0, 1.0), shear=0.0, translation=SHIFT_MM)
+    model = pretrained.load()
+    errors = {"brain centres": [], "centres and principal axes": [],
+              "and the affine stage": []}
+    for (_, s), case in zip(pairs, unaligned):
+        points = grid.world(np.argwhere(full[1][s] > 0)[::50].astype(float))
+        moments = [pretrained.brain_moments(pretrained.scaled(image, name), image_grid)
+                   for image, image_grid, name in ((case["image"], other, "moving"),
+                                                   (full[0][s], grid, "static"))]
+        rotation = pretrained.principal_rotation(moments[0][1], moments[1][1])
+        for name, turn in (("brain centres", np.eye(3)),
+                           ("centres and principal axes", rotation)):
+            rigid = np.eye(4)
+            rigid[:3, :3], rigid[:3, 3] = turn, moments[0][0] - turn @ moments[1][0]
+            errors[name].append(affine_brains.recovery(rigid, case["truth"], points))
+        out = pretrained.register_brains(model, case["image"], full[0][s], other, grid)
+        errors["and the affine stage"].append(affine_brains.recovery(out["affine_world"],
+                                                                     case["truth"], points))
+    print("| pose from | error, mean of 6 pairs (mm) | per pair (mm) |\n|---|---|---|")
+    for name, found in errors.items():
+        values = [error["recovery_mm"] for error in found]
+        print(f"| {name} | {np.mean(values):.2f} | {', '.join(f'{v:.2f}' for v in values)} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     steps = parser.add_subparsers(dest="step", required=True)
@@ -269,10 +306,12 @@ def main() -> None:
     timed = steps.add_parser("speed", help="time main.py register with the shipped model")
     timed.add_argument("--output", default=os.path.join(ROOT, "runs", "brain_model"))
     timed.add_argument("--repeats", type=int, default=3)
-    for step in (data, scored, timed):
+    posed = steps.add_parser("poses", help="how far register's stages bring unaligned scans")
+    for step in (data, scored, timed, posed):
         step.add_argument("--data", default=brains.DATA, help="the fstrain9_128.npz file")
     args = parser.parse_args()
-    {"data": write_data, "export": export, "score": score, "speed": speed}[args.step](args)
+    {"data": write_data, "export": export, "score": score, "speed": speed,
+     "poses": poses}[args.step](args)
 
 
 if __name__ == "__main__":
