@@ -132,6 +132,13 @@ def working_grids(poses: list[tuple[np.ndarray, np.ndarray]], rotation: np.ndarr
     return [working_grid(poses[0][0], factor, rotation), working_grid(poses[1][0], factor)]
 
 
+def pose_map(grids: list[transforms.Grid]) -> np.ndarray:
+    """``(4, 4)`` map of LPS points, static -> moving, that the working grids (moving, static)
+    of :func:`working_grids` stand for with no network: each static working voxel's point to
+    the moving working voxel's."""
+    return grids[0].matrix @ np.linalg.inv(grids[1].matrix)
+
+
 def register_brains(model: keras.Model, moving: np.ndarray, static: np.ndarray,
                     moving_grid: transforms.Grid, static_grid: transforms.Grid,
                     moving_seg: np.ndarray | None = None, finetune_steps: int = 0,
@@ -188,21 +195,21 @@ def register_brains(model: keras.Model, moving: np.ndarray, static: np.ndarray,
              if finetune_steps else None)
     network, finetune_seconds, finetune_note = tuning.finetuned(network, tuner, *small)
     registered = registration.register(network, *small, traced=False)  # one pair: no graph
-    field, refine_seconds, refine_note = registered["deformation"], 0.0, None
+    field, field_grids = registered["deformation"], grids
+    refine_seconds, refine_note = 0.0, None
     if refiner is not None:
-        grids = working_grids(poses, rotation, REFINE_FACTOR)
+        field_grids = working_grids(poses, rotation, REFINE_FACTOR)
         fine = [transforms.resample(image, grid, work)
-                for image, grid, work in zip(images, (moving_grid, static_grid), grids)]
-        field = np.asarray(utils.resize_displacement(field[None], grids[1].shape))[0]
+                for image, grid, work in zip(images, (moving_grid, static_grid), field_grids)]
+        field = np.asarray(utils.resize_displacement(field[None], field_grids[1].shape))[0]
         field, refine_seconds, refine_note = tuning.refined(refiner, *fine, field)
-    out = on_static_grid(field, grids, moving, moving_grid, static_grid, moving_seg)
+    out = on_static_grid(field, field_grids, moving, moving_grid, static_grid, moving_seg)
     out.update(seconds=registered["seconds"], finetune_seconds=finetune_seconds,
                refine_seconds=refine_seconds, finetune_fallback=finetune_note,
                refine_fallback=refine_note)
-    if "affine" in registered:  # static world -> static working voxel -> moving working grid
-        static_work, moving_work = working_grids(poses, rotation)[::-1]
-        out["affine_world"] = (moving_work.matrix @ np.linalg.inv(static_work.matrix)
-                               @ transforms.world_matrix(registered["affine"], static_work))
+    if "affine" in registered:  # the affine stage's map, then the pose the working grids meet in
+        out["affine_world"] = pose_map(grids) @ transforms.world_matrix(registered["affine"],
+                                                                        grids[1])
     if inverse:
         out["inverse"] = transforms.invert(out["deformation"])
         out["inverse_error"] = transforms.inverse_consistency(out["deformation"], out["inverse"],

@@ -269,9 +269,8 @@ def poses(args) -> None:
         rotation = pretrained.principal_rotation(moments[0][1], moments[1][1])
         for name, turn in (("brain centres", np.eye(3)),
                            ("centres and principal axes", rotation)):
-            rigid = np.eye(4)
-            rigid[:3, :3], rigid[:3, 3] = turn, moments[0][0] - turn @ moments[1][0]
-            errors[name].append(affine_brains.recovery(rigid, case["truth"], points))
+            pose = pretrained.pose_map(pretrained.working_grids(moments, turn))
+            errors[name].append(affine_brains.recovery(pose, case["truth"], points))
         out = pretrained.register_brains(model, case["image"], full[0][s], other, grid)
         errors["and the affine stage"].append(affine_brains.recovery(out["affine_world"],
                                                                      case["truth"], points))
