@@ -17,8 +17,9 @@ import tensorflow as tf
 import layers  # noqa: F401  (registers the networks' layers: a saved model loads from here alone)
 import metrics  # also registers the losses, so that saved models load with their terms
 
-DEFAULT_LAMBDA = {"ncc": 1.0, "mse": 0.01, "mi": 3.0}  # smoothness weights: the papers' for
-# NCC and MSE; for MI the best Dice of 0.1, 1, 3, 10 on the 2D default data (docs/usage.md)
+DEFAULT_LAMBDA = {"ncc": 1.0, "mse": 0.01, "mi": 3.0, "mind": 0.05}  # smoothness weights: the
+# papers' for NCC and MSE; for MI the best Dice of 0.1, 1, 3, 10 on the 2D default data
+# (docs/usage.md); for MIND-SSD the best of refining the real brains' training pairs (brain-model.md)
 LOSSES = tuple(DEFAULT_LAMBDA)
 SYNTH_LAMBDA = 1.0  # smoothness weight beside the soft Dice of label maps (SynthMorph's)
 TRAINING_INPUTS = ("moving_seg", "static_seg")  # label maps, inputs of the segmentation loss only
@@ -116,10 +117,12 @@ def smoothed_field(transform: str, int_steps: int) -> str:
 
 def image_similarity(loss: str, ncc_window: int = 9):
     """The image loss named ``loss``: local NCC over ``ncc_window``-wide windows (Eq. 5), MSE
-    (Eq. 4) or mutual information (``metrics.MutualInformation``, across contrasts)."""
+    (Eq. 4), mutual information (``metrics.MutualInformation``) or the squared difference of
+    MIND descriptors (``metrics.MINDSSD``), the last two across contrasts."""
     if loss == "ncc":
         return metrics.local_normalized_cross_correlation_loss(ncc_window)
-    return {"mse": metrics.mse_loss, "mi": metrics.MutualInformation}[loss]()
+    return {"mse": metrics.mse_loss, "mi": metrics.MutualInformation,
+            "mind": metrics.MINDSSD}[loss]()
 
 
 def loss_terms(loss: str = "ncc", lamda: float | None = None, ncc_window: int = 9,

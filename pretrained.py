@@ -12,8 +12,8 @@ grid, which its affine stage then aligns. Every output is on the static scan's o
 world space, the resamplings and the network's field composed into one map from static points
 to moving points.
 """
-import itertools
 import os
+import time
 
 import numpy as np
 
@@ -21,6 +21,7 @@ import runtime  # noqa: F401  (TensorFlow's settings: before its first import)
 import keras
 
 import datasets
+import pose
 import registration
 import rundir
 import sampling
@@ -36,8 +37,7 @@ SPACING_MM = 3.0  # its voxel size
 REFINE_FACTOR = 2  # --refine_steps refine the field on a grid this many times finer (1.5 mm)
 MIN_EXTENT_MM = 80.0  # a scan narrower than this along an axis cannot hold a brain
 BRIGHT = 99.5  # intensities are scaled to [0, 1] by this percentile of the brain's, then clipped
-BRAIN = 0.1  # share of that percentile above which a voxel counts as brain (centre, axes)
-MAX_ROTATION = 30.0  # degrees: a larger turn between two brains' principal axes is not trusted
+CONTRAST_BINS = 64  # intensity bins of the moving scan mapped onto the static scan's contrast
 LPS_TO_RAS = np.array([-1.0, -1.0, 1.0])
 
 
@@ -69,67 +69,25 @@ def scaled(image: np.ndarray, name: str) -> np.ndarray:
     return np.clip(image, 0.0, 1.0, out=image)
 
 
-def brain_moments(image: np.ndarray, grid: transforms.Grid) -> tuple[np.ndarray, np.ndarray]:
-    """The centre and spread of a scan's brain: the voxels brighter than ``BRAIN`` of the scaled
-    image (:func:`scaled`), whatever its contrast.
-
-    Returns
-    -------
-    centre : np.ndarray
-        ``(3,)`` LPS point in mm, their mean.
-    covariance : np.ndarray
-        ``(3, 3)`` their covariance in LPS mm^2, from sums along the scan's axes (exact; no
-        list of voxels is made).
-    """
-    brain = image > BRAIN
-    count = brain.sum()
-    index = [np.arange(size, dtype=np.float64) for size in brain.shape]
-    lines = [brain.sum(axis=tuple(b for b in range(3) if b != a)) for a in range(3)]
-    mean = np.array([index[a] @ lines[a] for a in range(3)]) / count
-    second = np.diag([index[a] ** 2 @ lines[a] for a in range(3)])
-    for a, b in ((0, 1), (0, 2), (1, 2)):
-        second[a, b] = second[b, a] = index[a] @ brain.sum(axis=3 - a - b) @ index[b]
-    covariance = second / count - np.outer(mean, mean)  # in voxels^2
-    linear_part = grid.matrix[:3, :3]
-    return grid.world(mean), linear_part @ covariance @ linear_part.T
-
-
-def principal_rotation(moving: np.ndarray, static: np.ndarray) -> np.ndarray:
-    """``(3, 3)`` rotation of LPS directions that takes the static brain's principal axes onto
-    the moving brain's (eigenvectors of the ``(3, 3)`` covariances of :func:`brain_moments`),
-    the one of the eight sign choices nearest the identity; the identity when even that one
-    turns by more than ``MAX_ROTATION`` degrees (axes of near-equal spread, or a scan that is
-    not a brain)."""
-    moving_axes, static_axes = np.linalg.eigh(moving)[1], np.linalg.eigh(static)[1]
-    best = max((rotation for rotation in (moving_axes @ np.diag(signs) @ static_axes.T
-                                          for signs in itertools.product((1.0, -1.0), repeat=3))
-                if np.linalg.det(rotation) > 0), key=np.trace)
-    turned = np.degrees(np.arccos(np.clip((np.trace(best) - 1.0) / 2.0, -1.0, 1.0)))
-    return best if turned <= MAX_ROTATION else np.eye(3)
-
-
-def working_grid(centre: np.ndarray, factor: int = 1, rotation: np.ndarray | None = None
-                 ) -> transforms.Grid:
-    """The network's grid (``SHAPE`` at ``SPACING_MM``, or ``factor`` times finer), centred on
-    the LPS point ``centre``, its axes RAS or, with ``rotation`` (``(3, 3)``, of LPS directions),
-    RAS turned by it; its voxel centres are those ``utils.resize_displacement`` maps between
-    the two."""
+def working_grid(centre: np.ndarray, factor: int = 1) -> transforms.Grid:
+    """The network's grid (``SHAPE`` at ``SPACING_MM``, or ``factor`` times finer) with RAS
+    axes, centred on the LPS point ``centre``; its voxel centres are those
+    ``utils.resize_displacement`` maps between the two."""
     shape = tuple(size * factor for size in SHAPE)
     spacing = SPACING_MM / factor
-    turn = np.eye(3) if rotation is None else LPS_TO_RAS[:, None] * rotation * LPS_TO_RAS
-    affine = np.eye(4)
-    affine[:3, :3] = turn * spacing
-    affine[:3, 3] = centre * LPS_TO_RAS - turn @ (spacing * (np.array(shape) - 1) / 2)
+    affine = np.diag([spacing, spacing, spacing, 1.0])
+    affine[:3, 3] = centre * LPS_TO_RAS - spacing * (np.array(shape) - 1) / 2
     return transforms.Grid(shape, affine)
 
 
-def working_grids(poses: list[tuple[np.ndarray, np.ndarray]], rotation: np.ndarray,
-                  factor: int = 1) -> list[transforms.Grid]:
-    """The working grids of a pair (moving, static) from their :func:`brain_moments`: each
-    centred on its brain, the moving one turned by ``rotation`` (:func:`principal_rotation`),
-    so that one voxel of both grids is one point of the two brains once their centres and
-    principal axes meet."""
-    return [working_grid(poses[0][0], factor, rotation), working_grid(poses[1][0], factor)]
+def working_grids(static_centre: np.ndarray, world_map: np.ndarray, factor: int = 1
+                  ) -> list[transforms.Grid]:
+    """The working grids of a pair (moving, static): the static one centred on its brain
+    (``static_centre``, LPS mm), the moving one that grid carried into the moving scan's world
+    by the pose stage's ``(4, 4)`` LPS map (``pose.estimate``), so that one voxel of both grids
+    is one point of the two brains once posed."""
+    static = working_grid(static_centre, factor)
+    return [pose.grid_through(world_map, static), static]
 
 
 def pose_map(grids: list[transforms.Grid]) -> np.ndarray:
@@ -137,6 +95,36 @@ def pose_map(grids: list[transforms.Grid]) -> np.ndarray:
     of :func:`working_grids` stand for with no network: each static working voxel's point to
     the moving working voxel's."""
     return grids[0].matrix @ np.linalg.inv(grids[1].matrix)
+
+
+def in_contrast_of(moving: np.ndarray, static: np.ndarray) -> np.ndarray:
+    """The moving image in the static image's contrast, the two brains posed on one grid.
+
+    The moving brain's intensities fall into ``CONTRAST_BINS`` bins; each voxel takes the mean
+    static intensity of the brain voxels of its bin (the conditional mean that the correlation
+    ratio measures), bins that hold none interpolated between their neighbours. Any mapping of
+    intensities to tissues (a T2, FLAIR or PD scan against a T1) comes out close to the static
+    scan's, as far as one intensity names one tissue; the background stays 0.
+
+    Parameters
+    ----------
+    moving, static : np.ndarray
+        ``(*spatial)`` images in [0, 1] on one grid, brains posed (``pose.estimate``).
+
+    Returns
+    -------
+    np.ndarray
+        ``(*spatial)`` float32 in [0, 1].
+    """
+    bins = np.minimum((moving * CONTRAST_BINS).astype(np.int64), CONTRAST_BINS - 1)
+    brain = (moving > pose.BRAIN) & (static > pose.BRAIN)
+    counts = np.bincount(bins[brain], minlength=CONTRAST_BINS)
+    sums = np.bincount(bins[brain], static[brain], minlength=CONTRAST_BINS)
+    if not counts.any():  # no brain in common: nothing to learn the mapping from
+        return moving
+    filled = np.flatnonzero(counts)
+    table = np.interp(np.arange(CONTRAST_BINS), filled, sums[filled] / counts[filled])
+    return np.where(moving > pose.BRAIN, table[bins], 0.0).astype(np.float32)
 
 
 def register_brains(model: keras.Model, moving: np.ndarray, static: np.ndarray,
@@ -184,12 +172,16 @@ def register_brains(model: keras.Model, moving: np.ndarray, static: np.ndarray,
         check_scan(image, grid, name)
     moving_seg = registration.moving_label_map(moving_seg, moving.shape)
     images = [scaled(moving, "moving image"), scaled(static, "static image")]
-    poses = [brain_moments(image, grid) for image, grid in zip(images, (moving_grid,
-                                                                       static_grid))]
-    rotation = principal_rotation(poses[0][1], poses[1][1])
-    grids = working_grids(poses, rotation)
+    scan_grids = [moving_grid, static_grid]
+    moments = [pose.brain_moments(image, grid) for image, grid in zip(images, scan_grids)]
+    start = time.perf_counter()
+    world_map, pose_note = pose.estimate(images, scan_grids, moments,
+                                         working_grid(moments[1][0]))
+    pose_seconds = time.perf_counter() - start
+    grids = working_grids(moments[1][0], world_map)
     small = [transforms.resample(image, grid, work)
-             for image, grid, work in zip(images, (moving_grid, static_grid), grids)]
+             for image, grid, work in zip(images, scan_grids, grids)]
+    small[0] = in_contrast_of(*small)
     network = registration.network_for(model, SHAPE)
     tuner = (tuning.FineTuner(model, finetune_steps, finetune_lr, SHAPE, tune_loss)
              if finetune_steps else None)
@@ -198,15 +190,16 @@ def register_brains(model: keras.Model, moving: np.ndarray, static: np.ndarray,
     field, field_grids = registered["deformation"], grids
     refine_seconds, refine_note = 0.0, None
     if refiner is not None:
-        field_grids = working_grids(poses, rotation, REFINE_FACTOR)
+        field_grids = working_grids(moments[1][0], world_map, REFINE_FACTOR)
         fine = [transforms.resample(image, grid, work)
-                for image, grid, work in zip(images, (moving_grid, static_grid), field_grids)]
+                for image, grid, work in zip(images, scan_grids, field_grids)]
+        fine[0] = in_contrast_of(*fine)
         field = np.asarray(utils.resize_displacement(field[None], field_grids[1].shape))[0]
         field, refine_seconds, refine_note = tuning.refined(refiner, *fine, field)
     out = on_static_grid(field, field_grids, moving, moving_grid, static_grid, moving_seg)
-    out.update(seconds=registered["seconds"], finetune_seconds=finetune_seconds,
-               refine_seconds=refine_seconds, finetune_fallback=finetune_note,
-               refine_fallback=refine_note)
+    out.update(seconds=registered["seconds"], pose_seconds=pose_seconds,
+               finetune_seconds=finetune_seconds, refine_seconds=refine_seconds,
+               pose_note=pose_note, finetune_fallback=finetune_note, refine_fallback=refine_note)
     if "affine" in registered:  # the affine stage's map, then the pose the working grids meet in
         out["affine_world"] = pose_map(grids) @ transforms.world_matrix(registered["affine"],
                                                                         grids[1])

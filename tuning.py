@@ -75,7 +75,8 @@ class Watch:
         return f"{self.stopped}: {kept}; try a lower {rate}"
 
 
-def image_terms(model: keras.Model, similarity: str | None = None) -> list[objective.Term]:
+def image_terms(model: keras.Model, similarity: str | None = None,
+                lamda: float | None = None) -> list[objective.Term]:
     """The loss terms of a trained model that need no label map (its image similarities and
     smoothness, with its weights): those instance optimisation minimises.
 
@@ -88,6 +89,9 @@ def image_terms(model: keras.Model, similarity: str | None = None) -> list[objec
         e.g. mutual information for a pair of two contrasts; the weights stay the model's. A
         model trained from label maps (``--synth``) has none: it gets this one, of weight 1,
         and its smoothness the weight ``objective.DEFAULT_LAMBDA`` gives this similarity.
+    lamda : float, optional
+        The smoothness weight relative to the image similarity's, in place of the model's (e.g.
+        ``objective.DEFAULT_LAMBDA`` of a similarity given in place of the model's own).
 
     Raises
     ------
@@ -103,13 +107,17 @@ def image_terms(model: keras.Model, similarity: str | None = None) -> list[objec
         if similarity is None:
             raise volumes.UsageError("this model was trained from label maps and has no image "
                                      "loss of its own: give --tune_loss (mi across contrasts)")
-        return [objective.Term("moved", objective.image_similarity(similarity), 1.0,
-                               ("static", "moved")),
-                *(term._replace(weight=objective.DEFAULT_LAMBDA[similarity]) for term in terms)]
-    if similarity is None:
+        terms = [objective.Term("moved", objective.image_similarity(similarity), 1.0,
+                                ("static", "moved")),
+                 *(term._replace(weight=objective.DEFAULT_LAMBDA[similarity]) for term in terms)]
+    elif similarity is not None:
+        terms = [term if isinstance(term.loss, metrics.Grad) else
+                 term._replace(loss=objective.image_similarity(similarity)) for term in terms]
+    if lamda is None:
         return terms
-    return [term if isinstance(term.loss, metrics.Grad) else
-            term._replace(loss=objective.image_similarity(similarity)) for term in terms]
+    weight = next(term.weight for term in terms if term.name == "moved")
+    return [term._replace(weight=lamda * weight) if isinstance(term.loss, metrics.Grad) else term
+            for term in terms]
 
 
 class FineTuner:
@@ -132,13 +140,16 @@ class FineTuner:
         Adam learning rate.
     shape : tuple of int, optional
         Input shape of the tuned network (multiples of ``models.DIVISOR``); default the model's.
-    similarity : {"ncc", "mse", "mi"}, optional
+    similarity : {"ncc", "mse", "mi", "mind"}, optional
         The image similarity to tune with, in place of the model's own (:func:`image_terms`).
+    lamda : float, optional
+        Its smoothness weight relative to the similarity's, in place of the model's.
     """
 
     def __init__(self, model: keras.Model, steps: int, lr: float = 1e-3,
-                 shape: tuple[int, ...] | None = None, similarity: str | None = None):
-        terms = image_terms(model, similarity)
+                 shape: tuple[int, ...] | None = None, similarity: str | None = None,
+                 lamda: float | None = None):
+        terms = image_terms(model, similarity, lamda)
         network = models.registration_model(model)
         rebuilt = models.rebuild(network, shape or models.input_shape(network))
         self.network = objective.TrainingModel(rebuilt.input, rebuilt.output, rebuilt.name,
@@ -232,13 +243,15 @@ class Refiner:
         Optimisation steps per pair.
     lr : float
         Adam's initial learning rate, in voxels.
-    similarity : {"ncc", "mse", "mi"}, optional
+    similarity : {"ncc", "mse", "mi", "mind"}, optional
         The image similarity to refine with, in place of the model's own (:func:`image_terms`).
+    lamda : float, optional
+        Its smoothness weight relative to the similarity's, in place of the model's.
     """
 
     def __init__(self, model: keras.Model, steps: int, lr: float = REFINE_LR,
-                 similarity: str | None = None):
-        terms = {term.name: term for term in image_terms(model, similarity)}
+                 similarity: str | None = None, lamda: float | None = None):
+        terms = {term.name: term for term in image_terms(model, similarity, lamda)}
         smooth = [term for term in terms.values() if isinstance(term.loss, metrics.Grad)]
         if not smooth:
             raise volumes.UsageError("refinement optimises a deformable field: this model has "
