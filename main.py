@@ -14,9 +14,9 @@ This module is the command line only: its parsers, and for each command the inpu
 the files it writes (the output files checked first, ``volumes.check_output_files``; evaluate's
 Dice CSV by :func:`write_dice_csv`). Training is ``training.train``, whose data rules evaluate
 shares (``training.data_source``); registering and scoring pairs are in ``registration.py``;
-world-space warps are ``transforms.py``'s; learning templates is ``template.py``'s; the run
-folder's files (``rundir.py``) are written atomically. ``python3 main.py COMMAND --help``
-lists every option.
+world-space warps are ``transforms.py``'s; learning templates is ``template_training.py``'s;
+the run folder's files (``rundir.py``) are written atomically. ``python3 main.py COMMAND
+--help`` lists every option.
 
 At some 620 lines it is longer than the others: half of it is the parsers of its five commands,
 whose help texts are the options' documentation.
@@ -40,6 +40,7 @@ import registration
 import rundir
 import synthetic
 import template
+import template_training
 import training
 import transforms
 import tuning
@@ -233,7 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_template_parser(commands) -> argparse.ArgumentParser:
-    """``main.py template``: learn a template of a set of scans (``template.py``)."""
+    """``main.py template``: learn a template of a set of scans (``template_training.py``)."""
     learn = commands.add_parser(
         "template", formatter_class=_HelpFormatter,
         help="learn a template (an unbiased atlas) of a set of scans",
@@ -258,8 +259,8 @@ def _add_template_parser(commands) -> argparse.ArgumentParser:
     learn.add_argument("--value", type=_number(float, -np.inf), default=None,
                        help="with --model: write the template for this attribute value")
     learn.add_argument("--epochs", type=_positive(int), default=8, help="training epochs")
-    learn.add_argument("--steps_per_epoch", type=_positive(int), default=template.DEFAULT_STEPS,
-                       help="training steps per epoch")
+    learn.add_argument("--steps_per_epoch", type=_positive(int),
+                       default=template_training.DEFAULT_STEPS, help="training steps per epoch")
     learn.add_argument("--batch_size", type=_positive(int), default=1, help="scans per step")
     learn.add_argument("--lr", type=_positive(float), default=1e-3, help="Adam learning rate")
     learn.add_argument("--loss", choices=objective.LOSSES, default="ncc",
@@ -627,7 +628,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     command = {"register": register, "apply": apply, "evaluate": evaluate,
-               "template": template.command}.get(args.command, train)
+               "template": template_training.command}.get(args.command, train)
     with warnings.catch_warnings():
         warnings.showwarning = _print_warning
         try:
