@@ -35,6 +35,7 @@ import datasets
 import scores
 import models
 import objective
+import pairing
 import pretrained
 import registration
 import rundir
@@ -556,8 +557,8 @@ def evaluate(args) -> str:
     model = rundir.load_model(args.model) if args.model else pretrained.load()
     shape = models.input_shape(model)
     data = evaluation_set(args.data, args.atlas, args.pairs, shape, args.pairs_file)
-    mode = datasets.pairing(data, args.pairs)
-    pairs = datasets.make_pairs(data, mode, args.max_pairs)
+    mode = pairing.pairing_mode(data, args.pairs)
+    pairs = pairing.make_pairs(data, mode, args.max_pairs)
     labels, names = datasets.scored_labels(data, args.labels)
     print(f"evaluating {args.model or 'the shipped brain model'} on {len(pairs)} {mode} pairs "
           f"of shape {data.shape}, {len(labels)} labels")

@@ -33,6 +33,7 @@ import filelists
 import scores
 import models
 import objective
+import pairing
 import registration
 import rundir
 import shapes
@@ -100,7 +101,7 @@ def training_sets(data: str | None, atlas: str | None, pairs: str | None,
                 "atlas")
     if val_data is not None and val_fraction is not None:
         raise volumes.UsageError("--val_fraction and --val_data exclude each other")
-    train_set, val_set, mode = datasets.load_training_sets(
+    train_set, val_set, mode = pairing.load_training_sets(
         data, atlas, pairs, val_data, VAL_FRACTION if val_fraction is None else val_fraction, ndim)
     if augment and mode != "scan_to_scan":
         raise volumes.UsageError("--augment applies to scan_to_scan pairs")
@@ -112,7 +113,7 @@ def pair_list_sets(pairs_file: str, val_fraction: float | None, ndim: int | None
     """Training and validation pairs of ``--pairs_file``: the last ``--val_fraction`` of its
     pairs (at least one) validate."""
     listed = datasets.load_pairs_file(pairs_file, ndim)
-    train_set, val_set = datasets.split_pairs(
+    train_set, val_set = pairing.split_pairs(
         listed, VAL_FRACTION if val_fraction is None else val_fraction, pairs_file)
     return train_set, val_set, "listed"
 
@@ -152,7 +153,7 @@ def synth_sets(args) -> tuple[datasets.Dataset, datasets.Dataset, str]:
                                  "with label maps, or use --synth shapes")
     if args.data.endswith(".npz") and "vols" not in volumes.read_npz(args.data):
         return label_map_sets(args)
-    train_set, val_set, mode = datasets.load_training_sets(
+    train_set, val_set, mode = pairing.load_training_sets(
         args.data, None, "scan_to_scan", args.val_data,
         VAL_FRACTION if args.val_fraction is None else args.val_fraction, args.ndim)
     if train_set.segs is None:
@@ -246,7 +247,7 @@ def training_loader(train_set: datasets.Dataset, mode: str, default_data: bool,
             functools.partial(augmentation.random_subject, kinds=augment) if augment else None,
             train_set.segs, workers=2 if augment or lazy else 1, **options)
     if mode == "listed":
-        pairs = datasets.make_pairs(train_set, mode)
+        pairs = pairing.make_pairs(train_set, mode)
         loader = dataloader.RegistrationDataLoader(
             pairs.moving, pairs.static, batch_size, shuffle=True, seed=seed,
             moving_segs=pairs.moving_segs, static_segs=pairs.static_segs, workers=2, **options)
@@ -422,7 +423,7 @@ def locked_train(args, lock: contextlib.ExitStack) -> dict:
     train_set, val_set, mode = (synth_sets(args) if args.synth else training_sets(
         args.data, args.atlas, args.pairs, augment, args.val_data, args.val_fraction, args.ndim,
         args.pairs_file))
-    val_pairs = datasets.make_pairs(val_set, mode, MAX_VAL_PAIRS)  # scored on their own grid
+    val_pairs = pairing.make_pairs(val_set, mode, MAX_VAL_PAIRS)  # scored on their own grid
     shape = shapes.padded_shape(train_set.shape, models.DIVISOR)
     if shape != train_set.shape:
         print(f"Padded the volumes with zeros from {train_set.shape} to {shape} (sizes must "
@@ -456,7 +457,7 @@ def locked_train(args, lock: contextlib.ExitStack) -> dict:
         train_set, mode, args.data is None and args.pairs_file is None, args.batch_size,
         args.steps_per_epoch, args.seed, augment,
         {"labels": labels, "random_affine": args.random_affine, "spacing": train_set.spacing})
-    padded = datasets.make_pairs(val_set, mode, MAX_VAL_PAIRS)
+    padded = pairing.make_pairs(val_set, mode, MAX_VAL_PAIRS)
     val_loader = dataloader.RegistrationDataLoader(
         padded.moving, padded.static, args.batch_size, moving_segs=padded.moving_segs,
         static_segs=padded.static_segs, labels=labels)

@@ -70,11 +70,11 @@ def full_resolution_test_set(path: str):
 
 
 def test_pairs(count: int, max_pairs: int | None) -> list[tuple[int, int]]:
-    """Ordered pairs of ``count`` test subjects (``datasets.scan_to_scan_pairs``) by the shift
+    """Ordered pairs of ``count`` test subjects (``pairing.scan_to_scan_pairs``) by the shift
     from moving to static: shift 1 first (a cycle), then shift 2, ...."""
-    import datasets
+    import pairing
 
-    pairs = map(tuple, datasets.scan_to_scan_pairs(count).tolist())
+    pairs = map(tuple, pairing.scan_to_scan_pairs(count).tolist())
     return sorted(pairs, key=lambda pair: ((pair[1] - pair[0]) % count, pair[0]))[:max_pairs]
 
 
