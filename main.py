@@ -13,7 +13,7 @@ a template.
 This module is the command line only: its parsers, and for each command the inputs it reads and
 the files it writes (the output files checked first, ``volumes.check_output_files``; evaluate's
 Dice CSV by :func:`write_dice_csv`). Training is ``training.train``, whose data rules evaluate
-shares (``training.data_source``); registering and scoring pairs are in ``registration.py``;
+shares (``data_sources.py``); registering and scoring pairs are in ``registration.py``;
 world-space warps are ``transforms.py``'s; learning templates is ``template_training.py``'s;
 the run folder's files (``rundir.py``) are written atomically. ``python3 main.py COMMAND
 --help`` lists every option.
@@ -31,6 +31,7 @@ import runtime  # noqa: F401  (TensorFlow's settings: before its first import)
 import numpy as np
 
 import augmentation
+import data_sources
 import datasets
 import scores
 import models
@@ -39,7 +40,6 @@ import pairing
 import pretrained
 import registration
 import rundir
-import synthetic
 import template
 import template_training
 import training
@@ -200,7 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "out the last --val_fraction of --data)")
     parser.add_argument("--val_fraction", type=_number(float, 0, 1), default=None,
                         help="--data without --val_data: share of the subjects held out for "
-                             f"validation (default: {training.VAL_FRACTION})")
+                             f"validation (default: {data_sources.VAL_FRACTION})")
     parser.add_argument("--output", default=None,
                         help="output folder, new or empty (default: runs/<date>-<time>)")
     parser.add_argument("--seed", type=_number(int, 0, 2**32, low_open=False), default=0,
@@ -533,21 +533,6 @@ def apply(args) -> str:
             f"{'x'.join(map(str, grid.shape))} grid, wrote {args.output}")
 
 
-def evaluation_set(data: str | None, atlas: str | None, pairs: str | None,
-                   shape: tuple[int, ...], pairs_file: str | None = None) -> datasets.Dataset:
-    """The test set of ``evaluate``, for a model of input ``shape`` (volumes of any size, of
-    the model's dimension): the pairs of ``--pairs_file``, the default data or ``--data``, by
-    training's rules (``training.data_source``)."""
-    source = training.data_source(data, atlas, pairs, pairs_file, "evaluate")
-    if source == "listed":
-        return datasets.load_pairs_file(pairs_file, len(shape))
-    if source == "default":
-        if len(shape) not in synthetic.NUM_VALIDATION:
-            raise volumes.DataError(f"no default data for a model of input shape {shape}")
-        return synthetic.default_validation_set(len(shape))
-    return datasets.load_dataset(data, atlas, len(shape))
-
-
 def evaluate(args) -> str:
     """Score a trained model on every test pair; write eval.json, a CSV and a box plot."""
     if args.model is None and args.output is None:
@@ -556,7 +541,8 @@ def evaluate(args) -> str:
     output = rundir.output_folder(args.output or os.path.dirname(os.path.abspath(args.model)))
     model = rundir.load_model(args.model) if args.model else pretrained.load()
     shape = models.input_shape(model)
-    data = evaluation_set(args.data, args.atlas, args.pairs, shape, args.pairs_file)
+    data = data_sources.evaluation_set(args.data, args.atlas, args.pairs, shape,
+                                        args.pairs_file)
     mode = pairing.pairing_mode(data, args.pairs)
     pairs = pairing.make_pairs(data, mode, args.max_pairs)
     labels, names = datasets.scored_labels(data, args.labels)
