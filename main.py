@@ -12,7 +12,7 @@ a template.
 
 This module is the command line only: its parsers, and for each command the inputs it reads and
 the files it writes (the output files checked first, ``volumes.check_output_files``; evaluate's
-Dice CSV by :func:`write_dice_csv`). Training is ``training.train``, whose data rules evaluate
+Dice CSV by ``scores.write_dice_csv``). Training is ``training.train``, whose data rules evaluate
 shares (``data_sources.py``); registering and scoring pairs are in ``registration.py``;
 world-space warps are ``transforms.py``'s; learning templates is ``template_training.py``'s;
 the run folder's files (``rundir.py``) are written atomically. ``python3 main.py COMMAND
@@ -22,7 +22,6 @@ At some 620 lines it is longer than the others: half of it is the parsers of its
 whose help texts are the options' documentation.
 """
 import argparse
-import csv
 import os
 import sys
 import warnings
@@ -409,28 +408,7 @@ def train(args) -> str:
     if "worker" in summary:  # not the chief, which writes the run folder and scores
         return (f"{summary['worker']} trained in {summary['train_seconds']:.0f} s, weights "
                 f"sha256 {summary['weights_sha256']}")
-    return report(summary) + f", trained in {summary['train_seconds']:.0f} s"
-
-
-def report(summary: dict) -> str:
-    """One line of the headline scores of ``scores.summarize``."""
-    line = (f"NCC {summary['ncc_before']['mean']:.3f} -> {summary['ncc_after']['mean']:.3f}")
-    if "dice_after" in summary:
-        line += (f", Dice {summary['dice_before']['mean']:.3f} -> "
-                 f"{summary['dice_after']['mean']:.3f}, HD95 {summary['hd95_mean']['mean']:.2f} "
-                 f"voxels")
-        if "hd95_mm" in summary:
-            line += f" ({summary['hd95_mm_mean']['mean']:.2f} mm)"
-        if summary["hd95_left_out"]["mean"]:
-            line += (f" over the structures both maps hold ({summary['hd95_left_out']['mean']:g} "
-                     f"per pair left out)")
-    line += (f", SDlogJ {summary['sdlogj']['mean']:.3f}, "
-             f"folding voxels {100 * summary['folding_fraction']['mean']:.3f}%")
-    if "inverse_error" in summary:
-        line += f", inverse consistency {summary['inverse_error']['mean']:.3f} voxels"
-        if "inverse_error_mm" in summary:
-            line += f" ({summary['inverse_error_mm']['mean']:.3f} mm)"
-    return line
+    return scores.headline(summary) + f", trained in {summary['train_seconds']:.0f} s"
 
 
 def register(args) -> str:
@@ -454,11 +432,11 @@ def register(args) -> str:
         raise volumes.UsageError(f"--affine: {args.model} is a deformable model, without an "
                                  f"affine stage (train one with --transform affine, rigid or "
                                  f"joint)")
-    moving, _, moving_grid = scan(args.moving, "moving")
-    static, static_image, static_grid = scan(args.static, "static")
+    moving, _, moving_grid = transforms.load_scan(args.moving, "moving")
+    static, static_image, static_grid = transforms.load_scan(args.static, "static")
     moving_seg = None
     if args.moving_seg is not None:
-        moving_seg, _, seg_grid = scan(args.moving_seg, "moving label map")
+        moving_seg, _, seg_grid = transforms.load_scan(args.moving_seg, "moving label map")
         if not seg_grid.same_as(moving_grid):
             raise volumes.DataError(f"{args.moving_seg} is not on the moving image's grid "
                                     f"(shape {seg_grid.shape} vs {moving_grid.shape}, or affine)")
@@ -502,24 +480,18 @@ def register(args) -> str:
     return line
 
 
-def scan(path: str, name: str) -> tuple[np.ndarray, object, transforms.Grid]:
-    """A volume file as stored, its nibabel image (None for arrays) and its grid in world space."""
-    volume, image = volumes.load_volume(path)
-    return volume, image, transforms.Grid.of(image, volume.shape, f"{name} {path}")
-
-
 def apply(args) -> str:
     """Apply a saved warp to an image or label map in the moving space; write it."""
     volumes.check_output_files({"--output": args.output},
                                [args.warp, args.moving, args.reference or ""])
     warp, grid = transforms.load_warp(args.warp)
-    volume, _, moving_grid = scan(args.moving, "moving")
+    volume, _, moving_grid = transforms.load_scan(args.moving, "moving")
     if moving_grid.ndim != grid.ndim:
         raise volumes.DataError(f"{args.moving} is {moving_grid.ndim}D but the warp "
                                 f"{args.warp} is {grid.ndim}D")
     reference = grid.affine
     if args.reference is not None:
-        _, image, reference_grid = scan(args.reference, "reference")
+        _, image, reference_grid = transforms.load_scan(args.reference, "reference")
         if not reference_grid.same_as(grid):
             raise volumes.DataError(f"the warp's grid (shape {grid.shape}) is not the grid of "
                                     f"--reference {args.reference} (shape "
@@ -568,7 +540,7 @@ def evaluate(args) -> str:
                                    "spacing": data.spacing, "summary": summary,
                                    "per_pair": per_pair})
     if "dice_after" in summary:
-        write_dice_csv(os.path.join(output, rundir.DICE_CSV), labels, names, summary)
+        scores.write_dice_csv(os.path.join(output, rundir.DICE_CSV), labels, names, summary)
         viz.plot_dice(evaluation, os.path.join(output, rundir.DICE_PLOT))
     fell_back = [f"{sum(bool(result[key]) for result in results)} of {len(results)} pairs "
                  f"fell back in {what} (see {key} in {rundir.EVALUATION})"
@@ -577,22 +549,8 @@ def evaluate(args) -> str:
                  if any(result[key] for result in results)]
     for line in fell_back:
         warnings.warn(line, volumes.DataWarning)
-    return report(summary) + (f", {summary['seconds']['mean']:.3f} s per pair; "
+    return scores.headline(summary) + (f", {summary['seconds']['mean']:.3f} s per pair; "
                               f"wrote {evaluation}")
-
-
-def write_dice_csv(path: str, labels: list[int], names: list[str] | None, summary: dict) -> None:
-    """Per-structure scores, mean and std over pairs: Dice before and after registration, HD95
-    after it in voxels and, when the spacing is known, in mm."""
-    keys = [key for key in ("dice_before", "dice_after", "hd95", "hd95_mm") if key in summary]
-    with volumes.atomic_path(path) as tmp, open(tmp, "w", newline="") as file:
-        writer = csv.writer(file)
-        writer.writerow(["label", "name"] + [f"{key}_{stat}" for key in keys
-                                             for stat in ("mean", "std")])
-        for i, label in enumerate(labels):
-            writer.writerow([label, names[i] if names else label]
-                            + [f"{summary[key][stat][i]:.4f}" for key in keys
-                               for stat in ("per_label", "per_label_std")])
 
 
 def volume_name(data: datasets.Dataset, index: int) -> int | str:
