@@ -18,8 +18,9 @@ world-space warps are ``transforms.py``'s; learning templates is ``template_trai
 the run folder's files (``rundir.py``) are written atomically. ``python3 main.py COMMAND
 --help`` lists every option.
 
-At some 620 lines it is longer than the others: half of it is the parsers of its five commands,
-whose help texts are the options' documentation.
+At some 590 lines it is the longest module: half of it is the parsers of its five commands,
+whose help texts are the options' documentation; flags that several commands share are defined
+once (``_add_run_flags``, ``_add_loss_flags``, ``_add_data_flags``, ``_add_model_flags``).
 """
 import argparse
 import os
@@ -78,6 +79,42 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
+def _add_run_flags(parser: argparse.ArgumentParser, unit: str, output: str = "") -> None:
+    """How a run trains and where it goes, shared by training and ``template``: ``--epochs``,
+    ``--batch_size`` (``unit`` per step), ``--lr``, ``--seed``, ``--output``, ``--resume``."""
+    parser.add_argument("--epochs", type=_positive(int), default=8, help="training epochs")
+    parser.add_argument("--batch_size", type=_positive(int), default=1, help=f"{unit} per step")
+    parser.add_argument("--lr", type=_positive(float), default=1e-3, help="Adam learning rate")
+    parser.add_argument("--seed", type=_number(int, 0, 2**32, low_open=False), default=0,
+                        help="random seed, in [0, 2^32)")
+    parser.add_argument("--output", default=None,
+                        help="output folder, new or empty (default: runs/<date>-<time>)" + output)
+    parser.add_argument("--resume", default=None, metavar="RUN_DIR",
+                        help="continue the run in RUN_DIR from its last checkpoint, with the "
+                             "flags stored in RUN_DIR/args.json; only --epochs (to train longer) "
+                             "and --lr may be given")
+
+
+def _add_loss_flags(parser: argparse.ArgumentParser, int_steps: int) -> None:
+    """The loss of Eq. (2) and the field it smooths, shared by training and ``template``:
+    ``--loss``, ``--lamda``, ``--ncc_window``, ``--int_steps`` (by default ``int_steps``; 0, the
+    CVPR displacement, only where it is the default) and ``--int_downsize``."""
+    parser.add_argument("--loss", choices=objective.LOSSES, default="ncc",
+                        help="image similarity: local NCC, mean squared error, or mutual "
+                             "information (for images of different contrasts)")
+    parser.add_argument("--lamda", type=_number(float, 0, low_open=False), default=None,
+                        help="weight of the smoothness loss (default: 1.0 for ncc, 0.01 for mse)")
+    parser.add_argument("--ncc_window", type=_positive(int), default=9,
+                        help="width of the local NCC window in voxels, per axis (the paper: 9 "
+                             "at 1 mm)")
+    parser.add_argument("--int_steps", type=_positive(int, zero=not int_steps), default=int_steps,
+                        help="diffeomorphic: integrate a stationary velocity field in this many "
+                             "scaling and squaring steps"
+                             + ("" if int_steps else " (7 is usual; 0: the CVPR displacement)"))
+    parser.add_argument("--int_downsize", type=_positive(int), default=1,
+                        help="with --int_steps: integrate at 1/F resolution, then resize")
+
+
 def _add_data_flags(parser: argparse.ArgumentParser, default: str) -> None:
     """``--data``, ``--atlas`` and ``--pairs``, shared by training and evaluation."""
     parser.add_argument("--data", default=None,
@@ -97,7 +134,12 @@ def _add_data_flags(parser: argparse.ArgumentParser, default: str) -> None:
                              "to the CSV's folder")
 
 
-def _add_finetune_flags(parser: argparse.ArgumentParser) -> None:
+def _add_model_flags(parser: argparse.ArgumentParser, shipped: str) -> None:
+    """``--model`` (``shipped`` says what the shipped brain model takes) and the flags of
+    instance optimisation on each pair, shared by ``register`` and ``evaluate``."""
+    parser.add_argument("--model", default=None,
+                        help=f"trained model (.keras); without it, the shipped brain model "
+                             f"({shipped})")
     parser.add_argument("--finetune_steps", type=_positive(int, zero=True), default=0,
                         help="instance optimisation: Adam steps on each pair's own image loss "
                              "before registering it (its label maps are never used)")
@@ -135,28 +177,14 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train VoxelMorph (Balakrishnan et al., CVPR 2018) on moving/static pairs. "
                     "Without --data it trains on the embedded default data: synthetic subjects "
                     "made by random smooth deformations of the MNI152 template.")
-    parser.add_argument("--epochs", type=_positive(int), default=8, help="training epochs")
-    parser.add_argument("--batch_size", type=_positive(int), default=1, help="pairs per step")
-    parser.add_argument("--lr", type=_positive(float), default=1e-3, help="Adam learning rate")
-    parser.add_argument("--lamda", type=_number(float, 0, low_open=False), default=None,
-                        help="weight of the smoothness loss (default: 1.0 for ncc, 0.01 for mse)")
+    _add_run_flags(parser, "pairs")
+    _add_loss_flags(parser, int_steps=0)
     parser.add_argument("--model", choices=("vm1", "vm2"), default="vm2",
                         help="VoxelMorph-1 or VoxelMorph-2 decoder")
     parser.add_argument("--unet", choices=models.UNETS, default="paper",
                         help="U-Net layout: the CVPR paper's (stride-2 convolutions) or the "
                              "official code's (stride-1 convolutions and max pooling, more "
                              "computation at full resolution)")
-    parser.add_argument("--loss", choices=objective.LOSSES, default="ncc",
-                        help="image similarity: local NCC, mean squared error, or mutual "
-                             "information (for images of different contrasts)")
-    parser.add_argument("--ncc_window", type=_positive(int), default=9,
-                        help="width of the local NCC window in voxels, per axis (the paper: 9 "
-                             "at 1 mm)")
-    parser.add_argument("--int_steps", type=_positive(int, zero=True), default=0,
-                        help="diffeomorphic: integrate a stationary velocity field in this many "
-                             "scaling and squaring steps (7 is usual; 0: the CVPR displacement)")
-    parser.add_argument("--int_downsize", type=_positive(int), default=1,
-                        help="with --int_steps: integrate at 1/F resolution, then resize")
     parser.add_argument("--bidir", action="store_true",
                         help="also warp the static image with the inverse field (symmetric loss)")
     parser.add_argument("--seg_weight", type=_positive(float, zero=True), default=0.0,
@@ -200,10 +228,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--val_fraction", type=_number(float, 0, 1), default=None,
                         help="--data without --val_data: share of the subjects held out for "
                              f"validation (default: {data_sources.VAL_FRACTION})")
-    parser.add_argument("--output", default=None,
-                        help="output folder, new or empty (default: runs/<date>-<time>)")
-    parser.add_argument("--seed", type=_number(int, 0, 2**32, low_open=False), default=0,
-                        help="random seed, in [0, 2^32)")
     parser.add_argument("--gpus", type=_positive(int), default=None,
                         help="train on this many GPUs with tf.distribute.MirroredStrategy, "
                              "--batch_size split across them (default: all visible GPUs when "
@@ -218,10 +242,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--tensorboard", action="store_true",
                         help="write TensorBoard logs into OUTPUT/tensorboard (needs the "
                              "tensorboard package)")
-    parser.add_argument("--resume", default=None, metavar="RUN_DIR",
-                        help="continue the run in RUN_DIR from its last checkpoint, with the "
-                             "flags stored in RUN_DIR/args.json; only --epochs (to train longer) "
-                             "and --lr may be given")
 
     commands = parser.add_subparsers(dest="command",
                                      metavar="{register,apply,evaluate,template}",
@@ -251,39 +271,20 @@ def _add_template_parser(commands) -> argparse.ArgumentParser:
                        help="learn a template that is a function of an attribute: a CSV with "
                             "a column 'scan' (each scan's index from 0, or file name) and the "
                             "numeric COLUMN")
-    learn.add_argument("--output", default=None,
-                       help="output folder, new or empty (default: runs/<date>-<time>); with "
-                            "--value, the template file")
     learn.add_argument("--model", default=None, metavar="RUN",
                        help="with --value: the folder of a conditional template run")
     learn.add_argument("--value", type=_number(float, -np.inf), default=None,
                        help="with --model: write the template for this attribute value")
-    learn.add_argument("--epochs", type=_positive(int), default=8, help="training epochs")
+    _add_run_flags(learn, "scans", "; with --value, the template file")
     learn.add_argument("--steps_per_epoch", type=_positive(int),
                        default=template_training.DEFAULT_STEPS, help="training steps per epoch")
-    learn.add_argument("--batch_size", type=_positive(int), default=1, help="scans per step")
-    learn.add_argument("--lr", type=_positive(float), default=1e-3, help="Adam learning rate")
-    learn.add_argument("--loss", choices=objective.LOSSES, default="ncc",
-                       help="image similarity of the warped template and each scan")
-    learn.add_argument("--lamda", type=_number(float, 0, low_open=False), default=None,
-                       help="weight of the smoothness loss (default: 1.0 for ncc, 0.01 for mse)")
-    learn.add_argument("--ncc_window", type=_positive(int), default=9,
-                       help="width of the local NCC window in voxels, per axis")
-    learn.add_argument("--int_steps", type=_positive(int), default=7,
-                       help="scaling and squaring steps of the velocity field (diffeomorphic)")
-    learn.add_argument("--int_downsize", type=_positive(int), default=1,
-                       help="integrate at 1/F resolution, then resize")
+    _add_loss_flags(learn, int_steps=7)
     learn.add_argument("--bidir", action="store_true",
                        help="also compare each scan warped back onto the template with it")
     learn.add_argument("--centre_weight", type=_positive(float, zero=True),
                        default=template.CENTRE_WEIGHT,
                        help="weight of the centring term: the squared mean displacement from the "
                             "template to the scans (running mean over recent batches)")
-    learn.add_argument("--seed", type=_number(int, 0, 2**32, low_open=False), default=0,
-                       help="random seed, in [0, 2^32)")
-    learn.add_argument("--resume", default=None, metavar="RUN_DIR",
-                       help="continue the template run in RUN_DIR from its last checkpoint; only "
-                            "--epochs and --lr may be given")
     return learn
 
 
@@ -301,11 +302,8 @@ def _add_register_parser(commands) -> None:
                     "any size are scaled to [0, 1] and zero-padded to sizes divisible by 16 as "
                     "in training (the network is built for that shape with the trained weights)."
                     " .npy/.npz inputs are taken as 1 mm voxels on RAS axes.")
-    register.add_argument("--model", default=None,
-                          help="trained model (.keras); without it, the shipped brain model "
-                               "(3D skull-stripped brain MRI of any contrast, any grid, not "
-                               "aligned: docs/brain-model.md)")
-    _add_finetune_flags(register)
+    _add_model_flags(register, "3D skull-stripped brain MRI of any contrast, any grid, not "
+                               "aligned: docs/brain-model.md")
     register.add_argument("--moving", required=True, help="moving image")
     register.add_argument("--static", required=True, help="static (fixed) image")
     register.add_argument("--moved", required=True,
@@ -370,10 +368,7 @@ def _add_evaluate_parser(commands) -> None:
                     "Jacobian determinant <= 0, inverse consistency of the fixed-point inverse "
                     "(mm), seconds per pair. Writes eval.json, dice_per_structure.csv and "
                     "dice_boxplot.png.")
-    evaluate.add_argument("--model", default=None,
-                          help="trained model (.keras); without it, the shipped brain model "
-                               "(docs/brain-model.md; needs --output)")
-    _add_finetune_flags(evaluate)
+    _add_model_flags(evaluate, "docs/brain-model.md; needs --output")
     _add_data_flags(evaluate, "the default data's validation subjects")
     evaluate.add_argument("--labels", type=int, nargs="+", default=None,
                           help="labels scored with Dice (default: 'labels' in --data, else every "
