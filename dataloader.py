@@ -16,8 +16,8 @@ import keras
 import numpy as np
 
 import augmentation
-import datasets
 import filelists
+import pairing
 import shapes
 from volumes import DataError
 
@@ -201,7 +201,7 @@ class ScanToScanDataLoader(PairLoader):
         return shapes.ceil_div(self.pairs_per_epoch, self.batch_size)
 
     def __getitem__(self, index: int) -> dict[str, np.ndarray]:
-        pairs = datasets.scan_to_scan_pairs(len(self.vols), self.pairs_per_epoch, self.seed_of())
+        pairs = pairing.scan_to_scan_pairs(len(self.vols), self.pairs_per_epoch, self.seed_of())
         pick = pairs[index * self.batch_size:(index + 1) * self.batch_size]
         sides = [(filelists.take(self.vols, pick[:, side]),
                   None if self.segs is None else filelists.take(self.segs, pick[:, side]))

@@ -12,17 +12,17 @@ a template.
 
 This module is the command line only: its parsers, and for each command the inputs it reads and
 the files it writes (the output files checked first, ``volumes.check_output_files``; evaluate's
-Dice CSV by :func:`write_dice_csv`). Training is ``training.train``, whose data rules evaluate
-shares (``training.data_source``); registering and scoring pairs are in ``registration.py``;
-world-space warps are ``transforms.py``'s; learning templates is ``template.py``'s; the run
-folder's files (``rundir.py``) are written atomically. ``python3 main.py COMMAND --help``
-lists every option.
+Dice CSV by ``scores.write_dice_csv``). Training is ``training.train``, whose data rules evaluate
+shares (``data_sources.py``); registering and scoring pairs are in ``registration.py``;
+world-space warps are ``transforms.py``'s; learning templates is ``template_training.py``'s;
+the run folder's files (``rundir.py``) are written atomically. ``python3 main.py COMMAND
+--help`` lists every option.
 
-At some 620 lines it is longer than the others: half of it is the parsers of its five commands,
-whose help texts are the options' documentation.
+At some 590 lines it is the longest module: half of it is the parsers of its five commands,
+whose help texts are the options' documentation; flags that several commands share are defined
+once (``_add_run_flags``, ``_add_loss_flags``, ``_add_data_flags``, ``_add_model_flags``).
 """
 import argparse
-import csv
 import os
 import sys
 import warnings
@@ -31,15 +31,17 @@ import runtime  # noqa: F401  (TensorFlow's settings: before its first import)
 import numpy as np
 
 import augmentation
+import data_sources
 import datasets
 import scores
 import models
 import objective
+import pairing
 import pretrained
 import registration
 import rundir
-import synthetic
 import template
+import template_training
 import training
 import transforms
 import tuning
@@ -77,6 +79,42 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
+def _add_run_flags(parser: argparse.ArgumentParser, unit: str, output: str = "") -> None:
+    """How a run trains and where it goes, shared by training and ``template``: ``--epochs``,
+    ``--batch_size`` (``unit`` per step), ``--lr``, ``--seed``, ``--output``, ``--resume``."""
+    parser.add_argument("--epochs", type=_positive(int), default=8, help="training epochs")
+    parser.add_argument("--batch_size", type=_positive(int), default=1, help=f"{unit} per step")
+    parser.add_argument("--lr", type=_positive(float), default=1e-3, help="Adam learning rate")
+    parser.add_argument("--seed", type=_number(int, 0, 2**32, low_open=False), default=0,
+                        help="random seed, in [0, 2^32)")
+    parser.add_argument("--output", default=None,
+                        help="output folder, new or empty (default: runs/<date>-<time>)" + output)
+    parser.add_argument("--resume", default=None, metavar="RUN_DIR",
+                        help="continue the run in RUN_DIR from its last checkpoint, with the "
+                             "flags stored in RUN_DIR/args.json; only --epochs (to train longer) "
+                             "and --lr may be given")
+
+
+def _add_loss_flags(parser: argparse.ArgumentParser, int_steps: int) -> None:
+    """The loss of Eq. (2) and the field it smooths, shared by training and ``template``:
+    ``--loss``, ``--lamda``, ``--ncc_window``, ``--int_steps`` (by default ``int_steps``; 0, the
+    CVPR displacement, only where it is the default) and ``--int_downsize``."""
+    parser.add_argument("--loss", choices=objective.LOSSES, default="ncc",
+                        help="image similarity: local NCC, mean squared error, or mutual "
+                             "information (for images of different contrasts)")
+    parser.add_argument("--lamda", type=_number(float, 0, low_open=False), default=None,
+                        help="weight of the smoothness loss (default: 1.0 for ncc, 0.01 for mse)")
+    parser.add_argument("--ncc_window", type=_positive(int), default=9,
+                        help="width of the local NCC window in voxels, per axis (the paper: 9 "
+                             "at 1 mm)")
+    parser.add_argument("--int_steps", type=_positive(int, zero=not int_steps), default=int_steps,
+                        help="diffeomorphic: integrate a stationary velocity field in this many "
+                             "scaling and squaring steps"
+                             + ("" if int_steps else " (7 is usual; 0: the CVPR displacement)"))
+    parser.add_argument("--int_downsize", type=_positive(int), default=1,
+                        help="with --int_steps: integrate at 1/F resolution, then resize")
+
+
 def _add_data_flags(parser: argparse.ArgumentParser, default: str) -> None:
     """``--data``, ``--atlas`` and ``--pairs``, shared by training and evaluation."""
     parser.add_argument("--data", default=None,
@@ -96,7 +134,12 @@ def _add_data_flags(parser: argparse.ArgumentParser, default: str) -> None:
                              "to the CSV's folder")
 
 
-def _add_finetune_flags(parser: argparse.ArgumentParser) -> None:
+def _add_model_flags(parser: argparse.ArgumentParser, shipped: str) -> None:
+    """``--model`` (``shipped`` says what the shipped brain model takes) and the flags of
+    instance optimisation on each pair, shared by ``register`` and ``evaluate``."""
+    parser.add_argument("--model", default=None,
+                        help=f"trained model (.keras); without it, the shipped brain model "
+                             f"({shipped})")
     parser.add_argument("--finetune_steps", type=_positive(int, zero=True), default=0,
                         help="instance optimisation: Adam steps on each pair's own image loss "
                              "before registering it (its label maps are never used)")
@@ -134,28 +177,14 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train VoxelMorph (Balakrishnan et al., CVPR 2018) on moving/static pairs. "
                     "Without --data it trains on the embedded default data: synthetic subjects "
                     "made by random smooth deformations of the MNI152 template.")
-    parser.add_argument("--epochs", type=_positive(int), default=8, help="training epochs")
-    parser.add_argument("--batch_size", type=_positive(int), default=1, help="pairs per step")
-    parser.add_argument("--lr", type=_positive(float), default=1e-3, help="Adam learning rate")
-    parser.add_argument("--lamda", type=_number(float, 0, low_open=False), default=None,
-                        help="weight of the smoothness loss (default: 1.0 for ncc, 0.01 for mse)")
+    _add_run_flags(parser, "pairs")
+    _add_loss_flags(parser, int_steps=0)
     parser.add_argument("--model", choices=("vm1", "vm2"), default="vm2",
                         help="VoxelMorph-1 or VoxelMorph-2 decoder")
     parser.add_argument("--unet", choices=models.UNETS, default="paper",
                         help="U-Net layout: the CVPR paper's (stride-2 convolutions) or the "
                              "official code's (stride-1 convolutions and max pooling, more "
                              "computation at full resolution)")
-    parser.add_argument("--loss", choices=objective.LOSSES, default="ncc",
-                        help="image similarity: local NCC, mean squared error, or mutual "
-                             "information (for images of different contrasts)")
-    parser.add_argument("--ncc_window", type=_positive(int), default=9,
-                        help="width of the local NCC window in voxels, per axis (the paper: 9 "
-                             "at 1 mm)")
-    parser.add_argument("--int_steps", type=_positive(int, zero=True), default=0,
-                        help="diffeomorphic: integrate a stationary velocity field in this many "
-                             "scaling and squaring steps (7 is usual; 0: the CVPR displacement)")
-    parser.add_argument("--int_downsize", type=_positive(int), default=1,
-                        help="with --int_steps: integrate at 1/F resolution, then resize")
     parser.add_argument("--bidir", action="store_true",
                         help="also warp the static image with the inverse field (symmetric loss)")
     parser.add_argument("--seg_weight", type=_positive(float, zero=True), default=0.0,
@@ -198,11 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "out the last --val_fraction of --data)")
     parser.add_argument("--val_fraction", type=_number(float, 0, 1), default=None,
                         help="--data without --val_data: share of the subjects held out for "
-                             f"validation (default: {training.VAL_FRACTION})")
-    parser.add_argument("--output", default=None,
-                        help="output folder, new or empty (default: runs/<date>-<time>)")
-    parser.add_argument("--seed", type=_number(int, 0, 2**32, low_open=False), default=0,
-                        help="random seed, in [0, 2^32)")
+                             f"validation (default: {data_sources.VAL_FRACTION})")
     parser.add_argument("--gpus", type=_positive(int), default=None,
                         help="train on this many GPUs with tf.distribute.MirroredStrategy, "
                              "--batch_size split across them (default: all visible GPUs when "
@@ -217,10 +242,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--tensorboard", action="store_true",
                         help="write TensorBoard logs into OUTPUT/tensorboard (needs the "
                              "tensorboard package)")
-    parser.add_argument("--resume", default=None, metavar="RUN_DIR",
-                        help="continue the run in RUN_DIR from its last checkpoint, with the "
-                             "flags stored in RUN_DIR/args.json; only --epochs (to train longer) "
-                             "and --lr may be given")
 
     commands = parser.add_subparsers(dest="command",
                                      metavar="{register,apply,evaluate,template}",
@@ -233,7 +254,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_template_parser(commands) -> argparse.ArgumentParser:
-    """``main.py template``: learn a template of a set of scans (``template.py``)."""
+    """``main.py template``: learn a template of a set of scans (``template_training.py``)."""
     learn = commands.add_parser(
         "template", formatter_class=_HelpFormatter,
         help="learn a template (an unbiased atlas) of a set of scans",
@@ -250,39 +271,20 @@ def _add_template_parser(commands) -> argparse.ArgumentParser:
                        help="learn a template that is a function of an attribute: a CSV with "
                             "a column 'scan' (each scan's index from 0, or file name) and the "
                             "numeric COLUMN")
-    learn.add_argument("--output", default=None,
-                       help="output folder, new or empty (default: runs/<date>-<time>); with "
-                            "--value, the template file")
     learn.add_argument("--model", default=None, metavar="RUN",
                        help="with --value: the folder of a conditional template run")
     learn.add_argument("--value", type=_number(float, -np.inf), default=None,
                        help="with --model: write the template for this attribute value")
-    learn.add_argument("--epochs", type=_positive(int), default=8, help="training epochs")
-    learn.add_argument("--steps_per_epoch", type=_positive(int), default=template.DEFAULT_STEPS,
-                       help="training steps per epoch")
-    learn.add_argument("--batch_size", type=_positive(int), default=1, help="scans per step")
-    learn.add_argument("--lr", type=_positive(float), default=1e-3, help="Adam learning rate")
-    learn.add_argument("--loss", choices=objective.LOSSES, default="ncc",
-                       help="image similarity of the warped template and each scan")
-    learn.add_argument("--lamda", type=_number(float, 0, low_open=False), default=None,
-                       help="weight of the smoothness loss (default: 1.0 for ncc, 0.01 for mse)")
-    learn.add_argument("--ncc_window", type=_positive(int), default=9,
-                       help="width of the local NCC window in voxels, per axis")
-    learn.add_argument("--int_steps", type=_positive(int), default=7,
-                       help="scaling and squaring steps of the velocity field (diffeomorphic)")
-    learn.add_argument("--int_downsize", type=_positive(int), default=1,
-                       help="integrate at 1/F resolution, then resize")
+    _add_run_flags(learn, "scans", "; with --value, the template file")
+    learn.add_argument("--steps_per_epoch", type=_positive(int),
+                       default=template_training.DEFAULT_STEPS, help="training steps per epoch")
+    _add_loss_flags(learn, int_steps=7)
     learn.add_argument("--bidir", action="store_true",
                        help="also compare each scan warped back onto the template with it")
     learn.add_argument("--centre_weight", type=_positive(float, zero=True),
                        default=template.CENTRE_WEIGHT,
                        help="weight of the centring term: the squared mean displacement from the "
                             "template to the scans (running mean over recent batches)")
-    learn.add_argument("--seed", type=_number(int, 0, 2**32, low_open=False), default=0,
-                       help="random seed, in [0, 2^32)")
-    learn.add_argument("--resume", default=None, metavar="RUN_DIR",
-                       help="continue the template run in RUN_DIR from its last checkpoint; only "
-                            "--epochs and --lr may be given")
     return learn
 
 
@@ -300,11 +302,8 @@ def _add_register_parser(commands) -> None:
                     "any size are scaled to [0, 1] and zero-padded to sizes divisible by 16 as "
                     "in training (the network is built for that shape with the trained weights)."
                     " .npy/.npz inputs are taken as 1 mm voxels on RAS axes.")
-    register.add_argument("--model", default=None,
-                          help="trained model (.keras); without it, the shipped brain model "
-                               "(3D skull-stripped brain MRI of any contrast, any grid, not "
-                               "aligned: docs/brain-model.md)")
-    _add_finetune_flags(register)
+    _add_model_flags(register, "3D skull-stripped brain MRI of any contrast, any grid, not "
+                               "aligned: docs/brain-model.md")
     register.add_argument("--moving", required=True, help="moving image")
     register.add_argument("--static", required=True, help="static (fixed) image")
     register.add_argument("--moved", required=True,
@@ -369,10 +368,7 @@ def _add_evaluate_parser(commands) -> None:
                     "Jacobian determinant <= 0, inverse consistency of the fixed-point inverse "
                     "(mm), seconds per pair. Writes eval.json, dice_per_structure.csv and "
                     "dice_boxplot.png.")
-    evaluate.add_argument("--model", default=None,
-                          help="trained model (.keras); without it, the shipped brain model "
-                               "(docs/brain-model.md; needs --output)")
-    _add_finetune_flags(evaluate)
+    _add_model_flags(evaluate, "docs/brain-model.md; needs --output")
     _add_data_flags(evaluate, "the default data's validation subjects")
     evaluate.add_argument("--labels", type=int, nargs="+", default=None,
                           help="labels scored with Dice (default: 'labels' in --data, else every "
@@ -407,28 +403,7 @@ def train(args) -> str:
     if "worker" in summary:  # not the chief, which writes the run folder and scores
         return (f"{summary['worker']} trained in {summary['train_seconds']:.0f} s, weights "
                 f"sha256 {summary['weights_sha256']}")
-    return report(summary) + f", trained in {summary['train_seconds']:.0f} s"
-
-
-def report(summary: dict) -> str:
-    """One line of the headline scores of ``scores.summarize``."""
-    line = (f"NCC {summary['ncc_before']['mean']:.3f} -> {summary['ncc_after']['mean']:.3f}")
-    if "dice_after" in summary:
-        line += (f", Dice {summary['dice_before']['mean']:.3f} -> "
-                 f"{summary['dice_after']['mean']:.3f}, HD95 {summary['hd95_mean']['mean']:.2f} "
-                 f"voxels")
-        if "hd95_mm" in summary:
-            line += f" ({summary['hd95_mm_mean']['mean']:.2f} mm)"
-        if summary["hd95_left_out"]["mean"]:
-            line += (f" over the structures both maps hold ({summary['hd95_left_out']['mean']:g} "
-                     f"per pair left out)")
-    line += (f", SDlogJ {summary['sdlogj']['mean']:.3f}, "
-             f"folding voxels {100 * summary['folding_fraction']['mean']:.3f}%")
-    if "inverse_error" in summary:
-        line += f", inverse consistency {summary['inverse_error']['mean']:.3f} voxels"
-        if "inverse_error_mm" in summary:
-            line += f" ({summary['inverse_error_mm']['mean']:.3f} mm)"
-    return line
+    return scores.headline(summary) + f", trained in {summary['train_seconds']:.0f} s"
 
 
 def register(args) -> str:
@@ -452,11 +427,11 @@ def register(args) -> str:
         raise volumes.UsageError(f"--affine: {args.model} is a deformable model, without an "
                                  f"affine stage (train one with --transform affine, rigid or "
                                  f"joint)")
-    moving, _, moving_grid = scan(args.moving, "moving")
-    static, static_image, static_grid = scan(args.static, "static")
+    moving, _, moving_grid = transforms.load_scan(args.moving, "moving")
+    static, static_image, static_grid = transforms.load_scan(args.static, "static")
     moving_seg = None
     if args.moving_seg is not None:
-        moving_seg, _, seg_grid = scan(args.moving_seg, "moving label map")
+        moving_seg, _, seg_grid = transforms.load_scan(args.moving_seg, "moving label map")
         if not seg_grid.same_as(moving_grid):
             raise volumes.DataError(f"{args.moving_seg} is not on the moving image's grid "
                                     f"(shape {seg_grid.shape} vs {moving_grid.shape}, or affine)")
@@ -500,24 +475,18 @@ def register(args) -> str:
     return line
 
 
-def scan(path: str, name: str) -> tuple[np.ndarray, object, transforms.Grid]:
-    """A volume file as stored, its nibabel image (None for arrays) and its grid in world space."""
-    volume, image = volumes.load_volume(path)
-    return volume, image, transforms.Grid.of(image, volume.shape, f"{name} {path}")
-
-
 def apply(args) -> str:
     """Apply a saved warp to an image or label map in the moving space; write it."""
     volumes.check_output_files({"--output": args.output},
                                [args.warp, args.moving, args.reference or ""])
     warp, grid = transforms.load_warp(args.warp)
-    volume, _, moving_grid = scan(args.moving, "moving")
+    volume, _, moving_grid = transforms.load_scan(args.moving, "moving")
     if moving_grid.ndim != grid.ndim:
         raise volumes.DataError(f"{args.moving} is {moving_grid.ndim}D but the warp "
                                 f"{args.warp} is {grid.ndim}D")
     reference = grid.affine
     if args.reference is not None:
-        _, image, reference_grid = scan(args.reference, "reference")
+        _, image, reference_grid = transforms.load_scan(args.reference, "reference")
         if not reference_grid.same_as(grid):
             raise volumes.DataError(f"the warp's grid (shape {grid.shape}) is not the grid of "
                                     f"--reference {args.reference} (shape "
@@ -531,21 +500,6 @@ def apply(args) -> str:
             f"{'x'.join(map(str, grid.shape))} grid, wrote {args.output}")
 
 
-def evaluation_set(data: str | None, atlas: str | None, pairs: str | None,
-                   shape: tuple[int, ...], pairs_file: str | None = None) -> datasets.Dataset:
-    """The test set of ``evaluate``, for a model of input ``shape`` (volumes of any size, of
-    the model's dimension): the pairs of ``--pairs_file``, the default data or ``--data``, by
-    training's rules (``training.data_source``)."""
-    source = training.data_source(data, atlas, pairs, pairs_file, "evaluate")
-    if source == "listed":
-        return datasets.load_pairs_file(pairs_file, len(shape))
-    if source == "default":
-        if len(shape) not in synthetic.NUM_VALIDATION:
-            raise volumes.DataError(f"no default data for a model of input shape {shape}")
-        return synthetic.default_validation_set(len(shape))
-    return datasets.load_dataset(data, atlas, len(shape))
-
-
 def evaluate(args) -> str:
     """Score a trained model on every test pair; write eval.json, a CSV and a box plot."""
     if args.model is None and args.output is None:
@@ -554,9 +508,10 @@ def evaluate(args) -> str:
     output = rundir.output_folder(args.output or os.path.dirname(os.path.abspath(args.model)))
     model = rundir.load_model(args.model) if args.model else pretrained.load()
     shape = models.input_shape(model)
-    data = evaluation_set(args.data, args.atlas, args.pairs, shape, args.pairs_file)
-    mode = datasets.pairing(data, args.pairs)
-    pairs = datasets.make_pairs(data, mode, args.max_pairs)
+    data = data_sources.evaluation_set(args.data, args.atlas, args.pairs, shape,
+                                        args.pairs_file)
+    mode = pairing.pairing_mode(data, args.pairs)
+    pairs = pairing.make_pairs(data, mode, args.max_pairs)
     labels, names = datasets.scored_labels(data, args.labels)
     print(f"evaluating {args.model or 'the shipped brain model'} on {len(pairs)} {mode} pairs "
           f"of shape {data.shape}, {len(labels)} labels")
@@ -580,7 +535,7 @@ def evaluate(args) -> str:
                                    "spacing": data.spacing, "summary": summary,
                                    "per_pair": per_pair})
     if "dice_after" in summary:
-        write_dice_csv(os.path.join(output, rundir.DICE_CSV), labels, names, summary)
+        scores.write_dice_csv(os.path.join(output, rundir.DICE_CSV), labels, names, summary)
         viz.plot_dice(evaluation, os.path.join(output, rundir.DICE_PLOT))
     fell_back = [f"{sum(bool(result[key]) for result in results)} of {len(results)} pairs "
                  f"fell back in {what} (see {key} in {rundir.EVALUATION})"
@@ -589,22 +544,8 @@ def evaluate(args) -> str:
                  if any(result[key] for result in results)]
     for line in fell_back:
         warnings.warn(line, volumes.DataWarning)
-    return report(summary) + (f", {summary['seconds']['mean']:.3f} s per pair; "
+    return scores.headline(summary) + (f", {summary['seconds']['mean']:.3f} s per pair; "
                               f"wrote {evaluation}")
-
-
-def write_dice_csv(path: str, labels: list[int], names: list[str] | None, summary: dict) -> None:
-    """Per-structure scores, mean and std over pairs: Dice before and after registration, HD95
-    after it in voxels and, when the spacing is known, in mm."""
-    keys = [key for key in ("dice_before", "dice_after", "hd95", "hd95_mm") if key in summary]
-    with volumes.atomic_path(path) as tmp, open(tmp, "w", newline="") as file:
-        writer = csv.writer(file)
-        writer.writerow(["label", "name"] + [f"{key}_{stat}" for key in keys
-                                             for stat in ("mean", "std")])
-        for i, label in enumerate(labels):
-            writer.writerow([label, names[i] if names else label]
-                            + [f"{summary[key][stat][i]:.4f}" for key in keys
-                               for stat in ("per_label", "per_label_std")])
 
 
 def volume_name(data: datasets.Dataset, index: int) -> int | str:
@@ -627,7 +568,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     command = {"register": register, "apply": apply, "evaluate": evaluate,
-               "template": template.command}.get(args.command, train)
+               "template": template_training.command}.get(args.command, train)
     with warnings.catch_warnings():
         warnings.showwarning = _print_warning
         try:

@@ -20,6 +20,7 @@ import keras
 import numpy as np
 
 import datasets
+import pairing
 import sampling
 import scores
 import models
@@ -314,7 +315,7 @@ def register_scans(model: keras.Model, moving: np.ndarray, static: np.ndarray,
     return registered
 
 
-def evaluate_pairs(model: keras.Model, pairs: datasets.Pairs, labels=None, keep: int = 0,
+def evaluate_pairs(model: keras.Model, pairs: pairing.Pairs, labels=None, keep: int = 0,
                    spacing=None, finetune_steps: int = 0, finetune_lr: float = 1e-3,
                    inverse: bool = False, refiner: tuning.Refiner | None = None,
                    tune_loss: str | None = None) -> tuple[list[dict], list[dict]]:
@@ -324,7 +325,7 @@ def evaluate_pairs(model: keras.Model, pairs: datasets.Pairs, labels=None, keep:
     ----------
     model : keras.Model
         A VoxelMorph model.
-    pairs : datasets.Pairs
+    pairs : pairing.Pairs
         Pairs of one shape (any size), images in [0, 1]; they are registered by the network
         for that shape (:func:`network_for`, built once), padded to its input shape and every
         output cropped back (:func:`register_padded`), so the padding counts in no score.

@@ -3,7 +3,7 @@
 Training writes ``ARGS`` (its flags, read back by ``--resume``, and what every resume changed:
 :func:`write_args`), a checkpoint at the end of every epoch, and at the end ``MODEL``,
 ``SAMPLES``, ``METRICS`` and the figures of ``viz.render_run``; ``main.py evaluate`` writes
-``EVALUATION``, ``DICE_CSV`` and ``DICE_PLOT``; ``main.py template`` (``template.py``) the
+``EVALUATION``, ``DICE_CSV`` and ``DICE_PLOT``; ``main.py template`` (``template_outputs.py``) the
 same checkpoints, ``MODEL`` and ``METRICS``, and the ``TEMPLATE...`` files. Every file is
 written atomically (``volumes.atomic_path``), and read back here too (:func:`read_json`,
 :func:`read_history`, :func:`read_samples`, :func:`read_evaluation`): other modules use these

@@ -3,8 +3,11 @@
 :func:`dice` and :func:`hd95` (95th-percentile Hausdorff distance) of label maps,
 :func:`jacobian_determinant`, :func:`folding_fraction` and :func:`sdlogj` (spread of the log
 Jacobian determinant) of a displacement field, :func:`score_registration` for one registered
-pair and :func:`summarize` over pairs.
+pair and :func:`summarize` over pairs; :func:`headline` says a summary in one line and
+:func:`write_dice_csv` writes its per-structure scores as a table.
 """
+import csv
+
 import numpy as np
 from scipy import ndimage
 
@@ -309,3 +312,40 @@ def summarize(results: list[dict]) -> dict:
         summary[key] = {"mean": float(np.mean(values)), "std": float(np.std(values)),
                         **summary.get(key, {})}
     return summary
+
+
+def headline(summary: dict) -> str:
+    """One line of the headline scores of a :func:`summarize` summary (of training's validation
+    pairs or of ``main.py evaluate``'s)."""
+    line = (f"NCC {summary['ncc_before']['mean']:.3f} -> {summary['ncc_after']['mean']:.3f}")
+    if "dice_after" in summary:
+        line += (f", Dice {summary['dice_before']['mean']:.3f} -> "
+                 f"{summary['dice_after']['mean']:.3f}, HD95 {summary['hd95_mean']['mean']:.2f} "
+                 f"voxels")
+        if "hd95_mm" in summary:
+            line += f" ({summary['hd95_mm_mean']['mean']:.2f} mm)"
+        if summary["hd95_left_out"]["mean"]:
+            line += (f" over the structures both maps hold ({summary['hd95_left_out']['mean']:g} "
+                     f"per pair left out)")
+    line += (f", SDlogJ {summary['sdlogj']['mean']:.3f}, "
+             f"folding voxels {100 * summary['folding_fraction']['mean']:.3f}%")
+    if "inverse_error" in summary:
+        line += f", inverse consistency {summary['inverse_error']['mean']:.3f} voxels"
+        if "inverse_error_mm" in summary:
+            line += f" ({summary['inverse_error_mm']['mean']:.3f} mm)"
+    return line
+
+
+def write_dice_csv(path: str, labels: list[int], names: list[str] | None, summary: dict) -> None:
+    """Write ``rundir.DICE_CSV`` from a :func:`summarize` summary: per-structure scores, mean and
+    std over pairs: Dice before and after registration, HD95 after it in voxels and, when the
+    spacing is known, in mm."""
+    keys = [key for key in ("dice_before", "dice_after", "hd95", "hd95_mm") if key in summary]
+    with volumes.atomic_path(path) as tmp, open(tmp, "w", newline="") as file:
+        writer = csv.writer(file)
+        writer.writerow(["label", "name"] + [f"{key}_{stat}" for key in keys
+                                             for stat in ("mean", "std")])
+        for i, label in enumerate(labels):
+            writer.writerow([label, names[i] if names else label]
+                            + [f"{summary[key][stat][i]:.4f}" for key in keys
+                               for stat in ("per_label", "per_label_std")])

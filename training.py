@@ -1,9 +1,9 @@
 """Training VoxelMorph: the sets, the loaders, the model, ``fit`` with checkpoints, the run's files.
 
 :func:`train` does what ``python3 main.py [flags]`` asks: it loads the training and validation sets
-(or the embedded default data), pads them to sizes the network takes, builds and compiles the
-model (or reloads the checkpoint of ``--resume``, in an epoch's middle too) inside the
-distribution strategy, trains with a checkpoint every epoch (``rundir.Checkpoint``), the
+that the data flags name (``data_sources.py``), pads them to sizes the network takes, builds and
+compiles the model (or reloads the checkpoint of ``--resume``, in an epoch's middle too) inside
+the distribution strategy, trains with a checkpoint every epoch (``rundir.Checkpoint``), the
 divergence stop and, on SIGTERM or SIGINT, a checkpoint at the next batch's end
 (``stopping.stop_signals``), then writes the model, the registered validation samples, their
 scores and the figures into the run folder, which it holds locked (``rundir.locked``). With
@@ -27,12 +27,14 @@ import tensorflow as tf
 
 import augmentation
 import dataloader
+import data_sources
 import datasets
 import distribution
 import filelists
 import scores
 import models
 import objective
+import pairing
 import registration
 import rundir
 import shapes
@@ -48,73 +50,6 @@ NUM_SAMPLES = 3  # validation pairs kept in rundir.SAMPLES for figures
 SHAPE_LABELS = 8  # labels of the random shapes of --synth shapes, the background included
 ONE_HOT_GIB = 2.0  # most memory the one-hot label maps of a batch may take (moving, static, moved)
 SYNTH_VAL_SUBJECTS = 4  # subjects of random shapes that validate --synth shapes
-VAL_FRACTION = 0.1  # share of --data held out for validation by default
-
-
-def data_source(data: str | None, atlas: str | None, pairs: str | None,
-                pairs_file: str | None, task: str, replaced: dict | None = None,
-                needing_data: dict | None = None) -> str:
-    """Which data the data flags name, by the rules that training and evaluation share:
-    ``"listed"``, the pairs of ``--pairs_file``, which replace ``--data``, ``--atlas``,
-    ``--pairs`` and the flags ``replaced``; ``"default"``, without ``--data``, the default data,
-    with its own atlas, atlas pairs and validation set, so that ``--atlas``, ``--pairs
-    scan_to_scan`` and the flags ``needing_data`` need ``--data``; ``"data"`` otherwise.
-
-    ``task`` names what the pairs are for in messages ("train on", "evaluate"); ``replaced`` and
-    ``needing_data`` are ``{flag: value}`` of its own flags, given when the value is true. A
-    ``volumes.UsageError`` names the flags given that the data named does not take.
-    """
-    if pairs_file is not None:
-        given = [flag for flag, value in {"--data": data, "--atlas": atlas, "--pairs": pairs,
-                                          **(replaced or {})}.items() if value]
-        if given:
-            raise volumes.UsageError(f"--pairs_file lists the pairs to {task}: drop "
-                                     f"{', '.join(given)}")
-        return "listed"
-    if data is None:
-        given = [flag for flag, value in {"--atlas": atlas, **(needing_data or {}),
-                                          "--pairs scan_to_scan": pairs == "scan_to_scan"}.items()
-                 if value]
-        if given:
-            raise volumes.UsageError(f"{', '.join(given)} need{'s' * (len(given) == 1)} --data: "
-                                     f"the default data has its own atlas and validation set, "
-                                     f"and is made of random deformations already")
-        return "default"
-    return "data"
-
-
-def training_sets(data: str | None, atlas: str | None, pairs: str | None,
-                  augment: tuple[str, ...],
-                  val_data: str | None, val_fraction: float | None, ndim: int | None,
-                  pairs_file: str | None = None
-                  ) -> tuple[datasets.Dataset, datasets.Dataset, str]:
-    """Training set, validation set and pairing mode of the training flags."""
-    source = data_source(data, atlas, pairs, pairs_file, "train on",
-                         {"--augment": augment, "--val_data": val_data},
-                         {"--augment": augment, "--val_data": val_data,
-                          "--val_fraction": val_fraction})
-    if source == "listed":
-        return pair_list_sets(pairs_file, val_fraction, ndim)
-    if source == "default":
-        return (synthetic.load_default_data(ndim or 3), synthetic.default_validation_set(ndim or 3),
-                "atlas")
-    if val_data is not None and val_fraction is not None:
-        raise volumes.UsageError("--val_fraction and --val_data exclude each other")
-    train_set, val_set, mode = datasets.load_training_sets(
-        data, atlas, pairs, val_data, VAL_FRACTION if val_fraction is None else val_fraction, ndim)
-    if augment and mode != "scan_to_scan":
-        raise volumes.UsageError("--augment applies to scan_to_scan pairs")
-    return train_set, val_set, mode
-
-
-def pair_list_sets(pairs_file: str, val_fraction: float | None, ndim: int | None
-                   ) -> tuple[datasets.Dataset, datasets.Dataset, str]:
-    """Training and validation pairs of ``--pairs_file``: the last ``--val_fraction`` of its
-    pairs (at least one) validate."""
-    listed = datasets.load_pairs_file(pairs_file, ndim)
-    train_set, val_set = datasets.split_pairs(
-        listed, VAL_FRACTION if val_fraction is None else val_fraction, pairs_file)
-    return train_set, val_set, "listed"
 
 
 def training_labels(train_set: datasets.Dataset, seg_weight: float) -> list[int]:
@@ -152,9 +87,10 @@ def synth_sets(args) -> tuple[datasets.Dataset, datasets.Dataset, str]:
                                  "with label maps, or use --synth shapes")
     if args.data.endswith(".npz") and "vols" not in volumes.read_npz(args.data):
         return label_map_sets(args)
-    train_set, val_set, mode = datasets.load_training_sets(
+    train_set, val_set, mode = pairing.load_training_sets(
         args.data, None, "scan_to_scan", args.val_data,
-        VAL_FRACTION if args.val_fraction is None else args.val_fraction, args.ndim)
+        data_sources.VAL_FRACTION if args.val_fraction is None else args.val_fraction,
+        args.ndim)
     if train_set.segs is None:
         raise volumes.DataError("--synth data needs label maps: 'segs' in --data")
     return train_set, val_set, mode
@@ -246,7 +182,7 @@ def training_loader(train_set: datasets.Dataset, mode: str, default_data: bool,
             functools.partial(augmentation.random_subject, kinds=augment) if augment else None,
             train_set.segs, workers=2 if augment or lazy else 1, **options)
     if mode == "listed":
-        pairs = datasets.make_pairs(train_set, mode)
+        pairs = pairing.make_pairs(train_set, mode)
         loader = dataloader.RegistrationDataLoader(
             pairs.moving, pairs.static, batch_size, shuffle=True, seed=seed,
             moving_segs=pairs.moving_segs, static_segs=pairs.static_segs, workers=2, **options)
@@ -419,10 +355,10 @@ def locked_train(args, lock: contextlib.ExitStack) -> dict:
     if args.resume and chief:
         lock.enter_context(rundir.locked(output))
     augment = augmentation.augmentations(args.augment)
-    train_set, val_set, mode = (synth_sets(args) if args.synth else training_sets(
+    train_set, val_set, mode = (synth_sets(args) if args.synth else data_sources.training_sets(
         args.data, args.atlas, args.pairs, augment, args.val_data, args.val_fraction, args.ndim,
         args.pairs_file))
-    val_pairs = datasets.make_pairs(val_set, mode, MAX_VAL_PAIRS)  # scored on their own grid
+    val_pairs = pairing.make_pairs(val_set, mode, MAX_VAL_PAIRS)  # scored on their own grid
     shape = shapes.padded_shape(train_set.shape, models.DIVISOR)
     if shape != train_set.shape:
         print(f"Padded the volumes with zeros from {train_set.shape} to {shape} (sizes must "
@@ -456,7 +392,7 @@ def locked_train(args, lock: contextlib.ExitStack) -> dict:
         train_set, mode, args.data is None and args.pairs_file is None, args.batch_size,
         args.steps_per_epoch, args.seed, augment,
         {"labels": labels, "random_affine": args.random_affine, "spacing": train_set.spacing})
-    padded = datasets.make_pairs(val_set, mode, MAX_VAL_PAIRS)
+    padded = pairing.make_pairs(val_set, mode, MAX_VAL_PAIRS)
     val_loader = dataloader.RegistrationDataLoader(
         padded.moving, padded.static, args.batch_size, moving_segs=padded.moving_segs,
         static_segs=padded.static_segs, labels=labels)

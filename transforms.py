@@ -308,6 +308,13 @@ def save_warp(path: str, warp: np.ndarray, grid: Grid) -> None:
         volumes.write_image(image, tmp)
 
 
+def load_scan(path: str, name: str) -> tuple[np.ndarray, object, Grid]:
+    """A volume file as stored, its nibabel image (None for arrays) and its grid in world space;
+    ``name`` (``"moving"``, ...) says which scan it is in messages."""
+    volume, image = volumes.load_volume(path)
+    return volume, image, Grid.of(image, volume.shape, f"{name} {path}")
+
+
 def load_warp(path: str) -> tuple[np.ndarray, Grid]:
     """Read an ITK/ANTs displacement field (this project's :func:`save_warp`, or ANTs').
 

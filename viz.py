@@ -6,7 +6,8 @@ upwards (``origin="lower"``), so RAS volumes such as the default MNI152 data app
 neurological orientation. A displacement field is shown in each view through its two in-plane
 components.
 
-Every function returns a ``matplotlib.figure.Figure`` and saves it as a PNG when given ``fname``.
+Every figure function (:func:`overlay_slices`, ``plot_*``) returns a ``matplotlib.figure.Figure``
+and saves it as a PNG when given ``fname``.
 From the shell::
 
     python3 viz.py RUN_DIR                             # every figure of a main.py run folder
@@ -15,8 +16,8 @@ From the shell::
 The framework diagram is drawn by ``_images/framework.py``. Every file name of a run is
 ``rundir.py``'s, and so are the readers of its files.
 
-At some 550 lines it is longer than the others: six kinds of figure, each drawn by its own short
-functions, and the command line that draws a run's.
+At some 590 lines it is the longest module after ``main.py``: seven kinds of figure, each drawn
+by its own short functions, and the command line that draws a run's.
 """
 import argparse
 import os
@@ -162,10 +163,6 @@ def overlay_slices(moving, static, moved, slice_index=None, ltitle: str = "Movin
         Titles of the moving, static and moved panels.
     fname : str, optional
         PNG path to save to.
-
-    Returns
-    -------
-    matplotlib.figure.Figure
     """
     rows = [_slices(datasets.min_max(v), slice_index) for v in (moving, static, moved)]
     fig, axes = _panels(len(rows[0]), 5, f"Overlays: {ltitle} or {rtitle} in magenta, {mtitle} "
@@ -198,10 +195,6 @@ def plot_deformation_grid(deformation, image=None, slice_index=None, spacing: in
         Distance between grid lines, in voxels.
     fname : str, optional
         PNG path to save to.
-
-    Returns
-    -------
-    matplotlib.figure.Figure
     """
     fields = _in_plane(deformation, slice_index)
     backgrounds = (_slices(datasets.min_max(image), slice_index) if image is not None
@@ -249,10 +242,6 @@ def plot_displacement(deformation, slice_index=None, fname: str | None = None) -
         3D only: where to cut; default the centre of each axis.
     fname : str, optional
         PNG path to save to.
-
-    Returns
-    -------
-    matplotlib.figure.Figure
     """
     magnitude = np.linalg.norm(_field(deformation), axis=-1)
     fig, _, _ = _map_figure(magnitude, slice_index,
@@ -278,10 +267,6 @@ def plot_jacobian(deformation, slice_index=None, fname: str | None = None) -> Fi
         3D only: where to cut; default the centre of each axis.
     fname : str, optional
         PNG path to save to.
-
-    Returns
-    -------
-    matplotlib.figure.Figure
     """
     determinant = scores.jacobian_determinant(deformation)
     folded = int(np.sum(determinant <= 0))
@@ -358,10 +343,6 @@ def plot_history(history, fname: str | None = None) -> Figure:
         the ``history.csv`` that ``main.py`` writes.
     fname : str, optional
         PNG path to save to.
-
-    Returns
-    -------
-    matplotlib.figure.Figure
     """
     if not isinstance(history, dict):
         history = rundir.read_history(history)
@@ -407,10 +388,6 @@ def plot_template(mean: np.ndarray, templates: np.ndarray, epochs, count: int = 
         Epochs shown at most, evenly spread, the last one always.
     fname : str, optional
         PNG path to save to.
-
-    Returns
-    -------
-    matplotlib.figure.Figure
     """
     shown = sorted(set(np.linspace(len(epochs) - 1, 0, min(count, len(epochs))).round()
                        .astype(int).tolist()))

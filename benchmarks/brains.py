@@ -1,15 +1,17 @@
-"""The real-brain benchmarks' data and scoring, shared by ``real_brains.py``,
+"""The real-brain benchmarks' data and scoring, shared by ``real_brains.py``, ``contrasts.py``,
 ``affine_brains.py``, ``world_space.py`` and ``official_vxm.py``.
 
 Data: ``../shared/data/fstrain9_128.npz`` beside the repository (internal benchmark data: 9 real
 T1 brains with FreeSurfer label maps, affinely aligned to MNI152, 128^3 at 1.5 mm; never copied
 into the project): the first ``NUM_TRAIN`` subjects train, ordered pairs of the others test.
-Every method is scored on the full-resolution grid (:func:`score_pair`). Importing this module
+Every method is scored on the full-resolution grid (:func:`score_pair`); a network's
+displacement is resized to it first (:func:`register_full_resolution`). Importing this module
 imports numpy only (``official_vxm.py`` runs in another environment).
 """
 import json
 import os
 import sys
+import time
 
 import numpy as np
 
@@ -68,11 +70,11 @@ def full_resolution_test_set(path: str):
 
 
 def test_pairs(count: int, max_pairs: int | None) -> list[tuple[int, int]]:
-    """Ordered pairs of ``count`` test subjects (``datasets.scan_to_scan_pairs``) by the shift
+    """Ordered pairs of ``count`` test subjects (``pairing.scan_to_scan_pairs``) by the shift
     from moving to static: shift 1 first (a cycle), then shift 2, ...."""
-    import datasets
+    import pairing
 
-    pairs = map(tuple, datasets.scan_to_scan_pairs(count).tolist())
+    pairs = map(tuple, pairing.scan_to_scan_pairs(count).tolist())
     return sorted(pairs, key=lambda pair: ((pair[1] - pair[0]) % count, pair[0]))[:max_pairs]
 
 
@@ -104,6 +106,25 @@ def score_pair(full, m: int, s: int, moved_seg: np.ndarray, deformation: np.ndar
         ("dice", "dice_after"), ("hd95_mm", "hd95_mm"), ("hd95_mm_mean", "hd95_mm_mean"),
         ("hd95_left_out", "hd95_left_out"), ("folding_fraction", "folding_fraction"),
         ("sdlogj", "sdlogj"))}
+
+
+def register_full_resolution(model, moving, static) -> tuple[np.ndarray, float]:
+    """Register one pair on the network's grid and resize the displacement to 128^3.
+
+    Returns
+    -------
+    deformation : np.ndarray
+        ``(128, 128, 128, 3)`` displacement in 128^3 voxels.
+    seconds : float
+        Forward pass and resize.
+    """
+    import registration
+    import utils
+
+    registered = registration.register(model, moving, static)
+    start = time.perf_counter()
+    full = np.asarray(utils.resize_displacement(registered["deformation"][None], (128,) * 3))[0]
+    return full, registered["seconds"] + time.perf_counter() - start
 
 
 def affine_only(full, pairs) -> dict:

@@ -88,15 +88,14 @@ def network_pairs(model, moving_small: np.ndarray, static_small: np.ndarray, ful
     """
     import registration
     import tuning
-    from benchmarks import real_brains
 
-    real_brains.register_full_resolution(model if tuner is None else tuner.network,
+    brains.register_full_resolution(model if tuner is None else tuner.network,
                                          moving_small[0], static_small[1])  # its graph, untimed
     results = []
     for m, s in pairs:
         network, finetune_seconds, _ = tuning.finetuned(model, tuner, moving_small[m],
                                                         static_small[s])
-        deformation, seconds = real_brains.register_full_resolution(
+        deformation, seconds = brains.register_full_resolution(
             network, moving_small[m], static_small[s])
         deformation, refine_seconds, _ = tuning.refined(refiner, moving_full[m], full[0][s],
                                                         deformation)
@@ -142,11 +141,10 @@ def figures(model, small: dict, moving_full: dict, full, pair: tuple[int, int], 
     ``model``, moving T1 and T2-like, at 128^3: ``{prefix}_{t1,t2}_{overlay,grid}.png``."""
     import registration
     import viz
-    from benchmarks import real_brains
 
     m, s = pair
     for contrast, tag in (("T1", "t1"), ("T2-like", "t2")):
-        deformation, _ = real_brains.register_full_resolution(model, small[contrast][m],
+        deformation, _ = brains.register_full_resolution(model, small[contrast][m],
                                                               small["T1"][s])
         moved = registration.warped(moving_full[contrast][m], deformation)
         viz.overlay_slices(moving_full[contrast][m], full[0][s], moved,

@@ -57,25 +57,6 @@ OFFICIAL_PYTHON = os.path.join(ROOT, "..", "vxm-official", "bin", "python")
 SECONDS = ("seconds", "finetune_seconds", "refine_seconds")  # the parts of a pair's time
 
 
-def register_full_resolution(model, moving, static) -> tuple[np.ndarray, float]:
-    """Register one pair on the network's grid and resize the displacement to 128^3.
-
-    Returns
-    -------
-    deformation : np.ndarray
-        ``(128, 128, 128, 3)`` displacement in 128^3 voxels.
-    seconds : float
-        Forward pass and resize.
-    """
-    import registration
-    import utils
-
-    registered = registration.register(model, moving, static)
-    start = time.perf_counter()
-    full = np.asarray(utils.resize_displacement(registered["deformation"][None], (128,) * 3))[0]
-    return full, registered["seconds"] + time.perf_counter() - start
-
-
 def voxelmorph(model_path: str, test_set: str, full, pairs) -> dict:
     """Register the test pairs with a trained model and score them at full resolution."""
     import runtime  # noqa: F401  (before TensorFlow: oneDNN on)
@@ -117,7 +98,7 @@ def instance_optimisation(model_path: str, test_set: str, full, pairs, args) -> 
     refiner = tuning.Refiner(model, args.refine_steps, args.refine_lr)
     small = datasets.load_dataset(test_set).vols
     vols, segs = full[:2]
-    register_full_resolution(tuner.network, small[0], small[1])  # its graph, untimed
+    brains.register_full_resolution(tuner.network, small[0], small[1])  # its graph, untimed
     curve = []
     for m, s in pairs:
         tuner.start(small[m], small[s])
@@ -126,7 +107,7 @@ def instance_optimisation(model_path: str, test_set: str, full, pairs, args) -> 
             start = time.perf_counter()
             network = tuner.train(count - done)
             finetune_seconds, done = finetune_seconds + time.perf_counter() - start, count
-            deformation, seconds = register_full_resolution(network, small[m], small[s])
+            deformation, seconds = brains.register_full_resolution(network, small[m], small[s])
             for refine in sorted({0, args.refine_steps}):
                 field, refine_seconds, _ = tuning.refined(refiner if refine else None,
                                                           vols[m], vols[s], deformation)

@@ -127,19 +127,19 @@ def learn_template(train_set: str, folder: str, args) -> str:
 
 def mean_displacement_mm(fields: list[np.ndarray]) -> float:
     """Length of the mean of displacements (voxels of 3 mm), averaged over voxels, in mm."""
-    import template
+    import template_outputs
 
-    return template.mean_displacement(np.mean(fields, axis=0), (3.0,) * 3)["mm"]
+    return template_outputs.mean_displacement(np.mean(fields, axis=0), (3.0,) * 3)["mm"]
 
 
 def sharpness(image: np.ndarray, brain: np.ndarray) -> float:
-    """``template.sharpness`` over the ``brain`` voxels, the image first scaled so that the
-    brain's 1st and 99th percentiles are 0 and 1 (an NCC template's intensities are free up to
-    a scale, and its background is not learned)."""
-    import template
+    """``template_outputs.sharpness`` over the ``brain`` voxels, the image first scaled so that
+    the brain's 1st and 99th percentiles are 0 and 1 (an NCC template's intensities are free up
+    to a scale, and its background is not learned)."""
+    import template_outputs
 
     low, high = np.percentile(image[brain], [1, 99])
-    return template.sharpness((image.astype(np.float64) - low) / (high - low), brain)
+    return template_outputs.sharpness((image.astype(np.float64) - low) / (high - low), brain)
 
 
 def make_atlases(vols: np.ndarray, small_segs: np.ndarray, train_segs: np.ndarray, run: str,

@@ -6,21 +6,22 @@ import pytest
 
 import datasets
 import filelists
+import pairing
 import volumes
 
 
 def test_scan_to_scan_pairs_are_distinct_volumes():
-    pairs = datasets.scan_to_scan_pairs(4, num_pairs=200, seed=0)
+    pairs = pairing.scan_to_scan_pairs(4, num_pairs=200, seed=0)
     assert pairs.shape == (200, 2)
     assert np.all(pairs[:, 0] != pairs[:, 1])
     assert set(pairs.ravel()) == {0, 1, 2, 3}
-    assert len(datasets.scan_to_scan_pairs(3)) == 6  # every ordered pair
+    assert len(pairing.scan_to_scan_pairs(3)) == 6  # every ordered pair
 
 
 def test_make_pairs_keeps_label_maps_aligned_with_their_images():
     vols = np.random.default_rng(0).random((3, 8, 8)).astype(np.float32)
     data = datasets.Dataset(vols=vols, segs=(vols > 0.5).astype(np.int32))
-    pairs = datasets.make_pairs(data, "scan_to_scan")
+    pairs = pairing.make_pairs(data, "scan_to_scan")
     assert len(pairs) == 6
     for moving, static, moving_seg, static_seg in pairs:
         np.testing.assert_array_equal(moving_seg, moving > 0.5)
@@ -107,7 +108,7 @@ def test_a_bad_npz_spacing_is_refused(tmp_path, spacing):
 def test_padding_and_splitting_keep_the_spacing():
     data = datasets.Dataset(vols=np.zeros((3, 6, 6), np.float32), spacing=(1.0, 2.0))
     assert datasets.pad_dataset(data, (16, 16)).spacing == (1.0, 2.0)
-    assert all(part.spacing == (1.0, 2.0) for part in datasets.split(data, 1))
+    assert all(part.spacing == (1.0, 2.0) for part in pairing.split(data, 1))
 
 
 def test_a_folder_of_freesurfer_mgz_files_is_a_dataset_with_their_voxel_size(tmp_path):
@@ -185,15 +186,15 @@ def test_a_pairs_file_gives_its_pairs_in_order_with_their_label_maps(tmp_path):
     (tmp_path / "pairs.csv").write_text("moving,static,moving_seg,static_seg\n" + "".join(
         f"{names[m][0]},{names[s][0]},{names[m][1]},{names[s][1]}\n" for m, s in rows))
     data = datasets.load_pairs_file(str(tmp_path / "pairs.csv"))
-    assert datasets.pairing(data) == "listed"
-    pairs = datasets.make_pairs(data, "listed")
+    assert pairing.pairing_mode(data) == "listed"
+    pairs = pairing.make_pairs(data, "listed")
     assert len(pairs) == 3
     for (moving, static, moving_seg, static_seg), (m, s) in zip(pairs, rows):
         for volume, seg, subject in ((moving, moving_seg, m), (static, static_seg, s)):
             stored = np.asarray(nib.load(tmp_path / names[subject][0]).dataobj)
             np.testing.assert_array_equal(volume, datasets.normalize(stored))
             np.testing.assert_array_equal(seg, stored > 127)
-    train, val = datasets.split_pairs(data, 0.3, "pairs.csv")
+    train, val = pairing.split_pairs(data, 0.3, "pairs.csv")
     assert len(train.pairs) == 2 and len(val.pairs) == 1
     np.testing.assert_array_equal(val.pairs, data.pairs[2:])
 

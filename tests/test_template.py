@@ -1,5 +1,6 @@
-"""Templates (template.py, main.py template): the layers, the learned template and its outputs,
-resume, conditional templates, and bad input refused in one line with nothing written.
+"""Templates (template.py, template_training.py, template_outputs.py, main.py template): the
+layers, the learned template and its outputs, resume, conditional templates, and bad input
+refused in one line with nothing written.
 
 Building and tracing a model costs far more than its steps, so most tests inspect the same two
 learned runs (module fixtures ``run`` and ``uncentred``) rather than learning their own."""
@@ -13,6 +14,7 @@ import pytest
 import main
 import rundir
 import template
+import template_outputs
 
 SIZE = 32  # 2D images of SIZE x SIZE
 # The learning runs: few enough steps to keep the file quick, enough for the template to sharpen.
@@ -116,7 +118,7 @@ def test_template_model_saves_and_loads(tmp_path, conditional):
 
 def test_learned_template_is_sharper_than_the_mean(run):
     metrics = rundir.read_json(os.path.join(run, rundir.METRICS))
-    learned = template.sharpness(image(os.path.join(run, rundir.TEMPLATE)).astype(np.float32))
+    learned = template_outputs.sharpness(image(os.path.join(run, rundir.TEMPLATE)).astype(np.float32))
     assert learned == pytest.approx(metrics["sharpness"]["template"], rel=1e-5)
     assert learned > 1.2 * metrics["sharpness"]["mean"]
 
