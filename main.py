@@ -159,15 +159,19 @@ def _add_model_flags(parser: argparse.ArgumentParser, shipped: str) -> None:
 
 def tune_loss(args: argparse.Namespace) -> str | None:
     """The similarity of instance optimisation: ``--tune_loss``; by default the model's own,
-    or mutual information for the shipped brain model (no --model), whose scans may differ in
-    contrast and which has no image loss of its own."""
-    return args.tune_loss or (None if args.model else "mi")
+    or for the shipped brain model (no --model), whose scans may differ in contrast,
+    ``pretrained.TUNE_LOSS``."""
+    return args.tune_loss or (None if args.model else pretrained.TUNE_LOSS)
 
 
 def refiner(model, args: argparse.Namespace) -> tuning.Refiner | None:
-    """The ``--refine_steps`` refiner of ``model``, or None."""
-    return (tuning.Refiner(model, args.refine_steps, args.refine_lr, tune_loss(args))
-            if args.refine_steps else None)
+    """The ``--refine_steps`` refiner of ``model`` (the shipped model's: ``pretrained.refiner``),
+    or None."""
+    if not args.refine_steps:
+        return None
+    if args.model:
+        return tuning.Refiner(model, args.refine_steps, args.refine_lr, tune_loss(args))
+    return pretrained.refiner(model, args.refine_steps, args.refine_lr, tune_loss(args))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -461,15 +465,17 @@ def register(args) -> str:
         tuned = f" with fine-tuning stopped early ({registered['finetune_seconds']:.1f} s)"
     tuned += (f", refined in {args.refine_steps} steps ({registered['refine_seconds']:.1f} s)"
               if args.refine_steps else "")
+    posed = f" with the shipped brain model (posed in {registered.get('pose_seconds', 0):.1f} s)"
     grids = ("" if moving_grid.same_as(static_grid) else " (moving scan resampled to its grid)"
-             ) if args.model else " with the shipped brain model"
+             ) if args.model else posed
     line = (f"registered {args.moving} to {args.static}{grids} in {registered['seconds']:.3f} s "
             f"(one forward pass){tuned}, wrote {args.moved}")
     if args.inverse_warp:
         error = registered["inverse_error"]
         line += (f"; inverse consistency |x - inv(phi(x))|: mean {error['mean_mm']:.3f} mm, "
                  f"95th percentile {error['p95_mm']:.3f} mm")
-    for note in (registered["finetune_fallback"], registered["refine_fallback"]):
+    for note in (registered.get("pose_note"), registered["finetune_fallback"],
+                 registered["refine_fallback"]):
         if note:
             warnings.warn(note, volumes.DataWarning)
     return line

@@ -21,6 +21,7 @@ import runtime  # noqa: F401  (TensorFlow's settings: before its first import)
 import keras
 
 import datasets
+import objective
 import pose
 import registration
 import rundir
@@ -37,6 +38,7 @@ SPACING_MM = 3.0  # its voxel size
 REFINE_FACTOR = 2  # --refine_steps refine the field on a grid this many times finer (1.5 mm)
 MIN_EXTENT_MM = 80.0  # a scan narrower than this along an axis cannot hold a brain
 BRIGHT = 99.5  # intensities are scaled to [0, 1] by this percentile of the brain's, then clipped
+TUNE_LOSS = "mind"  # similarity of instance optimisation: contrast-free and local
 CONTRAST_BINS = 64  # intensity bins of the moving scan mapped onto the static scan's contrast
 LPS_TO_RAS = np.array([-1.0, -1.0, 1.0])
 
@@ -46,6 +48,14 @@ def load() -> keras.Model:
     if not os.path.exists(FILE):
         raise volumes.UsageError(f"the shipped brain model {FILE} is missing: give --model")
     return rundir.load_model(FILE)
+
+
+def refiner(model: keras.Model, steps: int, lr: float = tuning.REFINE_LR,
+            similarity: str = TUNE_LOSS) -> tuning.Refiner:
+    """The refiner of ``register`` with the shipped model: ``steps`` Adam steps on
+    ``similarity`` (MIND-SSD by default) and the smoothness weight that
+    ``objective.DEFAULT_LAMBDA`` gives it."""
+    return tuning.Refiner(model, steps, lr, similarity, objective.DEFAULT_LAMBDA[similarity])
 
 
 def check_scan(image: np.ndarray, grid: transforms.Grid, name: str) -> None:

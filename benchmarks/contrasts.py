@@ -34,6 +34,10 @@ from benchmarks import ants_syn, brains  # noqa: E402  (numpy only)
 # white matter's median (the 6 training subjects at 128^3: 0.37, 0.69, 0.95), the top.
 T1_ANCHORS = (0.02, 0.37, 0.69, 0.95, 1.0)
 T2_ANCHORS = (0.75, 1.0, 0.6, 0.3, 0.28)
+# two more, not monotone in T1 (so no scaling of a T1 gives them): FLAIR-like, CSF dark and grey
+# matter brighter than white; PD-like, low contrast, CSF bright, grey matter above white
+REMAPS = {"T2-like": T2_ANCHORS, "FLAIR-like": (0.2, 0.1, 0.9, 0.6, 0.55),
+          "PD-like": (0.6, 0.9, 0.8, 0.65, 0.62)}
 SYNTH = ["--int_steps", "7", "--int_downsize", "2"]
 TRAININGS = {"vm2": [], "mi": ["--loss", "mi", "--augment", "intensity"],
              "synth_data": ["--synth", "data", *SYNTH],
@@ -49,25 +53,34 @@ NAMES = {"affine": "affine only", "vm2": "VM-2 trained on T1 images (NCC)",
 ANTS_SCORES = os.path.join(brains.ROOT, "benchmarks", "contrasts_ants_scores.json")
 
 
-def t2_like(t1: np.ndarray) -> np.ndarray:
-    """A T2-weighted-like image of a skull-stripped T1 scan in [0, 1], voxel by voxel.
+def remapped(t1: np.ndarray, contrast: str = "T2-like") -> np.ndarray:
+    """An image of another contrast (``REMAPS``) of a skull-stripped T1 scan in [0, 1], voxel by
+    voxel.
 
     Intensities above ``T1_ANCHORS[0]`` (the brain) are mapped piecewise linearly through the
-    anchors to ``T2_ANCHORS``: CSF brightest, then grey matter, white matter darkest; the
-    background stays 0.
+    anchors to the contrast's: for ``T2-like`` CSF brightest, then grey matter, white matter
+    darkest; the background stays 0.
 
     Parameters
     ----------
     t1 : np.ndarray
         ``(*spatial)`` T1 image in [0, 1].
+    contrast : str
+        A key of ``REMAPS``.
 
     Returns
     -------
     np.ndarray
         ``(*spatial)`` float32 in [0, 1].
     """
-    remapped = np.interp(t1, T1_ANCHORS, T2_ANCHORS)
-    return np.where(t1 > T1_ANCHORS[0], remapped, 0.0).astype(np.float32)
+    anchors = REMAPS[contrast]
+    return np.where(t1 > T1_ANCHORS[0], np.interp(t1, T1_ANCHORS, anchors),
+                    0.0).astype(np.float32)
+
+
+def t2_like(t1: np.ndarray) -> np.ndarray:
+    """:func:`remapped` to ``T2-like``: the contrast of this benchmark's rows."""
+    return remapped(t1, "T2-like")
 
 
 def network_pairs(model, moving_small: np.ndarray, static_small: np.ndarray, full,
