@@ -32,6 +32,7 @@ import numpy as np
 
 import augmentation
 import datasets
+import hyper
 import scores
 import models
 import objective
@@ -61,6 +62,11 @@ def _number(kind: type, low: float, high: float = np.inf, low_open: bool = True,
     parse.__name__ = {(True, np.inf): "positive", (False, np.inf): "non-negative"}.get(
         (low_open, high), f"in {bounds}") if low == 0 else f"in {bounds}"
     return parse
+
+
+def _lamda_choice(text: str) -> float | str:
+    """argparse type of ``evaluate --lamda``: a number, or ``best``."""
+    return text if text == "best" else _number(float, -np.inf)(text)
 
 
 def _positive(kind: type, zero: bool = False):
@@ -139,6 +145,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--lr", type=_positive(float), default=1e-3, help="Adam learning rate")
     parser.add_argument("--lamda", type=_number(float, 0, low_open=False), default=None,
                         help="weight of the smoothness loss (default: 1.0 for ncc, 0.01 for mse)")
+    parser.add_argument("--hyper", action="store_true",
+                        help="HyperMorph: one model for every smoothness weight lambda in [0, 1] "
+                             "(loss (1 - lambda) * similarity + lambda * smoothness, lambda "
+                             "drawn for every pair), chosen by register and evaluate --lamda")
     parser.add_argument("--model", choices=("vm1", "vm2"), default="vm2",
                         help="VoxelMorph-1 or VoxelMorph-2 decoder")
     parser.add_argument("--unet", choices=models.UNETS, default="paper",
@@ -305,6 +315,9 @@ def _add_register_parser(commands) -> None:
                                "(3D skull-stripped brain MRI of any contrast, any grid, not "
                                "aligned: docs/brain-model.md)")
     _add_finetune_flags(register)
+    register.add_argument("--lamda", type=_number(float, -np.inf), default=None,
+                          help="a hypermodel's (--hyper) smoothness weight, in [0, 1] (default: "
+                               "that of the ordinary default, 0.5 for ncc)")
     register.add_argument("--moving", required=True, help="moving image")
     register.add_argument("--static", required=True, help="static (fixed) image")
     register.add_argument("--moved", required=True,
@@ -377,6 +390,11 @@ def _add_evaluate_parser(commands) -> None:
     evaluate.add_argument("--labels", type=int, nargs="+", default=None,
                           help="labels scored with Dice (default: 'labels' in --data, else every "
                                "non-zero label present)")
+    evaluate.add_argument("--lamda", type=_lamda_choice, nargs="+", default=None,
+                          help="a hypermodel's (--hyper) smoothness weight in [0, 1]; several: "
+                               "a curve of the scores against it (lamda_curve.json, .png); best: "
+                               "the weight of best Dice on the run's validation pairs (default: "
+                               "that of the ordinary default, 0.5 for ncc)")
     evaluate.add_argument("--max_pairs", type=_positive(int), default=None,
                           help="score only the first pairs (default: all)")
     evaluate.add_argument("--output", default=None,
@@ -447,7 +465,8 @@ def register(args) -> str:
     volumes.check_output_files(outputs, [args.model or pretrained.FILE, args.moving,
                                          args.static, args.moving_seg or ""],
                                other_formats=("--affine",))
-    model = rundir.load_model(args.model) if args.model else pretrained.load()
+    model = hyper.for_registration(
+        rundir.load_model(args.model) if args.model else pretrained.load(), args.lamda)
     if args.affine and models.transform(models.registration_model(model)) == "deformable":
         raise volumes.UsageError(f"--affine: {args.model} is a deformable model, without an "
                                  f"affine stage (train one with --transform affine, rigid or "
@@ -552,14 +571,21 @@ def evaluate(args) -> str:
         raise volumes.UsageError("evaluate with the shipped brain model (no --model) needs "
                                  "--output, the folder to write its scores in")
     output = rundir.output_folder(args.output or os.path.dirname(os.path.abspath(args.model)))
+    if "best" in (args.lamda or []) and len(args.lamda) > 1:
+        raise volumes.UsageError("--lamda best chooses one weight: give it alone")
     model = rundir.load_model(args.model) if args.model else pretrained.load()
+    lamdas = [chosen_lambda(model, args.model)] if args.lamda == ["best"] else args.lamda or []
     shape = models.input_shape(model)
     data = evaluation_set(args.data, args.atlas, args.pairs, shape, args.pairs_file)
     mode = datasets.pairing(data, args.pairs)
     pairs = datasets.make_pairs(data, mode, args.max_pairs)
     labels, names = datasets.scored_labels(data, args.labels)
+    if len(lamdas) > 1:
+        return lambda_curve(model, lamdas, pairs, labels, data.spacing, output)
+    model = hyper.for_registration(model, lamdas[0] if lamdas else None)
     print(f"evaluating {args.model or 'the shipped brain model'} on {len(pairs)} {mode} pairs "
-          f"of shape {data.shape}, {len(labels)} labels")
+          f"of shape {data.shape}, {len(labels)} labels" + (
+              f", at --lamda {hyper.fixed_lambda(model):g}" if hyper.is_hyper(model) else ""))
     if args.model:
         results, _ = registration.evaluate_pairs(
             model, pairs, labels or None, spacing=data.spacing,
@@ -575,6 +601,8 @@ def evaluate(args) -> str:
                  **result} for (moving, static), result in zip(pairs.index, results)]
     evaluation = os.path.join(output, rundir.EVALUATION)
     rundir.write_json(evaluation, {"model": args.model or pretrained.FILE,
+                                   **({"lamda": hyper.fixed_lambda(model)}
+                                      if hyper.is_hyper(model) else {}),
                                    "data": args.pairs_file or args.data or "default",
                                    "pairs": mode, "labels": labels, "label_names": names,
                                    "spacing": data.spacing, "summary": summary,
@@ -591,6 +619,32 @@ def evaluate(args) -> str:
         warnings.warn(line, volumes.DataWarning)
     return report(summary) + (f", {summary['seconds']['mean']:.3f} s per pair; "
                               f"wrote {evaluation}")
+
+
+def chosen_lambda(model, path: str | None) -> float:
+    """``evaluate --lamda best``: the hypermodel's weight of best mean Dice on the validation
+    pairs of its training run (its ``rundir.ARGS``), said in one line (``hyper.choose``)."""
+    hyper.check_lambda(model, "best")
+    flags = rundir.read_json(os.path.join(os.path.dirname(os.path.abspath(path)), rundir.ARGS))
+    best, line = hyper.choose(model, *training.validation_pairs(flags))
+    print(line)
+    return best
+
+
+def lambda_curve(model, lamdas: list[float], pairs, labels: list[int], spacing,
+                 output: str) -> str:
+    """``evaluate --lamda V1 V2 ...``: the scores at each weight, written as ``rundir.
+    LAMBDA_CURVE`` and its figure; one line per weight."""
+    for lamda in lamdas:
+        hyper.check_lambda(model, lamda)
+    rows = hyper.curve(model, pairs, lamdas, labels or None, spacing)
+    rundir.make_folder(output)
+    path = os.path.join(output, rundir.LAMBDA_CURVE)
+    rundir.write_json(path, {"lamda_curve": rows})
+    if "dice_after" in rows[0]:
+        viz.plot_lambda_curve({"hypermodel": rows}, os.path.join(output, rundir.LAMBDA_PLOT))
+    return "\n".join(f"--lamda {row['lamda']:g}: " + report(row) for row in rows) + \
+        f"\nwrote {path}"
 
 
 def write_dice_csv(path: str, labels: list[int], names: list[str] | None, summary: dict) -> None:

@@ -11,6 +11,7 @@ scores and the figures into the run folder, which it holds locked (``rundir.lock
 the chief writes the run folder (``distribution.is_chief``).
 Where it runs (one device, several GPUs, several machines) is ``distribution.py``'s job.
 """
+import argparse
 import contextlib
 import functools
 import importlib.util
@@ -30,6 +31,7 @@ import dataloader
 import datasets
 import distribution
 import filelists
+import hyper
 import scores
 import models
 import objective
@@ -105,6 +107,23 @@ def training_sets(data: str | None, atlas: str | None, pairs: str | None,
     if augment and mode != "scan_to_scan":
         raise volumes.UsageError("--augment applies to scan_to_scan pairs")
     return train_set, val_set, mode
+
+
+def run_sets(args) -> tuple[datasets.Dataset, datasets.Dataset, str]:
+    """Training set, validation set and pairing mode of a run's training flags ``args`` (also
+    those read back from its ``rundir.ARGS``)."""
+    if args.synth:
+        return synth_sets(args)
+    return training_sets(args.data, args.atlas, args.pairs,
+                         augmentation.augmentations(args.augment), args.val_data,
+                         args.val_fraction, args.ndim, args.pairs_file)
+
+
+def validation_pairs(flags: dict) -> tuple[datasets.Pairs, datasets.Dataset]:
+    """The validation pairs that a run of the training flags ``flags`` (its ``rundir.ARGS``)
+    scored, on their own grid, and their set (for its labels and spacing)."""
+    _, val_set, mode = run_sets(argparse.Namespace(**flags))
+    return datasets.make_pairs(val_set, mode, MAX_VAL_PAIRS), val_set
 
 
 def pair_list_sets(pairs_file: str, val_fraction: float | None, ndim: int | None
@@ -215,6 +234,12 @@ def check_transform(args) -> None:
     if refused:
         raise volumes.UsageError(f"--transform {args.transform} does not take "
                                  f"{', '.join(refused)}")
+    refused = [flag for flag, value in (
+        ("--lamda (it learns every weight in [0, 1])", args.lamda is not None),
+        (f"--transform {args.transform}", args.transform != "deformable"),
+        (f"--synth {args.synth}", args.synth), ("--init_from", args.init_from)) if value]
+    if args.hyper and refused:
+        raise volumes.UsageError(f"--hyper does not take {', '.join(refused)}")
 
 
 def initialise(model: keras.Model, path: str) -> None:
@@ -419,9 +444,7 @@ def locked_train(args, lock: contextlib.ExitStack) -> dict:
     if args.resume and chief:
         lock.enter_context(rundir.locked(output))
     augment = augmentation.augmentations(args.augment)
-    train_set, val_set, mode = (synth_sets(args) if args.synth else training_sets(
-        args.data, args.atlas, args.pairs, augment, args.val_data, args.val_fraction, args.ndim,
-        args.pairs_file))
+    train_set, val_set, mode = run_sets(args)
     val_pairs = datasets.make_pairs(val_set, mode, MAX_VAL_PAIRS)  # scored on their own grid
     shape = shapes.padded_shape(train_set.shape, models.DIVISOR)
     if shape != train_set.shape:
@@ -445,7 +468,7 @@ def locked_train(args, lock: contextlib.ExitStack) -> dict:
             models.build_model(shape, args.model, args.loss, args.lamda, args.lr,
                                args.ncc_window, args.int_steps, args.int_downsize, args.bidir,
                                args.seg_weight, len(labels), args.transform,
-                               args.unet, bool(args.synth)), None)
+                               args.unet, bool(args.synth), args.hyper), None)
         if not args.resume:
             for path in args.init_from or ():
                 initialise(model, path)
@@ -460,6 +483,9 @@ def locked_train(args, lock: contextlib.ExitStack) -> dict:
     val_loader = dataloader.RegistrationDataLoader(
         padded.moving, padded.static, args.batch_size, moving_segs=padded.moving_segs,
         static_segs=padded.static_segs, labels=labels)
+    if args.hyper:  # each sample's smoothness weight, drawn afresh (the same for validation)
+        loader, val_loader = (hyper.HyperLoader(loader, args.seed),
+                              hyper.HyperLoader(val_loader, args.seed, redraw=False))
     run_dir = claim_run_folder(output, args, chief, lock, state)
     kind = {"deformable": args.model, "joint": f"joint ({args.model})"}.get(args.transform,
                                                                           args.transform)
@@ -479,7 +505,8 @@ def locked_train(args, lock: contextlib.ExitStack) -> dict:
     if args.keep_best and last["best_epoch"]:
         model = rundir.load_model(os.path.join(output, last["best_model"]))
     rundir.save_model(model, os.path.join(output, rundir.MODEL))
-    results, samples = registration.evaluate_pairs(model, val_pairs, val_set.labels, NUM_SAMPLES,
+    results, samples = registration.evaluate_pairs(hyper.for_registration(model, None),
+                                                   val_pairs, val_set.labels, NUM_SAMPLES,
                                                    val_set.spacing)
     rundir.write_samples(os.path.join(output, rundir.SAMPLES), samples)
     viz.render_run(output)
@@ -487,6 +514,7 @@ def locked_train(args, lock: contextlib.ExitStack) -> dict:
                "replicas": strategy.num_replicas_in_sync,
                "train_seconds": round(train_seconds, 1), "validation_pairs": len(results),
                "epochs_completed": last["epoch"], "best_epoch": last["best_epoch"],
+               **({"lamda": hyper.default_lambda(model)} if args.hyper else {}),
                **scores.summarize(results)}
     rundir.write_json(os.path.join(output, rundir.METRICS), summary)
     return summary
