@@ -28,8 +28,12 @@ Beside the networks, :func:`build_model` gives an ``objective.TrainingModel``: t
 the training objective of Eq. (2) (``objective.py``), which it computes from its own inputs and
 outputs. Registering and scoring pairs with a trained model is ``registration.py``'s job.
 
-At some 480 lines it is a little longer than most: three networks (VoxelMorph, affine, joint) and
-what reads a trained one back (its kind, integration, stages) to rebuild it for another shape.
+With ``hyper=True`` every convolution of the U-Net takes its weights from HyperMorph's
+hypernetwork (``layers.Hypernetwork``, ``layers.HyperConv``; ``hyper.py``).
+
+At some 530 lines it is a little longer than most: three networks (VoxelMorph, affine, joint),
+their hypernetwork variant, and what reads a trained one back (its kind, integration, stages,
+hypernetwork) to rebuild it for another shape.
 """
 import runtime  # noqa: F401  (TensorFlow's settings: before its first import)
 import keras
@@ -410,7 +414,7 @@ def build_model(input_shape: tuple[int, ...], model: str = "vm2", loss: str = "n
     terms = objective.loss_terms(loss, lamda, ncc_window, bidir, seg_weight, transform,
                                  int_steps, synth)
     if hyper:
-        terms = objective.hyper_terms(terms, loss, synth)
+        terms = objective.hyper_terms(terms, loss)
     trainable = objective.TrainingModel(inputs, outputs, network.name, terms=terms)
     trainable.compile(optimizer=keras.optimizers.Adam(lr))
     return trainable

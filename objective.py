@@ -123,17 +123,17 @@ def sample_scale(tensors: dict, scale: str):
     return 1 - values if scale.startswith("1-") else values
 
 
-def hyper_terms(terms: list[Term], loss: str = "ncc", synth: bool = False) -> list[Term]:
+def hyper_terms(terms: list[Term], loss: str = "ncc") -> list[Term]:
     """The terms of a HyperMorph model (Hoopes et al., IPMI 2021): ``(1 - lamda) * similarity
     + lamda * smoothness``, ``lamda`` each sample's input.
 
     Every smoothness term of ``terms`` takes the scale ``lamda`` and weight 1; every other term
     (similarities, soft Dice) keeps its weight, times ``1 - lamda``, so that the hypermodel at
     ``lamda`` minimises what an ordinary model of smoothness weight ``lamda / (1 - lamda)``
-    minimises. An MSE image similarity is also divided by the noise variance of HyperMorph's
-    code (``HYPER_MSE_SCALE``).
+    minimises. An MSE image similarity (``loss``) is also divided by the noise variance of
+    HyperMorph's code (``HYPER_MSE_SCALE``); a soft Dice is not.
     """
-    scale = HYPER_MSE_SCALE if loss == "mse" and not synth else 1.0
+    scale = HYPER_MSE_SCALE if loss == "mse" else 1.0
     return [term._replace(weight=1.0, scale="lamda") if isinstance(term.loss, metrics.Grad)
             else term._replace(scale="1-lamda", weight=term.weight * (
                 1.0 if isinstance(term.loss, metrics.SoftDice) else scale))

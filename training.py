@@ -223,7 +223,7 @@ def check_one_hot(labels: list[int], shape: tuple[int, ...], batch_size: int) ->
 
 
 def check_transform(args) -> None:
-    """Refuse flags that ``--transform`` does not take, in one line."""
+    """Refuse flags that ``--transform`` or ``--hyper`` does not take, in one line."""
     refused = []
     if args.transform != "deformable":
         refused += [flag for flag, value in (("--bidir", args.bidir),

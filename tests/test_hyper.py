@@ -165,8 +165,8 @@ def test_a_resumed_hyper_run_keeps_its_hypernetwork_and_evaluates_at_chosen_lamb
              "scan_to_scan", "--seg_weight", "0.1", "--steps_per_epoch", "2"]
     assert main.main(flags + ["--epochs", "1", "--output", run]) == 0
     assert main.main(["--resume", run, "--epochs", "2"]) == 0
-    state = json.loads(open(os.path.join(run, "checkpoint.json")).read())
-    assert state["epoch"] == 2 and json.load(open(os.path.join(run, "metrics.json")))["lamda"] == 0.5
+    assert json.load(open(os.path.join(run, "checkpoint.json")))["epoch"] == 2
+    assert json.load(open(os.path.join(run, "metrics.json")))["lamda"] == 0.5  # scored there
     model = keras.models.load_model(os.path.join(run, "model.keras"))
     assert hyper.is_hyper(model) and "moved_seg" in {term.name for term in model.terms}
 
