@@ -1,5 +1,6 @@
 """The Keras layers of the networks (``models.py``): the spatial transformer, the field layers of
-diffeomorphic integration, and the affine stage's centroids, least-squares fit and displacement.
+diffeomorphic integration, the affine stage's centroids, least-squares fit and displacement, and
+HyperMorph's hypernetwork and the convolutions whose weights it gives (``hyper.py``).
 
 Each is a thin layer around the maths of ``utils.py`` (or its own, for the affine fit), registered
 as serializable, so that saved models load with ``keras.models.load_model`` once this module (or
@@ -223,3 +224,129 @@ class AffineDisplacement(keras.layers.Layer):
 
     def get_config(self) -> dict:
         return {**super().get_config(), "shape": self.shape}
+
+
+@keras.saving.register_keras_serializable(package="voxelmorph")
+class Hypernetwork(keras.layers.Layer):
+    """HyperMorph's hypernetwork (Hoopes et al., IPMI 2021): the smoothness weight of each sample
+    -> the code from which every :class:`HyperConv` makes its kernel.
+
+    ``depth`` fully connected layers of ``units``: ReLU, and softmax for the last, so that the
+    code is a convex mixture (non-negative, summing to 1) of each convolution's ``units`` kernel
+    banks. The paper's layers are ReLU throughout; the softmax keeps the generated kernels
+    moving no faster under Adam than an ordinary kernel (every bank gets the same sign of
+    gradient: with a code summing to 1 their steps add up to one step, not ``units``).
+
+    Parameters
+    ----------
+    units, depth : int
+        Width and number of the fully connected layers.
+    """
+
+    def __init__(self, units: int = 32, depth: int = 4, **kwargs):
+        super().__init__(**kwargs)
+        self.units, self.depth = units, depth
+        self.dense = [keras.layers.Dense(units, activation="softmax" if i == depth - 1
+                                         else "relu", name=f"dense_{i}") for i in range(depth)]
+
+    def build(self, input_shape):
+        for dense in self.dense:
+            dense.build(input_shape)
+            input_shape = (input_shape[0], self.units)
+
+    def call(self, lamda):
+        """``(B, 1)`` weights -> ``(B, units)`` codes (non-negative, each summing to 1)."""
+        for dense in self.dense:
+            lamda = dense(lamda)
+        return lamda
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], self.units)
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "units": self.units, "depth": self.depth}
+
+
+@keras.saving.register_keras_serializable(package="voxelmorph")
+class HyperConv(keras.layers.Layer):
+    """A 3x3(x3) 'same' convolution whose kernel and bias the hypernetwork gives each sample.
+
+    ``[x, code] -> conv(x, K(code)) + b(code)``, with ``K(code) = K0 + sum_u code_u K_u`` (and
+    the bias alike): a base kernel ``K0`` plus the code's mixture of ``units`` kernel banks,
+    one linear map of the hypernetwork's last layer, so each sample of a batch is convolved with
+    the kernel of its own smoothness weight. Every kernel (base and banks) is drawn from
+    ``kernel_initializer``, the biases start at 0.
+
+    Parameters
+    ----------
+    filters, strides : int
+        Output channels and stride, as ``keras.layers.Conv2D``/``Conv3D``.
+    kernel_initializer : str or dict
+        Initializer of the base kernel and the banks (a Keras name or serialised initializer).
+    """
+
+    def __init__(self, filters: int, strides: int = 1, kernel_initializer="he_normal",
+                 **kwargs):
+        super().__init__(**kwargs)
+        self.filters, self.strides = filters, strides
+        self.kernel_initializer = keras.initializers.get(kernel_initializer)
+
+    def build(self, input_shape):
+        image, code = input_shape
+        self.kernel_shape = (3,) * (len(image) - 2) + (image[-1], self.filters)
+        self.base_kernel = self.add_weight(self.kernel_shape, self.kernel_initializer,
+                                           name="base_kernel")
+        self.base_bias = self.add_weight((self.filters,), "zeros", name="base_bias")
+        self.kernel_banks = self.add_weight((code[-1], *self.kernel_shape),
+                                            self.kernel_initializer, name="kernel_banks")
+        self.bias_banks = self.add_weight((code[-1], self.filters), "zeros", name="bias_banks")
+
+    def kernels(self, code):
+        """``(B, units)`` codes -> ``(B, *kernel_shape)`` kernels and ``(B, filters)`` biases."""
+        kernels = self.base_kernel + tf.tensordot(code, self.kernel_banks, axes=1)
+        return kernels, self.base_bias + tf.matmul(code, self.bias_banks)
+
+    def call(self, inputs):
+        """``[(B, *spatial, C) features, (B, units) codes]`` -> ``(B, *spatial / strides,
+        filters)``: each sample convolved with its own kernel."""
+        image, code = inputs
+        kernels, biases = self.kernels(tf.cast(code, self.base_kernel.dtype))
+        kernels, biases = tf.cast(kernels, image.dtype), tf.cast(biases, image.dtype)
+
+        def convolve(sample):
+            x, kernel, bias = sample
+            return tf.nn.convolution(x[None], kernel, self.strides, "SAME")[0] + bias
+        return tf.map_fn(convolve, (image, kernels, biases), fn_output_signature=image.dtype)
+
+    def compute_output_shape(self, input_shape):
+        image = input_shape[0]
+        spatial = [None if size is None else -(-size // self.strides) for size in image[1:-1]]
+        return (image[0], *spatial, self.filters)
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "filters": self.filters, "strides": self.strides,
+                "kernel_initializer": keras.initializers.serialize(self.kernel_initializer)}
+
+
+@keras.saving.register_keras_serializable(package="voxelmorph")
+class FixedLambda(keras.layers.Layer):
+    """A hypermodel's smoothness weight fixed at ``value``: image ``(B, ...)`` -> ``(B, 1)``.
+
+    Parameters
+    ----------
+    value : float
+        The weight, in the trained range.
+    """
+
+    def __init__(self, value: float, **kwargs):
+        super().__init__(**kwargs)
+        self.value = float(value)
+
+    def call(self, image):
+        return tf.fill([tf.shape(image)[0], 1], tf.constant(self.value, self.compute_dtype))
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], 1)
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "value": self.value}

@@ -33,6 +33,7 @@ import numpy as np
 import augmentation
 import data_sources
 import datasets
+import hyper
 import scores
 import models
 import objective
@@ -63,6 +64,11 @@ def _number(kind: type, low: float, high: float = np.inf, low_open: bool = True,
     parse.__name__ = {(True, np.inf): "positive", (False, np.inf): "non-negative"}.get(
         (low_open, high), f"in {bounds}") if low == 0 else f"in {bounds}"
     return parse
+
+
+def _lamda_choice(text: str) -> float | str:
+    """argparse type of ``--lamda`` of register and evaluate: a number, or ``best``."""
+    return text if text == "best" else _number(float, -np.inf)(text)
 
 
 def _positive(kind: type, zero: bool = False):
@@ -154,7 +160,12 @@ def _add_model_flags(parser: argparse.ArgumentParser, shipped: str) -> None:
                              "along a cosine)")
     parser.add_argument("--tune_loss", choices=objective.LOSSES, default=None,
                         help="image similarity of --finetune_steps and --refine_steps (default: "
-                             "the model's own; mi for scans of two contrasts)")
+                             "the model's own; mi or mind for scans of two contrasts)")
+    parser.add_argument("--lamda", type=_lamda_choice, nargs="+", default=None,
+                        help="a hypermodel's (--hyper) smoothness weight in [0, 1] (default: "
+                             "that of the ordinary default, 0.5 for ncc); evaluate: several "
+                             "give a curve of the scores (lamda_curve.json, .png), best the "
+                             "weight of best Dice on the run's validation pairs")
 
 
 def tune_loss(args: argparse.Namespace) -> str | None:
@@ -183,6 +194,10 @@ def build_parser() -> argparse.ArgumentParser:
                     "made by random smooth deformations of the MNI152 template.")
     _add_run_flags(parser, "pairs")
     _add_loss_flags(parser, int_steps=0)
+    parser.add_argument("--hyper", action="store_true",
+                        help="HyperMorph: one model for every smoothness weight lambda in [0, 1] "
+                             "(loss (1 - lambda) * similarity + lambda * smoothness, lambda "
+                             "drawn for every pair), chosen by register and evaluate --lamda")
     parser.add_argument("--model", choices=("vm1", "vm2"), default="vm2",
                         help="VoxelMorph-1 or VoxelMorph-2 decoder")
     parser.add_argument("--unet", choices=models.UNETS, default="paper",
@@ -426,8 +441,12 @@ def register(args) -> str:
     volumes.check_output_files(outputs, [args.model or pretrained.FILE, args.moving,
                                          args.static, args.moving_seg or ""],
                                other_formats=("--affine",))
-    model = rundir.load_model(args.model) if args.model else pretrained.load()
-    if args.affine and models.transform(models.registration_model(model)) == "deformable":
+    if args.lamda and (len(args.lamda) > 1 or args.lamda[0] == "best"):
+        raise volumes.UsageError("register takes one --lamda value (evaluate chooses or curves)")
+    model = hyper.for_registration(rundir.load_model(args.model) if args.model else
+                                   pretrained.load(), args.lamda[0] if args.lamda else None)
+    if args.affine and args.model and models.transform(models.registration_model(model)) == \
+            "deformable":
         raise volumes.UsageError(f"--affine: {args.model} is a deformable model, without an "
                                  f"affine stage (train one with --transform affine, rigid or "
                                  f"joint)")
@@ -512,15 +531,22 @@ def evaluate(args) -> str:
         raise volumes.UsageError("evaluate with the shipped brain model (no --model) needs "
                                  "--output, the folder to write its scores in")
     output = rundir.output_folder(args.output or os.path.dirname(os.path.abspath(args.model)))
+    if "best" in (args.lamda or []) and len(args.lamda) > 1:
+        raise volumes.UsageError("--lamda best chooses one weight: give it alone")
     model = rundir.load_model(args.model) if args.model else pretrained.load()
+    lamdas = [chosen_lambda(model, args.model)] if args.lamda == ["best"] else args.lamda or []
     shape = models.input_shape(model)
     data = data_sources.evaluation_set(args.data, args.atlas, args.pairs, shape,
                                         args.pairs_file)
     mode = pairing.pairing_mode(data, args.pairs)
     pairs = pairing.make_pairs(data, mode, args.max_pairs)
     labels, names = datasets.scored_labels(data, args.labels)
+    if len(lamdas) > 1:
+        return hyper.write_curve(model, lamdas, pairs, labels, data.spacing, output)
+    model = hyper.for_registration(model, lamdas[0] if lamdas else None)
     print(f"evaluating {args.model or 'the shipped brain model'} on {len(pairs)} {mode} pairs "
-          f"of shape {data.shape}, {len(labels)} labels")
+          f"of shape {data.shape}, {len(labels)} labels" + (
+              f", at --lamda {hyper.fixed_lambda(model):g}" if hyper.is_hyper(model) else ""))
     if args.model:
         results, _ = registration.evaluate_pairs(
             model, pairs, labels or None, spacing=data.spacing,
@@ -536,6 +562,8 @@ def evaluate(args) -> str:
                  **result} for (moving, static), result in zip(pairs.index, results)]
     evaluation = os.path.join(output, rundir.EVALUATION)
     rundir.write_json(evaluation, {"model": args.model or pretrained.FILE,
+                                   **({"lamda": hyper.fixed_lambda(model)}
+                                      if hyper.is_hyper(model) else {}),
                                    "data": args.pairs_file or args.data or "default",
                                    "pairs": mode, "labels": labels, "label_names": names,
                                    "spacing": data.spacing, "summary": summary,
@@ -552,6 +580,16 @@ def evaluate(args) -> str:
         warnings.warn(line, volumes.DataWarning)
     return scores.headline(summary) + (f", {summary['seconds']['mean']:.3f} s per pair; "
                               f"wrote {evaluation}")
+
+
+def chosen_lambda(model, path: str | None) -> float:
+    """``evaluate --lamda best``: the hypermodel's weight of best mean Dice on the validation
+    pairs of its training run (its ``rundir.ARGS``), said in one line (``hyper.choose``)."""
+    hyper.check_lambda(model, "best")
+    flags = rundir.read_json(os.path.join(os.path.dirname(os.path.abspath(path)), rundir.ARGS))
+    best, line = hyper.choose(model, *training.validation_pairs(flags))
+    print(line)
+    return best
 
 
 def volume_name(data: datasets.Dataset, index: int) -> int | str:

@@ -28,8 +28,12 @@ Beside the networks, :func:`build_model` gives an ``objective.TrainingModel``: t
 the training objective of Eq. (2) (``objective.py``), which it computes from its own inputs and
 outputs. Registering and scoring pairs with a trained model is ``registration.py``'s job.
 
-At some 480 lines it is a little longer than most: three networks (VoxelMorph, affine, joint) and
-what reads a trained one back (its kind, integration, stages) to rebuild it for another shape.
+With ``hyper=True`` every convolution of the U-Net takes its weights from HyperMorph's
+hypernetwork (``layers.Hypernetwork``, ``layers.HyperConv``; ``hyper.py``).
+
+At some 530 lines it is a little longer than most: three networks (VoxelMorph, affine, joint),
+their hypernetwork variant, and what reads a trained one back (its kind, integration, stages,
+hypernetwork) to rebuild it for another shape.
 """
 import runtime  # noqa: F401  (TensorFlow's settings: before its first import)
 import keras
@@ -47,8 +51,11 @@ DIVISOR = 2 ** len(ENCODER)  # spatial sizes must divide by this (four stride-2 
 F32 = "float32"  # the field's layers, even under a mixed-precision policy
 
 
-def _conv(x, filters: int, strides: int = 1):
-    """3x3(x3) convolution, 'same' padding, then LeakyReLU(0.2)."""
+def _conv(x, filters: int, strides: int = 1, code=None):
+    """3x3(x3) convolution, 'same' padding, then LeakyReLU(0.2); with the hypernetwork's
+    ``code``, a :class:`layers.HyperConv` whose weights it gives."""
+    if code is not None:
+        return keras.layers.LeakyReLU(0.2)(layers.HyperConv(filters, strides)([x, code]))
     conv = getattr(keras.layers, f"Conv{len(x.shape) - 2}D")
     x = conv(filters, 3, strides=strides, padding="same", kernel_initializer="he_normal")(x)
     return keras.layers.LeakyReLU(0.2)(x)
@@ -71,7 +78,8 @@ def check_input_shape(input_shape: tuple[int, ...]) -> None:
 
 def voxelmorph(input_shape: tuple[int, ...], decoder: tuple[int, ...],
                name: str = "voxelmorph", int_steps: int = 0, int_downsize: int = 1,
-               bidir: bool = False, unet: str = "paper") -> keras.Model:
+               bidir: bool = False, unet: str = "paper", hyper: bool = False,
+               lamda: float | None = None) -> keras.Model:
     """Build a VoxelMorph network with the paper's encoder and the given decoder widths.
 
     Parameters
@@ -96,11 +104,18 @@ def voxelmorph(input_shape: tuple[int, ...], decoder: tuple[int, ...],
         displacement without integration).
     unet : {"paper", "official"}
         The U-Net's layout: the paper's, or the official code's (see the module's docstring).
+    hyper : bool
+        HyperMorph (``hyper.py``): every convolution is a :class:`layers.HyperConv` whose weights
+        :class:`layers.Hypernetwork` gives for each sample's smoothness weight, the input
+        ``"lamda"`` ``(B, 1)``, or ``lamda`` fixed (:class:`layers.FixedLambda`) when given.
+    lamda : float, optional
+        With ``hyper``: the smoothness weight the network registers with, in place of an input.
 
     Returns
     -------
     keras.Model
-        Inputs ``{"moving", "static"}``, each ``(B, *input_shape, 1)``. Outputs ``"moved"``
+        Inputs ``{"moving", "static"}`` (and ``"lamda"`` of a hypernetwork without ``lamda``),
+        each ``(B, *input_shape, 1)``. Outputs ``"moved"``
         ``(B, *input_shape, 1)`` and ``"deformation"`` ``(B, *input_shape, ndim)``, the
         displacement in voxels, 'ij' order; with integration ``"velocity"`` (at the integration
         grid, in its voxels); with ``bidir`` ``"moved_static"``.
@@ -108,8 +123,16 @@ def voxelmorph(input_shape: tuple[int, ...], decoder: tuple[int, ...],
     check_input_shape(input_shape)
     inputs = {"moving": keras.Input((*input_shape, 1), name="moving"),
               "static": keras.Input((*input_shape, 1), name="static")}
+    code = None
+    if hyper:
+        if lamda is None:
+            inputs["lamda"] = keras.Input((1,), name="lamda")
+        weight = inputs["lamda"] if lamda is None else layers.FixedLambda(
+            lamda, name="fixed_lamda", dtype=F32)(inputs["moving"])
+        code = layers.Hypernetwork(name="hypernetwork", dtype=F32)(weight)
     unet_layout = {"paper": _unet, "official": _pooled_unet}[unet]
-    field = _field(unet_layout(inputs["moving"], inputs["static"], decoder), int_steps)
+    field = _field(unet_layout(inputs["moving"], inputs["static"], decoder, code), int_steps,
+                   code=code)
 
     outputs = {}
     if int_steps:
@@ -139,51 +162,58 @@ def voxelmorph(input_shape: tuple[int, ...], decoder: tuple[int, ...],
     return keras.Model(inputs, outputs, name=name)
 
 
-def _unet(moving, static, decoder: tuple[int, ...]):
-    """The paper's U-Net on the concatenated pair; returns its last feature map."""
+def _unet(moving, static, decoder: tuple[int, ...], code=None):
+    """The paper's U-Net on the concatenated pair (its weights given by the hypernetwork's
+    ``code``, if any); returns its last feature map."""
     x = keras.layers.Concatenate(name="pair")([moving, static])
     skips = [x]
     for filters in ENCODER:
-        x = _conv(x, filters, strides=2)
+        x = _conv(x, filters, strides=2, code=code)
         skips.append(x)
     skips.pop()  # the deepest level feeds the decoder directly
 
     upsampled, half, full = decoder[:3], decoder[3:5], decoder[5:]
     for filters in upsampled:
-        x = _up_and_skip(_conv(x, filters), skips.pop())
+        x = _up_and_skip(_conv(x, filters, code=code), skips.pop())
     for filters in half:
-        x = _conv(x, filters)
+        x = _conv(x, filters, code=code)
     x = _up_and_skip(x, skips.pop())
     for filters in full:
-        x = _conv(x, filters)
+        x = _conv(x, filters, code=code)
     return x
 
 
-def _pooled_unet(moving, static, decoder: tuple[int, ...]):
-    """The official code's U-Net layout on the concatenated pair; returns its last feature map."""
+def _pooled_unet(moving, static, decoder: tuple[int, ...], code=None):
+    """The official code's U-Net layout on the concatenated pair (its weights given by the
+    hypernetwork's ``code``, if any); returns its last feature map."""
     ndim = len(moving.shape) - 2
     pooling = getattr(keras.layers, f"MaxPooling{ndim}D")
     x = keras.layers.Concatenate(name="pair")([moving, static])
     skips = []
     for filters in ENCODER:
-        x = _conv(x, filters)
+        x = _conv(x, filters, code=code)
         skips.append(x)
         x = pooling(2)(x)
     for filters in decoder[:len(ENCODER)]:
-        x = _up_and_skip(_conv(x, filters), skips.pop())
+        x = _up_and_skip(_conv(x, filters, code=code), skips.pop())
     for filters in decoder[len(ENCODER):]:
-        x = _conv(x, filters)
+        x = _conv(x, filters, code=code)
     return x
 
 
-def _field(x, int_steps: int, name: str | None = None):
-    """The last convolution: ``ndim`` channels, weights from N(0, 1e-5), no activation."""
+def _field(x, int_steps: int, name: str | None = None, code=None):
+    """The last convolution: ``ndim`` channels, weights from N(0, 1e-5), no activation (with
+    the hypernetwork's ``code``, a :class:`layers.HyperConv`)."""
     ndim = len(x.shape) - 2
-    conv = getattr(keras.layers, f"Conv{ndim}D")
+    name = name or ("velocity_field" if int_steps else "deformation")
+    initializer = keras.initializers.RandomNormal(0.0, 1e-5)
     # float32 even under a mixed-precision policy: the field, the sampler and the losses.
-    return conv(ndim, 3, padding="same",
-                name=name or ("velocity_field" if int_steps else "deformation"),
-                dtype="float32", kernel_initializer=keras.initializers.RandomNormal(0.0, 1e-5))(x)
+    if code is not None:
+        return layers.HyperConv(ndim, kernel_initializer=initializer, name=name,
+                                dtype="float32")([x, code])
+    conv = getattr(keras.layers, f"Conv{ndim}D")
+    return conv(ndim, 3, padding="same", name=name, dtype="float32",
+                kernel_initializer=initializer)(x)
 
 
 def VoxelMorph1(input_shape: tuple[int, ...], **options) -> keras.Model:
@@ -311,7 +341,7 @@ def build_model(input_shape: tuple[int, ...], model: str = "vm2", loss: str = "n
                 int_steps: int = 0, int_downsize: int = 1, bidir: bool = False,
                 seg_weight: float = 0.0, num_labels: int = 0,
                 transform: str = "deformable", unet: str = "paper",
-                synth: bool = False) -> objective.TrainingModel:
+                synth: bool = False, hyper: bool = False) -> objective.TrainingModel:
     """A registration network that trains on Eq. (2): similarity + lambda * smoothness, with Adam.
 
     Parameters
@@ -352,6 +382,10 @@ def build_model(input_shape: tuple[int, ...], model: str = "vm2", loss: str = "n
         Train from label maps alone (``synthesis.py``): the loss is the soft Dice of the warped
         moving label map and the static one (``num_labels`` one-hot maps, both inputs) plus
         the smoothness term, with no image term; ``loss`` is not used.
+    hyper : bool
+        HyperMorph (``hyper.py``): the network's weights are given by a hypernetwork of each
+        sample's smoothness weight, the input ``"lamda"``, which also weighs the terms
+        (``objective.hyper_terms``); ``lamda`` must be None.
 
     Returns
     -------
@@ -365,39 +399,45 @@ def build_model(input_shape: tuple[int, ...], model: str = "vm2", loss: str = "n
         raise ValueError(f"the {transform} transform takes neither bidir nor seg_weight")
     if transform in ("affine", "rigid") and int_steps:
         raise ValueError(f"the {transform} transform is not integrated: int_steps must be 0")
+    if hyper and (transform != "deformable" or lamda is not None):
+        raise ValueError("a hypermodel is deformable, and its smoothness weight is an input")
     if transform in ("affine", "rigid"):
         network = affine_network(input_shape, transform == "rigid")
     else:
         network = {"vm1": VoxelMorph1, "vm2": VoxelMorph2}[model](
-            input_shape, int_steps=int_steps, int_downsize=int_downsize, bidir=bidir, unet=unet)
+            input_shape, int_steps=int_steps, int_downsize=int_downsize, bidir=bidir, unet=unet,
+            hyper=hyper)
     if transform == "joint":
         network = joint_network(affine_network(input_shape), network)
     inputs, outputs = (with_label_maps(network, num_labels) if seg_weight or synth
                        else (network.input, network.output))
     terms = objective.loss_terms(loss, lamda, ncc_window, bidir, seg_weight, transform,
                                  int_steps, synth)
+    if hyper:
+        terms = objective.hyper_terms(terms, loss)
     trainable = objective.TrainingModel(inputs, outputs, network.name, terms=terms)
     trainable.compile(optimizer=keras.optimizers.Adam(lr))
     return trainable
 
 
 def registration_model(model: keras.Model) -> keras.Model:
-    """The network that registers a pair: inputs ``moving`` and ``static``, every output but
-    the training-only ``TRAINING_OUTPUTS``. A model without training-only inputs or outputs is
-    that network already, and comes back as it is (so that registering pair after pair reuses
-    its compiled predict function); else a plain ``keras.Model`` (no loss) that shares the
-    model's layers and weights."""
-    if set(model.input) == {"moving", "static"} and \
-            not set(model.output) & set(objective.TRAINING_OUTPUTS):
+    """The network that registers a pair: inputs ``moving`` and ``static`` (and a hypermodel's
+    ``lamda``), every output but the training-only ``TRAINING_OUTPUTS``. A model without
+    training-only inputs or outputs is that network already, and comes back as it is (so that
+    registering pair after pair reuses its compiled predict function); else a plain
+    ``keras.Model`` (no loss) that shares the model's layers and weights."""
+    keys = [key for key in ("moving", "static", "lamda") if key in model.input]
+    if set(model.input) == set(keys) and not set(model.output) & set(objective.TRAINING_OUTPUTS):
         return model
-    return keras.Model({key: model.input[key] for key in ("moving", "static")},
+    return keras.Model({key: model.input[key] for key in keys},
                        {key: value for key, value in model.output.items()
                         if key not in objective.TRAINING_OUTPUTS}, name=model.name)
 
 
 def input_shape(model: keras.Model) -> tuple[int, ...]:
-    """Spatial input shape of a VoxelMorph model."""
-    return tuple(model.inputs[0].shape[1:-1])
+    """Spatial input shape of a VoxelMorph model (that of its input ``moving``)."""
+    inputs = model.input
+    return tuple((inputs["moving"] if isinstance(inputs, dict) else model.inputs[0]).shape[1:-1])
 
 
 def stages(network: keras.Model) -> list[keras.Model]:
@@ -425,13 +465,14 @@ def integration(network: keras.Model) -> tuple[int, int]:
     return integrate[0].steps, input_shape(network)[0] // network.output["velocity"].shape[1]
 
 
-def rebuild(network: keras.Model, shape: tuple[int, ...]) -> keras.Model:
+def rebuild(network: keras.Model, shape: tuple[int, ...], lamda: float | None = None
+            ) -> keras.Model:
     """``network`` built anew for another spatial input ``shape``, with copies of its weights.
 
     Every network is fully convolutional, so a network trained on one shape registers any
-    other: its kind, U-Net layout, decoder widths, integration and symmetric outputs are read
-    from its layers, the same builder builds it for ``shape``, and the weights (in the same
-    order) are copied.
+    other: its kind, U-Net layout, decoder widths, integration, symmetric outputs and
+    hypernetwork are read from its layers, the same builder builds it for ``shape``, and the
+    weights (in the same order) are copied.
 
     Parameters
     ----------
@@ -440,6 +481,10 @@ def rebuild(network: keras.Model, shape: tuple[int, ...]) -> keras.Model:
         :func:`registration_model`).
     shape : tuple of int
         Spatial shape, each size divisible by ``DIVISOR`` (and by ``int_downsize``).
+    lamda : float, optional
+        A hypernetwork's smoothness weight, fixed (:class:`layers.FixedLambda`): the network
+        then takes ``moving`` and ``static`` alone. By default, the network's own (an input, or
+        the value it has fixed).
     """
     kind = transform(network)
     if kind == "joint":
@@ -449,13 +494,16 @@ def rebuild(network: keras.Model, shape: tuple[int, ...]) -> keras.Model:
         rebuilt = affine_network(shape, kind == "rigid", network.name)
     else:
         convs = [layer for layer in network.layers
-                 if type(layer).__name__ in ("Conv2D", "Conv3D")]
+                 if type(layer).__name__ in ("Conv2D", "Conv3D", "HyperConv")]
         int_steps, int_downsize = integration(network)
         pooled = any(type(layer).__name__.startswith("MaxPooling") for layer in network.layers)
+        fixed = [layer.value for layer in network.layers if isinstance(layer, layers.FixedLambda)]
         rebuilt = voxelmorph(shape, tuple(layer.filters for layer in convs[len(ENCODER):-1]),
                              network.name, int_steps, int_downsize,
                              "moved_static" in network.output,
-                             unet="official" if pooled else "paper")
+                             unet="official" if pooled else "paper",
+                             hyper=isinstance(convs[0], layers.HyperConv),
+                             lamda=lamda if lamda is not None or not fixed else fixed[0])
     rebuilt.set_weights(network.get_weights())
     return rebuilt
 

@@ -19,11 +19,14 @@ import metrics  # also registers the losses, so that saved models load with thei
 
 DEFAULT_LAMBDA = {"ncc": 1.0, "mse": 0.01, "mi": 3.0, "mind": 0.05}  # smoothness weights: the
 # papers' for NCC and MSE; for MI the best Dice of 0.1, 1, 3, 10 on the 2D default data
-# (docs/usage.md); for MIND-SSD the best of refining the real brains' training pairs (brain-model.md)
+# (docs/usage.md); for MIND-SSD a first choice, tried in refining 3 validation pairs of the real
+# brains (brain-model.md)
 LOSSES = tuple(DEFAULT_LAMBDA)
 SYNTH_LAMBDA = 1.0  # smoothness weight beside the soft Dice of label maps (SynthMorph's)
 TRAINING_INPUTS = ("moving_seg", "static_seg")  # label maps, inputs of the segmentation loss only
 TRAINING_OUTPUTS = ("moved_seg",)
+HYPER_MSE_SCALE = 1 / 0.05**2  # a hypermodel's MSE divided by the noise variance of HyperMorph's
+# code (sigma 0.05), so that the papers' MSE weight 0.01 falls inside [0, 1] (at 0.8)
 
 class Term(NamedTuple):
     """One term of a training loss: ``weight * loss(*tensors)``, logged as ``<name>_loss``.
@@ -31,12 +34,15 @@ class Term(NamedTuple):
     ``args`` names the tensors the loss takes, each an input or an output of the model (e.g.
     ``("static", "moved")`` for an image similarity, ``("velocity",)`` for the smoothness of a
     field, ``("static_seg", "moved_seg")`` for a loss on label maps); the loss is one of
-    ``metrics.py``'s, whose ``call`` gives one value per sample.
+    ``metrics.py``'s, whose ``call`` gives one value per sample. ``scale``, if any, names a
+    ``(B, 1)`` input or output that weighs each sample's value besides ``weight``, or, written
+    ``"1-NAME"``, one minus it: HyperMorph's ``lamda`` and ``1 - lamda`` (:func:`hyper_terms`).
     """
     name: str
     loss: object
     weight: float
     args: tuple[str, ...]
+    scale: str | None = None
 
 
 @keras.saving.register_keras_serializable(package="voxelmorph")
@@ -63,12 +69,15 @@ class TrainingModel(keras.Model):
     def __init__(self, inputs, outputs, name=None, *, terms, **kwargs):
         super().__init__(inputs, outputs, name=name, **kwargs)
         known = {*self.input, *self.output}
+        terms = [Term(*term) for term in terms]
         for term in terms:
-            if set(term.args) - known:
+            scale = [term.scale.removeprefix("1-")] if term.scale else []
+            missing = {*term.args, *scale} - known
+            if missing:
                 raise ValueError(f"loss term {term.name!r} takes {term.args}, but the model "
-                                 f"has no {sorted(set(term.args) - known)}")
+                                 f"has no {sorted(missing)}")
         # sorted by name: the order (and the sum's rounding) of Keras' compiled losses
-        self.terms = sorted((Term(*term) for term in terms), key=lambda term: term.name)
+        self.terms = sorted(terms, key=lambda term: term.name)
         self.trackers = [keras.metrics.Mean(name=f"{term.name}_loss") for term in self.terms]
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
@@ -90,6 +99,8 @@ class TrainingModel(keras.Model):
             values = term.loss.call(*(tf.cast(tensors[arg], "float32") for arg in term.args))
             value = tf.reduce_mean(values)
             tracker.update_state(value, sample_weight=tf.shape(values)[0])
+            if term.scale is not None:
+                value = tf.reduce_mean(values * sample_scale(tensors, term.scale))
             weighted.append(term.weight * value / replicas)
         return sum(weighted)
 
@@ -102,9 +113,33 @@ class TrainingModel(keras.Model):
     def from_config(cls, config: dict, custom_objects=None) -> "TrainingModel":
         config = dict(config)
         terms = [Term(term["name"], keras.saving.deserialize_keras_object(term["loss"]),
-                      term["weight"], tuple(term["args"])) for term in config.pop("terms")]
+                      term["weight"], tuple(term["args"]), term.get("scale"))
+                 for term in config.pop("terms")]
         network = keras.Model.from_config(config, custom_objects)
         return cls(network.input, network.output, network.name, terms=terms)
+
+
+def sample_scale(tensors: dict, scale: str):
+    """The ``(B,)`` weights of a term's ``scale`` (see :class:`Term`) among ``tensors``."""
+    values = tf.reshape(tf.cast(tensors[scale.removeprefix("1-")], "float32"), [-1])
+    return 1 - values if scale.startswith("1-") else values
+
+
+def hyper_terms(terms: list[Term], loss: str = "ncc") -> list[Term]:
+    """The terms of a HyperMorph model (Hoopes et al., IPMI 2021): ``(1 - lamda) * similarity
+    + lamda * smoothness``, ``lamda`` each sample's input.
+
+    Every smoothness term of ``terms`` takes the scale ``lamda`` and weight 1; every other term
+    (similarities, soft Dice) keeps its weight, times ``1 - lamda``, so that the hypermodel at
+    ``lamda`` minimises what an ordinary model of smoothness weight ``lamda / (1 - lamda)``
+    minimises. An MSE image similarity (``loss``) is also divided by the noise variance of
+    HyperMorph's code (``HYPER_MSE_SCALE``); a soft Dice is not.
+    """
+    scale = HYPER_MSE_SCALE if loss == "mse" else 1.0
+    return [term._replace(weight=1.0, scale="lamda") if isinstance(term.loss, metrics.Grad)
+            else term._replace(scale="1-lamda", weight=term.weight * (
+                1.0 if isinstance(term.loss, metrics.SoftDice) else scale))
+            for term in terms]
 
 
 def smoothed_field(transform: str, int_steps: int) -> str:

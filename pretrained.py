@@ -35,10 +35,10 @@ import volumes
 FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pretrained", "brain.keras")
 SHAPE = (64, 64, 64)  # the network's grid
 SPACING_MM = 3.0  # its voxel size
-REFINE_FACTOR = 2  # --refine_steps refine the field on a grid this many times finer (1.5 mm)
+REFINE_FACTOR = 1  # --refine_steps refine the field on a grid this many times finer
 MIN_EXTENT_MM = 80.0  # a scan narrower than this along an axis cannot hold a brain
 BRIGHT = 99.5  # intensities are scaled to [0, 1] by this percentile of the brain's, then clipped
-TUNE_LOSS = "mind"  # similarity of instance optimisation: contrast-free and local
+TUNE_LOSS = "ncc"  # similarity of instance optimisation, the moving scan in the static's contrast
 CONTRAST_BINS = 64  # intensity bins of the moving scan mapped onto the static scan's contrast
 LPS_TO_RAS = np.array([-1.0, -1.0, 1.0])
 
@@ -210,9 +210,10 @@ def register_brains(model: keras.Model, moving: np.ndarray, static: np.ndarray,
     out.update(seconds=registered["seconds"], pose_seconds=pose_seconds,
                finetune_seconds=finetune_seconds, refine_seconds=refine_seconds,
                pose_note=pose_note, finetune_fallback=finetune_note, refine_fallback=refine_note)
-    if "affine" in registered:  # the affine stage's map, then the pose the working grids meet in
-        out["affine_world"] = pose_map(grids) @ transforms.world_matrix(registered["affine"],
-                                                                        grids[1])
+    out["affine_world"] = pose_map(grids)  # the pose stage's map, then any affine stage's
+    if "affine" in registered:
+        out["affine_world"] = out["affine_world"] @ transforms.world_matrix(registered["affine"],
+                                                                            grids[1])
     if inverse:
         out["inverse"] = transforms.invert(out["deformation"])
         out["inverse_error"] = transforms.inverse_consistency(out["deformation"], out["inverse"],

@@ -77,6 +77,8 @@ TEMPLATE_PLOT = "template.png"
 EVALUATION = "eval.json"  # of main.py evaluate
 DICE_CSV = "dice_per_structure.csv"
 DICE_PLOT = "dice_boxplot.png"
+LAMBDA_CURVE = "lamda_curve.json"  # of evaluate --lamda V1 V2 ...: scores per smoothness weight
+LAMBDA_PLOT = "lamda_curve.png"
 
 
 class Diverged(RuntimeError):

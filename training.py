@@ -11,6 +11,7 @@ scores and the figures into the run folder, which it holds locked (``rundir.lock
 the chief writes the run folder (``distribution.is_chief``).
 Where it runs (one device, several GPUs, several machines) is ``distribution.py``'s job.
 """
+import argparse
 import contextlib
 import functools
 import importlib.util
@@ -31,6 +32,7 @@ import data_sources
 import datasets
 import distribution
 import filelists
+import hyper
 import scores
 import models
 import objective
@@ -50,6 +52,23 @@ NUM_SAMPLES = 3  # validation pairs kept in rundir.SAMPLES for figures
 SHAPE_LABELS = 8  # labels of the random shapes of --synth shapes, the background included
 ONE_HOT_GIB = 2.0  # most memory the one-hot label maps of a batch may take (moving, static, moved)
 SYNTH_VAL_SUBJECTS = 4  # subjects of random shapes that validate --synth shapes
+
+
+def run_sets(args) -> tuple[datasets.Dataset, datasets.Dataset, str]:
+    """Training set, validation set and pairing mode of a run's training flags ``args`` (also
+    those read back from its ``rundir.ARGS``)."""
+    if args.synth:
+        return synth_sets(args)
+    return data_sources.training_sets(args.data, args.atlas, args.pairs,
+                                      augmentation.augmentations(args.augment), args.val_data,
+                                      args.val_fraction, args.ndim, args.pairs_file)
+
+
+def validation_pairs(flags: dict) -> tuple[pairing.Pairs, datasets.Dataset]:
+    """The validation pairs that a run of the training flags ``flags`` (its ``rundir.ARGS``)
+    scored, on their own grid, and their set (for its labels and spacing)."""
+    _, val_set, mode = run_sets(argparse.Namespace(**flags))
+    return pairing.make_pairs(val_set, mode, MAX_VAL_PAIRS), val_set
 
 
 def training_labels(train_set: datasets.Dataset, seg_weight: float) -> list[int]:
@@ -140,7 +159,7 @@ def check_one_hot(labels: list[int], shape: tuple[int, ...], batch_size: int) ->
 
 
 def check_transform(args) -> None:
-    """Refuse flags that ``--transform`` does not take, in one line."""
+    """Refuse flags that ``--transform`` or ``--hyper`` does not take, in one line."""
     refused = []
     if args.transform != "deformable":
         refused += [flag for flag, value in (("--bidir", args.bidir),
@@ -151,6 +170,12 @@ def check_transform(args) -> None:
     if refused:
         raise volumes.UsageError(f"--transform {args.transform} does not take "
                                  f"{', '.join(refused)}")
+    refused = [flag for flag, value in (
+        ("--lamda (it learns every weight in [0, 1])", args.lamda is not None),
+        (f"--transform {args.transform}", args.transform != "deformable"),
+        (f"--synth {args.synth}", args.synth), ("--init_from", args.init_from)) if value]
+    if args.hyper and refused:
+        raise volumes.UsageError(f"--hyper does not take {', '.join(refused)}")
 
 
 def initialise(model: keras.Model, path: str) -> None:
@@ -355,9 +380,7 @@ def locked_train(args, lock: contextlib.ExitStack) -> dict:
     if args.resume and chief:
         lock.enter_context(rundir.locked(output))
     augment = augmentation.augmentations(args.augment)
-    train_set, val_set, mode = (synth_sets(args) if args.synth else data_sources.training_sets(
-        args.data, args.atlas, args.pairs, augment, args.val_data, args.val_fraction, args.ndim,
-        args.pairs_file))
+    train_set, val_set, mode = run_sets(args)
     val_pairs = pairing.make_pairs(val_set, mode, MAX_VAL_PAIRS)  # scored on their own grid
     shape = shapes.padded_shape(train_set.shape, models.DIVISOR)
     if shape != train_set.shape:
@@ -381,7 +404,7 @@ def locked_train(args, lock: contextlib.ExitStack) -> dict:
             models.build_model(shape, args.model, args.loss, args.lamda, args.lr,
                                args.ncc_window, args.int_steps, args.int_downsize, args.bidir,
                                args.seg_weight, len(labels), args.transform,
-                               args.unet, bool(args.synth)), None)
+                               args.unet, bool(args.synth), args.hyper), None)
         if not args.resume:
             for path in args.init_from or ():
                 initialise(model, path)
@@ -396,6 +419,9 @@ def locked_train(args, lock: contextlib.ExitStack) -> dict:
     val_loader = dataloader.RegistrationDataLoader(
         padded.moving, padded.static, args.batch_size, moving_segs=padded.moving_segs,
         static_segs=padded.static_segs, labels=labels)
+    if args.hyper:  # each sample's smoothness weight, drawn afresh (the same for validation)
+        loader, val_loader = (hyper.HyperLoader(loader, args.seed),
+                              hyper.HyperLoader(val_loader, args.seed, redraw=False))
     run_dir = claim_run_folder(output, args, chief, lock, state)
     kind = {"deformable": args.model, "joint": f"joint ({args.model})"}.get(args.transform,
                                                                           args.transform)
@@ -415,7 +441,8 @@ def locked_train(args, lock: contextlib.ExitStack) -> dict:
     if args.keep_best and last["best_epoch"]:
         model = rundir.load_model(os.path.join(output, last["best_model"]))
     rundir.save_model(model, os.path.join(output, rundir.MODEL))
-    results, samples = registration.evaluate_pairs(model, val_pairs, val_set.labels, NUM_SAMPLES,
+    results, samples = registration.evaluate_pairs(hyper.for_registration(model, None),
+                                                   val_pairs, val_set.labels, NUM_SAMPLES,
                                                    val_set.spacing)
     rundir.write_samples(os.path.join(output, rundir.SAMPLES), samples)
     viz.render_run(output)
@@ -423,6 +450,7 @@ def locked_train(args, lock: contextlib.ExitStack) -> dict:
                "replicas": strategy.num_replicas_in_sync,
                "train_seconds": round(train_seconds, 1), "validation_pairs": len(results),
                "epochs_completed": last["epoch"], "best_epoch": last["best_epoch"],
+               **({"lamda": hyper.default_lambda(model)} if args.hyper else {}),
                **scores.summarize(results)}
     rundir.write_json(os.path.join(output, rundir.METRICS), summary)
     return summary

@@ -493,6 +493,42 @@ def plot_dice(evaluation, fname: str | None = None) -> Figure:
     return _save(fig, fname)
 
 
+def plot_lambda_curve(curves: dict, fname: str | None = None, title: str = "") -> Figure:
+    """Mean Dice and share of folding voxels against a hypermodel's smoothness weight.
+
+    Parameters
+    ----------
+    curves : dict
+        ``{label: rows}``, each row a ``lamda`` and the ``scores.summarize`` keys
+        ``dice_after`` and ``folding_fraction`` (``hyper.curve``, ``rundir.LAMBDA_CURVE``); a
+        curve of 6 points or more is drawn as a line, fewer as markers (models trained
+        separately, for instance).
+    fname : str, optional
+        PNG path to save to.
+    title : str
+        Figure title.
+    """
+    fig = Figure(figsize=(9.0, 3.6), layout="constrained")
+    dice_ax, folding_ax = fig.subplots(1, 2, sharex=True)
+    for label, rows in curves.items():
+        lamdas = [row["lamda"] for row in rows]
+        style = {"marker": "o", "linestyle": "-" if len(rows) >= 6 else "none", "label": label}
+        dice_ax.errorbar(lamdas, [row["dice_after"]["mean"] for row in rows],
+                         [row["dice_after"]["std"] for row in rows], capsize=2, **style)
+        folding_ax.plot(lamdas, [100 * row["folding_fraction"]["mean"] for row in rows],
+                        **style)
+    dice_ax.set_ylabel("mean Dice after registration")
+    folding_ax.set_ylabel("% voxels with det(J) <= 0")
+    folding_ax.set_yscale("symlog", linthresh=0.01)
+    for ax in (dice_ax, folding_ax):
+        ax.set_xlabel("smoothness weight lambda (hypermodel's)")
+        ax.grid(alpha=0.3)
+    dice_ax.legend(frameon=False)
+    if title:
+        fig.suptitle(title)
+    return _save(fig, fname)
+
+
 def _run_figures(run_dir: str, pairs: int | None = None):
     """Yield ``(kind, file name, draw)`` for every figure a run folder has the data for.
 

@@ -1,34 +1,33 @@
 """The shipped brain model (``pretrained/brain.keras``): its training data, export and scores.
 
     python3 benchmarks/brain_model.py data --output runs/brain_model
-    python3 main.py --synth data --data runs/brain_model/label_maps.npz \
-        --val_data runs/brain_model/val.npz --transform joint --int_steps 7 --int_downsize 2 \
-        --epochs 200 --steps_per_epoch 50 --output runs/brain_model/run
-    python3 benchmarks/brain_model.py export --run runs/brain_model/run
+    python3 main.py --data runs/brain_model/t1_train.npz --val_data runs/brain_model/t1_val.npz \
+        --pairs scan_to_scan --model vm2 --unet official --bidir --seg_weight 0.1 \
+        --epochs 40 --steps_per_epoch 100 --output runs/brain_model/v2
+    python3 benchmarks/brain_model.py export --run runs/brain_model/v2 --int_steps 7
     python3 benchmarks/brain_model.py score --output runs/brain_model
 
 ``data`` writes, on the network's 64^3 grid at 3 mm (every second voxel of the shared 128^3
 MNI152 grid at 1.5 mm, as ``brains.downsample``):
 
-- ``label_maps.npz``: ``segs`` of the 20 public SynthSeg label maps
-  (``../shared/data/synthseg20_128.npz``, Apache-2.0) and of the benchmark's 6 training subjects
-  (``fstrain9_128.npz``; its 3 test subjects are left out), skull-stripped: the extra-cerebral
-  5xx labels and label 24 (CSF, which covers all extra-cerebral CSF in the SynthSeg maps and a
-  few hundred voxels in the benchmark's) set to 0. ``labels`` are the structures the loss
-  compares: the benchmark's 30 Dice labels less 24 and the choroid plexus (31, 63), which the
-  SynthSeg maps do not label.
-- ``val.npz``: images and label maps of the 6 training subjects, the validation pairs of the
-  run's log (their label maps also train; nothing is chosen on them).
+- ``t1_train.npz``: T1 images and label maps of 5 of the benchmark's 6 training subjects
+  (``fstrain9_128.npz``: sub-01, 02, 03, 04, 06), which version 2 trains on;
+- ``t1_val.npz``: those of sub-06 and sub-07, its validation pairs (sub-07 never trains);
+- ``label_maps.npz`` and ``val.npz``: version 1's, trained from label maps (``--synth data``):
+  the 20 public SynthSeg label maps (``../shared/data/synthseg20_128.npz``, Apache-2.0) and the
+  6 training subjects', skull-stripped (the extra-cerebral 5xx labels and label 24, CSF, set to
+  0), with the benchmark's 30 Dice labels less 24 and the choroid plexus (31, 63).
 
-``export`` writes a run's last checkpoint (or ``model.keras``) as ``pretrained/brain.keras``,
-without the optimiser's state (a third of the size). ``score`` registers the benchmark's 6 test
-pairs (never seen in training) with it, scored at 128^3 by ``brains.score_pair``: aligned and
-unaligned (the moving scan moved by a random rigid map of up to ``ROTATION`` degrees and
-``SHIFT_MM`` mm per axis, on a FreeSurfer-like 176^3 grid at 1.25 mm, ``affine_brains.grids``),
-moving T1 or T2-like (``contrasts.t2_like``), static T1; and beside it, on the unaligned pairs,
-ANTs Affine + SyN (``SyN``) at antspyx's default iterations: with MI, and across contrasts also
-with CC (``--ants``). ``poses`` measures how far each stage of ``register`` brings the unaligned
-T1 scans to their true pose (the data's alignment), in mm over the static brain's voxels.
+The benchmark's 3 test subjects (sub-08, 09, 10) are in none of them. ``export`` writes a run's
+last checkpoint (or ``model.keras``) as ``pretrained/brain.keras`` without the optimiser's
+state, with ``--int_steps`` its field integrated as a velocity. ``score`` registers the 6 test
+pairs with it, scored at 128^3 by ``brains.score_pair``: aligned and unaligned (the moving scan
+moved by a random rigid map of up to ``ROTATION`` degrees and ``SHIFT_MM`` mm per axis, on a
+FreeSurfer-like 176^3 grid at 1.25 mm, ``affine_brains.grids``), moving T1 or a remapped
+contrast (``contrasts.REMAPS``: T2-like, FLAIR-like, PD-like), static T1; on the unaligned
+pairs also with ``--refine_steps`` and, timed one after the other, ANTs Affine + SyN (``SyN``)
+with MI at antspyx's default iterations. ``poses`` measures how far the pose stage brings the
+unaligned scans to their true pose (the data's alignment), in mm over the static brain's voxels.
 """
 import argparse
 import hashlib
@@ -55,7 +54,7 @@ def skull_stripped(segs: np.ndarray) -> np.ndarray:
 
 
 def write_data(args) -> None:
-    """``data``: the two files of the training command, in ``--output``."""
+    """``data``: the training files of both versions, in ``--output``."""
     for path in (args.data, args.synthseg):
         if not os.path.exists(path):
             sys.exit(f"brain_model.py: error: {path} not found (expected in ../shared/data)")
@@ -63,12 +62,18 @@ def write_data(args) -> None:
         vols, segs = brains.downsample(bench["vols"][:brains.NUM_TRAIN],
                                        bench["segs"][:brains.NUM_TRAIN], 2)
         public_segs = public["segs"][:, 1::2, 1::2, 1::2]  # the voxels brains.downsample keeps
-        labels = [int(x) for x in bench["labels"] if x not in UNLABELLED]
+        all_labels = [int(x) for x in bench["labels"]]
+    labels = [label for label in all_labels if label not in UNLABELLED]
     os.makedirs(args.output, exist_ok=True)
     maps = skull_stripped(np.concatenate([public_segs, segs]))
     names = [brains.FREESURFER_NAMES[label] for label in labels]
+    t1 = {"vols": np.round(vols).astype(np.uint8), "segs": segs}
     for name, arrays in (("label_maps", {"segs": maps}),
-                         ("val", {"vols": vols, "segs": skull_stripped(segs)})):
+                         ("val", {"vols": vols, "segs": skull_stripped(segs)}),
+                         ("t1_train", {key: value[:5] for key, value in t1.items()}),
+                         ("t1_val", {key: value[4:6] for key, value in t1.items()})):
+        if name.startswith("t1_"):  # all 30 labels
+            labels, names = all_labels, [brains.FREESURFER_NAMES[x] for x in all_labels]
         path = os.path.join(args.output, f"{name}.npz")
         np.savez(path + ".tmp.npz", **arrays, labels=labels, label_names=names, spacing=3.0)
         os.replace(path + ".tmp.npz", path)
@@ -76,7 +81,9 @@ def write_data(args) -> None:
 
 
 def export(args) -> None:
-    """``export``: the run's newest model, without its optimiser, as the shipped file."""
+    """``export``: the run's newest model, without its optimiser, as the shipped file; with
+    ``--int_steps``, its field read as a stationary velocity and integrated in that many
+    scaling-and-squaring steps (the same network, diffeomorphic)."""
     import runtime  # noqa: F401  (before TensorFlow: oneDNN on)
     import models
     import pretrained
@@ -87,8 +94,18 @@ def export(args) -> None:
         source = os.path.join(args.run, rundir.read_json(os.path.join(
             args.run, rundir.STATE))["model"])
     model = rundir.load_model(source)
-    bare = model.__class__.from_config(model.get_config())
-    bare.set_weights(model.get_weights())
+    if args.int_steps:
+        flags = rundir.read_json(os.path.join(args.run, rundir.ARGS))
+        built = models.build_model(models.input_shape(model), flags["model"], flags["loss"],
+                                   flags["lamda"], ncc_window=flags["ncc_window"],
+                                   int_steps=args.int_steps, bidir=flags["bidir"],
+                                   unet=flags["unet"])
+        bare = built.__class__.from_config(built.get_config())  # no optimiser
+        models.initialise(bare, model)
+        source += f", integrated in {args.int_steps} steps"
+    else:
+        bare = model.__class__.from_config(model.get_config())
+        bare.set_weights(model.get_weights())
     for path in args.stages:  # a stage trained on its own replaces the run's
         stage = rundir.load_model(path)
         models.initialise(bare, stage)
@@ -258,10 +275,11 @@ def speed(args) -> None:
 
 def poses(args) -> None:
     """``poses``: the distance (mean mm over every 50th voxel of the static brain) between the
-    true map of the unaligned T1 pairs and the map of: the brain centres alone, the centres and
-    principal axes (``pretrained.principal_rotation``), and those with the network's affine
-    stage (``register``'s ``--affine``)."""
+    true map of the unaligned pairs (T1 and T2-like) and the map of: the brain centres alone,
+    the centres and principal axes (``pose.principal_rotation``), and the whole pose stage
+    (``pose.estimate``, which ``register`` writes as ``--affine``)."""
     import runtime  # noqa: F401  (before TensorFlow: oneDNN on)
+    import pose
     import pretrained
 
     full = brains.full_resolution_test_set(args.data)
@@ -269,26 +287,32 @@ def poses(args) -> None:
     pairs = brains.test_pairs(len(full[0]), None)
     unaligned = affine_brains.misaligned(full, pairs, grid, other, SEED, rotation=ROTATION,
                                          scaling=(1.0, 1.0), shear=0.0, translation=SHIFT_MM)
-    model = pretrained.load()
-    errors = {"brain centres": [], "centres and principal axes": [],
-              "and the affine stage": []}
-    for (_, s), case in zip(pairs, unaligned):
-        points = grid.world(np.argwhere(full[1][s] > 0)[::50].astype(float))
-        moments = [pretrained.brain_moments(pretrained.scaled(image, name), image_grid)
-                   for image, image_grid, name in ((case["image"], other, "moving"),
-                                                   (full[0][s], grid, "static"))]
-        rotation = pretrained.principal_rotation(moments[0][1], moments[1][1])
-        for name, turn in (("brain centres", np.eye(3)),
-                           ("centres and principal axes", rotation)):
-            pose = pretrained.pose_map(pretrained.working_grids(moments, turn))
-            errors[name].append(affine_brains.recovery(pose, case["truth"], points))
-        out = pretrained.register_brains(model, case["image"], full[0][s], other, grid)
-        errors["and the affine stage"].append(affine_brains.recovery(out["affine_world"],
-                                                                     case["truth"], points))
-    print("| pose from | error, mean of 6 pairs (mm) | per pair (mm) |\n|---|---|---|")
-    for name, found in errors.items():
-        values = [error["recovery_mm"] for error in found]
-        print(f"| {name} | {np.mean(values):.2f} | {', '.join(f'{v:.2f}' for v in values)} |")
+    errors = {}
+    for contrast in ("T1", "T2-like"):
+        for (_, s), case in zip(pairs, unaligned):
+            points = grid.world(np.argwhere(full[1][s] > 0)[::50].astype(float))
+            moving = case["image"] if contrast == "T1" else contrasts.t2_like(case["image"])
+            images = [pretrained.scaled(moving, "moving"), pretrained.scaled(full[0][s], "static")]
+            moments = [pose.brain_moments(image, image_grid)
+                       for image, image_grid in zip(images, (other, grid))]
+            (moving_centre, moving_spread), (static_centre, static_spread) = moments
+            start = time.perf_counter()
+            found = {"brain centres": pose.turned_about(np.eye(3), moving_centre, static_centre),
+                     "centres and principal axes": pose.turned_about(
+                         pose.principal_rotation(moving_spread, static_spread), moving_centre,
+                         static_centre),
+                     "the pose stage": pose.estimate(images, [other, grid], moments,
+                                                     pretrained.working_grid(static_centre))[0]}
+            print(f"  {contrast} pair to {s}: pose stage {time.perf_counter() - start:.1f} s",
+                  flush=True)
+            for name, world_map in found.items():
+                errors.setdefault((name, contrast), []).append(
+                    affine_brains.recovery(world_map, case["truth"], points)["recovery_mm"])
+    print("| pose from | moving scan | error, mean of 6 pairs (mm) | per pair (mm) |\n"
+          "|---|---|---|---|")
+    for (name, contrast), values in errors.items():
+        print(f"| {name} | {contrast} | {np.mean(values):.2f} | "
+              f"{', '.join(f'{v:.2f}' for v in values)} |")
 
 
 def main() -> None:
@@ -299,6 +323,9 @@ def main() -> None:
     data.add_argument("--output", required=True, help="folder to write the two files into")
     run = steps.add_parser("export", help="write a run's model as pretrained/brain.keras")
     run.add_argument("--run", required=True, help="the training's run folder")
+    run.add_argument("--int_steps", type=int, default=0,
+                     help="read the run's displacement as a stationary velocity and integrate "
+                          "it in this many scaling-and-squaring steps (diffeomorphic)")
     run.add_argument("--stages", nargs="*", default=[],
                      help="model files whose weights replace the matching stage of the run's "
                           "model (e.g. a deformable stage trained on its own)")

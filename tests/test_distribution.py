@@ -29,20 +29,26 @@ import keras
 import distribution, models, registration
 
 rng = np.random.default_rng(0)
-shape = (16, 16)
+shape, hyper = (16, 16), sys.argv[1] == "hyper"  # a hypermodel: each pair its own lambda
 x = {"moving": rng.random((2, *shape, 1), np.float32),
      "static": rng.random((2, *shape, 1), np.float32)}
+if hyper:
+    x["lamda"] = np.array([[0.2], [0.7]], np.float32)
 results = []
 for gpus in (1, 2):
     strategy = distribution.distribution_strategy(gpus, batch_size=2, device_type="CPU")
     keras.utils.set_random_seed(0)
     with strategy.scope():
-        model = models.build_model(shape, "vm1", "ncc", lamda=1.0, lr=1e-3)
+        model = models.build_model(shape, "vm1", "ncc", lamda=None if hyper else 1.0, lr=1e-3,
+                                   hyper=hyper)
     model.fit(x, batch_size=2, epochs=1, shuffle=False, verbose=0)
     # Adam's first update is lr * sign(gradient), blind to a wrong loss scale: its first moment
     # (0.1 * gradient) is not, so compare both.
     moments = [v.numpy() for v in model.optimizer.variables if "momentum" in v.path]
     results.append((strategy.num_replicas_in_sync, model.get_weights(), moments))
+    if hyper:
+        import hyper as hypermorph
+        model = hypermorph.at_lambda(model, 0.5)
     registered = registration.register(model, x["moving"][0, ..., 0], x["static"][0, ..., 0])
     assert registered["deformation"].shape == (*shape, 2)
 (one, w1, m1), (two, w2, m2) = results
@@ -53,13 +59,18 @@ print(json.dumps({"replicas": [one, two], "moments": len(m1),
 """
 
 
-def test_two_replicas_make_the_same_first_update_as_one():
+@pytest.mark.parametrize("kind, moments", [
+    ("plain", 22),  # 11 kernels, 11 biases
+    ("hyper", 52),  # 11 base kernels, base biases, kernel banks, bias banks; 4 dense layers
+])
+def test_two_replicas_make_the_same_first_update_as_one(kind, moments):
     # Logical devices must be configured before TensorFlow starts: a fresh process.
-    done = subprocess.run([sys.executable, "-c", TWO_REPLICAS], cwd=ROOT, capture_output=True,
-                          text=True, timeout=300, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    done = subprocess.run([sys.executable, "-c", TWO_REPLICAS, kind], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
     assert done.returncode == 0, done.stderr[-2000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
-    assert result["replicas"] == [1, 2] and result["moments"] == 22  # 11 kernels, 11 biases
+    assert result["replicas"] == [1, 2] and result["moments"] == moments
     assert result["weights"] < 1e-5
     assert result["moment"] < 1e-4  # relative to each layer's largest moment
 
