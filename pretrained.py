@@ -1,16 +1,15 @@
 """The brain model that ships with the project, and registering two brain scans with it.
 
-``pretrained/brain.keras`` (its model card: ``docs/brain-model.md``) is a joint affine +
-diffeomorphic VoxelMorph trained from label maps alone (``--synth data``), so it takes
-skull-stripped brain MRI of any contrast. It works on a grid of ``SHAPE`` voxels of
-``SPACING_MM`` mm with RAS axes. :func:`register_brains` places such a grid on each scan,
-centred on the scan's brain, the moving scan's grid turned so that the principal axes of the
-two brains meet (:func:`brain_moments`, :func:`principal_rotation`: contrast-free, from the
-voxels that are brain). Scans of any grid, orientation, voxel size and field of view, not
-aligned, so come to the network as training showed them: two brains roughly in one pose on one
-grid, which its affine stage then aligns. Every output is on the static scan's own grid and
-world space, the resamplings and the network's field composed into one map from static points
-to moving points.
+``pretrained/brain.keras`` (its model card: ``docs/brain-model.md``) is a VoxelMorph-2 trained
+on pairs of skull-stripped T1 scans, its field integrated as a velocity. It works on a grid of
+``SHAPE`` voxels of ``SPACING_MM`` mm with RAS axes. :func:`register_brains` places such a grid
+on the static scan, centred on its brain, and carries it into the moving scan's world by the
+pose stage's map (``pose.estimate``: contrast-free, by mutual information), so that scans of
+any grid, orientation, voxel size and field of view, not aligned, come to the network as
+training showed them: two brains in one pose on one grid. The moving scan is then mapped onto
+the static scan's contrast (:func:`in_contrast_of`), so a T2, FLAIR or PD scan registers to a
+T1. Every output is on the static scan's own grid and world space, the resamplings and the
+network's field composed into one map from static points to moving points.
 """
 import os
 import time
@@ -141,12 +140,13 @@ def register_brains(model: keras.Model, moving: np.ndarray, static: np.ndarray,
                     moving_grid: transforms.Grid, static_grid: transforms.Grid,
                     moving_seg: np.ndarray | None = None, finetune_steps: int = 0,
                     finetune_lr: float = 1e-3, refiner: tuning.Refiner | None = None,
-                    tune_loss: str | None = "mi", inverse: bool = False) -> dict:
+                    tune_loss: str | None = TUNE_LOSS, inverse: bool = False) -> dict:
     """Register two brain scans of any grids with the shipped model (or one like it).
 
-    Each scan is scaled (:func:`scaled`) and resampled onto a :func:`working_grid` centred on
-    its brain, the moving one turned onto the static brain's principal axes
-    (:func:`working_grids`); the network registers the two; ``finetune_steps`` first tune it
+    Each scan is scaled (:func:`scaled`); the pose stage (``pose.estimate``) finds the moving
+    brain's pose on the static one; both are resampled onto the working grids of that pose
+    (:func:`working_grids`), the moving one mapped onto the static one's contrast
+    (:func:`in_contrast_of`); the network registers the two; ``finetune_steps`` first tune it
     on the pair and ``refiner`` then refines its field on grids ``REFINE_FACTOR`` times finer.
     The outputs compose: static voxel -> static world -> working grid -> field -> the moving
     side's working grid -> moving world -> moving voxel, sampled once.
@@ -162,8 +162,8 @@ def register_brains(model: keras.Model, moving: np.ndarray, static: np.ndarray,
     moving_seg : np.ndarray, optional
         Integer label map on the moving grid.
     finetune_steps, finetune_lr, tune_loss
-        Instance optimisation of the network on the pair, by ``tune_loss`` (MI by default:
-        the scans may differ in contrast).
+        Instance optimisation of the network on the pair, by ``tune_loss`` with the smoothness
+        weight ``objective.DEFAULT_LAMBDA`` gives it.
     refiner : tuning.Refiner, optional
         Refines the displacement on the finer grids.
     inverse : bool
@@ -174,8 +174,9 @@ def register_brains(model: keras.Model, moving: np.ndarray, static: np.ndarray,
     dict
         As ``registration.register_scans``: on the static grid, ``moved``, ``moved_seg`` (with
         ``moving_seg``), ``deformation`` (static voxels), ``warp`` (LPS mm), ``affine_world``
-        (LPS mm, static point -> moving point), ``seconds`` (forward pass),
-        ``finetune_seconds``, ``refine_seconds``, the fallback notes; with ``inverse``,
+        (LPS mm, static point -> moving point: the pose stage's map, then any affine stage's),
+        ``seconds`` (forward pass), ``pose_seconds``, ``finetune_seconds``, ``refine_seconds``,
+        ``pose_note`` and the fallback notes (a line, or None); with ``inverse``,
         ``inverse_warp`` and ``inverse_error``.
     """
     for image, grid, name in ((moving, moving_grid, "moving"), (static, static_grid, "static")):
@@ -193,8 +194,8 @@ def register_brains(model: keras.Model, moving: np.ndarray, static: np.ndarray,
              for image, grid, work in zip(images, scan_grids, grids)]
     small[0] = in_contrast_of(*small)
     network = registration.network_for(model, SHAPE)
-    tuner = (tuning.FineTuner(model, finetune_steps, finetune_lr, SHAPE, tune_loss)
-             if finetune_steps else None)
+    tuner = (tuning.FineTuner(model, finetune_steps, finetune_lr, SHAPE, tune_loss,
+                              objective.DEFAULT_LAMBDA.get(tune_loss)) if finetune_steps else None)
     network, finetune_seconds, finetune_note = tuning.finetuned(network, tuner, *small)
     registered = registration.register(network, *small, traced=False)  # one pair: no graph
     field, field_grids = registered["deformation"], grids
@@ -284,7 +285,7 @@ def field_on(field: np.ndarray, to_work: np.ndarray, shape: tuple[int, ...]) -> 
 
 def evaluate_pairs(model: keras.Model, pairs, labels=None, spacing=None, finetune_steps: int = 0,
                    finetune_lr: float = 1e-3, refiner: tuning.Refiner | None = None,
-                   tune_loss: str | None = "mi") -> list[dict]:
+                   tune_loss: str | None = TUNE_LOSS) -> list[dict]:
     """``registration.evaluate_pairs`` with the shipped model: each pair of a set on one grid
     of voxels of ``spacing`` mm (RAS axes) registered by :func:`register_brains` and scored
     there (``scores.score_registration``), with the inverse consistency in mm."""

@@ -159,3 +159,18 @@ def test_mutual_information_has_a_gradient_toward_the_aligned_image():
     assert np.all(np.isfinite(gradient.numpy())) and np.abs(gradient.numpy()).max() > 0
     moved.assign_sub(0.5 * gradient / np.abs(gradient.numpy()).max())
     assert float(metrics.MutualInformation()(1 - static, moved)) < float(loss)
+
+
+def test_mind_descriptors_are_blind_to_an_inverted_contrast_but_not_to_a_shift():
+    image = smooth_image((24, 24), 0)
+    mind = metrics.MINDSSD()
+    inverted, shifted = float(mind(image, 1 - image)), float(mind(image, np.roll(image, 2, 1)))
+    assert mind.descriptors(image).shape == (*image.shape[:-1], 4)  # a channel per neighbour
+    assert inverted < 1e-6 < 0.01 < shifted  # MIND depends on differences, not on their sign
+
+
+def test_mind_descriptors_of_a_3d_image_have_six_channels_in_zero_to_one():
+    image = tf.random.uniform((1, 8, 9, 10, 1), seed=0)
+    descriptors = metrics.MINDSSD(radius=2).descriptors(image).numpy()
+    assert descriptors.shape == (1, 8, 9, 10, 6)
+    assert descriptors.min() > 0 and np.allclose(descriptors.max(axis=-1), 1.0)

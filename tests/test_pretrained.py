@@ -7,6 +7,8 @@ import pytest
 import SimpleITK as sitk  # a test requirement (requirements.txt): these tests never skip
 
 import main
+import models
+import objective
 import pose
 import pretrained
 import sampling
@@ -158,12 +160,32 @@ def test_a_map_of_the_affine_stage_stays_unfolded_beyond_the_working_grid():
     assert scores.folding_fraction(out["deformation"]) == 0.0
 
 
-def test_refinement_on_the_finer_working_grids_runs_with_mutual_information(scans, tmp_path,
-                                                                            capsys):
+def test_refinement_runs_with_mind(scans, tmp_path, capsys):
     moved = tmp_path / "moved.nii.gz"  # fine-tuning: tuning.FineTuner's own tests
     assert main.main(["register", "--moving", scans["moving"], "--static", scans["static"],
-                      "--moved", str(moved), "--refine_steps", "2"]) == 0
+                      "--moved", str(moved), "--refine_steps", "2", "--tune_loss", "mind"]) == 0
     assert "refined in 2 steps" in capsys.readouterr().out and moved.exists()
+
+
+def test_the_shipped_refiner_takes_the_smoothness_weight_of_its_similarity():
+    model = pretrained.load()
+    for similarity in ("ncc", "mind"):
+        refiner = pretrained.refiner(model, 1, similarity=similarity)
+        assert refiner.lamda == pytest.approx(objective.DEFAULT_LAMBDA[similarity])
+
+
+def test_the_shipped_model_integrates_its_field_so_its_maps_are_invertible():
+    assert models.integration(models.registration_model(pretrained.load())) == (7, 1)
+
+
+def test_the_moving_scan_comes_out_in_the_static_scans_contrast():
+    static = ellipsoid((24, 24, 24), (10.0, 9.0, 8.0)) * np.linspace(0.3, 1.0, 24)[:, None, None]
+    moving = np.where(static > 0, 1.2 - static, 0.0).astype(np.float32)  # reversed in the brain
+    mapped = pretrained.in_contrast_of(moving, static)
+    brain = static > pose.BRAIN
+    assert np.corrcoef(moving[brain], static[brain])[0, 1] < -0.9
+    assert np.corrcoef(mapped[brain], static[brain])[0, 1] > 0.98
+    assert np.all(mapped[static == 0] == 0)
 
 
 @pytest.mark.parametrize("case", ["2D", "small"])

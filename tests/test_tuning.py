@@ -255,6 +255,14 @@ def test_instance_optimisation_may_use_another_similarity_with_the_models_weight
     assert {type(term.loss).__name__ for term in tuner.network.terms} == {"MSE", "Grad"}
 
 
+def test_instance_optimisation_may_take_its_own_smoothness_weight():
+    model = models.build_model((16, 16), "vm1", "ncc", lamda=0.3, bidir=True)
+    terms = {term.name: term for term in tuning.image_terms(model, "mind", lamda=0.05)}
+    assert isinstance(terms["moved"].loss, metrics.MINDSSD) and terms["moved"].weight == 0.5
+    assert terms["deformation"].weight == pytest.approx(0.05 * 0.5)
+    assert tuning.Refiner(model, 1, similarity="mind", lamda=0.05).lamda == pytest.approx(0.05)
+
+
 def test_a_model_trained_from_label_maps_is_tuned_by_the_similarity_given():
     model = models.build_model((16, 16), "vm1", num_labels=3, synth=True)
     terms = {term.name: term for term in tuning.image_terms(model, "mi")}
