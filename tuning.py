@@ -75,6 +75,17 @@ class Watch:
         return f"{self.stopped}: {kept}; try a lower {rate}"
 
 
+def fallback_notes(results: list[dict], source: str) -> list[str]:
+    """One line for each instance optimisation (fine-tuning, refinement) that fell back on some
+    of ``results`` (one dict per pair, with ``finetune_fallback`` and ``refine_fallback``), whose
+    notes are in the file ``source``."""
+    return [f"{sum(bool(result[key]) for result in results)} of {len(results)} pairs "
+            f"fell back in {what} (see {key} in {source})"
+            for key, what in (("finetune_fallback", "fine-tuning"),
+                              ("refine_fallback", "refinement"))
+            if any(result[key] for result in results)]
+
+
 def image_terms(model: keras.Model, similarity: str | None = None,
                 lamda: float | None = None) -> list[objective.Term]:
     """The loss terms of a trained model that need no label map (its image similarities and
