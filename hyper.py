@@ -26,6 +26,7 @@ import layers
 import metrics
 import models
 import objective
+import rebuilding
 import registration
 import scores
 import volumes
@@ -124,7 +125,7 @@ def at_lambda(model: objective.TrainingModel, lamda: float) -> objective.Trainin
     """
     check_lambda(model, lamda)
     network = models.registration_model(model)
-    fixed = models.rebuild(network, models.input_shape(network), lamda)
+    fixed = rebuilding.rebuild(network, models.input_shape(network), lamda)
     known = {*fixed.input, *fixed.output}
     terms = [term._replace(scale=None, weight=term.weight * (
                  1.0 - lamda if term.scale.startswith("1-") else lamda))

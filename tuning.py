@@ -20,6 +20,7 @@ import dataloader
 import metrics
 import models
 import objective
+import rebuilding
 import shapes
 import transforms
 import utils
@@ -162,7 +163,7 @@ class FineTuner:
                  lamda: float | None = None):
         terms = image_terms(model, similarity, lamda)
         network = models.registration_model(model)
-        rebuilt = models.rebuild(network, shape or models.input_shape(network))
+        rebuilt = rebuilding.rebuild(network, shape or models.input_shape(network))
         self.network = objective.TrainingModel(rebuilt.input, rebuilt.output, rebuilt.name,
                                             terms=terms)
         self.trained = network.get_weights()
