@@ -14,10 +14,10 @@ registers with any weight in ``RANGE``, chosen when registering.
 - :func:`plain_lambda` and :func:`default_lambda`: how a hypermodel's weight relates to the
   ``--lamda`` of an ordinary model.
 - :func:`curve` and :func:`best_lambda`: scores of a set of pairs against ``lamda``, and the
-  weight of best mean Dice; :func:`write_curve` writes the curve and its figure.
-"""
-import os
+  weight of best mean Dice; :func:`choose` the best of ``CANDIDATES``.
 
+The files and figure of ``evaluate --lamda`` are ``hyper_outputs.py``'s.
+"""
 import runtime  # noqa: F401  (TensorFlow's settings: before its first import)
 import keras
 import numpy as np
@@ -26,10 +26,9 @@ import layers
 import metrics
 import models
 import objective
+import rebuilding
 import registration
-import rundir
 import scores
-import viz
 import volumes
 
 RANGE = (0.0, 1.0)  # the trained weights: the paper's
@@ -126,7 +125,7 @@ def at_lambda(model: objective.TrainingModel, lamda: float) -> objective.Trainin
     """
     check_lambda(model, lamda)
     network = models.registration_model(model)
-    fixed = models.rebuild(network, models.input_shape(network), lamda)
+    fixed = rebuilding.rebuild(network, models.input_shape(network), lamda)
     known = {*fixed.input, *fixed.output}
     terms = [term._replace(scale=None, weight=term.weight * (
                  1.0 - lamda if term.scale.startswith("1-") else lamda))
@@ -210,19 +209,3 @@ def fixed_lambda(model: keras.Model) -> float | None:
     """The weight a hypermodel registers with (:func:`at_lambda`), None where it is an input."""
     values = [layer.value for layer in model.layers if isinstance(layer, layers.FixedLambda)]
     return values[0] if values else None
-
-
-def write_curve(model: objective.TrainingModel, lamdas: list[float], pairs, labels: list[int],
-                spacing, output: str) -> str:
-    """``evaluate --lamda V1 V2 ...``: the scores at each weight (:func:`curve`), written as
-    ``rundir.LAMBDA_CURVE`` and its figure in ``output``; one line per weight."""
-    for lamda in lamdas:
-        check_lambda(model, lamda)
-    rows = curve(model, pairs, lamdas, labels or None, spacing)
-    rundir.make_folder(output)
-    path = os.path.join(output, rundir.LAMBDA_CURVE)
-    rundir.write_json(path, {"lamda_curve": rows})
-    if "dice_after" in rows[0]:
-        viz.plot_lambda_curve({"hypermodel": rows}, os.path.join(output, rundir.LAMBDA_PLOT))
-    return "\n".join(f"--lamda {row['lamda']:g}: " + scores.headline(row) for row in rows) + \
-        f"\nwrote {path}"

@@ -11,16 +11,15 @@ a template.
     python3 main.py template --data scans/ --output RUN
 
 This module is the command line only: its parsers, and for each command the inputs it reads and
-the files it writes (the output files checked first, ``volumes.check_output_files``; evaluate's
-Dice CSV by ``scores.write_dice_csv``). Training is ``training.train``, whose data rules evaluate
-shares (``data_sources.py``); registering and scoring pairs are in ``registration.py``;
-world-space warps are ``transforms.py``'s; learning templates is ``template_training.py``'s;
-the run folder's files (``rundir.py``) are written atomically. ``python3 main.py COMMAND
---help`` lists every option.
+the files it writes (the output files checked first, ``volumes.check_output_files``; register's
+by ``transforms.save_registered``, evaluate's Dice CSV by ``scores.write_dice_csv``). Training
+is ``training.train``, whose data rules evaluate shares (``data_sources.py``); registering and
+scoring pairs are in ``registration.py``; world-space warps are ``transforms.py``'s; learning
+templates is ``template_training.py``'s; a hypermodel's curve and chosen weight are
+``hyper_outputs.py``'s; the run folder's files (``rundir.py``) are written atomically.
+``python3 main.py COMMAND --help`` lists every option.
 
-At some 590 lines it is the longest module: half of it is the parsers of its five commands,
-whose help texts are the options' documentation; flags that several commands share are defined
-once (``_add_run_flags``, ``_add_loss_flags``, ``_add_data_flags``, ``_add_model_flags``).
+Half of it is the parsers, whose help texts document the options (shared flags: ``_add_*_flags``).
 """
 import argparse
 import os
@@ -34,6 +33,7 @@ import augmentation
 import data_sources
 import datasets
 import hyper
+import hyper_outputs
 import scores
 import models
 import objective
@@ -435,12 +435,12 @@ def register(args) -> str:
     if args.affine and not args.affine.endswith(transforms.ITK_TRANSFORM):
         raise volumes.UsageError(f"--affine {args.affine}: an affine map is written as an ITK "
                                  f"text transform (.txt, .tfm)")
-    outputs = {"--moved": args.moved, "--deformation": args.deformation, "--warp": args.warp,
-               "--inverse_warp": args.inverse_warp, "--moved_seg": args.moved_seg,
-               "--affine": args.affine}
-    volumes.check_output_files(outputs, [args.model or pretrained.FILE, args.moving,
-                                         args.static, args.moving_seg or ""],
-                               other_formats=("--affine",))
+    outputs = {"moved": args.moved, "deformation": args.deformation, "warp": args.warp,
+               "inverse_warp": args.inverse_warp, "moved_seg": args.moved_seg,
+               "affine": args.affine}
+    volumes.check_output_files({f"--{key}": path for key, path in outputs.items()},
+                               [args.model or pretrained.FILE, args.moving, args.static,
+                                args.moving_seg or ""], other_formats=("--affine",))
     if args.lamda and (len(args.lamda) > 1 or args.lamda[0] == "best"):
         raise volumes.UsageError("register takes one --lamda value (evaluate chooses or curves)")
     model = hyper.for_registration(rundir.load_model(args.model) if args.model else
@@ -452,12 +452,7 @@ def register(args) -> str:
                                  f"joint)")
     moving, _, moving_grid = transforms.load_scan(args.moving, "moving")
     static, static_image, static_grid = transforms.load_scan(args.static, "static")
-    moving_seg = None
-    if args.moving_seg is not None:
-        moving_seg, _, seg_grid = transforms.load_scan(args.moving_seg, "moving label map")
-        if not seg_grid.same_as(moving_grid):
-            raise volumes.DataError(f"{args.moving_seg} is not on the moving image's grid "
-                                    f"(shape {seg_grid.shape} vs {moving_grid.shape}, or affine)")
+    moving_seg = transforms.load_label_map(args.moving_seg, moving_grid)
     if args.model:
         registered = registration.register_scans(
             model, moving, static, moving_grid, static_grid, moving_seg, args.finetune_steps,
@@ -467,17 +462,7 @@ def register(args) -> str:
         registered = pretrained.register_brains(
             model, moving, static, moving_grid, static_grid, moving_seg, args.finetune_steps,
             args.finetune_lr, refiner(model, args), tune_loss(args), args.inverse_warp is not None)
-    reference = static_grid.affine if static_image is None else static_image
-    for path, key in ((args.moved, "moved"), (args.deformation, "deformation"),
-                      (args.moved_seg, "moved_seg")):
-        if path:
-            volumes.save_volume(path, registered[key], reference, key == "deformation")
-    if args.warp:
-        transforms.save_warp(args.warp, registered["warp"], static_grid)
-    if args.inverse_warp:
-        transforms.save_warp(args.inverse_warp, registered["inverse_warp"], moving_grid)
-    if args.affine:
-        transforms.save_affine(args.affine, registered["affine_world"])
+    transforms.save_registered(registered, outputs, static_grid, moving_grid, static_image)
     tuned = (f" after {args.finetune_steps} fine-tuning steps "
              f"({registered['finetune_seconds']:.1f} s)" if args.finetune_steps else "")
     if registered["finetune_fallback"]:
@@ -534,7 +519,8 @@ def evaluate(args) -> str:
     if "best" in (args.lamda or []) and len(args.lamda) > 1:
         raise volumes.UsageError("--lamda best chooses one weight: give it alone")
     model = rundir.load_model(args.model) if args.model else pretrained.load()
-    lamdas = [chosen_lambda(model, args.model)] if args.lamda == ["best"] else args.lamda or []
+    lamdas = ([hyper_outputs.chosen_lambda(model, args.model)] if args.lamda == ["best"]
+              else args.lamda or [])
     shape = models.input_shape(model)
     data = data_sources.evaluation_set(args.data, args.atlas, args.pairs, shape,
                                         args.pairs_file)
@@ -542,7 +528,7 @@ def evaluate(args) -> str:
     pairs = pairing.make_pairs(data, mode, args.max_pairs)
     labels, names = datasets.scored_labels(data, args.labels)
     if len(lamdas) > 1:
-        return hyper.write_curve(model, lamdas, pairs, labels, data.spacing, output)
+        return hyper_outputs.write_curve(model, lamdas, pairs, labels, data.spacing, output)
     model = hyper.for_registration(model, lamdas[0] if lamdas else None)
     print(f"evaluating {args.model or 'the shipped brain model'} on {len(pairs)} {mode} pairs "
           f"of shape {data.shape}, {len(labels)} labels" + (
@@ -558,8 +544,6 @@ def evaluate(args) -> str:
                                             refiner(model, args), tune_loss(args))
     summary = scores.summarize(results)
     rundir.make_folder(output)
-    per_pair = [{"moving": volume_name(data, moving), "static": volume_name(data, static),
-                 **result} for (moving, static), result in zip(pairs.index, results)]
     evaluation = os.path.join(output, rundir.EVALUATION)
     rundir.write_json(evaluation, {"model": args.model or pretrained.FILE,
                                    **({"lamda": hyper.fixed_lambda(model)}
@@ -567,37 +551,14 @@ def evaluate(args) -> str:
                                    "data": args.pairs_file or args.data or "default",
                                    "pairs": mode, "labels": labels, "label_names": names,
                                    "spacing": data.spacing, "summary": summary,
-                                   "per_pair": per_pair})
+                                   "per_pair": pairing.per_pair(data, pairs, results)})
     if "dice_after" in summary:
         scores.write_dice_csv(os.path.join(output, rundir.DICE_CSV), labels, names, summary)
         viz.plot_dice(evaluation, os.path.join(output, rundir.DICE_PLOT))
-    fell_back = [f"{sum(bool(result[key]) for result in results)} of {len(results)} pairs "
-                 f"fell back in {what} (see {key} in {rundir.EVALUATION})"
-                 for key, what in (("finetune_fallback", "fine-tuning"),
-                                   ("refine_fallback", "refinement"))
-                 if any(result[key] for result in results)]
-    for line in fell_back:
+    for line in tuning.fallback_notes(results, rundir.EVALUATION):
         warnings.warn(line, volumes.DataWarning)
     return scores.headline(summary) + (f", {summary['seconds']['mean']:.3f} s per pair; "
                               f"wrote {evaluation}")
-
-
-def chosen_lambda(model, path: str | None) -> float:
-    """``evaluate --lamda best``: the hypermodel's weight of best mean Dice on the validation
-    pairs of its training run (its ``rundir.ARGS``), said in one line (``hyper.choose``)."""
-    hyper.check_lambda(model, "best")
-    flags = rundir.read_json(os.path.join(os.path.dirname(os.path.abspath(path)), rundir.ARGS))
-    best, line = hyper.choose(model, *training.validation_pairs(flags))
-    print(line)
-    return best
-
-
-def volume_name(data: datasets.Dataset, index: int) -> int | str:
-    """How ``eval.json`` names volume ``index`` of a pair: its file for a pair list, else its
-    index in the set, or ``"atlas"`` (-1)."""
-    if data.pairs is not None:
-        return data.vols.paths[index]
-    return "atlas" if index < 0 else int(index)
 
 
 def _print_warning(message, category, filename, lineno, file=None, line=None) -> None:

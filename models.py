@@ -30,10 +30,8 @@ outputs. Registering and scoring pairs with a trained model is ``registration.py
 
 With ``hyper=True`` every convolution of the U-Net takes its weights from HyperMorph's
 hypernetwork (``layers.Hypernetwork``, ``layers.HyperConv``; ``hyper.py``).
-
-At some 530 lines it is a little longer than most: three networks (VoxelMorph, affine, joint),
-their hypernetwork variant, and what reads a trained one back (its kind, integration, stages,
-hypernetwork) to rebuild it for another shape.
+What reads a trained network back (its kind, integration, stages) is here too;
+``rebuilding.py`` builds it again for another shape.
 """
 import runtime  # noqa: F401  (TensorFlow's settings: before its first import)
 import keras
@@ -97,8 +95,8 @@ def voxelmorph(input_shape: tuple[int, ...], decoder: tuple[int, ...],
         diffeomorphic displacement (Dalca et al., MICCAI 2018).
     int_downsize : int
         Integrate the velocity at ``1 / int_downsize`` resolution: :class:`layers.ResizeField`
-        takes it
-        down to that grid and the integrated displacement back (only with ``int_steps``).
+        takes it down to that grid and the integrated displacement back (only with
+        ``int_steps``).
     bidir : bool
         Also warp the static image with the inverse field (the negated velocity, or the negated
         displacement without integration).
@@ -324,18 +322,6 @@ def joint_network(affine: keras.Model, deformable: keras.Model, name: str = "joi
     return keras.Model(inputs, outputs, name=name)
 
 
-def with_label_maps(network: keras.Model, num_labels: int) -> tuple[dict, dict]:
-    """The inputs and outputs of ``network`` with the training-only label maps added: inputs
-    ``moving_seg`` and ``static_seg`` ``(B, *spatial, num_labels)`` one-hot, and output
-    ``moved_seg``, the moving one warped with the displacement (linear interpolation)."""
-    inputs, outputs = dict(network.input), dict(network.output)
-    for key in objective.TRAINING_INPUTS:
-        inputs[key] = keras.Input((*input_shape(network), num_labels), name=key)
-    outputs["moved_seg"] = layers.SpatialTransformer(name="moved_seg", dtype=F32)(
-        [inputs["moving_seg"], outputs["deformation"]])
-    return inputs, outputs
-
-
 def build_model(input_shape: tuple[int, ...], model: str = "vm2", loss: str = "ncc",
                 lamda: float | None = None, lr: float = 1e-3, ncc_window: int = 9,
                 int_steps: int = 0, int_downsize: int = 1, bidir: bool = False,
@@ -368,7 +354,7 @@ def build_model(input_shape: tuple[int, ...], model: str = "vm2", loss: str = "n
     seg_weight : float
         Weight gamma of the auxiliary soft-Dice loss between the warped one-hot label map of
         the moving image and the static one's (TMI 2019, Sec. IV-C2); both label maps are then
-        inputs of the model (:func:`with_label_maps`); needs ``num_labels``.
+        inputs of the model (``objective.with_label_maps``); needs ``num_labels``.
     num_labels : int
         Number of labels of the one-hot maps (with ``seg_weight``).
     transform : {"deformable", "affine", "rigid", "joint"}
@@ -409,7 +395,7 @@ def build_model(input_shape: tuple[int, ...], model: str = "vm2", loss: str = "n
             hyper=hyper)
     if transform == "joint":
         network = joint_network(affine_network(input_shape), network)
-    inputs, outputs = (with_label_maps(network, num_labels) if seg_weight or synth
+    inputs, outputs = (objective.with_label_maps(network, num_labels) if seg_weight or synth
                        else (network.input, network.output))
     terms = objective.loss_terms(loss, lamda, ncc_window, bidir, seg_weight, transform,
                                  int_steps, synth)
@@ -463,49 +449,6 @@ def integration(network: keras.Model) -> tuple[int, int]:
     if not integrate:
         return 0, 1
     return integrate[0].steps, input_shape(network)[0] // network.output["velocity"].shape[1]
-
-
-def rebuild(network: keras.Model, shape: tuple[int, ...], lamda: float | None = None
-            ) -> keras.Model:
-    """``network`` built anew for another spatial input ``shape``, with copies of its weights.
-
-    Every network is fully convolutional, so a network trained on one shape registers any
-    other: its kind, U-Net layout, decoder widths, integration, symmetric outputs and
-    hypernetwork are read from its layers, the same builder builds it for ``shape``, and the
-    weights (in the same order) are copied.
-
-    Parameters
-    ----------
-    network : keras.Model
-        A registration network (inputs ``moving`` and ``static``; see
-        :func:`registration_model`).
-    shape : tuple of int
-        Spatial shape, each size divisible by ``DIVISOR`` (and by ``int_downsize``).
-    lamda : float, optional
-        A hypernetwork's smoothness weight, fixed (:class:`layers.FixedLambda`): the network
-        then takes ``moving`` and ``static`` alone. By default, the network's own (an input, or
-        the value it has fixed).
-    """
-    kind = transform(network)
-    if kind == "joint":
-        return joint_network(*(rebuild(stage, shape) for stage in stages(network)),
-                             name=network.name)
-    if kind != "deformable":
-        rebuilt = affine_network(shape, kind == "rigid", network.name)
-    else:
-        convs = [layer for layer in network.layers
-                 if type(layer).__name__ in ("Conv2D", "Conv3D", "HyperConv")]
-        int_steps, int_downsize = integration(network)
-        pooled = any(type(layer).__name__.startswith("MaxPooling") for layer in network.layers)
-        fixed = [layer.value for layer in network.layers if isinstance(layer, layers.FixedLambda)]
-        rebuilt = voxelmorph(shape, tuple(layer.filters for layer in convs[len(ENCODER):-1]),
-                             network.name, int_steps, int_downsize,
-                             "moved_static" in network.output,
-                             unet="official" if pooled else "paper",
-                             hyper=isinstance(convs[0], layers.HyperConv),
-                             lamda=lamda if lamda is not None or not fixed else fixed[0])
-    rebuilt.set_weights(network.get_weights())
-    return rebuilt
 
 
 def initialise(network: keras.Model, trained: keras.Model) -> None:

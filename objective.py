@@ -5,6 +5,8 @@
   that says which output carries which term), :func:`image_similarity` the image loss by name.
 - :class:`TrainingModel`: a functional ``keras.Model`` whose ``compute_loss`` adds up its terms
   from its own inputs and outputs (no targets), logging each; ``models.build_model`` builds one.
+- :func:`with_label_maps`: a network's inputs and outputs with the training-only label maps
+  (``TRAINING_INPUTS``, ``TRAINING_OUTPUTS``) that the segmentation and SynthMorph terms compare.
 - :func:`from_compiled`: a model saved before these existed (losses compiled per output), as a
   ``TrainingModel``.
 """
@@ -14,7 +16,7 @@ import runtime  # noqa: F401  (TensorFlow's settings: before its first import)
 import keras
 import tensorflow as tf
 
-import layers  # noqa: F401  (registers the networks' layers: a saved model loads from here alone)
+import layers  # also registers the networks' layers: a saved model loads from here alone
 import metrics  # also registers the losses, so that saved models load with their terms
 
 DEFAULT_LAMBDA = {"ncc": 1.0, "mse": 0.01, "mi": 3.0, "mind": 0.05}  # smoothness weights: the
@@ -186,6 +188,19 @@ def loss_terms(loss: str = "ncc", lamda: float | None = None, ncc_window: int = 
         terms.append(Term("moved_seg", metrics.SoftDice(), seg_weight,
                           ("static_seg", "moved_seg")))
     return terms
+
+
+def with_label_maps(network: keras.Model, num_labels: int) -> tuple[dict, dict]:
+    """The inputs and outputs of ``network`` with the training-only label maps added: inputs
+    ``moving_seg`` and ``static_seg`` ``(B, *spatial, num_labels)`` one-hot, and output
+    ``moved_seg``, the moving one warped with the displacement (linear interpolation)."""
+    inputs, outputs = dict(network.input), dict(network.output)
+    spatial = tuple(network.input["moving"].shape[1:-1])
+    for key in TRAINING_INPUTS:
+        inputs[key] = keras.Input((*spatial, num_labels), name=key)
+    outputs["moved_seg"] = layers.SpatialTransformer(name="moved_seg", dtype="float32")(
+        [inputs["moving_seg"], outputs["deformation"]])
+    return inputs, outputs
 
 
 def from_compiled(network: keras.Model, compile_config: dict) -> TrainingModel:

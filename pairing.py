@@ -198,3 +198,18 @@ def scan_to_scan_pairs(num_volumes: int, num_pairs: int | None = None,
     moving = rng.integers(num_volumes, size=num_pairs)
     static = (moving + rng.integers(1, num_volumes, size=num_pairs)) % num_volumes
     return np.stack([moving, static], axis=1)
+
+
+def volume_name(data: datasets.Dataset, index: int) -> int | str:
+    """How ``eval.json`` names volume ``index`` of a pair: its file for a pair list, else its
+    index in the set, or ``"atlas"`` (-1)."""
+    if data.pairs is not None:
+        return data.vols.paths[index]
+    return "atlas" if index < 0 else int(index)
+
+
+def per_pair(data: datasets.Dataset, pairs: Pairs, results: list[dict]) -> list[dict]:
+    """The ``results`` of ``pairs`` of ``data`` (one dict each), each with its ``moving`` and
+    ``static`` volumes named (:func:`volume_name`): ``eval.json``'s ``per_pair``."""
+    return [{"moving": volume_name(data, moving), "static": volume_name(data, static), **result}
+            for (moving, static), result in zip(pairs.index, results)]

@@ -21,6 +21,7 @@ import numpy as np
 
 import datasets
 import pairing
+import rebuilding
 import sampling
 import scores
 import models
@@ -152,7 +153,7 @@ def network_for(model: keras.Model, shape: tuple[int, ...]) -> keras.Model:
 
     The network takes ``shape`` padded to a multiple of ``models.DIVISOR``: ``model``'s own
     registration network when that is its input shape, else one rebuilt for it with the
-    trained weights (``models.rebuild``). Build it once for many pairs of one shape.
+    trained weights (``rebuilding.rebuild``). Build it once for many pairs of one shape.
 
     Raises
     ------
@@ -165,7 +166,7 @@ def network_for(model: keras.Model, shape: tuple[int, ...]) -> keras.Model:
         raise volumes.DataError(f"{len(shape)}D volumes of shape {tuple(shape)}, but the model "
                                 f"registers {len(trained)}D images")
     padded = shapes.padded_shape(shape, models.DIVISOR)
-    return network if padded == trained else models.rebuild(network, padded)
+    return network if padded == trained else rebuilding.rebuild(network, padded)
 
 
 def crop_outputs(arrays: dict, padding: list[tuple[int, int]]) -> dict:

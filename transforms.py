@@ -315,6 +315,48 @@ def load_scan(path: str, name: str) -> tuple[np.ndarray, object, Grid]:
     return volume, image, Grid.of(image, volume.shape, f"{name} {path}")
 
 
+def load_label_map(path: str | None, grid: Grid) -> np.ndarray | None:
+    """The label map of the image on ``grid`` at ``path`` (None: none), as stored.
+
+    Raises
+    ------
+    volumes.DataError
+        If it is not on ``grid``.
+    """
+    if path is None:
+        return None
+    labels, _, labels_grid = load_scan(path, "moving label map")
+    if not labels_grid.same_as(grid):
+        raise volumes.DataError(f"{path} is not on the moving image's grid "
+                                f"(shape {labels_grid.shape} vs {grid.shape}, or affine)")
+    return labels
+
+
+def save_registered(registered: dict, paths: dict, static_grid: Grid, moving_grid: Grid,
+                    static_image=None) -> None:
+    """Write the outputs of ``main.py register`` that ``paths`` names (None: not written).
+
+    Parameters
+    ----------
+    registered : dict
+        One registered pair (``registration.register_scans``, ``pretrained.register_brains``).
+    paths : dict
+        Paths of ``moved``, ``deformation`` and ``moved_seg`` (volumes on the static grid,
+        with the header of ``static_image``, else its grid's affine), ``warp`` and
+        ``inverse_warp`` (:func:`save_warp` on the static and moving grids) and ``affine``
+        (:func:`save_affine` of ``affine_world``).
+    """
+    reference = static_grid.affine if static_image is None else static_image
+    for key in ("moved", "deformation", "moved_seg"):
+        if paths[key]:
+            volumes.save_volume(paths[key], registered[key], reference, key == "deformation")
+    for key, grid in (("warp", static_grid), ("inverse_warp", moving_grid)):
+        if paths[key]:
+            save_warp(paths[key], registered[key], grid)
+    if paths["affine"]:
+        save_affine(paths["affine"], registered["affine_world"])
+
+
 def load_warp(path: str) -> tuple[np.ndarray, Grid]:
     """Read an ITK/ANTs displacement field (this project's :func:`save_warp`, or ANTs').
 

@@ -20,6 +20,7 @@ import dataloader
 import metrics
 import models
 import objective
+import rebuilding
 import shapes
 import transforms
 import utils
@@ -73,6 +74,17 @@ class Watch:
         kept = (f"kept step {self.best_step}'s {what} (loss {self.best_loss:.4g})"
                 if self.best_step else f"kept the network's own {what}")
         return f"{self.stopped}: {kept}; try a lower {rate}"
+
+
+def fallback_notes(results: list[dict], source: str) -> list[str]:
+    """One line for each instance optimisation (fine-tuning, refinement) that fell back on some
+    of ``results`` (one dict per pair, with ``finetune_fallback`` and ``refine_fallback``), whose
+    notes are in the file ``source``."""
+    return [f"{sum(bool(result[key]) for result in results)} of {len(results)} pairs "
+            f"fell back in {what} (see {key} in {source})"
+            for key, what in (("finetune_fallback", "fine-tuning"),
+                              ("refine_fallback", "refinement"))
+            if any(result[key] for result in results)]
 
 
 def image_terms(model: keras.Model, similarity: str | None = None,
@@ -151,7 +163,7 @@ class FineTuner:
                  lamda: float | None = None):
         terms = image_terms(model, similarity, lamda)
         network = models.registration_model(model)
-        rebuilt = models.rebuild(network, shape or models.input_shape(network))
+        rebuilt = rebuilding.rebuild(network, shape or models.input_shape(network))
         self.network = objective.TrainingModel(rebuilt.input, rebuilt.output, rebuilt.name,
                                             terms=terms)
         self.trained = network.get_weights()

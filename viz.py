@@ -7,7 +7,8 @@ neurological orientation. A displacement field is shown in each view through its
 components.
 
 Every figure function (:func:`overlay_slices`, ``plot_*``) returns a ``matplotlib.figure.Figure``
-and saves it as a PNG when given ``fname``.
+and saves it as a PNG when given ``fname`` (:func:`save`, which ``hyper_outputs.py``'s lambda
+curve uses too).
 From the shell::
 
     python3 viz.py RUN_DIR                             # every figure of a main.py run folder
@@ -16,8 +17,8 @@ From the shell::
 The framework diagram is drawn by ``_images/framework.py``. Every file name of a run is
 ``rundir.py``'s, and so are the readers of its files.
 
-At some 590 lines it is the longest module after ``main.py``: seven kinds of figure, each drawn
-by its own short functions, and the command line that draws a run's.
+Seven kinds of figure, each drawn by its own short functions, and the command line that draws a
+run's.
 """
 import argparse
 import os
@@ -137,7 +138,7 @@ def _show(ax, image: np.ndarray, title: str = "", **kwargs):
     return artist
 
 
-def _save(fig: Figure, fname: str | None) -> Figure:
+def save(fig: Figure, fname: str | None) -> Figure:
     """Write ``fig`` as a PNG of exactly its size at ``DPI`` when ``fname`` is given."""
     if fname:
         with volumes.atomic_path(fname) as tmp:
@@ -172,7 +173,7 @@ def overlay_slices(moving, static, moved, slice_index=None, ltitle: str = "Movin
         panels = (left, _overlay(left, middle), middle, _overlay(right, middle), right)
         for col, panel in enumerate(panels):
             _show(axes[row, col], panel, titles[col] if row == 0 else "", cmap="gray")
-    return _save(fig, fname)
+    return save(fig, fname)
 
 
 def plot_deformation_grid(deformation, image=None, slice_index=None, spacing: int = 4,
@@ -207,7 +208,7 @@ def plot_deformation_grid(deformation, image=None, slice_index=None, spacing: in
         lines = ([points[i, :] for i in range(0, field.shape[0], spacing)]
                  + [points[:, j] for j in range(0, field.shape[1], spacing)])
         ax.add_collection(LineCollection(lines, colors=GRID_COLOUR, linewidths=0.8), autolim=False)
-    return _save(fig, fname)
+    return save(fig, fname)
 
 
 def _map_figure(values: np.ndarray, slice_index, title: str, label: str,
@@ -248,7 +249,7 @@ def plot_displacement(deformation, slice_index=None, fname: str | None = None) -
                             f"Displacement magnitude\n(max {magnitude.max():.1f} voxels)",
                             "|u| (voxels)", cmap="magma",
                             norm=Normalize(0.0, max(magnitude.max(), 1e-6)))
-    return _save(fig, fname)
+    return save(fig, fname)
 
 
 def plot_jacobian(deformation, slice_index=None, fname: str | None = None) -> Figure:
@@ -280,7 +281,7 @@ def plot_jacobian(deformation, slice_index=None, fname: str | None = None) -> Fi
     ring = Line2D([], [], marker="o", linestyle="none", markersize=7, markerfacecolor="none",
                   markeredgecolor=FOLDING_COLOUR, label="folding voxel (det <= 0)")
     fig.legend(handles=[ring], loc="outside lower center", fontsize=9, frameon=False)
-    return _save(fig, fname)
+    return save(fig, fname)
 
 
 def _loss_panels(history: dict) -> list[tuple[str, str, list[tuple[str, str]]]]:
@@ -369,7 +370,7 @@ def plot_history(history, fname: str | None = None) -> Figure:
     if smoothness and min(smoothness) > 0:
         axes[2].set_yscale("log")
     fig.suptitle("Training history")
-    return _save(fig, fname)
+    return save(fig, fname)
 
 
 def plot_template(mean: np.ndarray, templates: np.ndarray, epochs, count: int = 4,
@@ -414,7 +415,7 @@ def plot_images(columns: list[tuple[str, np.ndarray]], title: str, fname: str | 
     for col, ((name, _), rows) in enumerate(zip(columns, views)):
         for row, view in enumerate(rows):
             _show(axes[row, col], view, name if row == 0 else "", cmap="gray", vmin=0, vmax=1)
-    return _save(fig, fname)
+    return save(fig, fname)
 
 
 def _box_per_structure(ax, evaluation: dict, key: str, colour: str, shift: float = 0.0) -> None:
@@ -490,43 +491,7 @@ def plot_dice(evaluation, fname: str | None = None) -> Figure:
         loc="outside lower center", ncols=2, frameon=False)
     pairing = "scan-to-atlas" if evaluation["pairs"] == "atlas" else "scan-to-scan"
     axes[0].set_title(f"Dice per structure, {len(evaluation['per_pair'])} {pairing} pairs")
-    return _save(fig, fname)
-
-
-def plot_lambda_curve(curves: dict, fname: str | None = None, title: str = "") -> Figure:
-    """Mean Dice and share of folding voxels against a hypermodel's smoothness weight.
-
-    Parameters
-    ----------
-    curves : dict
-        ``{label: rows}``, each row a ``lamda`` and the ``scores.summarize`` keys
-        ``dice_after`` and ``folding_fraction`` (``hyper.curve``, ``rundir.LAMBDA_CURVE``); a
-        curve of 6 points or more is drawn as a line, fewer as markers (models trained
-        separately, for instance).
-    fname : str, optional
-        PNG path to save to.
-    title : str
-        Figure title.
-    """
-    fig = Figure(figsize=(9.0, 3.6), layout="constrained")
-    dice_ax, folding_ax = fig.subplots(1, 2, sharex=True)
-    for label, rows in curves.items():
-        lamdas = [row["lamda"] for row in rows]
-        style = {"marker": "o", "linestyle": "-" if len(rows) >= 6 else "none", "label": label}
-        dice_ax.errorbar(lamdas, [row["dice_after"]["mean"] for row in rows],
-                         [row["dice_after"]["std"] for row in rows], capsize=2, **style)
-        folding_ax.plot(lamdas, [100 * row["folding_fraction"]["mean"] for row in rows],
-                        **style)
-    dice_ax.set_ylabel("mean Dice after registration")
-    folding_ax.set_ylabel("% voxels with det(J) <= 0")
-    folding_ax.set_yscale("symlog", linthresh=0.01)
-    for ax in (dice_ax, folding_ax):
-        ax.set_xlabel("smoothness weight lambda (hypermodel's)")
-        ax.grid(alpha=0.3)
-    dice_ax.legend(frameon=False)
-    if title:
-        fig.suptitle(title)
-    return _save(fig, fname)
+    return save(fig, fname)
 
 
 def _run_figures(run_dir: str, pairs: int | None = None):

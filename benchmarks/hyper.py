@@ -29,8 +29,8 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 import hyper  # noqa: E402
+import hyper_outputs  # noqa: E402
 import synthetic  # noqa: E402
-import viz  # noqa: E402
 
 NUM_TEST = {2: 16, 3: 8}  # test subjects, as many as the validation subjects
 TEST_SEED = 36  # of the test subjects (the validation subjects' is synthetic.VALIDATION_SEED)
@@ -153,7 +153,7 @@ def figure(results: dict, path: str) -> None:
               for b in sorted(results["hyper"], key=int)}
     steps = next(iter(results["separate"].values()))["steps"]
     curves[f"separate models, {steps:,} steps each"] = rows(results["separate"])
-    viz.plot_lambda_curve(curves, path, f"{results['ndim']}D default data, "
+    hyper_outputs.plot_lambda_curve(curves, path, f"{results['ndim']}D default data, "
                                         f"{results['test_pairs']} test pairs")
 
 

@@ -13,6 +13,7 @@ import dataloader
 import layers
 import main
 import models
+import rebuilding
 import registration
 import transforms
 import tuning
@@ -207,7 +208,7 @@ def test_saved_affine_and_joint_models_load_and_rebuild_for_other_shapes(tmp_pat
         inputs = {"moving": image, "static": image[:, ::-1]}
         np.testing.assert_allclose(loaded.predict_on_batch(inputs)["deformation"],
                                    model.predict_on_batch(inputs)["deformation"], atol=1e-6)
-        rebuilt = models.rebuild(loaded, (48, 64))
+        rebuilt = rebuilding.rebuild(loaded, (48, 64))
         assert models.transform(rebuilt) == transform
         assert models.input_shape(rebuilt) == (48, 64)
 

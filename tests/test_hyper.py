@@ -14,6 +14,7 @@ import main
 import metrics
 import models
 import objective
+import rebuilding
 from conftest import make_labelled_pair
 
 SHAPE = (32, 32)
@@ -100,7 +101,7 @@ def test_a_model_fixed_at_lambda_takes_the_pair_alone_with_the_terms_scaled():
         keras.ops.convert_to_numpy(fixed(pair)["deformation"]),
         keras.ops.convert_to_numpy(model({**pair, "lamda": np.array([[0.25]], np.float32)})
                                    ["deformation"]), atol=1e-6)
-    assert hyper.fixed_lambda(models.rebuild(models.registration_model(fixed), (32, 16))) == 0.25
+    assert hyper.fixed_lambda(rebuilding.rebuild(models.registration_model(fixed), (32, 16))) == 0.25
 
 
 def test_a_hypermodel_at_lambda_minimises_what_an_ordinary_model_of_the_equivalent_weight_does():

@@ -6,6 +6,7 @@ import pytest
 import dataloader
 import metrics
 import models
+import rebuilding
 import objective
 import registration
 import utils
@@ -89,7 +90,7 @@ def test_the_official_layout_pools_and_counts_its_parameters(shape):
     outputs = model.predict({"moving": np.zeros((1, *shape, 1)),
                              "static": np.zeros((1, *shape, 1))}, verbose=0)
     assert outputs["deformation"].shape == (1, *shape, len(shape))
-    rebuilt = models.rebuild(model, tuple(2 * size for size in shape))
+    rebuilt = rebuilding.rebuild(model, tuple(2 * size for size in shape))
     assert len([layer for layer in rebuilt.layers
                 if type(layer).__name__.startswith("MaxPooling")]) == len(pools)
     assert rebuilt.count_params() == model.count_params()
@@ -251,7 +252,7 @@ def label_map_pair(shape=(32, 32), labels=3):
 def test_a_loss_on_the_two_label_maps_alone_is_one_term():
     keras.utils.set_random_seed(0)
     network = models.VoxelMorph1((32, 32))
-    inputs, outputs = models.with_label_maps(network, 3)
+    inputs, outputs = objective.with_label_maps(network, 3)
     model = objective.TrainingModel(inputs, outputs, terms=[
         objective.Term("moved_seg", metrics.MSE(), 1.0, ("static_seg", "moved_seg")),
         objective.Term("deformation", metrics.Grad(), 0.01, ("deformation",))])

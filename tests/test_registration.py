@@ -3,6 +3,7 @@ import keras
 import numpy as np
 
 import models
+import rebuilding
 import registration
 import shapes
 
@@ -46,7 +47,7 @@ def test_a_network_rebuilt_for_its_own_shape_registers_exactly_as_the_model(labe
     # The copied weights must land in the same layers: same outputs to the last bit.
     moving, static, _, _ = labelled_pair((16, 16, 16))
     model = trained_like(moving.shape, int_steps=5, int_downsize=2, bidir=True)
-    rebuilt = models.rebuild(model, (16, 16, 16))
+    rebuilt = rebuilding.rebuild(model, (16, 16, 16))
     assert rebuilt is not model
     for key, value in registration.register(model, moving, static).items():
         if key != "seconds":
