@@ -28,13 +28,11 @@ import sampling
 import scores
 import transforms
 import tuning
-import utils
 import volumes
 
 FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pretrained", "brain.keras")
 SHAPE = (64, 64, 64)  # the network's grid
 SPACING_MM = 3.0  # its voxel size
-REFINE_FACTOR = 1  # --refine_steps refine the field on a grid this many times finer
 MIN_EXTENT_MM = 80.0  # a scan narrower than this along an axis cannot hold a brain
 BRIGHT = 99.5  # intensities are scaled to [0, 1] by this percentile of the brain's, then clipped
 TUNE_LOSS = "ncc"  # similarity of instance optimisation, the moving scan in the static's contrast
@@ -78,24 +76,20 @@ def scaled(image: np.ndarray, name: str) -> np.ndarray:
     return np.clip(image, 0.0, 1.0, out=image)
 
 
-def working_grid(centre: np.ndarray, factor: int = 1) -> transforms.Grid:
-    """The network's grid (``SHAPE`` at ``SPACING_MM``, or ``factor`` times finer) with RAS
-    axes, centred on the LPS point ``centre``; its voxel centres are those
-    ``utils.resize_displacement`` maps between the two."""
-    shape = tuple(size * factor for size in SHAPE)
-    spacing = SPACING_MM / factor
-    affine = np.diag([spacing, spacing, spacing, 1.0])
-    affine[:3, 3] = centre * LPS_TO_RAS - spacing * (np.array(shape) - 1) / 2
-    return transforms.Grid(shape, affine)
+def working_grid(centre: np.ndarray) -> transforms.Grid:
+    """The network's grid (``SHAPE`` at ``SPACING_MM``) with RAS axes, centred on the LPS
+    point ``centre``."""
+    affine = np.diag([SPACING_MM, SPACING_MM, SPACING_MM, 1.0])
+    affine[:3, 3] = centre * LPS_TO_RAS - SPACING_MM * (np.array(SHAPE) - 1) / 2
+    return transforms.Grid(SHAPE, affine)
 
 
-def working_grids(static_centre: np.ndarray, world_map: np.ndarray, factor: int = 1
-                  ) -> list[transforms.Grid]:
+def working_grids(static_centre: np.ndarray, world_map: np.ndarray) -> list[transforms.Grid]:
     """The working grids of a pair (moving, static): the static one centred on its brain
     (``static_centre``, LPS mm), the moving one that grid carried into the moving scan's world
     by the pose stage's ``(4, 4)`` LPS map (``pose.estimate``), so that one voxel of both grids
     is one point of the two brains once posed."""
-    static = working_grid(static_centre, factor)
+    static = working_grid(static_centre)
     return [pose.grid_through(world_map, static), static]
 
 
@@ -147,7 +141,7 @@ def register_brains(model: keras.Model, moving: np.ndarray, static: np.ndarray,
     brain's pose on the static one; both are resampled onto the working grids of that pose
     (:func:`working_grids`), the moving one mapped onto the static one's contrast
     (:func:`in_contrast_of`); the network registers the two; ``finetune_steps`` first tune it
-    on the pair and ``refiner`` then refines its field on grids ``REFINE_FACTOR`` times finer.
+    on the pair and ``refiner`` then refines its field on the working grids.
     The outputs compose: static voxel -> static world -> working grid -> field -> the moving
     side's working grid -> moving world -> moving voxel, sampled once.
 
@@ -198,16 +192,9 @@ def register_brains(model: keras.Model, moving: np.ndarray, static: np.ndarray,
                               objective.DEFAULT_LAMBDA.get(tune_loss)) if finetune_steps else None)
     network, finetune_seconds, finetune_note = tuning.finetuned(network, tuner, *small)
     registered = registration.register(network, *small, traced=False)  # one pair: no graph
-    field, field_grids = registered["deformation"], grids
-    refine_seconds, refine_note = 0.0, None
-    if refiner is not None:
-        field_grids = working_grids(moments[1][0], world_map, REFINE_FACTOR)
-        fine = [transforms.resample(image, grid, work)
-                for image, grid, work in zip(images, scan_grids, field_grids)]
-        fine[0] = in_contrast_of(*fine)
-        field = np.asarray(utils.resize_displacement(field[None], field_grids[1].shape))[0]
-        field, refine_seconds, refine_note = tuning.refined(refiner, *fine, field)
-    out = on_static_grid(field, field_grids, moving, moving_grid, static_grid, moving_seg)
+    field = registered["deformation"]
+    field, refine_seconds, refine_note = tuning.refined(refiner, *small, field)
+    out = on_static_grid(field, grids, moving, moving_grid, static_grid, moving_seg)
     out.update(seconds=registered["seconds"], pose_seconds=pose_seconds,
                finetune_seconds=finetune_seconds, refine_seconds=refine_seconds,
                pose_note=pose_note, finetune_fallback=finetune_note, refine_fallback=refine_note)
