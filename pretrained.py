@@ -11,10 +11,12 @@ the static scan's contrast (:func:`in_contrast_of`), so a T2, FLAIR or PD scan r
 T1. Every output is on the static scan's own grid and world space, the resamplings and the
 network's field composed into one map from static points to moving points.
 """
+import dataclasses
 import os
 import time
 
 import numpy as np
+from scipy import ndimage
 
 import runtime  # noqa: F401  (TensorFlow's settings: before its first import)
 import keras
@@ -37,6 +39,11 @@ MIN_EXTENT_MM = 80.0  # a scan narrower than this along an axis cannot hold a br
 BRIGHT = 99.5  # intensities are scaled to [0, 1] by this percentile of the brain's, then clipped
 TUNE_LOSS = "ncc"  # similarity of instance optimisation, the moving scan in the static's contrast
 CONTRAST_BINS = 64  # intensity bins of the moving scan mapped onto the static scan's contrast
+REFINE_INT_STEPS = 5  # scaling-and-squaring steps of the refinement's velocity
+REFINE_DOWNSIZE = 2  # which lives on a grid this many times coarser than the working grid
+T1_DEPTH = 0.5  # least correlation of a T1 scan's brain intensities with their depth
+DEPTH_CAP_MM = 24.0  # depth (distance to the brain's edge) beyond which a voxel counts as deep
+BIAS_SIGMA_MM = 18.0  # smoothness of the bias field divided out before that mapping
 LPS_TO_RAS = np.array([-1.0, -1.0, 1.0])
 
 
@@ -48,11 +55,15 @@ def load() -> keras.Model:
 
 
 def refiner(model: keras.Model, steps: int, lr: float = tuning.REFINE_LR,
-            similarity: str = TUNE_LOSS) -> tuning.Refiner:
+            similarity: str = TUNE_LOSS, int_steps: int = REFINE_INT_STEPS,
+            int_downsize: int = REFINE_DOWNSIZE) -> tuning.Refiner:
     """The refiner of ``register`` with the shipped model: ``steps`` Adam steps on
-    ``similarity`` (MIND-SSD by default) and the smoothness weight that
-    ``objective.DEFAULT_LAMBDA`` gives it."""
-    return tuning.Refiner(model, steps, lr, similarity, objective.DEFAULT_LAMBDA[similarity])
+    ``similarity`` (``TUNE_LOSS`` by default) and the smoothness weight that
+    ``objective.DEFAULT_LAMBDA`` gives it, of a velocity composed with the network's map and
+    integrated in ``int_steps`` on a grid ``int_downsize`` times coarser (so the refined map
+    stays diffeomorphic; ``int_steps`` 0: of the displacement itself)."""
+    return tuning.Refiner(model, steps, lr, similarity, objective.DEFAULT_LAMBDA[similarity],
+                          int_steps, int_downsize)
 
 
 def check_scan(image: np.ndarray, grid: transforms.Grid, name: str) -> None:
@@ -100,34 +111,110 @@ def pose_map(grids: list[transforms.Grid]) -> np.ndarray:
     return grids[0].matrix @ np.linalg.inv(grids[1].matrix)
 
 
+def conditional_means(source: np.ndarray, target: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Each voxel's ``source`` intensity replaced by the mean ``target`` intensity of the
+    ``mask`` voxels whose ``source`` intensity falls into its bin (``CONTRAST_BINS`` bins of
+    [0, 1]; the conditional mean that the correlation ratio measures), bins that hold none
+    interpolated between their neighbours; ``source`` itself where ``mask`` is empty."""
+    bins = np.minimum((source * CONTRAST_BINS).astype(np.int64), CONTRAST_BINS - 1)
+    counts = np.bincount(bins[mask], minlength=CONTRAST_BINS)
+    if not counts.any():  # no brain in common: nothing to learn the mapping from
+        return source
+    sums = np.bincount(bins[mask], target[mask], minlength=CONTRAST_BINS)
+    filled = np.flatnonzero(counts)
+    table = np.interp(np.arange(CONTRAST_BINS), filled, sums[filled] / counts[filled])
+    return table[bins]
+
+
+def smoothed_in(values: np.ndarray, mask: np.ndarray, sigma: float) -> np.ndarray:
+    """``values`` averaged over ``mask`` by a Gaussian of ``sigma`` voxels (normalised
+    convolution: the voxels outside ``mask`` carry no weight)."""
+    weight = ndimage.gaussian_filter(mask.astype(np.float32), sigma)
+    total = ndimage.gaussian_filter(np.where(mask, values, 0.0).astype(np.float32), sigma)
+    return total / np.maximum(weight, 1e-6)
+
+
+def bias_corrected(moving: np.ndarray, static: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """The moving image divided by its smooth multiplicative bias field relative to the static
+    image: the moving intensity each static bin predicts (:func:`conditional_means`) against the
+    moving image, the log of their ratio smoothed over the brain by ``BIAS_SIGMA_MM``."""
+    predicted = conditional_means(static, moving, mask)
+    log_ratio = np.log(np.maximum(moving, 1e-3)) - np.log(np.maximum(predicted, 1e-3))
+    field = np.exp(smoothed_in(log_ratio, mask, BIAS_SIGMA_MM / SPACING_MM))
+    return np.clip(moving / field, 0.0, 1.0)
+
+
 def in_contrast_of(moving: np.ndarray, static: np.ndarray) -> np.ndarray:
     """The moving image in the static image's contrast, the two brains posed on one grid.
 
-    The moving brain's intensities fall into ``CONTRAST_BINS`` bins; each voxel takes the mean
-    static intensity of the brain voxels of its bin (the conditional mean that the correlation
-    ratio measures), bins that hold none interpolated between their neighbours. Any mapping of
-    intensities to tissues (a T2, FLAIR or PD scan against a T1) comes out close to the static
-    scan's, as far as one intensity names one tissue; the background stays 0.
+    The moving image's smooth bias field relative to the static one is divided out first
+    (:func:`bias_corrected`); then each moving voxel takes the mean static intensity of the brain
+    voxels of its intensity bin (:func:`conditional_means`). Any mapping of intensities to
+    tissues (a T2, FLAIR or PD scan against a T1) comes out close to the static scan's, as far as
+    one intensity names one tissue; the background stays 0.
 
     Parameters
     ----------
     moving, static : np.ndarray
-        ``(*spatial)`` images in [0, 1] on one grid, brains posed (``pose.estimate``).
+        ``(*spatial)`` images in [0, 1] on one working grid (``SPACING_MM``), brains posed
+        (``pose.estimate``).
 
     Returns
     -------
     np.ndarray
         ``(*spatial)`` float32 in [0, 1].
     """
-    bins = np.minimum((moving * CONTRAST_BINS).astype(np.int64), CONTRAST_BINS - 1)
     brain = (moving > pose.BRAIN) & (static > pose.BRAIN)
-    counts = np.bincount(bins[brain], minlength=CONTRAST_BINS)
-    sums = np.bincount(bins[brain], static[brain], minlength=CONTRAST_BINS)
-    if not counts.any():  # no brain in common: nothing to learn the mapping from
+    if not brain.any():
         return moving
-    filled = np.flatnonzero(counts)
-    table = np.interp(np.arange(CONTRAST_BINS), filled, sums[filled] / counts[filled])
-    return np.where(moving > pose.BRAIN, table[bins], 0.0).astype(np.float32)
+    corrected = bias_corrected(moving, static, brain)
+    mapped = conditional_means(corrected, static, brain)
+    return np.where(moving > pose.BRAIN, mapped, 0.0).astype(np.float32)
+
+
+def brain_depth(image: np.ndarray) -> np.ndarray:
+    """Each brain voxel's distance to the brain's edge on the working grid, capped at
+    ``DEPTH_CAP_MM`` and divided by it: ``(*spatial)`` float32 in [0, 1], 0 outside the brain
+    (above ``pose.BRAIN``)."""
+    depth = ndimage.distance_transform_edt(image > pose.BRAIN) * SPACING_MM
+    return np.minimum(depth / DEPTH_CAP_MM, 1.0).astype(np.float32)
+
+
+def t1_like(image: np.ndarray) -> bool:
+    """Whether a skull-stripped scan on the working grid has a T1's contrast: white matter
+    (deep) bright, cortex and CSF (near the brain's edge) darker, so that its brain
+    intensities correlate by at least ``T1_DEPTH`` with their depth (:func:`brain_depth`;
+    about 0.6 for T1 scans, -0.6 to 0.45 for T2, FLAIR and PD-like ones)."""
+    brain = image > pose.BRAIN
+    if brain.sum() < 2:
+        return False
+    correlation = np.corrcoef(image[brain], brain_depth(image)[brain])[0, 1]
+    return bool(correlation >= T1_DEPTH)
+
+
+def in_common_contrast(moving: np.ndarray, static: np.ndarray) -> list[np.ndarray]:
+    """The pair (moving, static) in one T1-like contrast, the network's, brains posed on one
+    working grid.
+
+    A T1-like static scan (:func:`t1_like`) keeps its contrast and the moving scan is mapped onto
+    it (:func:`in_contrast_of`); else a T1-like moving scan keeps its own and the static scan
+    is mapped onto it; else the static scan is first mapped onto its own brain depth
+    (:func:`brain_depth`: deep white matter bright, the edge dark, a T1's order of tissues)
+    and the moving scan onto that. Any contrast may be on either side.
+
+    Returns
+    -------
+    list of np.ndarray
+        ``[moving, static]``, ``(*spatial)`` float32 in [0, 1].
+    """
+    if t1_like(static):
+        return [in_contrast_of(moving, static), static]
+    if t1_like(moving):
+        return [moving, in_contrast_of(static, moving)]
+    depth = brain_depth(static)
+    static = scaled(np.where(static > pose.BRAIN, in_contrast_of(static, depth), 0.0),
+                    "static image")
+    return [in_contrast_of(moving, static), static]
 
 
 def register_brains(model: keras.Model, moving: np.ndarray, static: np.ndarray,
@@ -143,7 +230,9 @@ def register_brains(model: keras.Model, moving: np.ndarray, static: np.ndarray,
     (:func:`in_contrast_of`); the network registers the two; ``finetune_steps`` first tune it
     on the pair and ``refiner`` then refines its field on the working grids.
     The outputs compose: static voxel -> static world -> working grid -> field -> the moving
-    side's working grid -> moving world -> moving voxel, sampled once.
+    side's working grid -> moving world -> moving voxel, sampled once. The static side is
+    :func:`prepared_static` and the rest :func:`register_prepared`: to register many moving
+    scans to one static scan, prepare it once.
 
     Parameters
     ----------
@@ -173,28 +262,82 @@ def register_brains(model: keras.Model, moving: np.ndarray, static: np.ndarray,
         ``pose_note`` and the fallback notes (a line, or None); with ``inverse``,
         ``inverse_warp`` and ``inverse_error``.
     """
-    for image, grid, name in ((moving, moving_grid, "moving"), (static, static_grid, "static")):
-        check_scan(image, grid, name)
+    return register_prepared(model, moving, moving_grid, prepared_static(static, static_grid),
+                             moving_seg, finetuner(model, finetune_steps, finetune_lr, tune_loss),
+                             refiner, inverse)
+
+
+@dataclasses.dataclass(frozen=True)
+class Static:
+    """A static scan prepared once for any number of moving scans (:func:`prepared_static`).
+
+    Attributes
+    ----------
+    grid : transforms.Grid
+        The scan's own grid.
+    image : np.ndarray
+        ``(*spatial)`` float32 in [0, 1] (:func:`scaled`), read-only.
+    moments : tuple of np.ndarray
+        Its brain's centre ``(3,)`` in LPS mm and spread ``(3, 3)`` (``pose.brain_moments``).
+    work : transforms.Grid
+        Its working grid, centred on its brain (:func:`working_grid`).
+    on_work : np.ndarray
+        ``SHAPE`` float32: ``image`` resampled onto ``work``, read-only.
+    """
+    grid: transforms.Grid
+    image: np.ndarray
+    moments: tuple[np.ndarray, np.ndarray]
+    work: transforms.Grid
+    on_work: np.ndarray
+
+
+def prepared_static(static: np.ndarray, static_grid: transforms.Grid) -> Static:
+    """The static side of :func:`register_brains`, computed once: the ``(*spatial)`` scan checked
+    (:func:`check_scan`) and scaled, its brain's moments, its working grid and the scan on it."""
+    check_scan(static, static_grid, "static")
+    image = scaled(static, "static image")
+    moments = pose.brain_moments(image, static_grid)
+    work = working_grid(moments[0])
+    on_work = transforms.resample(image, static_grid, work)
+    for array in (image, on_work):
+        array.setflags(write=False)  # shared by every moving scan
+    return Static(static_grid, image, moments, work, on_work)
+
+
+def finetuner(model: keras.Model, steps: int, lr: float = 1e-3,
+              tune_loss: str | None = TUNE_LOSS) -> tuning.FineTuner | None:
+    """The fine-tuner of ``finetune_steps`` on the working grid (None for 0 steps): build it
+    once for many pairs."""
+    if not steps:
+        return None
+    return tuning.FineTuner(model, steps, lr, SHAPE, tune_loss,
+                            objective.DEFAULT_LAMBDA.get(tune_loss))
+
+
+def register_prepared(model: keras.Model, moving: np.ndarray, moving_grid: transforms.Grid,
+                      static: Static, moving_seg: np.ndarray | None = None,
+                      tuner: tuning.FineTuner | None = None,
+                      refiner: tuning.Refiner | None = None, inverse: bool = False) -> dict:
+    """:func:`register_brains` of one moving scan to a static scan prepared by
+    :func:`prepared_static`, fine-tuned by ``tuner`` (:func:`finetuner`) when given; the same
+    outputs."""
+    check_scan(moving, moving_grid, "moving")
     moving_seg = registration.moving_label_map(moving_seg, moving.shape)
-    images = [scaled(moving, "moving image"), scaled(static, "static image")]
-    scan_grids = [moving_grid, static_grid]
-    moments = [pose.brain_moments(image, grid) for image, grid in zip(images, scan_grids)]
+    images = [scaled(moving, "moving image"), static.image]
+    scan_grids = [moving_grid, static.grid]
+    moments = [pose.brain_moments(images[0], moving_grid), static.moments]
     start = time.perf_counter()
-    world_map, pose_note = pose.estimate(images, scan_grids, moments,
-                                         working_grid(moments[1][0]))
+    world_map, pose_note = pose.estimate(images, scan_grids, moments, static.work)
     pose_seconds = time.perf_counter() - start
-    grids = working_grids(moments[1][0], world_map)
-    small = [transforms.resample(image, grid, work)
-             for image, grid, work in zip(images, scan_grids, grids)]
-    small[0] = in_contrast_of(*small)
+    grids = working_grids(static.moments[0], world_map)
+    small = [transforms.resample(images[0], moving_grid, grids[0]), static.on_work]
+    small = in_common_contrast(*small)
     network = registration.network_for(model, SHAPE)
-    tuner = (tuning.FineTuner(model, finetune_steps, finetune_lr, SHAPE, tune_loss,
-                              objective.DEFAULT_LAMBDA.get(tune_loss)) if finetune_steps else None)
     network, finetune_seconds, finetune_note = tuning.finetuned(network, tuner, *small)
     registered = registration.register(network, *small, traced=False)  # one pair: no graph
     field = registered["deformation"]
     field, refine_seconds, refine_note = tuning.refined(refiner, *small, field)
-    out = on_static_grid(field, grids, moving, moving_grid, static_grid, moving_seg)
+    out = on_static_grid(field, grids, moving, moving_grid, static.grid, moving_seg)
     out.update(seconds=registered["seconds"], pose_seconds=pose_seconds,
                finetune_seconds=finetune_seconds, refine_seconds=refine_seconds,
                pose_note=pose_note, finetune_fallback=finetune_note, refine_fallback=refine_note)
@@ -205,8 +348,8 @@ def register_brains(model: keras.Model, moving: np.ndarray, static: np.ndarray,
     if inverse:
         out["inverse"] = transforms.invert(out["deformation"])
         out["inverse_error"] = transforms.inverse_consistency(out["deformation"], out["inverse"],
-                                                              static_grid)
-        out["inverse_warp"] = transforms.inverse_on(out["inverse"], static_grid, moving_grid)
+                                                              static.grid)
+        out["inverse_warp"] = transforms.inverse_on(out["inverse"], static.grid, moving_grid)
     return out
 
 

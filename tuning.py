@@ -239,12 +239,16 @@ def finetuned(model: keras.Model, tuner: FineTuner | None, moving: np.ndarray,
 class Refiner:
     """Instance optimisation of a displacement on the pair's own (full-resolution) grid.
 
-    ``steps`` Adam steps on the field's voxels minimise the model's image similarity of the
-    moving image warped by the field, plus the smoothness of the field with the weight the
-    model was trained with (on the displacement itself, also for models whose loss was on a
-    velocity: the refined field is then no longer diffeomorphic by construction, and its
-    folding is what scores report). The learning rate decays from ``lr`` to 0 along a cosine.
-    The step is compiled once per grid shape, and the optimizer starts anew for every pair.
+    ``steps`` Adam steps minimise the model's image similarity of the moving image warped by
+    the field, plus the smoothness of the field with the weight the model was trained with.
+    Without ``int_steps`` they move the field's voxels themselves (the refined field may then
+    fold). With ``int_steps`` they move a stationary velocity ``v`` (from 0) whose exponential,
+    by ``int_steps`` scaling-and-squaring steps, the starting map is composed with:
+    ``phi = phi_start o exp(v)``, the refined displacement ``e(x) + d(x + e(x))`` for ``e`` of
+    ``exp(v)`` and ``d`` the starting one; a diffeomorphic start stays diffeomorphic, whatever
+    the steps do (``v`` may live on a coarser grid: ``int_downsize``). The smoothness is that of the whole refined displacement in both cases. The
+    learning rate decays from ``lr`` to 0 along a cosine. The step is compiled once per grid
+    shape, and the optimizer starts anew for every pair.
 
     Parameters
     ----------
@@ -259,10 +263,17 @@ class Refiner:
         The image similarity to refine with, in place of the model's own (:func:`image_terms`).
     lamda : float, optional
         Its smoothness weight relative to the similarity's, in place of the model's.
+    int_steps : int
+        0: refine the displacement; else: a velocity composed with it, integrated in this many
+        scaling-and-squaring steps.
+    int_downsize : int
+        With ``int_steps``, the velocity lives (and is integrated) on a grid this many times
+        coarser per axis, its exponential resized to the pair's grid.
     """
 
     def __init__(self, model: keras.Model, steps: int, lr: float = REFINE_LR,
-                 similarity: str | None = None, lamda: float | None = None):
+                 similarity: str | None = None, lamda: float | None = None, int_steps: int = 0,
+                 int_downsize: int = 1):
         terms = {term.name: term for term in image_terms(model, similarity, lamda)}
         smooth = [term for term in terms.values() if isinstance(term.loss, metrics.Grad)]
         if not smooth:
@@ -271,6 +282,7 @@ class Refiner:
         self.similarity, self.smoothness = terms["moved"].loss, smooth[0].loss
         self.lamda = smooth[0].weight / terms["moved"].weight
         self.steps, self.lr, self.field, self.note = steps, lr, None, None
+        self.int_steps, self.int_downsize = int_steps, int_downsize
 
     def refine(self, moving: np.ndarray, static: np.ndarray,
                deformation: np.ndarray) -> np.ndarray:
@@ -294,13 +306,21 @@ class Refiner:
         """
         start = np.asarray(deformation, np.float32)[None]
         if self.field is None or tuple(self.field.shape) != start.shape:
-            self.field, self.best = tf.Variable(start), tf.Variable(start)
+            self.start = tf.Variable(start)
+            shape = start.shape if not self.int_steps else (
+                1, *(n // self.int_downsize for n in start.shape[1:-1]), start.shape[-1])
+            self.field, self.best = tf.Variable(tf.zeros(shape)), tf.Variable(tf.zeros(shape))
             self.optimizer = keras.optimizers.Adam(self.lr)
             self.optimizer.build([self.field])
             self.fresh = [variable.numpy() for variable in self.optimizer.variables]
             self.compiled = tf.function(self._step)  # traced once for this shape
-        self.field.assign(start)
-        self.best.assign(start)
+        self.start.assign(start)
+        origin = start  # of what the steps move: the displacement, or a coarser velocity
+        if self.int_steps:
+            origin = np.zeros((1, *(n // self.int_downsize for n in start.shape[1:-1]),
+                               start.shape[-1]), np.float32)
+        self.field.assign(origin)
+        self.best.assign(origin)
         for variable, value in zip(self.optimizer.variables, self.fresh):
             variable.assign(value)
         pair = [tf.constant(np.asarray(image, np.float32)[None, ..., None])
@@ -317,7 +337,7 @@ class Refiner:
                 break
             if watch.best_step == step:
                 self.best.assign(before)
-        refined = self.field.numpy()[0]
+        refined = self.displacement(self.field).numpy()[0]
         outside = outside_share(refined)
         if outside > MAX_OUTSIDE:
             self.note = (f"refinement sent {outside:.0%} of the image outside the grid: kept the "
@@ -325,12 +345,23 @@ class Refiner:
             return start[0]
         return refined
 
+    def displacement(self, field: tf.Tensor) -> tf.Tensor:
+        """The refined ``(1, *spatial, ndim)`` displacement that ``field`` (what the steps move)
+        stands for: itself, or with ``int_steps`` the start composed with its exponential."""
+        if not self.int_steps:
+            return field
+        step = utils.integrate_velocity(field, self.int_steps)
+        if self.int_downsize > 1:
+            step = utils.resize_displacement(step, self.start.shape[1:-1])
+        return step + utils.warp(self.start, step)
+
     def _step(self, moving: tf.Tensor, static: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         """One Adam step of the field; the loss before it, and the field it was of."""
         before = tf.identity(self.field)
         with tf.GradientTape() as tape:
-            loss = (self.similarity(static, utils.warp(moving, self.field))
-                    + self.lamda * self.smoothness(self.field))
+            displacement = self.displacement(self.field)
+            loss = (self.similarity(static, utils.warp(moving, displacement))
+                    + self.lamda * self.smoothness(displacement))
         self.optimizer.apply_gradients([(tape.gradient(loss, self.field), self.field)])
         return loss, before
 

@@ -46,6 +46,11 @@ NOT_BRAIN = 24  # CSF: extra-cerebral in the SynthSeg maps
 UNLABELLED = (24, 31, 63)  # Dice labels the SynthSeg maps do not hold
 ROTATION, SHIFT_MM = 15.0, 15.0  # the unaligned pairs' random rigid maps, per axis
 SEED = 2026  # of those maps
+CONTRAST_SEED = 2027  # of the benchmark's realistic contrasts (contrasts.realistic)
+VARIANTS = 4  # realistic contrasts of each training subject in mixed_train.npz
+ORIGINALS = 2  # copies of each T1 image there beside them
+SEPARATION = 0.12  # least gap between the CSF, grey and white matter intensities of a variant
+VARIANT_SEED = 7  # of their draws (none of the benchmark's seeds)
 
 
 def skull_stripped(segs: np.ndarray) -> np.ndarray:
@@ -71,13 +76,41 @@ def write_data(args) -> None:
     for name, arrays in (("label_maps", {"segs": maps}),
                          ("val", {"vols": vols, "segs": skull_stripped(segs)}),
                          ("t1_train", {key: value[:5] for key, value in t1.items()}),
-                         ("t1_val", {key: value[4:6] for key, value in t1.items()})):
-        if name.startswith("t1_"):  # all 30 labels
+                         ("t1_val", {key: value[4:6] for key, value in t1.items()}),
+                         ("mixed_train", {
+                             "vols": np.concatenate([*[t1["vols"][:5]] * ORIGINALS, mapped_variants(
+                                 t1["vols"][:5], segs[:5], VARIANTS, VARIANT_SEED)]),
+                             "segs": np.concatenate([segs[:5]] * ORIGINALS + [np.repeat(
+                                 segs[:5], VARIANTS, axis=0)])})):
+        if name.startswith(("t1_", "mixed_")):  # all 30 labels
             labels, names = all_labels, [brains.FREESURFER_NAMES[x] for x in all_labels]
         path = os.path.join(args.output, f"{name}.npz")
         np.savez(path + ".tmp.npz", **arrays, labels=labels, label_names=names, spacing=3.0)
         os.replace(path + ".tmp.npz", path)
         print(f"wrote {path}: {', '.join(f'{k} {v.shape}' for k, v in arrays.items())}")
+
+
+def mapped_variants(vols: np.ndarray, segs: np.ndarray, count: int, seed: int) -> np.ndarray:
+    """``count`` realistic contrasts of each T1 image (``contrasts.realistic``: random anchors
+    whose CSF, grey and white matter lie ``SEPARATION`` apart,
+    per-structure offsets, bias field, noise), each scaled as ``register`` scales a scan and
+    mapped onto another subject's T1 by ``register``'s contrast mapping
+    (``pretrained.in_contrast_of``): the imperfect T1-like images the network meets when a scan
+    is not a T1. ``(len(vols) * count, *spatial)`` uint8, subject by subject."""
+    import pretrained
+
+    rng = np.random.default_rng(seed)
+    t1s = [pretrained.scaled(vol.astype(np.float32), "T1") for vol in vols]
+    out = []
+    for index, (t1, seg) in enumerate(zip(t1s, segs)):
+        for _ in range(count):
+            anchors = rng.uniform(0.1, 1.0, size=5)
+            while np.diff(np.sort(anchors[1:4])).min() < SEPARATION:  # tissues told apart
+                anchors = rng.uniform(0.1, 1.0, size=5)
+            image = pretrained.scaled(contrasts.realistic(t1, seg, anchors, rng), "variant")
+            other = rng.choice([i for i in range(len(vols)) if i != index])
+            out.append(np.round(255 * pretrained.in_contrast_of(image, t1s[other])))
+    return np.asarray(out, np.uint8)
 
 
 def export(args) -> None:
@@ -117,21 +150,36 @@ def export(args) -> None:
           f"from {source}")
 
 
-def cases(full, pairs, grids, seed: int) -> dict:
-    """The moving scans of every condition: ``(image, seg, grid)`` per pair, by name: aligned
-    and unaligned, each in T1 and the remapped contrasts of ``contrasts.REMAPS``."""
+def cases(full, pairs, grids, seed: int, keep=None) -> dict:
+    """The scans of every condition, by name (``"unaligned, T2-like -> T1"``): per pair
+    ``(moving image, moving seg, moving grid, static image)``. The moving scan aligned or
+    unaligned; T1 -> T1, each contrast of ``contrasts.REMAPS`` -> T1, and T1 -> each contrast.
+    A contrast is :func:`contrasts.realistic` (per-structure intensities, bias field, noise),
+    drawn from ``CONTRAST_SEED``, the condition and the pair. ``keep``: only the conditions
+    whose name holds one of these strings."""
     grid, _, other = grids
     unaligned = affine_brains.misaligned(full, pairs, grid, other, seed, rotation=ROTATION,
                                          scaling=(1.0, 1.0), shear=0.0, translation=SHIFT_MM)
     vols, segs = full[:2]
     scans = {"aligned": [(vols[m], segs[m], grid) for m, _ in pairs],
              "unaligned": [(case["image"], case["seg"], other) for case in unaligned]}
+    sides = [("T1", "T1")] + [(c, "T1") for c in contrasts.REMAPS] + [
+        ("T1", c) for c in contrasts.REMAPS]
     out = {}
     for pose, moving in scans.items():
-        out[f"{pose}, T1"] = moving
-        for contrast in contrasts.REMAPS:
-            out[f"{pose}, {contrast}"] = [(contrasts.remapped(image, contrast), seg, image_grid)
-                                          for image, seg, image_grid in moving]
+        for number, (moving_contrast, static_contrast) in enumerate(sides):
+            name = f"{pose}, {moving_contrast} -> {static_contrast}"
+            if keep and not any(part in name for part in keep):
+                continue
+            rows = []
+            for index, ((image, seg, image_grid), (_, s)) in enumerate(zip(moving, pairs)):
+                rng = np.random.default_rng([CONTRAST_SEED, number, index])
+                if moving_contrast != "T1":
+                    image = contrasts.realistic(image, seg, moving_contrast, rng)
+                static = vols[s] if static_contrast == "T1" else contrasts.realistic(
+                    vols[s], segs[s], static_contrast, rng)
+                rows.append((image, seg, image_grid, static))
+            out[name] = rows
     return out
 
 
@@ -145,9 +193,9 @@ def shipped(full, pairs, moving, grid, refine_steps: int = 0) -> dict:
     model = pretrained.load()
     refiner = pretrained.refiner(model, refine_steps) if refine_steps else None
     results = []
-    for (m, s), (image, seg, moving_grid) in zip(pairs, moving):
+    for (m, s), (image, seg, moving_grid, static) in zip(pairs, moving):
         start = time.perf_counter()
-        out = pretrained.register_brains(model, image, full[0][s], moving_grid, grid, seg,
+        out = pretrained.register_brains(model, image, static, moving_grid, grid, seg,
                                          refiner=refiner)
         seconds = time.perf_counter() - start
         scored = brains.score_pair(full, m, s, out["moved_seg"], out["deformation"])
@@ -167,8 +215,8 @@ def ants_pairs(full, pairs, moving, grid, metric: str, folder: str) -> dict:
     import transforms
 
     results = []
-    for (m, s), (image, seg, moving_grid) in zip(pairs, moving):
-        fixed = affine_brains.ants_images(full[0][s], grid)
+    for (m, s), (image, seg, moving_grid, static) in zip(pairs, moving):
+        fixed = affine_brains.ants_images(static, grid)
         start = time.perf_counter()
         registered = ants.registration(fixed, affine_brains.ants_images(image, moving_grid),
                                        type_of_transform="SyN", syn_metric=metric,
@@ -192,13 +240,13 @@ def score(args) -> None:
     full = brains.full_resolution_test_set(args.data)
     grids = affine_brains.grids(args.data)
     pairs = brains.test_pairs(len(full[0]), args.max_pairs)
-    moving = cases(full, pairs, grids, SEED)
+    moving = cases(full, pairs, grids, SEED, args.conditions)
     os.makedirs(args.output, exist_ok=True)
     with open(os.path.join(ROOT, "pretrained", "brain.keras"), "rb") as file:
         model = {"model_md5": hashlib.md5(file.read()).hexdigest()}  # a new model scores anew
     rows = [("affine only (the data's alignment)", "aligned", brains.affine_only(full, pairs))]
     for condition, scans in moving.items():
-        name = condition.replace(", ", "_")
+        name = condition.replace(", ", "_").replace(" -> ", "_to_")
         if "shipped" in args.methods:
             result = brains.cached(os.path.join(args.output, f"shipped_{name}.json"), pairs,
                                    lambda: shipped(full, pairs, scans, grids[0]), model)
@@ -217,8 +265,8 @@ def score(args) -> None:
                                    pairs, lambda: ants_pairs(full, pairs, scans, grids[0],
                                                              "mattes", args.output))
             rows.append(("ANTs Affine + SyN (MI), default 40-20-0", condition, result))
-    print(f"\n{len(pairs)} test pairs, scored at 128^3; static T1\n")
-    print("| method | moving scan | mean Dice (30 structures) | lowest pair | HD95 (mm) | SDlogJ "
+    print(f"\n{len(pairs)} test pairs, scored at 128^3\n")
+    print("| method | moving -> static scan | mean Dice (30 structures) | lowest pair | HD95 (mm) | SDlogJ "
           "| % det(J) <= 0, mean (max) | s per pair (CPU) |\n|---|---|---|---|---|---|---|---|")
     for method, condition, result in rows:
         stats = brains.summary(result)
@@ -337,6 +385,9 @@ def main() -> None:
                              "Affine + SyN with MI (needs antspyx); both on the unaligned pairs")
     scored.add_argument("--refine_steps", type=int, default=50, help="of the 'refined' rows")
     scored.add_argument("--max_pairs", type=int, default=None)
+    scored.add_argument("--conditions", nargs="+", default=None,
+                        help="score only the conditions whose name holds one of these, e.g. "
+                             "'unaligned' or '-> T2-like'")
     timed = steps.add_parser("speed", help="time main.py register with the shipped model")
     timed.add_argument("--output", default=os.path.join(ROOT, "runs", "brain_model"))
     timed.add_argument("--repeats", type=int, default=3)

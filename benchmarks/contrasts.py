@@ -51,6 +51,11 @@ NAMES = {"affine": "affine only", "vm2": "VM-2 trained on T1 images (NCC)",
          "ants_CC_default": "ANTs SyN (CC), default 40-20-0",
          "ants_mattes": "ANTs SyN (MI), {iterations}", "ants_CC": "ANTs SyN (CC), {iterations}"}
 ANTS_SCORES = os.path.join(brains.ROOT, "benchmarks", "contrasts_ants_scores.json")
+# the realistic contrasts (:func:`realistic`): per-structure intensity offsets, bias, noise
+STRUCTURE_SPREAD = 0.08  # each structure's offset is uniform on +- this (intensity units)
+BIAS = 0.25  # the multiplicative bias field spans 1 +- this
+BIAS_POINTS = 4  # control points of the bias field per axis (cubic spline)
+NOISE = 0.02  # std of the Gaussian noise in the brain (intensity units)
 
 
 def remapped(t1: np.ndarray, contrast: str = "T2-like") -> np.ndarray:
@@ -76,6 +81,45 @@ def remapped(t1: np.ndarray, contrast: str = "T2-like") -> np.ndarray:
     anchors = REMAPS[contrast]
     return np.where(t1 > T1_ANCHORS[0], np.interp(t1, T1_ANCHORS, anchors),
                     0.0).astype(np.float32)
+
+
+def realistic(t1: np.ndarray, seg: np.ndarray, contrast, rng: np.random.Generator
+              ) -> np.ndarray:
+    """A contrast that no lookup of the T1 intensity inverts: :func:`remapped` (or random
+    anchors), each structure of ``seg`` shifted by its own offset (uniform on
+    +-``STRUCTURE_SPREAD``, so one T1 intensity maps to several), times a smooth bias field
+    spanning ``1 +- BIAS`` (a cubic spline through ``BIAS_POINTS``^3 random points), plus
+    Gaussian noise of std ``NOISE`` in the brain; the background stays 0.
+
+    Parameters
+    ----------
+    t1 : np.ndarray
+        ``(*spatial)`` skull-stripped T1 image in [0, 1].
+    seg : np.ndarray
+        ``(*spatial)`` integer label map of ``t1``.
+    contrast : str or sequence of float
+        A key of ``REMAPS``, or the 5 intensities of ``T1_ANCHORS``' points.
+    rng : np.random.Generator
+        The draws' source: one seed, one image.
+
+    Returns
+    -------
+    np.ndarray
+        ``(*spatial)`` float32 in [0, 1].
+    """
+    from scipy import ndimage
+
+    anchors = REMAPS[contrast] if isinstance(contrast, str) else tuple(contrast)
+    brain = t1 > T1_ANCHORS[0]
+    image = np.interp(t1, T1_ANCHORS, anchors)
+    labels = np.unique(seg)
+    offsets = rng.uniform(-STRUCTURE_SPREAD, STRUCTURE_SPREAD, size=labels.size)
+    image += offsets[np.searchsorted(labels, seg)]
+    coarse = rng.uniform(-1.0, 1.0, size=(BIAS_POINTS,) * t1.ndim)
+    field = ndimage.zoom(coarse, [n / BIAS_POINTS for n in t1.shape], order=3, mode="nearest")
+    image *= 1.0 + BIAS * field / max(np.abs(field).max(), 1e-6)
+    image += rng.normal(0.0, NOISE, size=t1.shape)
+    return np.where(brain, np.clip(image, 0.0, 1.0), 0.0).astype(np.float32)
 
 
 def t2_like(t1: np.ndarray) -> np.ndarray:
