@@ -6,6 +6,7 @@ a template.
     python3 main.py --data subjects.npz --pairs scan_to_scan --model vm1
     python3 main.py register --model RUN/model.keras --moving m.nii.gz --static f.nii.gz \
         --moved moved.nii.gz --warp warp.nii.gz --inverse_warp inverse.nii.gz
+    python3 main.py register --moving a.nii.gz b.nii.gz --static f.nii.gz --output DIR --warp
     python3 main.py apply --warp warp.nii.gz --moving aseg.mgz --output moved_aseg.nii.gz
     python3 main.py evaluate --model RUN/model.keras --data test.npz
     python3 main.py template --data scans/ --output RUN
@@ -14,7 +15,8 @@ This module is the command line only: its parsers, and for each command the inpu
 the files it writes (the output files checked first, ``volumes.check_output_files``; register's
 by ``transforms.save_registered``, evaluate's Dice CSV by ``scores.write_dice_csv``). Training
 is ``training.train``, whose data rules evaluate shares (``data_sources.py``); registering and
-scoring pairs are in ``registration.py``; world-space warps are ``transforms.py``'s; learning
+scoring pairs are in ``registration.py``, a cohort in ``cohort.py`` (which also checks and
+plans register's files); world-space warps are ``transforms.py``'s; learning
 templates is ``template_training.py``'s; a hypermodel's curve and chosen weight are
 ``hyper_outputs.py``'s; the run folder's files (``rundir.py``) are written atomically.
 ``python3 main.py COMMAND --help`` lists every option.
@@ -30,6 +32,7 @@ import runtime  # noqa: F401  (TensorFlow's settings: before its first import)
 import numpy as np
 
 import augmentation
+import cohort
 import data_sources
 import datasets
 import hyper
@@ -308,11 +311,12 @@ def _add_template_parser(commands) -> argparse.ArgumentParser:
 
 
 def _add_register_parser(commands) -> None:
-    """``main.py register``: one pair with a trained model."""
+    """``main.py register``: one pair, or a cohort of moving scans, with a trained model."""
     register = commands.add_parser(
         "register", formatter_class=_HelpFormatter,
-        help="register one pair with a trained model",
-        description="Register one moving image to a static image with a trained model. Inputs "
+        help="register one pair, or a cohort, with a trained model",
+        description="Register one moving image to a static image with a trained model (with "
+                    "--output: several, the model loaded and the static prepared once). Inputs "
                     "and outputs are .npy, .npz, NIfTI (.nii, .nii.gz) or FreeSurfer .mgz; "
                     "outputs are on the static image's grid and keep its affine (and header). "
                     "Scans on different grids (shape, voxel size, orientation) are aligned "
@@ -323,34 +327,39 @@ def _add_register_parser(commands) -> None:
                     " .npy/.npz inputs are taken as 1 mm voxels on RAS axes.")
     _add_model_flags(register, "3D skull-stripped brain MRI of any contrast, any grid, not "
                                "aligned: docs/brain-model.md")
-    register.add_argument("--moving", required=True, help="moving image")
-    register.add_argument("--static", required=True, help="static (fixed) image")
-    register.add_argument("--moved", required=True,
-                          help="output: the moving image warped onto the static one, in the "
-                               "moving image's intensity units (float32)")
-    register.add_argument("--warp", default=None,
+    register.add_argument("--moving", nargs="+", help="moving image (several: a cohort)")
+    register.add_argument("--static", help="static (fixed) image")
+    register.add_argument("--moved", help="output: the moving image warped onto the static one, "
+                                          "in the moving image's intensity units (float32)")
+    register.add_argument("--warp", nargs="?", const=cohort.IN_FOLDER, metavar="FILE",
                           help="output: the transform as an ITK/ANTs displacement field (NIfTI "
                                "vector image (x, y, z, 1, 3) on the static grid, LPS mm, mapping "
                                "each static-space point to the moving-space point it samples), "
                                "for antsApplyTransforms, SimpleITK/3D Slicer and main.py apply")
-    register.add_argument("--inverse_warp", default=None,
+    register.add_argument("--inverse_warp", nargs="?", const=cohort.IN_FOLDER, metavar="FILE",
                           help="output: the inverse transform, the same kind of file on the "
                                "moving image's grid (the negated velocity integrated for "
                                "--int_steps models, refined by fixed-point iteration; a "
                                "fixed-point inverse otherwise); prints its inverse consistency")
-    register.add_argument("--affine", default=None,
+    register.add_argument("--affine", nargs="?", const=cohort.IN_FOLDER, metavar="FILE",
                           help="output: the affine stage's map (models of --transform affine, "
                                "rigid, joint) as an ITK text transform (.txt, .tfm) in LPS mm, "
                                "static-space point -> moving-space point, for "
                                "antsApplyTransforms, SimpleITK and 3D Slicer")
-    register.add_argument("--deformation", default=None,
+    register.add_argument("--deformation", nargs="?", const=cohort.IN_FOLDER, metavar="FILE",
                           help="output: this project's own format: (*spatial, ndim) float32 "
                                "displacement in voxels of the static grid, 'ij' order: "
                                "moved[x] = moving_on_static_grid[x + u(x)]")
-    register.add_argument("--moving_seg", default=None,
-                          help="label map of the moving image, warped with nearest neighbour")
-    register.add_argument("--moved_seg", default=None,
-                          help="output: the warped label map (same dtype as --moving_seg)")
+    register.add_argument("--moving_seg", nargs="+",
+                          help="label map of each moving image, warped with nearest neighbour")
+    register.add_argument("--moved_seg", help="output: the warped label map (its dtype)")
+    register.add_argument("--output", metavar="DIR",
+                          help="a cohort: DIR/<name>_moved.nii.gz per moving scan; --warp, "
+                               "--affine ... given alone add <name>_warp.nii.gz ... (usage.md)")
+    register.add_argument("--static_seg", help="with --output and --moving_seg: the static "
+                                               "image's label map, scored in DIR/scores.csv")
+    register.add_argument("--pairs_file", help="with --output: CSV of moving,static (optional "
+                                               "moving_seg, static_seg) instead of the flags")
 
 
 def _add_apply_parser(commands) -> None:
@@ -426,33 +435,24 @@ def train(args) -> str:
 
 
 def register(args) -> str:
-    """Register one pair of files with a trained model and write the outputs."""
-    if (args.moving_seg is None) != (args.moved_seg is None):
-        raise volumes.UsageError("--moving_seg and --moved_seg go together")
-    for flag, path in (("--warp", args.warp), ("--inverse_warp", args.inverse_warp)):
-        if path and not path.endswith(volumes.NIFTI):
-            raise volumes.UsageError(f"{flag} {path}: a warp is written as NIfTI (.nii, .nii.gz)")
-    if args.affine and not args.affine.endswith(transforms.ITK_TRANSFORM):
-        raise volumes.UsageError(f"--affine {args.affine}: an affine map is written as an ITK "
-                                 f"text transform (.txt, .tfm)")
-    outputs = {"moved": args.moved, "deformation": args.deformation, "warp": args.warp,
-               "inverse_warp": args.inverse_warp, "moved_seg": args.moved_seg,
-               "affine": args.affine}
-    volumes.check_output_files({f"--{key}": path for key, path in outputs.items()},
-                               [args.model or pretrained.FILE, args.moving, args.static,
-                                args.moving_seg or ""], other_formats=("--affine",))
-    if args.lamda and (len(args.lamda) > 1 or args.lamda[0] == "best"):
-        raise volumes.UsageError("register takes one --lamda value (evaluate chooses or curves)")
-    model = hyper.for_registration(rundir.load_model(args.model) if args.model else
-                                   pretrained.load(), args.lamda[0] if args.lamda else None)
-    if args.affine and args.model and models.transform(models.registration_model(model)) == \
-            "deformable":
-        raise volumes.UsageError(f"--affine: {args.model} is a deformable model, without an "
-                                 f"affine stage (train one with --transform affine, rigid or "
-                                 f"joint)")
-    moving, _, moving_grid = transforms.load_scan(args.moving, "moving")
-    static, static_image, static_grid = transforms.load_scan(args.static, "static")
-    moving_seg = transforms.load_label_map(args.moving_seg, moving_grid)
+    """Register one pair of files with a trained model and write the outputs; with --output, a
+    cohort of moving scans in one process (``cohort.py``)."""
+    outputs = {key: getattr(args, key) for key in cohort.SUFFIXES}
+    pairs = cohort.listed(args.moving, args.static, args.moving_seg, args.static_seg,
+                          args.pairs_file)
+    if cohort.is_cohort(args.output, args.moving, args.pairs_file):
+        scans = cohort.planned(pairs, args.output, outputs, [args.model or pretrained.FILE])
+    else:
+        scans, ((moving_path, static_path, moving_seg_path, _),) = None, pairs
+        cohort.check_pair(outputs, pairs[0], [args.model or pretrained.FILE])
+    model = cohort.registration_model(args.model, args.lamda, args.affine is not None)
+    if scans is not None:
+        return cohort.register_all(scans, *cohort.registrar(
+            model, args.model is None, args.finetune_steps, args.finetune_lr,
+            refiner(model, args), tune_loss(args), args.inverse_warp is not None), args.output)
+    moving, _, moving_grid = transforms.load_scan(moving_path, "moving")
+    static, static_image, static_grid = transforms.load_scan(static_path, "static")
+    moving_seg = transforms.load_label_map(moving_seg_path, moving_grid)
     if args.model:
         registered = registration.register_scans(
             model, moving, static, moving_grid, static_grid, moving_seg, args.finetune_steps,
@@ -472,16 +472,13 @@ def register(args) -> str:
     posed = f" with the shipped brain model (posed in {registered.get('pose_seconds', 0):.1f} s)"
     grids = ("" if moving_grid.same_as(static_grid) else " (moving scan resampled to its grid)"
              ) if args.model else posed
-    line = (f"registered {args.moving} to {args.static}{grids} in {registered['seconds']:.3f} s "
+    line = (f"registered {moving_path} to {static_path}{grids} in {registered['seconds']:.3f} s "
             f"(one forward pass){tuned}, wrote {args.moved}")
     if args.inverse_warp:
         error = registered["inverse_error"]
         line += (f"; inverse consistency |x - inv(phi(x))|: mean {error['mean_mm']:.3f} mm, "
                  f"95th percentile {error['p95_mm']:.3f} mm")
-    for note in (registered.get("pose_note"), registered["finetune_fallback"],
-                 registered["refine_fallback"]):
-        if note:
-            warnings.warn(note, volumes.DataWarning)
+    cohort.warn_notes(registered)
     return line
 
 

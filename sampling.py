@@ -90,8 +90,8 @@ def sample_axes(volume: np.ndarray, coords: list[np.ndarray], edge: bool = False
 
     When the points form a lattice along the volume's own axes (grids whose axes are parallel,
     e.g. a scan's grid on a coarser RAS grid), the interpolation factors into one linear
-    interpolation per axis, each a product with a matrix of interpolation weights (two per
-    row): three matrix products (BLAS) instead of ``2^ndim`` gathers a point.
+    interpolation per axis: the two neighbours of each coordinate gathered along that axis and
+    weighted, a few passes over memory instead of ``2^ndim`` gathers a point.
 
     Parameters
     ----------
@@ -115,26 +115,20 @@ def sample_axes(volume: np.ndarray, coords: list[np.ndarray], edge: bool = False
     return values
 
 
-def interpolation_matrix(coords: np.ndarray, size: int, edge: bool = False) -> np.ndarray:
-    """``(n, size)`` float32 weights of linear interpolation at ``n`` coordinates of an axis of
-    ``size`` voxels: two per row, summing to 1 (edge values up to half a voxel beyond the edge
-    centres), a row of zeros beyond that, or the edge's weights with ``edge``."""
+def _along_axis(values: np.ndarray, coords: np.ndarray, axis: int, edge: bool) -> np.ndarray:
+    """Linear interpolation of ``values`` along one ``axis`` at ``(n,)`` ``coords``: the voxels
+    below and above each coordinate (``np.take``), weighted to sum to 1 (edge values up to half
+    a voxel beyond the edge centres), zero beyond that, or the edge's values with ``edge``; a
+    contiguous float32 array out."""
+    size = values.shape[axis]
     inside = edge | ((coords >= -0.5) & (coords <= size - 0.5))
     coords = np.clip(coords, 0, size - 1)
     low = np.minimum(np.floor(coords).astype(np.intp), max(size - 2, 0))
     weight = coords - low
-    matrix = np.zeros((len(coords), size), np.float32)
-    rows = np.arange(len(coords))
-    np.add.at(matrix, (rows, low), (1 - weight) * inside)  # add: low and high meet at size 1
-    np.add.at(matrix, (rows, np.minimum(low + 1, size - 1)), weight * inside)
-    return matrix
-
-
-def _along_axis(values: np.ndarray, coords: np.ndarray, axis: int, edge: bool) -> np.ndarray:
-    """Linear interpolation of ``values`` along one ``axis`` at ``coords``: the weights of
-    :func:`interpolation_matrix` applied along that axis, a contiguous array out."""
-    matrix = interpolation_matrix(coords, values.shape[axis], edge)
-    before, after = values.shape[:axis], values.shape[axis + 1:]
-    flat = values.reshape(int(np.prod(before)), values.shape[axis], int(np.prod(after)))
-    out = flat[..., 0] @ matrix.T if not after else matrix @ flat  # (before, n[, after])
-    return out.reshape(*before, len(coords), *after)
+    along = [len(coords) if a == axis else 1 for a in range(values.ndim)]  # broadcast shape
+    out = np.take(values, low, axis=axis)
+    out *= ((1 - weight) * inside).astype(np.float32).reshape(along)
+    high = np.take(values, np.minimum(low + 1, size - 1), axis=axis)
+    high *= (weight * inside).astype(np.float32).reshape(along)
+    out += high
+    return out
