@@ -290,7 +290,7 @@ def test_command_check_joins_lines_strips_comments_and_catches_bad_flags():
     assert found[0][2][-1] == "c.nii"
     assert parse_error(found[0][2]) is None
     assert "--no_such_flag" in parse_error(found[1][2])
-    assert "required" in parse_error(["register", "--model", "m.keras"])
+    assert "required" in parse_error(["apply", "--warp", "w.nii.gz"])
 
 
 def test_link_check_catches_missing_files_and_anchors(tmp_path):
