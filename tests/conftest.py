@@ -42,3 +42,18 @@ def sigint_in_epoch_2(monkeypatch):
 
     monkeypatch.setattr(rundir.Checkpoint, "on_train_batch_end", interrupt_in_epoch_2)
     return monkeypatch
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items):
+    """Keep the tests of a module that use its module-scoped fixtures (a trained model, a
+    registered pair) on one pytest-xdist worker (``--dist loadgroup``, pytest.ini), so each
+    fixture is made once, not once per worker; the other tests are spread one by one."""
+    for item in items:
+        info = getattr(item, "_fixtureinfo", None)
+        shared = sorted(name for name in (info.names_closure if info else ())
+                        if any(definition.scope == "module" and
+                               definition.baseid.startswith("tests/")
+                               for definition in info.name2fixturedefs.get(name, ())))
+        if shared:
+            item.add_marker(pytest.mark.xdist_group(item.path.stem))

@@ -68,13 +68,15 @@ def test_benchmark_trains_on_a_32_cube_and_scores_at_128(tmp_path):
     command = [sys.executable, "benchmarks/real_brains.py", "--downsample", "4", "--methods",
                "vm2", "finetune", "--finetune_steps", "1", "--curve_steps", "0", "--refine_steps",
                "1", "--epochs", "1",
-               "--steps_per_epoch", "2", "--max_pairs", "2", "--output", str(tmp_path)]
+               "--steps_per_epoch", "2", "--max_pairs", "1", "--output", str(tmp_path)]
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
     results = json.loads((tmp_path / "results.json").read_text())
     assert results["network_grid"] == "32^3 at 6 mm"
     assert results["scoring_grid"] == "128^3 at 1.5 mm" and len(results["labels"]) == 30
-    assert results["pairs"] == [[0, 1], [1, 2]]  # the cycle first
+    # One pair (each is scored at 128^3, the bulk of the time): the first of the cycle; the
+    # order of the pairs is test_test_pairs_are_every_ordered_pair_by_shift's.
+    assert results["pairs"] == [[0, 1]]
     affine, vm2 = (results["summary"][name] for name in ("affine", "vm2"))
     assert 0.4 < affine["dice"]["mean"] < 0.9  # affinely aligned real brains
     assert np.isfinite(vm2["dice"]["mean"]) and vm2["hd95_mm"]["mean"] > 0
