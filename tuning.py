@@ -246,9 +246,10 @@ class Refiner:
     by ``int_steps`` scaling-and-squaring steps, the starting map is composed with:
     ``phi = phi_start o exp(v)``, the refined displacement ``e(x) + d(x + e(x))`` for ``e`` of
     ``exp(v)`` and ``d`` the starting one; a diffeomorphic start stays diffeomorphic, whatever
-    the steps do (``v`` may live on a coarser grid: ``int_downsize``). The smoothness is that of the whole refined displacement in both cases. The
-    learning rate decays from ``lr`` to 0 along a cosine. The step is compiled once per grid
-    shape, and the optimizer starts anew for every pair.
+    the steps do (``v`` may live on a coarser grid: ``int_downsize``). The smoothness is that
+    of the whole refined displacement in both cases. The learning rate decays from ``lr`` to 0
+    along a cosine. The step is compiled once per grid shape, and the optimizer starts anew for
+    every pair.
 
     Parameters
     ----------
@@ -305,20 +306,18 @@ class Refiner:
             line (else None).
         """
         start = np.asarray(deformation, np.float32)[None]
-        if self.field is None or tuple(self.field.shape) != start.shape:
+        # what the steps move: the displacement itself, or a velocity from 0 (maybe coarser)
+        origin = start if not self.int_steps else np.zeros(
+            (1, *(n // self.int_downsize for n in start.shape[1:-1]), start.shape[-1]),
+            np.float32)
+        if self.field is None or tuple(self.start.shape) != start.shape:
             self.start = tf.Variable(start)
-            shape = start.shape if not self.int_steps else (
-                1, *(n // self.int_downsize for n in start.shape[1:-1]), start.shape[-1])
-            self.field, self.best = tf.Variable(tf.zeros(shape)), tf.Variable(tf.zeros(shape))
+            self.field, self.best = tf.Variable(origin), tf.Variable(origin)
             self.optimizer = keras.optimizers.Adam(self.lr)
             self.optimizer.build([self.field])
             self.fresh = [variable.numpy() for variable in self.optimizer.variables]
             self.compiled = tf.function(self._step)  # traced once for this shape
         self.start.assign(start)
-        origin = start  # of what the steps move: the displacement, or a coarser velocity
-        if self.int_steps:
-            origin = np.zeros((1, *(n // self.int_downsize for n in start.shape[1:-1]),
-                               start.shape[-1]), np.float32)
         self.field.assign(origin)
         self.best.assign(origin)
         for variable, value in zip(self.optimizer.variables, self.fresh):
