@@ -6,9 +6,9 @@ on pairs of skull-stripped T1 scans, its field integrated as a velocity. It work
 on the static scan, centred on its brain, and carries it into the moving scan's world by the
 pose stage's map (``pose.estimate``: contrast-free, by mutual information), so that scans of
 any grid, orientation, voxel size and field of view, not aligned, come to the network as
-training showed them: two brains in one pose on one grid. The moving scan is then mapped onto
-the static scan's contrast (:func:`in_contrast_of`), so a T2, FLAIR or PD scan registers to a
-T1. Every output is on the static scan's own grid and world space, the resamplings and the
+training showed them: two brains in one pose on one grid. The pair is then brought into one
+T1-like contrast (``contrast_mapping.in_common_contrast``), so either scan may be a T1, T2,
+FLAIR or PD scan. Every output is on the static scan's own grid and world space, the resamplings and the
 network's field composed into one map from static points to moving points.
 """
 import dataclasses
@@ -16,11 +16,11 @@ import os
 import time
 
 import numpy as np
-from scipy import ndimage
 
 import runtime  # noqa: F401  (TensorFlow's settings: before its first import)
 import keras
 
+import contrast_mapping
 import datasets
 import objective
 import pose
@@ -36,14 +36,9 @@ FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pretrained", "b
 SHAPE = (64, 64, 64)  # the network's grid
 SPACING_MM = 3.0  # its voxel size
 MIN_EXTENT_MM = 80.0  # a scan narrower than this along an axis cannot hold a brain
-BRIGHT = 99.5  # intensities are scaled to [0, 1] by this percentile of the brain's, then clipped
 TUNE_LOSS = "ncc"  # similarity of instance optimisation, the moving scan in the static's contrast
-CONTRAST_BINS = 64  # intensity bins of the moving scan mapped onto the static scan's contrast
 REFINE_INT_STEPS = 5  # scaling-and-squaring steps of the refinement's velocity
 REFINE_DOWNSIZE = 2  # which lives on a grid this many times coarser than the working grid
-T1_DEPTH = 0.5  # least correlation of a T1 scan's brain intensities with their depth
-DEPTH_CAP_MM = 24.0  # depth (distance to the brain's edge) beyond which a voxel counts as deep
-BIAS_SIGMA_MM = 18.0  # smoothness of the bias field divided out before that mapping
 LPS_TO_RAS = np.array([-1.0, -1.0, 1.0])
 
 
@@ -80,10 +75,11 @@ def check_scan(image: np.ndarray, grid: transforms.Grid, name: str) -> None:
 
 
 def scaled(image: np.ndarray, name: str) -> np.ndarray:
-    """``image`` as float32 in [0, 1]: its minimum to 0, the ``BRIGHT`` percentile of the voxels
-    above it to 1, clipped (a few bright voxels do not darken the brain, as min-max would)."""
+    """``image`` as float32 in [0, 1]: its minimum to 0, the ``contrast_mapping.BRIGHT``
+    percentile of the voxels above it to 1, clipped (a few bright voxels do not darken the brain,
+    as min-max would)."""
     image = datasets.normalize(image, name)  # finite, not constant, in [0, 1]
-    image /= np.percentile(image[image > 0], BRIGHT)
+    image /= np.percentile(image[image > 0], contrast_mapping.BRIGHT)
     return np.clip(image, 0.0, 1.0, out=image)
 
 
@@ -111,112 +107,6 @@ def pose_map(grids: list[transforms.Grid]) -> np.ndarray:
     return grids[0].matrix @ np.linalg.inv(grids[1].matrix)
 
 
-def conditional_means(source: np.ndarray, target: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """Each voxel's ``source`` intensity replaced by the mean ``target`` intensity of the
-    ``mask`` voxels whose ``source`` intensity falls into its bin (``CONTRAST_BINS`` bins of
-    [0, 1]; the conditional mean that the correlation ratio measures), bins that hold none
-    interpolated between their neighbours; ``source`` itself where ``mask`` is empty."""
-    bins = np.minimum((source * CONTRAST_BINS).astype(np.int64), CONTRAST_BINS - 1)
-    counts = np.bincount(bins[mask], minlength=CONTRAST_BINS)
-    if not counts.any():  # no brain in common: nothing to learn the mapping from
-        return source
-    sums = np.bincount(bins[mask], target[mask], minlength=CONTRAST_BINS)
-    filled = np.flatnonzero(counts)
-    table = np.interp(np.arange(CONTRAST_BINS), filled, sums[filled] / counts[filled])
-    return table[bins]
-
-
-def smoothed_in(values: np.ndarray, mask: np.ndarray, sigma: float) -> np.ndarray:
-    """``values`` averaged over ``mask`` by a Gaussian of ``sigma`` voxels (normalised
-    convolution: the voxels outside ``mask`` carry no weight)."""
-    weight = ndimage.gaussian_filter(mask.astype(np.float32), sigma)
-    total = ndimage.gaussian_filter(np.where(mask, values, 0.0).astype(np.float32), sigma)
-    return total / np.maximum(weight, 1e-6)
-
-
-def bias_corrected(moving: np.ndarray, static: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """The moving image divided by its smooth multiplicative bias field relative to the static
-    image: the moving intensity each static bin predicts (:func:`conditional_means`) against the
-    moving image, the log of their ratio smoothed over the brain by ``BIAS_SIGMA_MM``."""
-    predicted = conditional_means(static, moving, mask)
-    log_ratio = np.log(np.maximum(moving, 1e-3)) - np.log(np.maximum(predicted, 1e-3))
-    field = np.exp(smoothed_in(log_ratio, mask, BIAS_SIGMA_MM / SPACING_MM))
-    return np.clip(moving / field, 0.0, 1.0)
-
-
-def in_contrast_of(moving: np.ndarray, static: np.ndarray) -> np.ndarray:
-    """The moving image in the static image's contrast, the two brains posed on one grid.
-
-    The moving image's smooth bias field relative to the static one is divided out first
-    (:func:`bias_corrected`); then each moving voxel takes the mean static intensity of the brain
-    voxels of its intensity bin (:func:`conditional_means`). Any mapping of intensities to
-    tissues (a T2, FLAIR or PD scan against a T1) comes out close to the static scan's, as far as
-    one intensity names one tissue; the background stays 0.
-
-    Parameters
-    ----------
-    moving, static : np.ndarray
-        ``(*spatial)`` images in [0, 1] on one working grid (``SPACING_MM``), brains posed
-        (``pose.estimate``).
-
-    Returns
-    -------
-    np.ndarray
-        ``(*spatial)`` float32 in [0, 1].
-    """
-    brain = (moving > pose.BRAIN) & (static > pose.BRAIN)
-    if not brain.any():
-        return moving
-    corrected = bias_corrected(moving, static, brain)
-    mapped = conditional_means(corrected, static, brain)
-    return np.where(moving > pose.BRAIN, mapped, 0.0).astype(np.float32)
-
-
-def brain_depth(image: np.ndarray) -> np.ndarray:
-    """Each brain voxel's distance to the brain's edge on the working grid, capped at
-    ``DEPTH_CAP_MM`` and divided by it: ``(*spatial)`` float32 in [0, 1], 0 outside the brain
-    (above ``pose.BRAIN``)."""
-    depth = ndimage.distance_transform_edt(image > pose.BRAIN) * SPACING_MM
-    return np.minimum(depth / DEPTH_CAP_MM, 1.0).astype(np.float32)
-
-
-def t1_like(image: np.ndarray) -> bool:
-    """Whether a skull-stripped scan on the working grid has a T1's contrast: white matter
-    (deep) bright, cortex and CSF (near the brain's edge) darker, so that its brain
-    intensities correlate by at least ``T1_DEPTH`` with their depth (:func:`brain_depth`;
-    about 0.6 for T1 scans, -0.6 to 0.45 for T2, FLAIR and PD-like ones)."""
-    brain = image > pose.BRAIN
-    if brain.sum() < 2:
-        return False
-    correlation = np.corrcoef(image[brain], brain_depth(image)[brain])[0, 1]
-    return bool(correlation >= T1_DEPTH)
-
-
-def in_common_contrast(moving: np.ndarray, static: np.ndarray) -> list[np.ndarray]:
-    """The pair (moving, static) in one T1-like contrast, the network's, brains posed on one
-    working grid.
-
-    A T1-like static scan (:func:`t1_like`) keeps its contrast and the moving scan is mapped onto
-    it (:func:`in_contrast_of`); else a T1-like moving scan keeps its own and the static scan
-    is mapped onto it; else the static scan is first mapped onto its own brain depth
-    (:func:`brain_depth`: deep white matter bright, the edge dark, a T1's order of tissues)
-    and the moving scan onto that. Any contrast may be on either side.
-
-    Returns
-    -------
-    list of np.ndarray
-        ``[moving, static]``, ``(*spatial)`` float32 in [0, 1].
-    """
-    if t1_like(static):
-        return [in_contrast_of(moving, static), static]
-    if t1_like(moving):
-        return [moving, in_contrast_of(static, moving)]
-    depth = brain_depth(static)
-    static = scaled(np.where(static > pose.BRAIN, in_contrast_of(static, depth), 0.0),
-                    "static image")
-    return [in_contrast_of(moving, static), static]
-
-
 def register_brains(model: keras.Model, moving: np.ndarray, static: np.ndarray,
                     moving_grid: transforms.Grid, static_grid: transforms.Grid,
                     moving_seg: np.ndarray | None = None, finetune_steps: int = 0,
@@ -227,7 +117,8 @@ def register_brains(model: keras.Model, moving: np.ndarray, static: np.ndarray,
     Each scan is scaled (:func:`scaled`); the pose stage (``pose.estimate``) finds the moving
     brain's pose on the static one; both are resampled onto the working grids of that pose
     (:func:`working_grids`), the moving one mapped onto the static one's contrast
-    (:func:`in_contrast_of`); the network registers the two; ``finetune_steps`` first tune it
+    (``contrast_mapping.in_common_contrast``); the network registers the two;
+    ``finetune_steps`` first tune it
     on the pair and ``refiner`` then refines its field on the working grids.
     The outputs compose: static voxel -> static world -> working grid -> field -> the moving
     side's working grid -> moving world -> moving voxel, sampled once. The static side is
@@ -331,7 +222,7 @@ def register_prepared(model: keras.Model, moving: np.ndarray, moving_grid: trans
     pose_seconds = time.perf_counter() - start
     grids = working_grids(static.moments[0], world_map)
     small = [transforms.resample(images[0], moving_grid, grids[0]), static.on_work]
-    small = in_common_contrast(*small)
+    small = contrast_mapping.in_common_contrast(*small, SPACING_MM)
     network = registration.network_for(model, SHAPE)
     network, finetune_seconds, finetune_note = tuning.finetuned(network, tuner, *small)
     registered = registration.register(network, *small, traced=False)  # one pair: no graph

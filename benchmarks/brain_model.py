@@ -23,8 +23,9 @@ last checkpoint (or ``model.keras``) as ``pretrained/brain.keras`` without the o
 state, with ``--int_steps`` its field integrated as a velocity. ``score`` registers the 6 test
 pairs with it, scored at 128^3 by ``brains.score_pair``: aligned and unaligned (the moving scan
 moved by a random rigid map of up to ``ROTATION`` degrees and ``SHIFT_MM`` mm per axis, on a
-FreeSurfer-like 176^3 grid at 1.25 mm, ``affine_brains.grids``), moving T1 or a remapped
-contrast (``contrasts.REMAPS``: T2-like, FLAIR-like, PD-like), static T1; on the unaligned
+FreeSurfer-like 176^3 grid at 1.25 mm, ``affine_brains.grids``); T1 -> T1, each contrast of
+``contrasts.REMAPS`` (T2-like, FLAIR-like, PD-like, made realistic by ``contrasts.realistic``:
+per-structure intensities, bias field, noise) -> T1, and T1 -> each contrast; on the unaligned
 pairs also with ``--refine_steps`` and, timed one after the other, ANTs Affine + SyN (``SyN``)
 with MI at antspyx's default iterations. ``poses`` measures how far the pose stage brings the
 unaligned scans to their true pose (the data's alignment), in mm over the static brain's voxels.
@@ -95,8 +96,9 @@ def mapped_variants(vols: np.ndarray, segs: np.ndarray, count: int, seed: int) -
     whose CSF, grey and white matter lie ``SEPARATION`` apart,
     per-structure offsets, bias field, noise), each scaled as ``register`` scales a scan and
     mapped onto another subject's T1 by ``register``'s contrast mapping
-    (``pretrained.in_contrast_of``): the imperfect T1-like images the network meets when a scan
-    is not a T1. ``(len(vols) * count, *spatial)`` uint8, subject by subject."""
+    (``contrast_mapping.in_contrast_of``): the imperfect T1-like images the network meets when a
+    scan is not a T1. ``(len(vols) * count, *spatial)`` uint8, subject by subject."""
+    import contrast_mapping
     import pretrained
 
     rng = np.random.default_rng(seed)
@@ -109,7 +111,8 @@ def mapped_variants(vols: np.ndarray, segs: np.ndarray, count: int, seed: int) -
                 anchors = rng.uniform(0.1, 1.0, size=5)
             image = pretrained.scaled(contrasts.realistic(t1, seg, anchors, rng), "variant")
             other = rng.choice([i for i in range(len(vols)) if i != index])
-            out.append(np.round(255 * pretrained.in_contrast_of(image, t1s[other])))
+            out.append(np.round(255 * contrast_mapping.in_contrast_of(
+                image, t1s[other], pretrained.SPACING_MM)))
     return np.asarray(out, np.uint8)
 
 

@@ -4,6 +4,7 @@ contrasts, and a velocity refined in place of a displacement."""
 import numpy as np
 from scipy import ndimage
 
+import contrast_mapping
 import models
 import pose
 import pretrained
@@ -14,6 +15,7 @@ from test_pose import ellipsoid
 from test_tuning import shifted_pair
 
 SHAPE = (32, 32, 32)
+SPACING = pretrained.SPACING_MM  # the working grid's, mm
 
 
 def deep_bright() -> np.ndarray:
@@ -28,15 +30,16 @@ def test_a_smooth_bias_field_is_divided_out_before_the_mapping():
     bias = 1.0 + 0.25 * np.linspace(-1.0, 1.0, SHAPE[0])[:, None, None]
     moving = (static * bias).astype(np.float32)
     brain = static > pose.BRAIN
-    corrected = pretrained.bias_corrected(moving, static, brain)
+    corrected = contrast_mapping.bias_corrected(moving, static, brain, SPACING)
     spread = (np.std(corrected[brain] / static[brain]), np.std(moving[brain] / static[brain]))
     assert spread[0] < 0.5 * spread[1]
 
 
 def test_scans_with_white_matter_deep_and_bright_count_as_t1():
     t1 = deep_bright()
-    assert pretrained.t1_like(t1)
-    assert not pretrained.t1_like(np.where(t1 > 0, 1.3 - t1, 0.0).astype(np.float32))
+    assert contrast_mapping.t1_like(t1, SPACING)
+    t2 = np.where(t1 > 0, 1.3 - t1, 0.0).astype(np.float32)
+    assert not contrast_mapping.t1_like(t2, SPACING)
 
 
 def test_a_t1_side_keeps_its_contrast_and_the_other_is_mapped_onto_it():
@@ -44,7 +47,7 @@ def test_a_t1_side_keeps_its_contrast_and_the_other_is_mapped_onto_it():
     t2 = np.where(t1 > 0, 1.3 - t1, 0.0).astype(np.float32)
     brain = t1 > pose.BRAIN
     for moving, static, kept in ((t2, t1, 1), (t1, t2, 0)):
-        pair = pretrained.in_common_contrast(moving, static)
+        pair = contrast_mapping.in_common_contrast(moving, static, SPACING)
         np.testing.assert_array_equal(pair[kept], (moving, static)[kept])
         assert np.corrcoef(pair[1 - kept][brain], t1[brain])[0, 1] > 0.95
 
@@ -53,8 +56,8 @@ def test_two_scans_that_are_not_t1_both_come_out_in_a_t1_like_contrast():
     t1 = deep_bright()
     t2 = np.where(t1 > 0, 1.3 - t1, 0.0).astype(np.float32)
     flair = np.where(t1 > 0, 0.5 + 0.5 * np.abs(t1 - 0.55), 0.0).astype(np.float32)
-    moving, static = pretrained.in_common_contrast(flair, t2)
-    assert pretrained.t1_like(static) and pretrained.t1_like(moving)
+    moving, static = contrast_mapping.in_common_contrast(flair, t2, SPACING)
+    assert contrast_mapping.t1_like(static, SPACING) and contrast_mapping.t1_like(moving, SPACING)
 
 
 def test_realistic_contrasts_are_drawn_from_their_seed_and_no_lookup_of_t1_gives_them():
@@ -88,3 +91,15 @@ def test_the_shipped_refiners_coarse_velocity_does_not_fold_where_a_displacement
                                                                             start))
               for k, d in ((0, 1), (pretrained.REFINE_INT_STEPS, pretrained.REFINE_DOWNSIZE))]
     assert folded[0] > 0.1 and folded[1] == 0.0
+
+
+def test_a_velocity_refiner_traces_once_for_pair_after_pair():
+    moving, static = shifted_pair()
+    other, _ = shifted_pair((-1.0, 0.5))
+    model = models.build_model(moving.shape, "vm1", "ncc", lr=1e-3)
+    refiner = tuning.Refiner(model, steps=2, int_steps=5, int_downsize=2)
+    first = refiner.refine(other, static, np.zeros((32, 32, 2)))
+    refiner.refine(moving, static, np.zeros((32, 32, 2)))
+    np.testing.assert_allclose(refiner.refine(other, static, np.zeros((32, 32, 2))), first,
+                               atol=1e-6)
+    assert refiner.compiled.experimental_get_tracing_count() == 1

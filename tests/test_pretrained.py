@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk  # a test requirement (requirements.txt): these tests never skip
 
+import contrast_mapping
 import main
 import models
 import objective
@@ -181,7 +182,7 @@ def test_the_shipped_model_integrates_its_field_so_its_maps_are_invertible():
 def test_the_moving_scan_comes_out_in_the_static_scans_contrast():
     static = ellipsoid((24, 24, 24), (10.0, 9.0, 8.0)) * np.linspace(0.3, 1.0, 24)[:, None, None]
     moving = np.where(static > 0, 1.2 - static, 0.0).astype(np.float32)  # reversed in the brain
-    mapped = pretrained.in_contrast_of(moving, static)
+    mapped = contrast_mapping.in_contrast_of(moving, static, pretrained.SPACING_MM)
     brain = static > pose.BRAIN
     assert np.corrcoef(moving[brain], static[brain])[0, 1] < -0.9
     assert np.corrcoef(mapped[brain], static[brain])[0, 1] > 0.98
