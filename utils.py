@@ -194,9 +194,26 @@ def resize_displacement(deformation: tf.Tensor, shape: tuple[int, ...]) -> tf.Te
     """
     deformation = tf.convert_to_tensor(deformation, tf.float32)
     ratio = [o / i for i, o in zip(deformation.shape[1:-1], shape)]
-    coords = (regular_grid(shape) + 0.5) / tf.constant(ratio, tf.float32) - 0.5
-    coords = tf.repeat(coords[None], tf.shape(deformation)[0], axis=0)
-    return interpolate(deformation, coords) * tf.constant(ratio, tf.float32)
+    return linear_resize(deformation, shape) * tf.constant(ratio, tf.float32)
+
+
+def linear_resize(volume: tf.Tensor, shape: tuple[int, ...]) -> tf.Tensor:
+    """``(B, *spatial, C)`` -> ``(B, *shape, C)`` by linear interpolation, separably: voxel
+    centres map as ``x_in = (x_out + 0.5) * in / out - 0.5`` per axis, edges clamped (TensorFlow's
+    half-pixel bilinear resize, whose gradient is its own kernel: many times faster than
+    sampling every output voxel with :func:`interpolate`). 1D, 2D or 3D."""
+    spatial = volume.shape[1:-1]
+    if len(spatial) == 1:
+        return tf.image.resize(volume[:, :, None], (shape[0], 1))[:, :, 0]
+    if len(spatial) == 2:
+        return tf.image.resize(volume, shape)
+    batch, channels = tf.shape(volume)[0], volume.shape[-1]
+    rest = spatial[1] * spatial[2]  # axis 0 first, the other two flattened and kept
+    volume = tf.image.resize(tf.reshape(volume, (batch, spatial[0], rest, channels)),
+                             (shape[0], rest))
+    volume = tf.image.resize(tf.reshape(volume, (batch * shape[0], *spatial[1:], channels)),
+                             shape[1:])
+    return tf.reshape(volume, (batch, *shape, channels))
 
 
 def affine_points(matrix: tf.Tensor, coords: tf.Tensor) -> tf.Tensor:

@@ -52,6 +52,9 @@ VARIANTS = 4  # realistic contrasts of each training subject in mixed_train.npz
 ORIGINALS = 2  # copies of each T1 image there beside them
 SEPARATION = 0.12  # least gap between the CSF, grey and white matter intensities of a variant
 VARIANT_SEED = 7  # of their draws (none of the benchmark's seeds)
+SYNTH_COPIES = 4  # copies of each T1 image in synth_train.npz beside the 20 synthetic T1s
+SYNTH_JITTER = 0.03  # std of a synthetic subject's per-structure intensity shift
+SYNTH_SEED = 11  # of the synthetic T1s' draws
 
 
 def skull_stripped(segs: np.ndarray) -> np.ndarray:
@@ -67,7 +70,9 @@ def write_data(args) -> None:
     with np.load(args.data) as bench, np.load(args.synthseg) as public:
         vols, segs = brains.downsample(bench["vols"][:brains.NUM_TRAIN],
                                        bench["segs"][:brains.NUM_TRAIN], 2)
-        public_segs = public["segs"][:, 1::2, 1::2, 1::2]  # the voxels brains.downsample keeps
+        full_public = skull_stripped(public["segs"])
+        public_segs = full_public[:, 1::2, 1::2, 1::2]  # the voxels brains.downsample keeps
+        synthetic = synthetic_t1s(full_public, bench["vols"][:5], bench["segs"][:5], SYNTH_SEED)
         all_labels = [int(x) for x in bench["labels"]]
     labels = [label for label in all_labels if label not in UNLABELLED]
     os.makedirs(args.output, exist_ok=True)
@@ -82,13 +87,55 @@ def write_data(args) -> None:
                              "vols": np.concatenate([*[t1["vols"][:5]] * ORIGINALS, mapped_variants(
                                  t1["vols"][:5], segs[:5], VARIANTS, VARIANT_SEED)]),
                              "segs": np.concatenate([segs[:5]] * ORIGINALS + [np.repeat(
-                                 segs[:5], VARIANTS, axis=0)])})):
-        if name.startswith(("t1_", "mixed_")):  # all 30 labels
+                                 segs[:5], VARIANTS, axis=0)])}),
+                         ("synth_train", {
+                             "vols": np.concatenate([t1["vols"][:5]] * SYNTH_COPIES + [synthetic]),
+                             "segs": np.concatenate([segs[:5]] * SYNTH_COPIES + [
+                                 public_segs])})):
+        if name.startswith(("t1_", "mixed_", "synth_")):  # all 30 labels
             labels, names = all_labels, [brains.FREESURFER_NAMES[x] for x in all_labels]
         path = os.path.join(args.output, f"{name}.npz")
         np.savez(path + ".tmp.npz", **arrays, labels=labels, label_names=names, spacing=3.0)
         os.replace(path + ".tmp.npz", path)
         print(f"wrote {path}: {', '.join(f'{k} {v.shape}' for k, v in arrays.items())}")
+
+
+def synthetic_t1s(maps: np.ndarray, vols: np.ndarray, segs: np.ndarray, seed: int
+                  ) -> np.ndarray:
+    """T1-like images of skull-stripped label maps (the public SynthSeg maps): each structure
+    drawn from the mean and spread of its T1 intensities in the real ``vols``/``segs`` (a label
+    they lack takes cerebral white matter's), shifted per subject by ``SYNTH_JITTER``, then
+    block-averaged 2x as ``brains.downsample`` (partial volume) and scaled as the data are (the
+    99.5th percentile of the brain to 255).
+
+    Parameters
+    ----------
+    maps : np.ndarray
+        ``(N, 128, 128, 128)`` label maps, 0 outside the brain.
+    vols, segs : np.ndarray
+        ``(M, 128, 128, 128)`` real T1 images (0..255) and their label maps.
+
+    Returns
+    -------
+    np.ndarray
+        ``(N, 64, 64, 64)`` uint8.
+    """
+    rng = np.random.default_rng(seed)
+    ids = np.unique(maps)
+    white = (vols[segs == 2].mean(), vols[segs == 2].std())
+    stats = {label: (vols[segs == label].mean(), vols[segs == label].std())
+             if (segs == label).any() else white for label in ids if label}
+    out = []
+    for label_map in maps:
+        image = np.zeros(label_map.shape, np.float32)
+        for label, (mean, std) in stats.items():
+            inside = label_map == label
+            shift = 1.0 + rng.normal(0.0, SYNTH_JITTER)
+            image[inside] = rng.normal(mean * shift, std, size=int(inside.sum()))
+        image = brains.downsample(np.clip(image, 0, None)[None], label_map[None], 2)[0][0]
+        image *= 255.0 / np.percentile(image[image > 0], 99.5)
+        out.append(np.clip(np.round(image), 0, 255))
+    return np.asarray(out, np.uint8)
 
 
 def mapped_variants(vols: np.ndarray, segs: np.ndarray, count: int, seed: int) -> np.ndarray:

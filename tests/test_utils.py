@@ -182,3 +182,15 @@ def test_labels_are_sampled_as_int32_with_nearest_and_everything_else_as_float32
     assert utils.sampling_dtype(np.bool_, "nearest") == np.int32
     assert utils.sampling_dtype(np.uint8, "linear") == np.float32
     assert utils.sampling_dtype(np.float64, "nearest") == np.float32
+
+
+@pytest.mark.parametrize("source, target", [((4, 6, 5), (8, 12, 10)), ((9, 8, 7), (4, 5, 11)),
+                                            ((5, 7), (9, 3))])
+def test_linear_resize_matches_scipy_at_block_averaging_centres(source, target):
+    volume = np.random.default_rng(2).normal(size=(2, *source, 3)).astype(np.float32)
+    axes = [np.clip((np.arange(o) + 0.5) * i / o - 0.5, 0, i - 1) for i, o in zip(source, target)]
+    coords = np.stack(np.meshgrid(*axes, indexing="ij"))
+    expected = np.stack([[ndimage.map_coordinates(item[..., c], coords, order=1)
+                          for c in range(3)] for item in volume])
+    resized = utils.linear_resize(volume, target).numpy()
+    np.testing.assert_allclose(resized, np.moveaxis(expected, 1, -1), atol=1e-5)
