@@ -158,9 +158,10 @@ def _add_model_flags(parser: argparse.ArgumentParser, shipped: str) -> None:
                         help="instance optimisation of the displacement itself on the static "
                              "grid, after the network (and --finetune_steps): Adam steps on the "
                              "pair's image loss")
-    parser.add_argument("--refine_lr", type=_positive(float), default=tuning.REFINE_LR,
+    parser.add_argument("--refine_lr", type=_positive(float), default=None,
                         help="initial learning rate of --refine_steps, in voxels (decayed to 0 "
-                             "along a cosine)")
+                             f"along a cosine; default: {tuning.REFINE_LR:g}, for the shipped "
+                             f"model's coarse velocity {pretrained.REFINE_LR:g})")
     parser.add_argument("--tune_loss", choices=objective.LOSSES, default=None,
                         help="image similarity of --finetune_steps and --refine_steps (default: "
                              "the model's own; mi or mind for scans of two contrasts)")
@@ -184,8 +185,10 @@ def refiner(model, args: argparse.Namespace) -> tuning.Refiner | None:
     if not args.refine_steps:
         return None
     if args.model:
-        return tuning.Refiner(model, args.refine_steps, args.refine_lr, tune_loss(args))
-    return pretrained.refiner(model, args.refine_steps, args.refine_lr, tune_loss(args))
+        return tuning.Refiner(model, args.refine_steps, args.refine_lr or tuning.REFINE_LR,
+                              tune_loss(args))
+    return pretrained.refiner(model, args.refine_steps, args.refine_lr or pretrained.REFINE_LR,
+                              tune_loss(args))
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -13,6 +13,9 @@ MNI152 grid at 1.5 mm, as ``brains.downsample``):
 - ``t1_train.npz``: T1 images and label maps of 5 of the benchmark's 6 training subjects
   (``fstrain9_128.npz``: sub-01, 02, 03, 04, 06), which version 2 trains on;
 - ``t1_val.npz``: those of sub-06 and sub-07, its validation pairs (sub-07 never trains);
+- ``mixed_train.npz``: those T1s and realistic contrasts of them mapped onto another subject's
+  T1 (:func:`mapped_variants`); ``synth_train.npz``: the T1s and T1-like images of the 20
+  public SynthSeg label maps (:func:`synthetic_t1s`), recipes tried for version 3;
 - ``label_maps.npz`` and ``val.npz``: version 1's, trained from label maps (``--synth data``):
   the 20 public SynthSeg label maps (``../shared/data/synthseg20_128.npz``, Apache-2.0) and the
   6 training subjects', skull-stripped (the extra-cerebral 5xx labels and label 24, CSF, set to
@@ -433,7 +436,7 @@ def main() -> None:
                         choices=["shipped", "refined", "ants"],
                         help="'refined': the shipped model with --refine_steps; 'ants': ANTs "
                              "Affine + SyN with MI (needs antspyx); both on the unaligned pairs")
-    scored.add_argument("--refine_steps", type=int, default=50, help="of the 'refined' rows")
+    scored.add_argument("--refine_steps", type=int, default=25, help="of the 'refined' rows")
     scored.add_argument("--max_pairs", type=int, default=None)
     scored.add_argument("--conditions", nargs="+", default=None,
                         help="score only the conditions whose name holds one of these, e.g. "
