@@ -15,7 +15,7 @@ MNI152 grid at 1.5 mm, as ``brains.downsample``):
 - ``t1_val.npz``: those of sub-06 and sub-07, its validation pairs (sub-07 never trains);
 - ``mixed_train.npz``: those T1s and realistic contrasts of them mapped onto another subject's
   T1 (:func:`mapped_variants`); ``synth_train.npz``: the T1s and T1-like images of the 20
-  public SynthSeg label maps (:func:`synthetic_t1s`), recipes tried for version 3;
+  public SynthSeg label maps (``contrasts.synthetic_t1s``), recipes tried for version 3;
 - ``label_maps.npz`` and ``val.npz``: version 1's, trained from label maps (``--synth data``):
   the 20 public SynthSeg label maps (``../shared/data/synthseg20_128.npz``, Apache-2.0) and the
   6 training subjects', skull-stripped (the extra-cerebral 5xx labels and label 24, CSF, set to
@@ -56,7 +56,6 @@ ORIGINALS = 2  # copies of each T1 image there beside them
 SEPARATION = 0.12  # least gap between the CSF, grey and white matter intensities of a variant
 VARIANT_SEED = 7  # of their draws (none of the benchmark's seeds)
 SYNTH_COPIES = 4  # copies of each T1 image in synth_train.npz beside the 20 synthetic T1s
-SYNTH_JITTER = 0.03  # std of a synthetic subject's per-structure intensity shift
 SYNTH_SEED = 11  # of the synthetic T1s' draws
 
 
@@ -75,7 +74,7 @@ def write_data(args) -> None:
                                        bench["segs"][:brains.NUM_TRAIN], 2)
         full_public = skull_stripped(public["segs"])
         public_segs = full_public[:, 1::2, 1::2, 1::2]  # the voxels brains.downsample keeps
-        synthetic = synthetic_t1s(full_public, bench["vols"][:5], bench["segs"][:5], SYNTH_SEED)
+        synthetic = contrasts.synthetic_t1s(full_public, bench["vols"][:5], bench["segs"][:5], SYNTH_SEED)
         all_labels = [int(x) for x in bench["labels"]]
     labels = [label for label in all_labels if label not in UNLABELLED]
     os.makedirs(args.output, exist_ok=True)
@@ -101,44 +100,6 @@ def write_data(args) -> None:
         np.savez(path + ".tmp.npz", **arrays, labels=labels, label_names=names, spacing=3.0)
         os.replace(path + ".tmp.npz", path)
         print(f"wrote {path}: {', '.join(f'{k} {v.shape}' for k, v in arrays.items())}")
-
-
-def synthetic_t1s(maps: np.ndarray, vols: np.ndarray, segs: np.ndarray, seed: int
-                  ) -> np.ndarray:
-    """T1-like images of skull-stripped label maps (the public SynthSeg maps): each structure
-    drawn from the mean and spread of its T1 intensities in the real ``vols``/``segs`` (a label
-    they lack takes cerebral white matter's), shifted per subject by ``SYNTH_JITTER``, then
-    block-averaged 2x as ``brains.downsample`` (partial volume) and scaled as the data are (the
-    99.5th percentile of the brain to 255).
-
-    Parameters
-    ----------
-    maps : np.ndarray
-        ``(N, 128, 128, 128)`` label maps, 0 outside the brain.
-    vols, segs : np.ndarray
-        ``(M, 128, 128, 128)`` real T1 images (0..255) and their label maps.
-
-    Returns
-    -------
-    np.ndarray
-        ``(N, 64, 64, 64)`` uint8.
-    """
-    rng = np.random.default_rng(seed)
-    ids = np.unique(maps)
-    white = (vols[segs == 2].mean(), vols[segs == 2].std())
-    stats = {label: (vols[segs == label].mean(), vols[segs == label].std())
-             if (segs == label).any() else white for label in ids if label}
-    out = []
-    for label_map in maps:
-        image = np.zeros(label_map.shape, np.float32)
-        for label, (mean, std) in stats.items():
-            inside = label_map == label
-            shift = 1.0 + rng.normal(0.0, SYNTH_JITTER)
-            image[inside] = rng.normal(mean * shift, std, size=int(inside.sum()))
-        image = brains.downsample(np.clip(image, 0, None)[None], label_map[None], 2)[0][0]
-        image *= 255.0 / np.percentile(image[image > 0], 99.5)
-        out.append(np.clip(np.round(image), 0, 255))
-    return np.asarray(out, np.uint8)
 
 
 def mapped_variants(vols: np.ndarray, segs: np.ndarray, count: int, seed: int) -> np.ndarray:

@@ -36,6 +36,8 @@ T1_ANCHORS = (0.02, 0.37, 0.69, 0.95, 1.0)
 T2_ANCHORS = (0.75, 1.0, 0.6, 0.3, 0.28)
 # two more, not monotone in T1 (so no scaling of a T1 gives them): FLAIR-like, CSF dark and grey
 # matter brighter than white; PD-like, low contrast, CSF bright, grey matter above white
+SYNTH_JITTER = 0.03  # std of a synthetic subject's per-structure intensity shift
+WHITE_MATTER = 2  # the label whose intensities a structure missing from the T1s takes
 REMAPS = {"T2-like": T2_ANCHORS, "FLAIR-like": (0.2, 0.1, 0.9, 0.6, 0.55),
           "PD-like": (0.6, 0.9, 0.8, 0.65, 0.62)}
 SYNTH = ["--int_steps", "7", "--int_downsize", "2"]
@@ -120,6 +122,45 @@ def realistic(t1: np.ndarray, seg: np.ndarray, contrast, rng: np.random.Generato
     image *= 1.0 + BIAS * field / max(np.abs(field).max(), 1e-6)
     image += rng.normal(0.0, NOISE, size=t1.shape)
     return np.where(brain, np.clip(image, 0.0, 1.0), 0.0).astype(np.float32)
+
+
+def synthetic_t1s(maps: np.ndarray, vols: np.ndarray, segs: np.ndarray, seed: int
+                  ) -> np.ndarray:
+    """T1-like images of skull-stripped label maps (the public SynthSeg maps): each structure
+    drawn from the mean and spread of its T1 intensities in the real ``vols``/``segs`` (a label
+    they lack takes cerebral white matter's), shifted per subject by ``SYNTH_JITTER``, then
+    block-averaged 2x as ``brains.downsample`` (partial volume) and scaled as the data are (the
+    99.5th percentile of the brain to 255).
+
+    Parameters
+    ----------
+    maps : np.ndarray
+        ``(N, 128, 128, 128)`` label maps, 0 outside the brain.
+    vols, segs : np.ndarray
+        ``(M, 128, 128, 128)`` real T1 images (0..255) and their label maps.
+
+    Returns
+    -------
+    np.ndarray
+        ``(N, 64, 64, 64)`` uint8.
+    """
+    rng = np.random.default_rng(seed)
+    stats = {}
+    for label in np.unique(segs):
+        values = vols[segs == label]
+        stats[label] = (values.mean(), values.std())
+    stats = {label: stats.get(label, stats[WHITE_MATTER]) for label in np.unique(maps) if label}
+    out = []
+    for label_map in maps:
+        image = np.zeros(label_map.shape, np.float32)
+        for label, (mean, std) in stats.items():
+            inside = label_map == label
+            shift = 1.0 + rng.normal(0.0, SYNTH_JITTER)
+            image[inside] = rng.normal(mean * shift, std, size=int(inside.sum()))
+        image = brains.downsample(np.clip(image, 0, None)[None], label_map[None], 2)[0][0]
+        image *= 255.0 / np.percentile(image[image > 0], 99.5)
+        out.append(np.clip(np.round(image), 0, 255))
+    return np.asarray(out, np.uint8)
 
 
 def t2_like(t1: np.ndarray) -> np.ndarray:
