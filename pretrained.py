@@ -14,6 +14,7 @@ network's field composed into one map from static points to moving points.
 import dataclasses
 import os
 import time
+from concurrent import futures
 
 import numpy as np
 
@@ -250,6 +251,10 @@ def on_static_grid(field: np.ndarray, grids: list[transforms.Grid], moving: np.n
                    moving_seg: np.ndarray | None) -> dict:
     """The registration on the static scan's grid, from ``field`` on the working grids.
 
+    The static grid is computed in slabs along its first axis (:func:`slabs`), on a pool of
+    one thread per core: numpy's and scipy's loops let go of the interpreter, and each slab's
+    arrays stay small.
+
     Parameters
     ----------
     field : np.ndarray
@@ -265,21 +270,41 @@ def on_static_grid(field: np.ndarray, grids: list[transforms.Grid], moving: np.n
     """
     shape = static_grid.shape
     to_work = np.linalg.inv(grids[1].matrix) @ static_grid.matrix
-    field = field_on(field, to_work, shape)
     # moving-side working voxel r = on_work + field, taken to static voxels and moving voxels
     to_static = np.linalg.inv(static_grid.matrix) @ grids[0].matrix
     shift = to_static @ to_work - np.diag([1.0, 1.0, 1.0, 0.0])  # minus the voxel itself
-    deformation = grid_points(shift, shape, linear(to_static, field))
-    # the moving voxel of static voxel x is that of the static-grid point x + deformation(x);
-    # the buffers of 16.7 million vectors at 256^3 are reused, not made anew
     to_moving = np.linalg.inv(moving_grid.matrix) @ static_grid.matrix
-    coords = grid_points(to_moving, shape, linear(to_moving, deformation, out=field))
-    out = {"deformation": np.moveaxis(deformation, 0, -1),
-           "moved": sampling.sample(moving, np.moveaxis(coords, 0, -1))}
+    deformation, warp = (np.empty((3, *shape), np.float32) for _ in range(2))
+    moved = np.empty(shape, np.float32)
+    moved_seg = None if moving_seg is None else np.empty(shape, moving_seg.dtype)
+
+    def slab(rows: slice) -> None:
+        start = np.eye(4)
+        start[0, 3] = rows.start  # the slab's voxels to the grid's
+        part = (rows.stop - rows.start, *shape[1:])
+        # the moving voxel of static voxel x is that of the static-grid point x + deformation(x)
+        shifted = field_on(field, to_work @ start, part)
+        grid_points(shift @ start, part, linear(to_static, shifted, out=deformation[:, rows]))
+        coords = np.moveaxis(grid_points(to_moving @ start, part, linear(
+            to_moving, deformation[:, rows], out=shifted)), 0, -1)
+        moved[rows] = sampling.sample(moving, coords, workers=1)
+        if moving_seg is not None:
+            moved_seg[rows] = sampling.sample(moving_seg, coords, "nearest", workers=1)
+        linear(static_grid.matrix, deformation[:, rows], out=warp[:, rows])  # LPS mm
+    workers = len(os.sched_getaffinity(0))
+    with futures.ThreadPoolExecutor(workers) as pool:
+        list(pool.map(slab, slabs(shape[0], 4 * workers)))
+    out = {"deformation": np.moveaxis(deformation, 0, -1), "moved": moved,
+           "warp": np.moveaxis(warp, 0, -1)}
     if moving_seg is not None:
-        out["moved_seg"] = sampling.sample(moving_seg, np.moveaxis(coords, 0, -1), "nearest")
-    out["warp"] = np.moveaxis(linear(static_grid.matrix, deformation, out=coords), 0, -1)  # LPS mm
+        out["moved_seg"] = moved_seg
     return out
+
+
+def slabs(size: int, count: int) -> list[slice]:
+    """At most ``count`` slices, of nearly one length, that cover ``range(size)`` in order."""
+    return [slice(part[0], part[-1] + 1) for part in np.array_split(np.arange(size), count)
+            if len(part)]
 
 
 def field_on(field: np.ndarray, to_work: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:

@@ -15,7 +15,7 @@ import utils
 
 
 def sample(volume: np.ndarray, coords: np.ndarray, interpolation: str = "linear",
-           edge: bool = False) -> np.ndarray:
+           edge: bool = False, workers: int | None = None) -> np.ndarray:
     """Sample ``volume`` at voxel coordinates, zero outside it (as ITK's resampling does).
 
     Parameters
@@ -32,6 +32,9 @@ def sample(volume: np.ndarray, coords: np.ndarray, interpolation: str = "linear"
     edge : bool
         Outside the volume, the nearest edge voxel's value instead of zero (a displacement
         field extended beyond its grid without a jump).
+    workers : int, optional
+        Threads that share the N-linear sampling (default: one per core; 1 from a thread of a
+        pool of one's own).
 
     Returns
     -------
@@ -52,7 +55,8 @@ def sample(volume: np.ndarray, coords: np.ndarray, interpolation: str = "linear"
         sampled = values[index]
     else:  # N-linear, beyond the edge voxels' centres the edge's values
         points = np.moveaxis(coords, -1, 0)
-        channels = [_map_coordinates(values[..., c], points) for c in range(values.shape[-1])]
+        channels = [_map_coordinates(values[..., c], points, workers)
+                    for c in range(values.shape[-1])]
         sampled = channels[0][..., None] if len(channels) == 1 else np.stack(channels, axis=-1)
     if not edge:
         sampled[~_inside(coords, size)] = 0
@@ -70,15 +74,17 @@ def _inside(coords: np.ndarray, size: np.ndarray) -> np.ndarray:
     return inside
 
 
-def _map_coordinates(values: np.ndarray, points: np.ndarray) -> np.ndarray:
+def _map_coordinates(values: np.ndarray, points: np.ndarray, workers: int | None = None
+                     ) -> np.ndarray:
     """scipy's N-linear ``map_coordinates`` (edge values beyond the edge centres) of ``values``
-    at ``(ndim, *out_spatial)`` points, in float32, its output split into one block per CPU
-    core (scipy releases Python's lock while it samples)."""
+    at ``(ndim, *out_spatial)`` points, in float32, its output split into one block per worker
+    (default: per CPU core; scipy releases Python's lock while it samples)."""
     out = np.empty(points.shape[1:], np.float32)
     if not out.size:
         return out
+    workers = workers or len(os.sched_getaffinity(0))
     blocks = [slice(part[0], part[-1] + 1) for part in
-              np.array_split(np.arange(len(out)), min(len(os.sched_getaffinity(0)), len(out)))]
+              np.array_split(np.arange(len(out)), min(workers, len(out)))]
     with futures.ThreadPoolExecutor(len(blocks)) as pool:
         list(pool.map(lambda block: ndimage.map_coordinates(
             values, points[:, block], output=out[block], order=1, mode="nearest"), blocks))

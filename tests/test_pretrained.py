@@ -148,6 +148,27 @@ def test_a_field_onto_a_grid_of_permuted_flipped_axes_is_sampled_as_voxel_by_vox
                                atol=1e-6)
 
 
+def test_the_static_grid_composed_in_slabs_is_the_composition_voxel_by_voxel():
+    """``on_static_grid`` computes its slabs on threads; together they are the working grids'
+    field and the grids' maps composed at every static voxel at once."""
+    rng = np.random.default_rng(3)
+    field = rng.normal(0.0, 1.5, (*pretrained.SHAPE, 3)).astype(np.float32)
+    moving = rng.random((21, 18, 16)).astype(np.float32)
+    static_grid = transforms.Grid((23, 19, 17), np.diag([9.0, 9.0, 9.0, 1.0]))
+    moving_grid = transforms.Grid(moving.shape, rigid(0.0, [4.0, -3.0, 2.0]) @ np.diag(
+        [10.0, 10.0, 10.0, 1.0]))
+    grids = [pretrained.working_grid(np.array([12.0, -8.0, 5.0])),
+             pretrained.working_grid(np.array([3.0, 2.0, -1.0]))]
+    out = pretrained.on_static_grid(field, grids, moving, moving_grid, static_grid, None)
+    voxels = static_grid.coordinates()
+    work = np.moveaxis(pretrained.grid_points(np.linalg.inv(grids[1].matrix) @ static_grid.matrix,
+                                              static_grid.shape), 0, -1)
+    world = grids[0].world(work + sampling.sample(field, work, edge=True))
+    np.testing.assert_allclose(out["deformation"], static_grid.voxels(world) - voxels, atol=1e-3)
+    np.testing.assert_allclose(out["moved"], sampling.sample(moving, moving_grid.voxels(world)),
+                               atol=1e-4)
+
+
 def test_a_map_of_the_affine_stage_stays_unfolded_beyond_the_working_grid():
     work = transforms.Grid((12, 12, 12), np.diag([3.0, 3.0, 3.0, 1.0]))
     wider = np.diag([3.0, 3.0, 3.0, 1.0])
