@@ -106,3 +106,19 @@ def test_a_pair_that_nothing_aligns_better_keeps_the_brain_centres_and_says_so()
     world_map, note = posed(image, grid, image, grid)
     np.testing.assert_allclose(world_map, np.eye(4), atol=1e-6)
     assert note.startswith("pose: ") and "kept the centres" in note
+
+
+def test_the_pose_stages_adam_steps_as_keras_adam_does():
+    import keras
+    import tensorflow as tf
+
+    rng = np.random.default_rng(0)
+    start = rng.normal(size=12).astype(np.float32)
+    variable, keras_adam = tf.Variable(start), keras.optimizers.Adam(pose.LR)
+    params, adam = start.copy(), pose.Adam(12)
+    for _ in range(30):
+        gradient = rng.normal(size=12).astype(np.float32)
+        keras_adam.apply_gradients([(tf.constant(gradient), variable)])
+        params = adam.step(params, gradient)
+    assert np.abs(params - start).max() > 0.1  # it moved
+    np.testing.assert_allclose(params, variable.numpy(), atol=1e-5)
