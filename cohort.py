@@ -47,6 +47,7 @@ SUFFIXES = {"moved": "_moved.nii.gz", "moved_seg": "_moved_seg.nii.gz", "warp": 
             "inverse_warp": "_inverse_warp.nii.gz", "deformation": "_deformation.nii.gz",
             "affine": "_affine.txt"}  # DIR/<name><suffix>, the keys of transforms.save_registered
 SCORES = "scores.csv"  # per-scan scores, with label maps
+COMPILE_FROM = 4  # scans of a cohort from which the shipped model's steps are compiled
 EXTENSIONS = volumes.IMAGES + (".npy", ".npz")
 
 
@@ -234,21 +235,22 @@ def warn_notes(registered: dict, where: str = "") -> None:
 
 def registrar(model, shipped: bool, finetune_steps: int = 0, finetune_lr: float = 1e-3,
               refiner: tuning.Refiner | None = None, tune_loss: str | None = None,
-              inverse: bool = False):
+              inverse: bool = False, compiled: bool = False):
     """``(prepare, register)`` of a cohort: ``prepare(static, static_grid)`` once per static
     scan, ``register(moving, moving_grid, prepared, moving_seg)`` per moving scan, which returns
     what ``transforms.save_registered`` writes.
 
     The shipped model (``shipped``) prepares the static side by ``pretrained.prepared_static``
-    and registers by ``pretrained.register_prepared``; a trained model builds its network (and
-    fine-tuner) for the static shape once and registers by ``registration.register_scans``.
+    and registers by ``pretrained.register_prepared``, ``compiled`` (worth its seconds from
+    ``COMPILE_FROM`` scans on) or not; a trained model builds its network (and fine-tuner) for
+    the static shape once and registers by ``registration.register_scans``.
     """
     if shipped:
         tuner = pretrained.finetuner(model, finetune_steps, finetune_lr, tune_loss)
 
         def register_shipped(moving, moving_grid, static, moving_seg):
             return pretrained.register_prepared(model, moving, moving_grid, static, moving_seg,
-                                                tuner, refiner, inverse)
+                                                tuner, refiner, inverse, compiled)
         return pretrained.prepared_static, register_shipped
 
     def prepare(static, static_grid):

@@ -452,7 +452,8 @@ def register(args) -> str:
     if scans is not None:
         return cohort.register_all(scans, *cohort.registrar(
             model, args.model is None, args.finetune_steps, args.finetune_lr,
-            refiner(model, args), tune_loss(args), args.inverse_warp is not None), args.output)
+            refiner(model, args), tune_loss(args), args.inverse_warp is not None,
+            len(scans) >= cohort.COMPILE_FROM), args.output)
     moving, _, moving_grid = transforms.load_scan(moving_path, "moving")
     static, static_image, static_grid = transforms.load_scan(static_path, "static")
     moving_seg = transforms.load_label_map(moving_seg_path, moving_grid)

@@ -210,24 +210,27 @@ def finetuner(model: keras.Model, steps: int, lr: float = 1e-3,
 def register_prepared(model: keras.Model, moving: np.ndarray, moving_grid: transforms.Grid,
                       static: Static, moving_seg: np.ndarray | None = None,
                       tuner: tuning.FineTuner | None = None,
-                      refiner: tuning.Refiner | None = None, inverse: bool = False) -> dict:
+                      refiner: tuning.Refiner | None = None, inverse: bool = False,
+                      compiled: bool = False) -> dict:
     """:func:`register_brains` of one moving scan to a static scan prepared by
     :func:`prepared_static`, fine-tuned by ``tuner`` (:func:`finetuner`) when given; the same
-    outputs."""
+    outputs. ``compiled`` (for many moving scans in one process) compiles the pose stage's
+    steps by XLA (``pose.optimise_affine``) and runs the network as a traced graph
+    (``registration.register``): seconds once, then each scan about 1.5 s faster on 2 cores."""
     check_scan(moving, moving_grid, "moving")
     moving_seg = registration.moving_label_map(moving_seg, moving.shape)
     images = [scaled(moving, "moving image"), static.image]
     scan_grids = [moving_grid, static.grid]
     moments = [pose.brain_moments(images[0], moving_grid), static.moments]
     start = time.perf_counter()
-    world_map, pose_note = pose.estimate(images, scan_grids, moments, static.work)
+    world_map, pose_note = pose.estimate(images, scan_grids, moments, static.work, compiled)
     pose_seconds = time.perf_counter() - start
     grids = working_grids(static.moments[0], world_map)
     small = [transforms.resample(images[0], moving_grid, grids[0]), static.on_work]
     small = contrast_mapping.in_common_contrast(*small, SPACING_MM)
     network = registration.network_for(model, SHAPE)
     network, finetune_seconds, finetune_note = tuning.finetuned(network, tuner, *small)
-    registered = registration.register(network, *small, traced=False)  # one pair: no graph
+    registered = registration.register(network, *small, traced=compiled)
     field = registered["deformation"]
     field, refine_seconds, refine_note = tuning.refined(refiner, *small, field)
     out = on_static_grid(field, grids, moving, moving_grid, static.grid, moving_seg)

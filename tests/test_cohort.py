@@ -11,6 +11,7 @@ import main
 import models
 import pose
 import pretrained
+import registration
 from test_pose import ellipsoid
 
 SHAPE, SPACING = (40, 44, 36), 2.5  # 100 x 110 x 90 mm: a brain's field of view, quickly read
@@ -29,7 +30,7 @@ def write(path, volume, affine=AFFINE) -> str:
     return str(path)
 
 
-def centres_only(images, grids, moments, static_work):
+def centres_only(images, grids, moments, static_work, compiled=False):
     """``pose.estimate`` without its search: the brain centres' shift (its tests are its own)."""
     return pose.turned_about(np.eye(3), moments[0][0], moments[1][0]), None
 
@@ -74,6 +75,28 @@ def test_a_cohort_loads_the_model_and_prepares_the_static_scan_once(tmp_path, sc
     assert [line.split()[0] for line in lines[:3]] == ["[1/3]", "[2/3]", "[3/3]"]
     assert all("s left)" in line for line in lines[:3])
     assert lines[-1].startswith("registered 3 moving scans to 1 static scan in")
+
+
+def test_a_cohort_of_compile_from_scans_compiles_the_pose_and_traces_the_network(
+        tmp_path, scans, counted, monkeypatch):
+    seen = {"pose": [], "network": []}
+
+    def posed(images, grids, moments, static_work, compiled=False):
+        seen["pose"].append(compiled)
+        return centres_only(images, grids, moments, static_work)
+
+    def forward(*args, traced=True):
+        seen["network"].append(traced)
+        return register(*args, traced=False)  # the graph's own speed is not tested here
+    register = registration.register
+    monkeypatch.setattr(pose, "estimate", posed)
+    monkeypatch.setattr(registration, "register", forward)
+    monkeypatch.setattr(cohort, "COMPILE_FROM", 3)
+    for moving in ("ab", "abc"):
+        assert main.main(["register", "--moving", *(scans[name] for name in moving),
+                          "--static", scans["static"], "--output", str(tmp_path / moving)]) == 0
+    assert seen["pose"] == [False, False, True, True, True]
+    assert seen["network"] == seen["pose"]
 
 
 def test_a_bad_scan_is_one_line_and_the_others_are_written(tmp_path, scans, counted, capsys):

@@ -36,12 +36,13 @@ def error_mm(world_map: np.ndarray, truth: np.ndarray, image: np.ndarray,
 
 
 def posed(moving: np.ndarray, moving_grid: transforms.Grid, static: np.ndarray,
-          static_grid: transforms.Grid) -> tuple[np.ndarray, str | None]:
+          static_grid: transforms.Grid, compiled: bool = False) -> tuple[np.ndarray, str | None]:
     """``pose.estimate`` on two scans in [0, 1], as ``register`` calls it."""
     images = [moving, static]
     grids = [moving_grid, static_grid]
     moments = [pose.brain_moments(image, grid) for image, grid in zip(images, grids)]
-    return pose.estimate(images, grids, moments, pretrained.working_grid(moments[1][0]))
+    return pose.estimate(images, grids, moments, pretrained.working_grid(moments[1][0]),
+                         compiled)
 
 
 @pytest.fixture(scope="module")
@@ -98,6 +99,16 @@ def test_a_turn_of_28_degrees_and_a_shift_of_18_mm_are_recovered_within_2_mm(tem
     flip = np.diag([-1.0, -1.0, 1.0, 1.0])
     assert note is None
     assert error_mm(world_map, flip @ moved @ flip, template, static_grid) < 2.0
+
+
+def test_the_pose_compiled_by_xla_is_the_graphs_within_a_hundredth_of_a_millimetre(template):
+    static_grid = transforms.Grid(template.shape, TEMPLATE)
+    moving_grid = transforms.Grid(template.shape, rigid([12.0, 0.0, -5.0], [6.0, 4.0, -3.0])
+                                  @ TEMPLATE)
+    graph, compiled = (posed(template, moving_grid, template, static_grid, compiled)[0]
+                       for compiled in (False, True))
+    assert error_mm(graph, np.eye(4), template, static_grid) > 5.0  # it had a pose to find
+    assert error_mm(compiled, graph, template, static_grid) < 0.01
 
 
 def test_a_pair_that_nothing_aligns_better_keeps_the_brain_centres_and_says_so():
