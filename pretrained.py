@@ -29,6 +29,7 @@ import registration
 import rundir
 import sampling
 import scores
+import shapes
 import transforms
 import tuning
 import volumes
@@ -254,7 +255,7 @@ def on_static_grid(field: np.ndarray, grids: list[transforms.Grid], moving: np.n
                    moving_seg: np.ndarray | None) -> dict:
     """The registration on the static scan's grid, from ``field`` on the working grids.
 
-    The static grid is computed in slabs along its first axis (:func:`slabs`), on a pool of
+    The static grid is computed in slabs along its first axis (``shapes.slabs``), on a pool of
     one thread per core: numpy's and scipy's loops let go of the interpreter, and each slab's
     arrays stay small.
 
@@ -296,18 +297,12 @@ def on_static_grid(field: np.ndarray, grids: list[transforms.Grid], moving: np.n
         linear(static_grid.matrix, deformation[:, rows], out=warp[:, rows])  # LPS mm
     workers = len(os.sched_getaffinity(0))
     with futures.ThreadPoolExecutor(workers) as pool:
-        list(pool.map(slab, slabs(shape[0], 4 * workers)))
+        list(pool.map(slab, shapes.slabs(shape[0], 4 * workers)))
     out = {"deformation": np.moveaxis(deformation, 0, -1), "moved": moved,
            "warp": np.moveaxis(warp, 0, -1)}
     if moving_seg is not None:
         out["moved_seg"] = moved_seg
     return out
-
-
-def slabs(size: int, count: int) -> list[slice]:
-    """At most ``count`` slices, of nearly one length, that cover ``range(size)`` in order."""
-    return [slice(part[0], part[-1] + 1) for part in np.array_split(np.arange(size), count)
-            if len(part)]
 
 
 def field_on(field: np.ndarray, to_work: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:

@@ -11,6 +11,7 @@ from concurrent import futures
 import numpy as np
 from scipy import ndimage
 
+import shapes
 import utils
 
 
@@ -82,9 +83,7 @@ def _map_coordinates(values: np.ndarray, points: np.ndarray, workers: int | None
     out = np.empty(points.shape[1:], np.float32)
     if not out.size:
         return out
-    workers = workers or len(os.sched_getaffinity(0))
-    blocks = [slice(part[0], part[-1] + 1) for part in
-              np.array_split(np.arange(len(out)), min(workers, len(out)))]
+    blocks = shapes.slabs(len(out), workers or len(os.sched_getaffinity(0)))
     with futures.ThreadPoolExecutor(len(blocks)) as pool:
         list(pool.map(lambda block: ndimage.map_coordinates(
             values, points[:, block], output=out[block], order=1, mode="nearest"), blocks))

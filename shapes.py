@@ -4,7 +4,8 @@ The network takes sizes divisible by ``models.DIVISOR``: the data sets, registra
 optimisation pad volumes with :func:`pad` to :func:`padded_shape` (centred, by
 :func:`padding_to_shape`) and :func:`crop` every output back; the loaders and the synthetic data
 round counts up with :func:`ceil_div`. Numpy functions of arrays, kept apart from ``utils.py``
-(the differentiable sampler, in TensorFlow), which the data sets need not load.
+(the differentiable sampler, in TensorFlow), which the data sets need not load. :func:`slabs`
+cuts an axis into pieces for a pool of threads.
 """
 import numpy as np
 
@@ -46,3 +47,10 @@ def crop(volume: np.ndarray, padding: list[tuple[int, int]]) -> np.ndarray:
     slices = tuple(slice(before, volume.shape[i] - after)
                    for i, (before, after) in enumerate(padding, start=volume.ndim - len(padding)))
     return volume[(Ellipsis,) + slices]
+
+
+def slabs(size: int, count: int) -> list[slice]:
+    """At most ``count`` slices, of nearly one length, that cover ``range(size)`` in order (the
+    pieces of an axis that a pool of threads shares)."""
+    return [slice(part[0], part[-1] + 1) for part in np.array_split(np.arange(size), count)
+            if len(part)]

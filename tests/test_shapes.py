@@ -19,3 +19,9 @@ def test_padding_makes_sizes_divisible_and_crop_undoes_it():
 def test_volumes_larger_than_the_target_shape_are_refused():
     with pytest.raises(volumes.DataError, match="do not fit the model's input shape"):
         shapes.padding_to_shape((20, 40), (32, 32))
+
+
+def test_slabs_cover_an_axis_in_order_in_nearly_equal_pieces():
+    pieces = shapes.slabs(10, 4)
+    assert pieces == [slice(0, 3), slice(3, 6), slice(6, 8), slice(8, 10)]
+    assert shapes.slabs(2, 4) == [slice(0, 1), slice(1, 2)]  # no empty piece
