@@ -162,9 +162,9 @@ def optimise_affine(moving: np.ndarray, static: np.ndarray, spacing: float,
     spacing : float
         Their voxel size in mm.
     compiled : bool
-        Take each step's loss and gradient by XLA (:data:`COMPILED`): about 1.5 s to compile
-        once per process and level, then steps about 3x faster (many moving scans of one static
-        scan, whose brain box fixes the shapes).
+        Take each step's loss and gradient by XLA (:data:`COMPILED`): seconds to compile once
+        per process and level, then faster steps (many moving scans of one static scan, whose
+        brain box fixes the shapes).
 
     Returns
     -------

@@ -217,7 +217,7 @@ def register_prepared(model: keras.Model, moving: np.ndarray, moving_grid: trans
     :func:`prepared_static`, fine-tuned by ``tuner`` (:func:`finetuner`) when given; the same
     outputs. ``compiled`` (for many moving scans in one process) compiles the pose stage's
     steps by XLA (``pose.optimise_affine``) and runs the network as a traced graph
-    (``registration.register``): seconds once, then each scan about 1.5 s faster on 2 cores."""
+    (``registration.register``): seconds once, then each scan faster."""
     check_scan(moving, moving_grid, "moving")
     moving_seg = registration.moving_label_map(moving_seg, moving.shape)
     images = [scaled(moving, "moving image"), static.image]
