@@ -265,6 +265,8 @@ def fit(model: keras.Model, loader: keras.utils.PyDataset, val_loader, epochs: i
     or a signal stopped training."""
     epoch, batch = (state["epoch"], state["batch"]) if state else (0, 0)
     stop, saver = callbacks[:2]
+    if not model.optimizer.built:  # else Keras builds it in the train step's first trace,
+        model.optimizer.build(model.trainable_variables)  # which it then traces again
     fit_epochs = functools.partial(model.fit, validation_data=val_loader, epochs=epochs,
                                    shuffle=False,  # the loaders shuffle by (seed, epoch)
                                    verbose=1 if sys.stdout.isatty() else 2)

@@ -1,10 +1,13 @@
-"""Training: the loaders of each kind of data (where training runs: test_distribution.py)."""
+"""Training: the loaders of each kind of data, and a run's tracing (where training runs:
+test_distribution.py)."""
 import nibabel as nib
 import numpy as np
 import pytest
 
 import datasets
 import filelists
+import main
+import objective
 import training
 
 OPTIONS = {"labels": None}  # of the loaders: no segmentation loss
@@ -66,3 +69,22 @@ def test_listed_pairs_are_drawn_once_per_epoch_in_an_order_shuffled_by_seed(tmp_
     assert sorted(first) == sorted(second) == rows  # every listed pair once an epoch
     assert first != second  # shuffled again
     assert epochs(seed=0) == [first, second] and epochs(seed=1) != [first, second]
+
+
+def test_a_new_run_traces_its_train_step_once(tmp_path, monkeypatch):
+    """The optimiser is built before ``fit``: built in the first trace of the train step, its
+    new variables would make TensorFlow trace the step a second time (seconds a run)."""
+    traces = []
+    compute_loss = objective.TrainingModel.compute_loss
+
+    def counted(self, *args, training=True, **kwargs):
+        traces.append(training)  # Python runs only while TensorFlow traces the step
+        return compute_loss(self, *args, training=training, **kwargs)
+
+    monkeypatch.setattr(objective.TrainingModel, "compute_loss", counted)
+    data = str(tmp_path / "set.npy")
+    np.save(data, np.random.default_rng(0).random((4, 16, 16)).astype(np.float32))
+    assert main.main(["--data", data, "--ndim", "2", "--model", "vm1", "--pairs", "scan_to_scan",
+                      "--epochs", "1", "--steps_per_epoch", "2",
+                      "--output", str(tmp_path / "run")]) == 0
+    assert traces.count(True) == 1
