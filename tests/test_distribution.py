@@ -46,6 +46,8 @@ for gpus in (1, 2):
     # (0.1 * gradient) is not, so compare both.
     moments = [v.numpy() for v in model.optimizer.variables if "momentum" in v.path]
     results.append((strategy.num_replicas_in_sync, model.get_weights(), moments))
+    if gpus == 1:
+        continue  # the model trained on two replicas registers a pair, as any model does
     if hyper:
         import hyper as hypermorph
         model = hypermorph.at_lambda(model, 0.5)

@@ -48,14 +48,14 @@ import sys, numpy as np, keras, models
 path, out = sys.argv[1], sys.argv[2]
 if sys.argv[3] == "build":  # a 3D VM-2 with weights away from the near-zero initial field
     keras.utils.set_random_seed(0)
-    model = models.build_model((32, 32, 32), "vm2")
+    model = models.build_model((16, 16, 16), "vm2")
     rng = np.random.default_rng(1)
     for weight in model.weights:
         weight.assign(weight.numpy() + rng.normal(0, 0.05, weight.shape))
     model.save(path)
 model = keras.models.load_model(path)
 rng = np.random.default_rng(2)
-pair = {key: rng.random((1, 32, 32, 32, 1), np.float32) for key in ("moving", "static")}
+pair = {key: rng.random((1, 16, 16, 16, 1), np.float32) for key in ("moving", "static")}
 np.save(out, model.predict_on_batch(pair)["deformation"])
 """
 
