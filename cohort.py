@@ -241,16 +241,18 @@ def registrar(model, shipped: bool, finetune_steps: int = 0, finetune_lr: float 
     what ``transforms.save_registered`` writes.
 
     The shipped model (``shipped``) prepares the static side by ``pretrained.prepared_static``
-    and registers by ``pretrained.register_prepared``, ``compiled`` (worth its seconds from
-    ``COMPILE_FROM`` scans on) or not; a trained model builds its network (and fine-tuner) for
-    the static shape once and registers by ``registration.register_scans``.
+    and registers by ``pretrained.register_prepared`` with its network built once (one traced
+    graph for every scan), ``compiled`` (worth its seconds from ``COMPILE_FROM`` scans on) or
+    not; a trained model builds its network (and fine-tuner) for the static shape once and
+    registers by ``registration.register_scans``.
     """
     if shipped:
         tuner = pretrained.finetuner(model, finetune_steps, finetune_lr, tune_loss)
+        network = registration.network_for(model, pretrained.SHAPE)  # once: one traced graph
 
         def register_shipped(moving, moving_grid, static, moving_seg):
-            return pretrained.register_prepared(model, moving, moving_grid, static, moving_seg,
-                                                tuner, refiner, inverse, compiled)
+            return pretrained.register_prepared(network, moving, moving_grid, static,
+                                                moving_seg, tuner, refiner, inverse, compiled)
         return pretrained.prepared_static, register_shipped
 
     def prepare(static, static_grid):

@@ -79,15 +79,16 @@ def test_a_cohort_loads_the_model_and_prepares_the_static_scan_once(tmp_path, sc
 
 def test_a_cohort_of_compile_from_scans_compiles_the_pose_and_traces_the_network(
         tmp_path, scans, counted, monkeypatch):
-    seen = {"pose": [], "network": []}
+    seen = {"pose": [], "network": [], "networks": []}
 
     def posed(images, grids, moments, static_work, compiled=False):
         seen["pose"].append(compiled)
         return centres_only(images, grids, moments, static_work)
 
-    def forward(*args, traced=True):
+    def forward(network, *args, traced=True):
         seen["network"].append(traced)
-        return register(*args, traced=False)  # the graph's own speed is not tested here
+        seen["networks"].append(network)  # one object: one traced graph for every scan
+        return register(network, *args, traced=False)  # the graph's speed is not tested here
     register = registration.register
     monkeypatch.setattr(pose, "estimate", posed)
     monkeypatch.setattr(registration, "register", forward)
@@ -97,6 +98,7 @@ def test_a_cohort_of_compile_from_scans_compiles_the_pose_and_traces_the_network
                           "--static", scans["static"], "--output", str(tmp_path / moving)]) == 0
     assert seen["pose"] == [False, False, True, True, True]
     assert seen["network"] == seen["pose"]
+    assert len({id(network) for network in seen["networks"][2:]}) == 1
 
 
 def test_a_bad_scan_is_one_line_and_the_others_are_written(tmp_path, scans, counted, capsys):
