@@ -246,8 +246,9 @@ def loss_and_gradient(params: tf.Tensor, moving: tf.Tensor, static_bins: tf.Tens
 SIGNATURE = [tf.TensorSpec([12]), tf.TensorSpec([1, None, None, None, 1]),
              tf.TensorSpec([1, None, None]), tf.TensorSpec([1, None, 3]), tf.TensorSpec([3]),
              tf.TensorSpec([])]
-GRAPH = tf.function(loss_and_gradient, input_signature=SIGNATURE)  # one trace, every level
-COMPILED = tf.function(loss_and_gradient, input_signature=SIGNATURE, jit_compile=True)
+GRAPH = tf.function(loss_and_gradient, input_signature=SIGNATURE, autograph=False)  # one trace, every level
+COMPILED = tf.function(loss_and_gradient, input_signature=SIGNATURE, jit_compile=True,
+                       autograph=False)
 
 
 def estimate(images: list[np.ndarray], grids: list[transforms.Grid],

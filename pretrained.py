@@ -278,6 +278,7 @@ def on_static_grid(field: np.ndarray, grids: list[transforms.Grid], moving: np.n
     to_static = np.linalg.inv(static_grid.matrix) @ grids[0].matrix
     shift = to_static @ to_work - np.diag([1.0, 1.0, 1.0, 0.0])  # minus the voxel itself
     to_moving = np.linalg.inv(moving_grid.matrix) @ static_grid.matrix
+    moving = moving.astype(np.float32, copy=False)  # once, not once a slab
     deformation, warp = (np.empty((3, *shape), np.float32) for _ in range(2))
     moved = np.empty(shape, np.float32)
     moved_seg = None if moving_seg is None else np.empty(shape, moving_seg.dtype)

@@ -14,8 +14,15 @@ user's own ``import models``. A value the user has set wins (``setdefault``).
   off. It has no effect on a GPU's kernels, nor where TensorFlow was built without oneDNN.
 - ``TF_CPP_MIN_LOG_LEVEL=2``: TensorFlow's C++ info and warning lines (oneDNN, CUDA not found)
   are hidden; its errors still show.
+- ``NUMPY_MADVISE_HUGEPAGE=0`` (numpy's, read when numpy loads: ``main.py`` imports this module
+  before numpy): numpy asks the kernel for no transparent huge pages. A fresh process that
+  fills large new arrays once, as ``main.py register`` does for a 256^3 scan's warp and moved
+  image, waits on the kernel to assemble each 2 MB page; without them the composition onto a
+  256^3 grid takes about 2.3 s instead of 3.3 s (``benchmarks/cohort.py``). TensorFlow's own
+  tensors are not numpy's and are not affected.
 """
 import os
 
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("NUMPY_MADVISE_HUGEPAGE", "0")

@@ -128,7 +128,7 @@ def warp(moving: tf.Tensor, deformation: tf.Tensor, interpolation: str = "linear
     return interpolate(moving, grid + deformation, interpolation)
 
 
-@tf.function  # compiled once per shape: it runs eagerly when synthetic data are made
+@tf.function(autograph=False)  # compiled once per shape: it runs eagerly when synthetic data are made
 def resize(image: tf.Tensor, shape: tuple[int, ...]) -> tf.Tensor:
     """N-linear resize with aligned corners (the first and last voxels map onto each other).
 
@@ -151,7 +151,7 @@ def resize(image: tf.Tensor, shape: tuple[int, ...]) -> tf.Tensor:
     return interpolate(image, coords)
 
 
-@tf.function  # compiled once per shape: seven warps run as one graph
+@tf.function(autograph=False)  # compiled once per shape: seven warps run as one graph
 def integrate_velocity(velocity: tf.Tensor, steps: int = 7) -> tf.Tensor:
     """Displacement of the diffeomorphism exp(v), by scaling and squaring.
 

@@ -43,6 +43,24 @@ def test_onednn_is_on_unless_the_user_turned_it_off(setting, expected):
     assert result.stdout.split()[-2:] == expected.split(), result.stderr[-2000:]
 
 
+HUGEPAGE = "import runtime, numpy as np; print(np._core.multiarray._set_madvise_hugepage(True))"
+
+
+@pytest.mark.parametrize("setting, expected", [(None, "False"), ("1", "True")])
+def test_numpy_asks_for_no_huge_pages_unless_the_user_said_so(setting, expected):
+    env = {key: value for key, value in os.environ.items() if key != "NUMPY_MADVISE_HUGEPAGE"}
+    if setting is not None:
+        env["NUMPY_MADVISE_HUGEPAGE"] = setting
+    result = subprocess.run([sys.executable, "-c", HUGEPAGE], cwd=ROOT, env=env, text=True,
+                            capture_output=True, timeout=60)
+    assert result.stdout.split() == [expected], result.stderr[-2000:]
+
+
+def test_main_imports_runtime_before_numpy():
+    names = first_imports(os.path.join(ROOT, "main.py"))
+    assert names.index("runtime") < names.index("numpy")
+
+
 PREDICT = """
 import sys, numpy as np, keras, models
 path, out = sys.argv[1], sys.argv[2]
