@@ -33,14 +33,21 @@ def test_runtime_is_imported_before_tensorflow(path):
         assert "runtime" in names[:framework[0]], f"{path} imports TensorFlow before runtime"
 
 
+def probed(code: str, variable: str, setting: str | None) -> tuple[list[str], str]:
+    """The words ``code`` prints in a fresh interpreter with the environment ``variable`` unset
+    (``setting`` None) or set to ``setting``, and the end of its stderr."""
+    env = {key: value for key, value in os.environ.items() if key != variable}
+    if setting is not None:
+        env[variable] = setting
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, text=True,
+                            capture_output=True, timeout=120)
+    return result.stdout.split(), result.stderr[-2000:]
+
+
 @pytest.mark.parametrize("setting, expected", [(None, "1 True"), ("0", "0 False")])
 def test_onednn_is_on_unless_the_user_turned_it_off(setting, expected):
-    env = {key: value for key, value in os.environ.items() if key != "TF_ENABLE_ONEDNN_OPTS"}
-    if setting is not None:
-        env["TF_ENABLE_ONEDNN_OPTS"] = setting
-    result = subprocess.run([sys.executable, "-c", PROBE], cwd=ROOT, env=env, text=True,
-                            capture_output=True, timeout=120)
-    assert result.stdout.split()[-2:] == expected.split(), result.stderr[-2000:]
+    words, stderr = probed(PROBE, "TF_ENABLE_ONEDNN_OPTS", setting)
+    assert words[-2:] == expected.split(), stderr
 
 
 HUGEPAGE = "import runtime, numpy as np; print(np._core.multiarray._set_madvise_hugepage(True))"
@@ -48,12 +55,8 @@ HUGEPAGE = "import runtime, numpy as np; print(np._core.multiarray._set_madvise_
 
 @pytest.mark.parametrize("setting, expected", [(None, "False"), ("1", "True")])
 def test_numpy_asks_for_no_huge_pages_unless_the_user_said_so(setting, expected):
-    env = {key: value for key, value in os.environ.items() if key != "NUMPY_MADVISE_HUGEPAGE"}
-    if setting is not None:
-        env["NUMPY_MADVISE_HUGEPAGE"] = setting
-    result = subprocess.run([sys.executable, "-c", HUGEPAGE], cwd=ROOT, env=env, text=True,
-                            capture_output=True, timeout=60)
-    assert result.stdout.split() == [expected], result.stderr[-2000:]
+    words, stderr = probed(HUGEPAGE, "NUMPY_MADVISE_HUGEPAGE", setting)
+    assert words == [expected], stderr
 
 
 def test_main_imports_runtime_before_numpy():
