@@ -217,8 +217,10 @@ def build_parser() -> argparse.ArgumentParser:
                              "(needs label maps for the training data)")
     parser.add_argument("--transform", choices=models.TRANSFORMS, default="deformable",
                         help="what the network predicts: VoxelMorph's dense displacement; an "
-                             "affine or rigid map (for scans that are not aligned); or joint: "
-                             "an affine stage, then VoxelMorph on its moved image, end to end")
+                             "affine or rigid map (for scans that are not aligned); joint: "
+                             "an affine stage, then VoxelMorph on its moved image, end to end; "
+                             "or cascade: VoxelMorph applied twice, the second time to its own "
+                             "moved image, the maps composed")
     parser.add_argument("--synth", choices=("data", "shapes"), default=None,
                         help="train from label maps alone (SynthMorph): every step synthesises "
                              "two images of random contrasts from two label maps of --data "
@@ -231,7 +233,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--init_from", nargs="+", default=None, metavar="MODEL",
                         help="start from trained weights: a model of the same --transform, or "
                              "for joint an affine/rigid model (its affine stage) and/or a "
-                             "deformable one (its deformable stage)")
+                             "deformable one (its deformable stage), for cascade a deformable "
+                             "one (the network of both passes)")
     _add_data_flags(parser, "the embedded MNI152 data")
     parser.add_argument("--ndim", type=int, choices=(2, 3), default=None,
                         help="dimension of the images: the default data as 3D volumes "

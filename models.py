@@ -20,7 +20,8 @@ its skip; the rest run at full resolution. It computes more at full and half res
 Beyond the papers, for scans that are not affinely aligned: :func:`affine_network` (affine or
 rigid: points found in both images by one feature network, matched by least squares) and
 :func:`joint_network` (the affine stage, then VoxelMorph on its moved image, composed into one
-displacement).
+displacement); :func:`cascade_network` (one VoxelMorph network applied twice, the second time
+to its own moved image, its two maps composed: a recursive cascade, Zhao et al., ICCV 2019).
 
 The same code builds 2D and 3D networks: layers are chosen by ``ndim = len(input_shape)``; the
 project's own layers are in ``layers.py``.
@@ -43,7 +44,8 @@ ENCODER = (16, 32, 32, 32)
 DECODER_VM1 = (32, 32, 32, 32, 8, 8)
 DECODER_VM2 = (32, 32, 32, 32, 32, 16, 16)
 KEYPOINTS = 32  # feature maps of the affine network, whose centroids are matched
-TRANSFORMS = ("deformable", "affine", "rigid", "joint")
+TRANSFORMS = ("deformable", "affine", "rigid", "joint", "cascade")
+CASCADE_PASSES = 2  # passes of a cascade network
 UNETS = ("paper", "official")  # U-Net layouts: CVPR 2018 Fig. 3, or the official code's
 DIVISOR = 2 ** len(ENCODER)  # spatial sizes must divide by this (four stride-2 levels)
 F32 = "float32"  # the field's layers, even under a mixed-precision policy
@@ -322,6 +324,50 @@ def joint_network(affine: keras.Model, deformable: keras.Model, name: str = "joi
     return keras.Model(inputs, outputs, name=name)
 
 
+def cascade_network(deformable: keras.Model, passes: int = CASCADE_PASSES,
+                    name: str = "cascade") -> keras.Model:
+    """One deformable network applied ``passes`` times, each pass to the moving image warped by
+    the maps of the passes before, their maps composed (a recursive cascade with shared
+    weights, Zhao et al., ICCV 2019). The moving image is resampled once, with the composed map.
+
+    Parameters
+    ----------
+    deformable : keras.Model
+        A :func:`voxelmorph` network without ``bidir``.
+    passes : int
+        Number of passes, at least 2.
+    name : str
+        Model name.
+
+    Returns
+    -------
+    keras.Model
+        Inputs ``{"moving", "static"}``. Outputs ``"deformation"``, the composed displacement
+        ``u(x) = u_k(x) + u_(k-1)(x + u_k(x))``, ... of the passes' displacements, in voxels;
+        ``"moved"``, the moving image warped with it; ``"fields"``, the passes' velocities (or
+        displacements without integration) stacked on the channel axis, ``(B, *spatial,
+        ndim * passes)``, whose smoothness is trained.
+    """
+    if passes < 2 or "moved_static" in deformable.output:
+        raise ValueError("a cascade takes at least 2 passes of a network without bidir")
+    shape = input_shape(deformable)
+    inputs = {"moving": keras.Input((*shape, 1), name="moving"),
+              "static": keras.Input((*shape, 1), name="static")}
+    moved, deformation, fields = inputs["moving"], None, []
+    for number in range(passes):
+        step = deformable({"moving": moved, "static": inputs["static"]})
+        fields.append(step.get("velocity", step["deformation"]))
+        deformation = step["deformation"] if deformation is None else keras.layers.Add(
+            name=f"composed_{number}", dtype=F32)([step["deformation"], layers.SpatialTransformer(
+                name=f"carried_{number}", dtype=F32)([deformation, step["deformation"]])])
+        moved = layers.SpatialTransformer(name=f"moved_{number}" if number + 1 < passes
+                                          else "moved", dtype=F32)([inputs["moving"],
+                                                                    deformation])
+    stacked = keras.layers.Concatenate(name="fields", dtype=F32)(fields)
+    return keras.Model(inputs, {"moved": moved, "deformation": deformation, "fields": stacked},
+                       name=name)
+
+
 def build_model(input_shape: tuple[int, ...], model: str = "vm2", loss: str = "ncc",
                 lamda: float | None = None, lr: float = 1e-3, ncc_window: int = 9,
                 int_steps: int = 0, int_downsize: int = 1, bidir: bool = False,
@@ -357,11 +403,13 @@ def build_model(input_shape: tuple[int, ...], model: str = "vm2", loss: str = "n
         inputs of the model (``objective.with_label_maps``); needs ``num_labels``.
     num_labels : int
         Number of labels of the one-hot maps (with ``seg_weight``).
-    transform : {"deformable", "affine", "rigid", "joint"}
+    transform : {"deformable", "affine", "rigid", "joint", "cascade"}
         The VoxelMorph network; an :func:`affine_network` (trained on the similarity alone: an
         affine field needs no smoothness term); or both, :func:`joint_network`, trained end to
         end on the similarity of its affine stage's moved image, that of the final moved image
-        and the smoothness of the deformable stage's field (not of the affine part).
+        and the smoothness of the deformable stage's field (not of the affine part); or
+        :func:`cascade_network`, trained on the similarity of its final moved image and the
+        smoothness of every pass's field.
     unet : {"paper", "official"}
         The deformable network's U-Net layout (see :func:`voxelmorph`).
     synth : bool
@@ -381,8 +429,10 @@ def build_model(input_shape: tuple[int, ...], model: str = "vm2", loss: str = "n
     """
     if (seg_weight or synth) and not num_labels:
         raise ValueError("seg_weight and synth need num_labels > 0")
-    if transform != "deformable" and (bidir or seg_weight):
-        raise ValueError(f"the {transform} transform takes neither bidir nor seg_weight")
+    if transform != "deformable" and bidir:
+        raise ValueError(f"the {transform} transform does not take bidir")
+    if transform not in ("deformable", "cascade") and seg_weight:
+        raise ValueError(f"the {transform} transform does not take seg_weight")
     if transform in ("affine", "rigid") and int_steps:
         raise ValueError(f"the {transform} transform is not integrated: int_steps must be 0")
     if hyper and (transform != "deformable" or lamda is not None):
@@ -395,6 +445,8 @@ def build_model(input_shape: tuple[int, ...], model: str = "vm2", loss: str = "n
             hyper=hyper)
     if transform == "joint":
         network = joint_network(affine_network(input_shape), network)
+    if transform == "cascade":
+        network = cascade_network(network)
     inputs, outputs = (objective.with_label_maps(network, num_labels) if seg_weight or synth
                        else (network.input, network.output))
     terms = objective.loss_terms(loss, lamda, ncc_window, bidir, seg_weight, transform,
@@ -427,16 +479,18 @@ def input_shape(model: keras.Model) -> tuple[int, ...]:
 
 
 def stages(network: keras.Model) -> list[keras.Model]:
-    """The affine and deformable stages of a :func:`joint_network` (none for other networks):
-    the registration networks it holds (inputs ``moving`` and ``static``)."""
+    """The affine and deformable stages of a :func:`joint_network`, or the one network of a
+    :func:`cascade_network` (none for other networks): the registration networks it holds
+    (inputs ``moving`` and ``static``)."""
     return [layer for layer in network.layers
             if isinstance(layer, keras.Model) and isinstance(layer.input, dict)]
 
 
 def transform(network: keras.Model) -> str:
     """The transform a registration network predicts: one of ``TRANSFORMS``."""
-    if stages(network):
-        return "joint"
+    held = stages(network)
+    if held:
+        return "joint" if len(held) > 1 else "cascade"
     fit = [layer for layer in network.layers if isinstance(layer, layers.FitAffine)]
     return ("rigid" if fit[0].rigid else "affine") if fit else "deformable"
 

@@ -146,7 +146,10 @@ def hyper_terms(terms: list[Term], loss: str = "ncc") -> list[Term]:
 
 def smoothed_field(transform: str, int_steps: int) -> str:
     """The output whose smoothness is trained: the velocity when integrating, else the
-    displacement (for a joint model, that of its deformable stage, ``residual``)."""
+    displacement (for a joint model, that of its deformable stage, ``residual``; for a cascade,
+    the ``fields`` of all its passes)."""
+    if transform == "cascade":
+        return "fields"
     if int_steps:
         return "velocity"
     return "residual" if transform == "joint" else "deformation"
@@ -176,7 +179,7 @@ def loss_terms(loss: str = "ncc", lamda: float | None = None, ncc_window: int = 
                            SYNTH_LAMBDA if lamda is None else lamda, (field,))]
     similarity = image_similarity(loss, ncc_window)
     terms = [Term("moved", similarity, 0.5 if bidir else 1.0, ("static", "moved"))]
-    if transform in ("deformable", "joint"):
+    if transform in ("deformable", "joint", "cascade"):
         field = smoothed_field(transform, int_steps)
         terms.append(Term(field, metrics.gradient_loss(),
                           DEFAULT_LAMBDA[loss] if lamda is None else lamda, (field,)))

@@ -36,6 +36,10 @@ def rebuild(network: keras.Model, shape: tuple[int, ...], lamda: float | None = 
     if kind == "joint":
         return models.joint_network(*(rebuild(stage, shape) for stage in models.stages(network)),
                                     name=network.name)
+    if kind == "cascade":
+        return models.cascade_network(rebuild(models.stages(network)[0], shape),
+                                      network.output["fields"].shape[-1] // len(shape),
+                                      network.name)
     if kind != "deformable":
         rebuilt = models.affine_network(shape, kind == "rigid", network.name)
     else:

@@ -162,8 +162,9 @@ def check_transform(args) -> None:
     """Refuse flags that ``--transform`` or ``--hyper`` does not take, in one line."""
     refused = []
     if args.transform != "deformable":
-        refused += [flag for flag, value in (("--bidir", args.bidir),
-                                             ("--seg_weight", args.seg_weight)) if value]
+        refused += ["--bidir"] * bool(args.bidir)
+    if args.transform not in ("deformable", "cascade"):
+        refused += ["--seg_weight"] * bool(args.seg_weight)
     if args.transform in ("affine", "rigid"):
         refused += ["--int_steps"] * bool(args.int_steps)
         refused += [f"--unet {args.unet}"] * (args.unet != "paper")
@@ -425,8 +426,8 @@ def locked_train(args, lock: contextlib.ExitStack) -> dict:
         loader, val_loader = (hyper.HyperLoader(loader, args.seed),
                               hyper.HyperLoader(val_loader, args.seed, redraw=False))
     run_dir = claim_run_folder(output, args, chief, lock, state)
-    kind = {"deformable": args.model, "joint": f"joint ({args.model})"}.get(args.transform,
-                                                                          args.transform)
+    kind = {"deformable": args.model, "joint": f"joint ({args.model})",
+            "cascade": f"cascade ({args.model})"}.get(args.transform, args.transform)
     print(f"{kind} on {strategy.num_replicas_in_sync} {device}(s), {mode} pairs of shape "
           f"{shape}, {len(val_pairs)} validation pairs, output in {output}"
           + (f", resumed {rundir.position(state)}" if state else ""))

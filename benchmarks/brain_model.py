@@ -50,6 +50,8 @@ NOT_BRAIN = 24  # CSF: extra-cerebral in the SynthSeg maps
 UNLABELLED = (24, 31, 63)  # Dice labels the SynthSeg maps do not hold
 ROTATION, SHIFT_MM = 15.0, 15.0  # the unaligned pairs' random rigid maps, per axis
 SEED = 2026  # of those maps
+VALIDATION = 5  # sub-07's index in fstrain9_128.npz: it validates, never trains nor tests
+VALIDATION_SEED = 3030  # of the validation pairs' rigid maps; + 1: of their contrasts
 CONTRAST_SEED = 2027  # of the benchmark's realistic contrasts (contrasts.realistic)
 VARIANTS = 4  # realistic contrasts of each training subject in mixed_train.npz
 ORIGINALS = 2  # copies of each T1 image there beside them
@@ -146,7 +148,8 @@ def export(args) -> None:
         built = models.build_model(models.input_shape(model), flags["model"], flags["loss"],
                                    flags["lamda"], ncc_window=flags["ncc_window"],
                                    int_steps=args.int_steps, bidir=flags["bidir"],
-                                   unet=flags["unet"])
+                                   unet=flags["unet"],
+                                   transform=flags.get("transform", "deformable"))
         bare = built.__class__.from_config(built.get_config())  # no optimiser
         models.initialise(bare, model)
         source += f", integrated in {args.int_steps} steps"
@@ -164,12 +167,13 @@ def export(args) -> None:
           f"from {source}")
 
 
-def cases(full, pairs, grids, seed: int, keep=None) -> dict:
+def cases(full, pairs, grids, seed: int, keep=None, contrast_seed: int = CONTRAST_SEED
+          ) -> dict:
     """The scans of every condition, by name (``"unaligned, T2-like -> T1"``): per pair
     ``(moving image, moving seg, moving grid, static image)``. The moving scan aligned or
     unaligned; T1 -> T1, each contrast of ``contrasts.REMAPS`` -> T1, and T1 -> each contrast.
     A contrast is :func:`contrasts.realistic` (per-structure intensities, bias field, noise),
-    drawn from ``CONTRAST_SEED``, the condition and the pair. ``keep``: only the conditions
+    drawn from ``contrast_seed``, the condition and the pair. ``keep``: only the conditions
     whose name holds one of these strings."""
     grid, _, other = grids
     unaligned = affine_brains.misaligned(full, pairs, grid, other, seed, rotation=ROTATION,
@@ -187,7 +191,7 @@ def cases(full, pairs, grids, seed: int, keep=None) -> dict:
                 continue
             rows = []
             for index, ((image, seg, image_grid), (_, s)) in enumerate(zip(moving, pairs)):
-                rng = np.random.default_rng([CONTRAST_SEED, number, index])
+                rng = np.random.default_rng([contrast_seed, number, index])
                 if moving_contrast != "T1":
                     image = contrasts.realistic(image, seg, moving_contrast, rng)
                 static = vols[s] if static_contrast == "T1" else contrasts.realistic(
@@ -197,14 +201,15 @@ def cases(full, pairs, grids, seed: int, keep=None) -> dict:
     return out
 
 
-def shipped(full, pairs, moving, grid, refine_steps: int = 0) -> dict:
-    """The shipped model on every pair of one condition: one forward pass each (after the pose
-    stage), or with ``refine_steps`` of refinement by ``register``'s default similarity; the
-    seconds are the whole registration's (pose stage, forward pass, refinement, outputs)."""
+def shipped(full, pairs, moving, grid, refine_steps: int = 0, model=None) -> dict:
+    """The shipped model (or ``model``, one like it) on every pair of one condition: one
+    forward pass each (after the pose stage), or with ``refine_steps`` of refinement by
+    ``register``'s default similarity; the seconds are the whole registration's (pose stage,
+    forward pass, refinement, outputs)."""
     import runtime  # noqa: F401  (before TensorFlow: oneDNN on)
     import pretrained
 
-    model = pretrained.load()
+    model = model or pretrained.load()
     refiner = pretrained.refiner(model, refine_steps) if refine_steps else None
     results = []
     for (m, s), (image, seg, moving_grid, static) in zip(pairs, moving):
@@ -291,6 +296,36 @@ def score(args) -> None:
               f"{stats['hd95_mm_mean']['mean']:.2f} | {stats['sdlogj']['mean']:.3f} | "
               f"{100 * stats['folding_fraction']['mean']:.4f} ({100 * folding:.4f}) | "
               f"{stats['seconds']['mean']:.1f} |")
+
+
+def validation_set(path: str):
+    """sub-07 (first) and the 5 training subjects at 128^3, as ``brains.full_resolution_test_set``
+    gives the test subjects: the validation pairs of :func:`validate`."""
+    keep = [VALIDATION, *range(VALIDATION)]
+    with np.load(path) as stored:
+        return (stored["vols"][keep].astype(np.float32) / 255.0, stored["segs"][keep],
+                [int(x) for x in stored["labels"]], float(stored["spacing_mm"]))
+
+
+def validate(args) -> None:
+    """``validate``: each model (a run's checkpoints, or shipped files) registers sub-07 to and
+    from each training subject (10 pairs), unaligned, as ``score`` registers the test pairs but
+    with seeds of its own; the mean Dice at 128^3 of each condition, to choose a checkpoint on
+    what the test pairs measure without them."""
+    import rundir
+
+    full = validation_set(args.data)
+    pairs = ([(0, k) for k in range(1, VALIDATION + 1)]
+             + [(k, 0) for k in range(1, VALIDATION + 1)])[:args.max_pairs]
+    grids = affine_brains.grids(args.data)
+    moving = cases(full, pairs, grids, VALIDATION_SEED, args.conditions,
+                   VALIDATION_SEED + 1)
+    print("| model | " + " | ".join(moving) + " |\n|---|" + "---|" * len(moving))
+    for path in args.models:
+        model = rundir.load_model(path)
+        dice = [np.mean([np.nanmean(row["dice"]) for row in shipped(
+            full, pairs, scans, grids[0], model=model)["per_pair"]]) for scans in moving.values()]
+        print(f"| {path} | " + " | ".join(f"{value:.3f}" for value in dice) + " |", flush=True)
 
 
 def speed(args) -> None:
@@ -406,11 +441,17 @@ def main() -> None:
     timed.add_argument("--output", default=os.path.join(ROOT, "runs", "brain_model"))
     timed.add_argument("--repeats", type=int, default=3)
     posed = steps.add_parser("poses", help="how far register's stages bring unaligned scans")
-    for step in (data, scored, timed, posed):
+    checked = steps.add_parser("validate", help="Dice of models on sub-07's pairs at 128^3")
+    checked.add_argument("--models", nargs="+", required=True, help="model files to compare")
+    checked.add_argument("--conditions", nargs="+", default=["unaligned, T1 -> T1",
+                                                             "unaligned, FLAIR-like -> T1"],
+                         help="conditions as score names them")
+    checked.add_argument("--max_pairs", type=int, default=None)
+    for step in (data, scored, timed, posed, checked):
         step.add_argument("--data", default=brains.DATA, help="the fstrain9_128.npz file")
     args = parser.parse_args()
     {"data": write_data, "export": export, "score": score, "speed": speed,
-     "poses": poses}[args.step](args)
+     "poses": poses, "validate": validate}[args.step](args)
 
 
 if __name__ == "__main__":

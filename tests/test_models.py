@@ -159,7 +159,8 @@ def test_importing_models_is_enough_to_load_a_trained_model(tmp_path):
 
 OPTIONS = [{"int_steps": 5}, {"int_steps": 5, "int_downsize": 2}, {"bidir": True},
            {"int_steps": 5, "bidir": True}, {"seg_weight": 0.5, "num_labels": 2},
-           {"unet": "official"}]
+           {"unet": "official"},
+           {"transform": "cascade", "int_steps": 3, "seg_weight": 0.5, "num_labels": 2}]
 
 
 @pytest.mark.parametrize("options", OPTIONS, ids=lambda o: "-".join(map(str, o.items())))
@@ -191,6 +192,29 @@ def test_a_model_saved_with_each_option_loads_and_registers_the_same(tmp_path, o
     assert np.abs(before["deformation"]).max() > 1e-3
     np.testing.assert_allclose(after["deformation"], before["deformation"], atol=1e-5)
     assert loaded.get_config()["terms"] == model.get_config()["terms"]
+
+
+def test_a_cascade_runs_its_network_again_on_its_moved_image_and_composes_the_maps():
+    cascade = models.build_model((32, 32), "vm1", transform="cascade", int_steps=3)
+    rng = np.random.default_rng(2)
+    cascade.set_weights([w + rng.normal(0, 0.03, w.shape) for w in cascade.get_weights()])
+    network, = models.stages(cascade)
+    moving, static = (rng.random((1, 32, 32, 1), np.float32) for _ in range(2))
+    outputs = cascade.predict_on_batch({"moving": moving, "static": static})
+    first = network.predict_on_batch({"moving": moving, "static": static})["deformation"]
+    again = network.predict_on_batch({"moving": utils.warp(moving, first), "static": static})
+    second = again["deformation"]
+    assert np.abs(second).max() > 0.05  # the second pass moves the image further
+    np.testing.assert_allclose(outputs["deformation"], second + utils.warp(first, second),
+                               atol=1e-4)
+    np.testing.assert_allclose(outputs["moved"], utils.warp(moving, outputs["deformation"]),
+                               atol=1e-5)
+    assert models.transform(cascade) == "cascade"
+    models.initialise(cascade, models.build_model((32, 32), "vm1", int_steps=3))  # --init_from
+    assert np.abs(network.predict_on_batch({"moving": moving, "static": static})[
+        "deformation"]).max() < 0.01  # the fresh network's near-zero field, now both passes'
+    assert models.transform(rebuilding.rebuild(models.registration_model(cascade),
+                                               (48, 32))) == "cascade"
 
 
 def test_integrated_outputs_are_the_velocity_and_its_diffeomorphic_displacement():
