@@ -201,16 +201,18 @@ def cases(full, pairs, grids, seed: int, keep=None, contrast_seed: int = CONTRAS
     return out
 
 
-def shipped(full, pairs, moving, grid, refine_steps: int = 0, model=None) -> dict:
+def shipped(full, pairs, moving, grid, refine_steps: int = 0, model=None,
+            similarity: str | None = None) -> dict:
     """The shipped model (or ``model``, one like it) on every pair of one condition: one
     forward pass each (after the pose stage), or with ``refine_steps`` of refinement by
-    ``register``'s default similarity; the seconds are the whole registration's (pose stage,
-    forward pass, refinement, outputs)."""
+    ``similarity`` (``register``'s default when None); the seconds are the whole
+    registration's (pose stage, forward pass, refinement, outputs)."""
     import runtime  # noqa: F401  (before TensorFlow: oneDNN on)
     import pretrained
 
     model = model or pretrained.load()
-    refiner = pretrained.refiner(model, refine_steps) if refine_steps else None
+    refiner = pretrained.refiner(model, refine_steps, similarity=similarity or
+                                 pretrained.TUNE_LOSS) if refine_steps else None
     results = []
     for (m, s), (image, seg, moving_grid, static) in zip(pairs, moving):
         start = time.perf_counter()
@@ -311,7 +313,8 @@ def validate(args) -> None:
     """``validate``: each model (a run's checkpoints, or shipped files) registers sub-07 to and
     from each training subject (10 pairs), unaligned, as ``score`` registers the test pairs but
     with seeds of its own; the mean Dice at 128^3 of each condition, to choose a checkpoint on
-    what the test pairs measure without them."""
+    what the test pairs measure without them; with ``--refine_steps``, refined by
+    ``--tune_loss``."""
     import rundir
 
     full = validation_set(args.data)
@@ -324,7 +327,8 @@ def validate(args) -> None:
     for path in args.models:
         model = rundir.load_model(path)
         dice = [np.mean([np.nanmean(row["dice"]) for row in shipped(
-            full, pairs, scans, grids[0], model=model)["per_pair"]]) for scans in moving.values()]
+            full, pairs, scans, grids[0], args.refine_steps, model, args.tune_loss)["per_pair"]])
+            for scans in moving.values()]
         print(f"| {path} | " + " | ".join(f"{value:.3f}" for value in dice) + " |", flush=True)
 
 
@@ -446,7 +450,11 @@ def main() -> None:
     checked.add_argument("--conditions", nargs="+", default=["unaligned, T1 -> T1",
                                                              "unaligned, FLAIR-like -> T1"],
                          help="conditions as score names them")
-    checked.add_argument("--max_pairs", type=int, default=None)
+    checked.add_argument("--max_pairs", type=int, default=None, help="the first pairs only")
+    checked.add_argument("--refine_steps", type=int, default=0,
+                         help="Adam steps refining each pair (0: one pass)")
+    checked.add_argument("--tune_loss", choices=("ncc", "mi", "mind"), default=None,
+                         help="the refinement's similarity (default: register's)")
     for step in (data, scored, timed, posed, checked):
         step.add_argument("--data", default=brains.DATA, help="the fstrain9_128.npz file")
     args = parser.parse_args()

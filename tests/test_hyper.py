@@ -163,7 +163,7 @@ def test_a_resumed_hyper_run_keeps_its_hypernetwork_and_evaluates_at_chosen_lamb
         tmp_path, capsys, monkeypatch):
     run, data = str(tmp_path / "run"), tiny_set(tmp_path)
     flags = ["--data", data, "--ndim", "2", "--model", "vm1", "--hyper", "--pairs",
-             "scan_to_scan", "--seg_weight", "0.1", "--steps_per_epoch", "2"]
+             "scan_to_scan", "--seg_weight", "0.1", "--steps_per_epoch", "1"]
     assert main.main(flags + ["--epochs", "1", "--output", run]) == 0
     assert main.main(["--resume", run, "--epochs", "2"]) == 0
     assert json.load(open(os.path.join(run, "checkpoint.json")))["epoch"] == 2

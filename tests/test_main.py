@@ -344,7 +344,7 @@ def test_diffeomorphic_bidirectional_segmentation_run_then_finetuned_evaluation(
     run = tmp_path / "run"
     assert main.main(["--data", data, "--model", "vm1", "--int_steps", "3", "--int_downsize",
                       "2", "--bidir", "--seg_weight", "0.1", "--epochs", "1",
-                      "--steps_per_epoch", "2", "--output", str(run)]) == 0
+                      "--steps_per_epoch", "1", "--output", str(run)]) == 0
     history = (run / "history.csv").read_text().splitlines()[0]
     for loss in ("moved_loss", "moved_static_loss", "moved_seg_loss", "velocity_loss"):
         assert loss in history

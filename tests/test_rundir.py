@@ -208,7 +208,7 @@ def loadable(path: str, saved: dict) -> bool:
 
 
 def test_sigkilled_training_resumes_without_losing_an_epoch(tmp_path, tiny_set, monkeypatch):
-    run, epochs = str(tmp_path / "run"), 8
+    run, epochs = str(tmp_path / "run"), 5
     command = [sys.executable, "main.py", *tiny_set, "--epochs", str(epochs),
                "--steps_per_epoch", "2", "--output", run]
     process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE,
@@ -511,7 +511,8 @@ def test_a_model_saved_with_compiled_losses_is_converted_on_load_with_the_same_l
     logs = model.test_on_batch(inputs, return_dict=True)
     for key in ("loss", "moved_loss", "moved_static_loss", "moved_seg_loss", "velocity_loss"):
         assert logs[key] == pytest.approx(float(saved[key]), rel=1e-6, abs=1e-9), key
+    # 1e-5: the file was written on another CPU, whose kernels round float32 in another order
     np.testing.assert_allclose(model.predict_on_batch(inputs)["moved"], saved["moved"],
-                               atol=1e-6)
+                               atol=1e-5)
     model.train_on_batch(inputs)  # and it trains on, with a fresh Adam
     assert int(model.optimizer.iterations.numpy()) == 1
