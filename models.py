@@ -497,7 +497,8 @@ def transform(network: keras.Model) -> str:
 
 def integration(network: keras.Model) -> tuple[int, int]:
     """``(int_steps, int_downsize)`` of a network: ``(0, 1)`` without integration (and for a
-    joint network, whose velocity is that of its deformable stage only)."""
+    joint network or a cascade, whose velocity is that of the network it holds, not an
+    output of its own)."""
     integrate = [layer for layer in network.layers
                  if isinstance(layer, layers.IntegrateVelocity)]
     if not integrate:
