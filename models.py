@@ -357,12 +357,16 @@ def cascade_network(deformable: keras.Model, passes: int = CASCADE_PASSES,
     for number in range(passes):
         step = deformable({"moving": moved, "static": inputs["static"]})
         fields.append(step.get("velocity", step["deformation"]))
-        deformation = step["deformation"] if deformation is None else keras.layers.Add(
-            name=f"composed_{number}", dtype=F32)([step["deformation"], layers.SpatialTransformer(
-                name=f"carried_{number}", dtype=F32)([deformation, step["deformation"]])])
-        moved = layers.SpatialTransformer(name=f"moved_{number}" if number + 1 < passes
-                                          else "moved", dtype=F32)([inputs["moving"],
-                                                                    deformation])
+        if deformation is None:
+            deformation = step["deformation"]
+        else:  # this pass's map first, then the earlier passes' map at the points it reaches
+            carried = layers.SpatialTransformer(name=f"carried_{number}", dtype=F32)(
+                [deformation, step["deformation"]])
+            deformation = keras.layers.Add(name=f"composed_{number}", dtype=F32)(
+                [step["deformation"], carried])
+        last = number + 1 == passes
+        moved = layers.SpatialTransformer(name="moved" if last else f"moved_{number}",
+                                          dtype=F32)([inputs["moving"], deformation])
     stacked = keras.layers.Concatenate(name="fields", dtype=F32)(fields)
     return keras.Model(inputs, {"moved": moved, "deformation": deformation, "fields": stacked},
                        name=name)

@@ -300,15 +300,6 @@ def score(args) -> None:
               f"{stats['seconds']['mean']:.1f} |")
 
 
-def validation_set(path: str):
-    """sub-07 (first) and the 5 training subjects at 128^3, as ``brains.full_resolution_test_set``
-    gives the test subjects: the validation pairs of :func:`validate`."""
-    keep = [VALIDATION, *range(VALIDATION)]
-    with np.load(path) as stored:
-        return (stored["vols"][keep].astype(np.float32) / 255.0, stored["segs"][keep],
-                [int(x) for x in stored["labels"]], float(stored["spacing_mm"]))
-
-
 def validate(args) -> None:
     """``validate``: each model (a run's checkpoints, or shipped files) registers sub-07 to and
     from each training subject (10 pairs), unaligned, as ``score`` registers the test pairs but
@@ -317,7 +308,7 @@ def validate(args) -> None:
     ``--tune_loss``."""
     import rundir
 
-    full = validation_set(args.data)
+    full = brains.full_resolution_test_set(args.data, [VALIDATION, *range(VALIDATION)])
     pairs = ([(0, k) for k in range(1, VALIDATION + 1)]
              + [(k, 0) for k in range(1, VALIDATION + 1)])[:args.max_pairs]
     grids = affine_brains.grids(args.data)

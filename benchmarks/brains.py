@@ -61,11 +61,13 @@ def write_sets(path: str, factor: int, folder: str) -> tuple[str, str]:
     return files[0], files[1]
 
 
-def full_resolution_test_set(path: str):
-    """The test subjects at 128^3: images in [0, 1], label maps, label ids, spacing in mm."""
+def full_resolution_test_set(path: str, subjects: list[int] | None = None):
+    """The test subjects (or the ``subjects`` of these indices) at 128^3: images in [0, 1],
+    label maps, label ids, spacing in mm."""
+    keep = slice(NUM_TRAIN, None) if subjects is None else subjects
     with np.load(path) as stored:
-        vols = stored["vols"][NUM_TRAIN:].astype(np.float32) / 255.0
-        return vols, stored["segs"][NUM_TRAIN:], [int(x) for x in stored["labels"]], \
+        vols = stored["vols"][keep].astype(np.float32) / 255.0
+        return vols, stored["segs"][keep], [int(x) for x in stored["labels"]], \
             float(stored["spacing_mm"])
 
 
